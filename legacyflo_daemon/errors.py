@@ -1,0 +1,83 @@
+"""The one exception hierarchy of legacyflo-daemon.
+
+Shaped by what the caller must do, not by where the error came from:
+
+- ``AuthenticationFailed``: permanent; never retried (account lockout).
+- ``TransientError``: retry with backoff (disconnect, timeout, throttling, ``NO [UNAVAILABLE]``).
+- ``MessageRejected``: one message could not be read or stored; record it, the request goes on
+  and ends ``partial``.
+- ``PermanentError``: the request cannot go on (TLS verification failed, plaintext refused,
+  a folder the destination will not create); fail it without retrying.
+
+Foreign exceptions (aioimaplib, ssl, OSError, aiosmtplib) are translated into these at exactly
+one boundary each (``imap``, ``outbox``). No message here may ever contain a password: build
+messages from host names, user ids and server text only.
+
+A bad CSV row is a value (``model.RowError``), not an exception; ``CsvFileError`` is for a file
+that cannot be read as a request CSV at all.
+"""
+
+from __future__ import annotations
+
+
+class LegacyfloError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(LegacyfloError):
+    """The configuration file is unreadable or a key has a bad value.
+
+    ``str()`` is one line naming the file and the key, e.g.
+    ``config.toml: hosts."x".port: expected an integer``.
+    """
+
+    def __init__(self, path: str, key: str, message: str) -> None:
+        self.path = path
+        self.key = key
+        self.message = message
+        where = f"{path}: {key}: " if key else f"{path}: "
+        super().__init__(f"{where}{message}")
+
+
+class CsvFileError(LegacyfloError):
+    """The whole file cannot be used as a request CSV (not text, no usable header, empty)."""
+
+
+class SpoolError(LegacyfloError):
+    """A spool operation failed (permissions, a name that is not a regular file, ...)."""
+
+
+class StateError(LegacyfloError):
+    """The state store is unusable (corrupt, locked, wrong schema version)."""
+
+
+class ImapError(LegacyfloError):
+    """An IMAP operation failed; ``host`` names the server (never credentials)."""
+
+    def __init__(self, message: str, *, host: str = "") -> None:
+        self.host = host
+        super().__init__(f"{host}: {message}" if host else message)
+
+
+class AuthenticationFailed(ImapError):
+    """The server refused the credentials. Never retried."""
+
+
+class PermanentError(ImapError):
+    """The request cannot go on; retrying will not help."""
+
+
+class TransientError(ImapError):
+    """Worth retrying after a pause; ``retry_after`` (seconds) is the server's own hint, if any."""
+
+    def __init__(self, message: str, *, host: str = "", retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, host=host)
+
+
+class MessageRejected(ImapError):
+    """One message could not be fetched or appended; the request goes on."""
+
+
+class SmtpError(LegacyfloError):
+    """A report mail could not be delivered now; it stays in the outbox and is retried."""

@@ -1,0 +1,494 @@
+"""The state store: an embedded SQLite file, the only writer of request status.
+
+Owns: claimed CSV files (with their crash counts), requests and their status, the passwords of
+unfinished requests, per-folder copy checkpoints, per-message failures and live progress. Kept
+behind this one class so that a shared database can later replace SQLite without touching the
+callers.
+
+Secrets: a request's passwords are stored only while it is queued or running and are erased
+when it finishes. ``secure_delete`` makes SQLite overwrite freed content, and the WAL is
+checkpointed and truncated after every erasure, so no copy of a password survives in the
+database or its WAL once the requests that used it are finished.
+
+Must not: do network I/O or know spool paths. Calls are short synchronous transactions (a few
+milliseconds); the daemon calls them from the event loop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import StateError
+from .model import (
+    Account,
+    DateRange,
+    JobType,
+    MessageFailure,
+    Request,
+    Secret,
+    Status,
+)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS csv_files (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,              -- file name under processing/
+    original TEXT NOT NULL,          -- name it was dropped as
+    claimed_at TEXT NOT NULL,
+    finished_at TEXT,
+    crashes INTEGER NOT NULL DEFAULT 0,
+    summary TEXT                     -- JSON, once finished
+);
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    csv_id INTEGER NOT NULL REFERENCES csv_files(id),
+    row INTEGER NOT NULL,
+    seq INTEGER NOT NULL,            -- global FIFO order
+    status TEXT NOT NULL,
+    title TEXT NOT NULL,
+    request TEXT,                    -- JSON without passwords; NULL for rejected rows
+    secrets TEXT,                    -- JSON [dest, source] passwords; NULL once finished
+    row_error TEXT,                  -- JSON for rejected rows
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    error TEXT,
+    result TEXT,                     -- JSON result once finished
+    msgs_done INTEGER NOT NULL DEFAULT 0,
+    msgs_total INTEGER NOT NULL DEFAULT 0,
+    bytes_done INTEGER NOT NULL DEFAULT 0,
+    bytes_total INTEGER NOT NULL DEFAULT 0,
+    progress_at TEXT
+);
+CREATE INDEX IF NOT EXISTS requests_status ON requests(status, seq);
+CREATE TABLE IF NOT EXISTS folders (
+    request_id TEXT NOT NULL REFERENCES requests(id),
+    source TEXT NOT NULL,            -- source wire name
+    uidvalidity INTEGER NOT NULL DEFAULT 0,
+    done INTEGER NOT NULL DEFAULT 0,
+    counts TEXT NOT NULL,            -- JSON of the FolderResult counters
+    PRIMARY KEY (request_id, source)
+);
+CREATE TABLE IF NOT EXISTS failures (
+    request_id TEXT NOT NULL REFERENCES requests(id),
+    folder TEXT NOT NULL,
+    uid INTEGER NOT NULL,
+    date TEXT,
+    subject TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (request_id, folder, uid)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class CsvRecord:
+    id: int
+    name: str
+    original: str
+    crashes: int
+    finished: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRow:
+    """A request as the status command and the pool see it (no secrets)."""
+
+    id: str
+    csv_id: int
+    row: int
+    status: Status
+    title: str
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+    msgs_done: int
+    msgs_total: int
+    bytes_done: int
+    bytes_total: int
+    progress_at: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FolderCheckpoint:
+    """What a restarted copier needs to resume a folder."""
+
+    source: str
+    uidvalidity: int
+    done: bool
+    counts: dict[str, int]
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).isoformat(timespec="seconds")
+
+
+def request_to_json(req: Request) -> str:
+    """Serialise ``req`` without its passwords."""
+
+    def acc(a: Account) -> dict[str, Any]:
+        return {"userid": a.userid, "domain": a.domain, "server": a.server, "port": a.port}
+
+    return json.dumps(
+        {
+            "row": req.row,
+            "jobtype": req.jobtype.value,
+            "title": req.title,
+            "source": acc(req.source),
+            "dest": acc(req.dest),
+            "dest_folder": req.dest_folder,
+            "report_to": req.report_to,
+            "since": req.dates.since.isoformat() if req.dates.since else None,
+            "before": req.dates.before.isoformat() if req.dates.before else None,
+        },
+        sort_keys=True,
+    )
+
+
+def request_from_json(text: str, dest_password: str, source_password: str) -> Request:
+    """Inverse of ``request_to_json`` with the passwords put back."""
+    d = json.loads(text)
+
+    def acc(a: dict[str, Any], pw: str) -> Account:
+        return Account(a["userid"], a["domain"], Secret(pw), a["server"], a["port"])
+
+    return Request(
+        row=d["row"],
+        jobtype=JobType(d["jobtype"]),
+        title=d["title"],
+        source=acc(d["source"], source_password),
+        dest=acc(d["dest"], dest_password),
+        dest_folder=d["dest_folder"],
+        report_to=d["report_to"],
+        dates=DateRange(
+            dt.date.fromisoformat(d["since"]) if d["since"] else None,
+            dt.date.fromisoformat(d["before"]) if d["before"] else None,
+        ),
+    )
+
+
+class StateStore:
+    """One SQLite database. Not thread-safe: use it from the event loop thread only."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA secure_delete = ON")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                self._db.execute(
+                    "INSERT INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                )
+            elif int(row["value"]) != SCHEMA_VERSION:
+                raise StateError(
+                    f"{path}: state schema version {row['value']}, this daemon knows "
+                    f"{SCHEMA_VERSION}; finish the running requests with the old version first"
+                )
+        except sqlite3.Error as exc:
+            raise StateError(f"{path}: cannot open the state store: {exc}") from exc
+        with suppress(OSError):
+            path.chmod(0o600)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: {exc}") from exc
+
+    # -- CSV files ---------------------------------------------------------------------------
+
+    def add_csv(self, name: str, original: str, now: dt.datetime) -> int:
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO csv_files(name, original, claimed_at) VALUES (?, ?, ?)",
+                (name, original, _iso(now)),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    def csv_by_name(self, name: str) -> CsvRecord | None:
+        """The unfinished record for processing/``name``, if any."""
+        row = self._db.execute(
+            "SELECT * FROM csv_files WHERE name = ? AND finished_at IS NULL", (name,)
+        ).fetchone()
+        return None if row is None else self._csv(row)
+
+    def unfinished_csvs(self) -> list[CsvRecord]:
+        rows = self._db.execute(
+            "SELECT * FROM csv_files WHERE finished_at IS NULL ORDER BY id"
+        ).fetchall()
+        return [self._csv(r) for r in rows]
+
+    def csv(self, csv_id: int) -> CsvRecord:
+        row = self._db.execute("SELECT * FROM csv_files WHERE id = ?", (csv_id,)).fetchone()
+        if row is None:
+            raise StateError(f"no CSV record {csv_id}")
+        return self._csv(row)
+
+    def record_crash(self, csv_id: int) -> int:
+        """Count one more daemon crash while ``csv_id`` was being processed; returns the count."""
+        with self._tx() as db:
+            db.execute("UPDATE csv_files SET crashes = crashes + 1 WHERE id = ?", (csv_id,))
+        return self.csv(csv_id).crashes
+
+    def finish_csv(self, csv_id: int, summary: dict[str, Any], now: dt.datetime) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE csv_files SET finished_at = ?, summary = ? WHERE id = ?",
+                (_iso(now), json.dumps(summary, sort_keys=True), csv_id),
+            )
+
+    @staticmethod
+    def _csv(row: sqlite3.Row) -> CsvRecord:
+        return CsvRecord(
+            row["id"], row["name"], row["original"], row["crashes"], row["finished_at"] is not None
+        )
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def add_requests(
+        self,
+        csv_id: int,
+        good: list[tuple[str, Request]],
+        rejected: list[tuple[str, int, str, dict[str, Any]]],
+        now: dt.datetime,
+    ) -> None:
+        """Record a claimed CSV's rows in one transaction.
+
+        ``good``: (request_id, request) queued with their passwords; ``rejected``: (request_id,
+        row, title, row_error_json) recorded as ``rejected`` at once.
+        """
+        with self._tx() as db:
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM requests").fetchone()[0]
+            for rid, req in good:
+                seq += 1
+                secrets = json.dumps([req.dest.password.reveal(), req.source.password.reveal()])
+                db.execute(
+                    "INSERT INTO requests(id, csv_id, row, seq, status, title, request, secrets,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        rid,
+                        csv_id,
+                        req.row,
+                        seq,
+                        Status.QUEUED.value,
+                        req.title,
+                        request_to_json(req),
+                        secrets,
+                        _iso(now),
+                    ),
+                )
+            for rid, row, title, err in rejected:
+                seq += 1
+                db.execute(
+                    "INSERT INTO requests(id, csv_id, row, seq, status, title, row_error,"
+                    " created_at, finished_at, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        rid,
+                        csv_id,
+                        row,
+                        seq,
+                        Status.REJECTED.value,
+                        title,
+                        json.dumps(err),
+                        _iso(now),
+                        _iso(now),
+                        err.get("message"),
+                    ),
+                )
+
+    def requeue_running(self) -> int:
+        """After a restart: every ``running`` request goes back to ``queued``. Returns the count."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE requests SET status = ? WHERE status = ?",
+                (Status.QUEUED.value, Status.RUNNING.value),
+            )
+            return cur.rowcount
+
+    def queued(self) -> list[RequestRow]:
+        """Queued requests in FIFO order (across CSVs)."""
+        rows = self._db.execute(
+            "SELECT * FROM requests WHERE status = ? ORDER BY seq", (Status.QUEUED.value,)
+        ).fetchall()
+        return [self._req(r) for r in rows]
+
+    def requests(self, csv_id: int | None = None) -> list[RequestRow]:
+        if csv_id is None:
+            rows = self._db.execute("SELECT * FROM requests ORDER BY seq").fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM requests WHERE csv_id = ? ORDER BY row, seq", (csv_id,)
+            ).fetchall()
+        return [self._req(r) for r in rows]
+
+    def request_row(self, request_id: str) -> RequestRow:
+        row = self._db.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
+        if row is None:
+            raise StateError(f"unknown request {request_id}")
+        return self._req(row)
+
+    def load_request(self, request_id: str) -> Request:
+        """The full request with its passwords; only for queued/running requests."""
+        row = self._db.execute(
+            "SELECT request, secrets FROM requests WHERE id = ?", (request_id,)
+        ).fetchone()
+        if row is None or row["request"] is None or row["secrets"] is None:
+            raise StateError(f"request {request_id} has no stored credentials (finished?)")
+        dest_pw, source_pw = json.loads(row["secrets"])
+        return request_from_json(row["request"], dest_pw, source_pw)
+
+    def row_error(self, request_id: str) -> dict[str, Any] | None:
+        row = self._db.execute(
+            "SELECT row_error FROM requests WHERE id = ?", (request_id,)
+        ).fetchone()
+        return None if row is None or row["row_error"] is None else dict(json.loads(row[0]))
+
+    def mark_running(self, request_id: str, now: dt.datetime) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE requests SET status = ?, started_at = COALESCE(started_at, ?) WHERE id = ?",
+                (Status.RUNNING.value, _iso(now), request_id),
+            )
+
+    def finish_request(
+        self,
+        request_id: str,
+        status: Status,
+        result: dict[str, Any],
+        now: dt.datetime,
+        error: str | None = None,
+    ) -> None:
+        """Record the final status and result, and erase the request's passwords for good."""
+        if not status.finished:
+            raise ValueError(f"not a final status: {status}")
+        with self._tx() as db:
+            db.execute(
+                "UPDATE requests SET status = ?, finished_at = ?, result = ?, error = ?,"
+                " secrets = NULL WHERE id = ?",
+                (status.value, _iso(now), json.dumps(result, sort_keys=True), error, request_id),
+            )
+        self._purge_freed_pages()
+
+    def result(self, request_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT result FROM requests WHERE id = ?", (request_id,)).fetchone()
+        return None if row is None or row[0] is None else dict(json.loads(row[0]))
+
+    def _purge_freed_pages(self) -> None:
+        # The WAL still holds the page images written before the erasure; fold them into the
+        # main file (where secure_delete zeroed the old content) and truncate the WAL to zero.
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: {exc}") from exc
+
+    def set_progress(
+        self, request_id: str, msgs: tuple[int, int], nbytes: tuple[int, int], now: dt.datetime
+    ) -> None:
+        """Live progress: (done, total) messages and bytes."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE requests SET msgs_done = ?, msgs_total = ?, bytes_done = ?,"
+                " bytes_total = ?, progress_at = ? WHERE id = ?",
+                (msgs[0], msgs[1], nbytes[0], nbytes[1], _iso(now), request_id),
+            )
+
+    @staticmethod
+    def _req(r: sqlite3.Row) -> RequestRow:
+        return RequestRow(
+            id=r["id"],
+            csv_id=r["csv_id"],
+            row=r["row"],
+            status=Status(r["status"]),
+            title=r["title"],
+            created_at=r["created_at"],
+            started_at=r["started_at"],
+            finished_at=r["finished_at"],
+            error=r["error"],
+            msgs_done=r["msgs_done"],
+            msgs_total=r["msgs_total"],
+            bytes_done=r["bytes_done"],
+            bytes_total=r["bytes_total"],
+            progress_at=r["progress_at"],
+        )
+
+    # -- copy checkpoints --------------------------------------------------------------------
+
+    def folder_checkpoints(self, request_id: str) -> dict[str, FolderCheckpoint]:
+        rows = self._db.execute(
+            "SELECT * FROM folders WHERE request_id = ?", (request_id,)
+        ).fetchall()
+        return {
+            r["source"]: FolderCheckpoint(
+                r["source"], r["uidvalidity"], bool(r["done"]), dict(json.loads(r["counts"]))
+            )
+            for r in rows
+        }
+
+    def save_folder(self, request_id: str, cp: FolderCheckpoint) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO folders(request_id, source, uidvalidity, done, counts)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(request_id, source) DO UPDATE SET"
+                " uidvalidity = excluded.uidvalidity, done = excluded.done,"
+                " counts = excluded.counts",
+                (
+                    request_id,
+                    cp.source,
+                    cp.uidvalidity,
+                    int(cp.done),
+                    json.dumps(cp.counts, sort_keys=True),
+                ),
+            )
+
+    def add_failure(self, request_id: str, f: MessageFailure) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO failures(request_id, folder, uid, date, subject, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (request_id, f.folder, f.uid, f.date, f.subject, f.reason),
+            )
+
+    def clear_failures(self, request_id: str, folder: str) -> None:
+        """Forget a folder's failures before it is copied again (they are re-detected)."""
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM failures WHERE request_id = ? AND folder = ?", (request_id, folder)
+            )
+
+    def failures(self, request_id: str) -> list[MessageFailure]:
+        rows = self._db.execute(
+            "SELECT * FROM failures WHERE request_id = ? ORDER BY folder, uid", (request_id,)
+        ).fetchall()
+        return [
+            MessageFailure(r["folder"], r["uid"], r["date"], r["subject"], r["reason"])
+            for r in rows
+        ]

@@ -225,13 +225,26 @@ class StateStore:
 
     # -- CSV files ---------------------------------------------------------------------------
 
-    def add_csv(self, name: str, original: str, now: dt.datetime) -> int:
+    def add_csv(
+        self,
+        name: str,
+        original: str,
+        now: dt.datetime,
+        good: list[tuple[str, Request]] | None = None,
+        rejected: list[tuple[str, int, str, dict[str, Any]]] | None = None,
+    ) -> int:
+        """Record a claimed CSV and its rows in ONE transaction (a crash leaves all or nothing).
+
+        ``good``: (request_id, request) queued with their passwords; ``rejected``: (request_id,
+        row, title, row_error_json) recorded as ``rejected`` at once.
+        """
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO csv_files(name, original, claimed_at) VALUES (?, ?, ?)",
                 (name, original, _iso(now)),
             )
             assert cur.lastrowid is not None
+            self._insert_requests(db, cur.lastrowid, good or [], rejected or [], now)
             return cur.lastrowid
 
     def csv_by_name(self, name: str) -> CsvRecord | None:
@@ -274,56 +287,51 @@ class StateStore:
 
     # -- requests ----------------------------------------------------------------------------
 
-    def add_requests(
-        self,
+    @staticmethod
+    def _insert_requests(
+        db: sqlite3.Connection,
         csv_id: int,
         good: list[tuple[str, Request]],
         rejected: list[tuple[str, int, str, dict[str, Any]]],
         now: dt.datetime,
     ) -> None:
-        """Record a claimed CSV's rows in one transaction.
-
-        ``good``: (request_id, request) queued with their passwords; ``rejected``: (request_id,
-        row, title, row_error_json) recorded as ``rejected`` at once.
-        """
-        with self._tx() as db:
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM requests").fetchone()[0]
-            for rid, req in good:
-                seq += 1
-                secrets = json.dumps([req.dest.password.reveal(), req.source.password.reveal()])
-                db.execute(
-                    "INSERT INTO requests(id, csv_id, row, seq, status, title, request, secrets,"
-                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        rid,
-                        csv_id,
-                        req.row,
-                        seq,
-                        Status.QUEUED.value,
-                        req.title,
-                        request_to_json(req),
-                        secrets,
-                        _iso(now),
-                    ),
-                )
-            for rid, row, title, err in rejected:
-                seq += 1
-                db.execute(
-                    "INSERT INTO requests(id, csv_id, row, seq, status, title, row_error,"
-                    " created_at, finished_at, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        rid,
-                        csv_id,
-                        row,
-                        seq,
-                        Status.REJECTED.value,
-                        title,
-                        json.dumps(err),
-                        _iso(now),
-                        _iso(now),
-                        err.get("message"),
-                    ),
-                )
+        seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM requests").fetchone()[0]
+        for rid, req in good:
+            seq += 1
+            secrets = json.dumps([req.dest.password.reveal(), req.source.password.reveal()])
+            db.execute(
+                "INSERT INTO requests(id, csv_id, row, seq, status, title, request, secrets,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rid,
+                    csv_id,
+                    req.row,
+                    seq,
+                    Status.QUEUED.value,
+                    req.title,
+                    request_to_json(req),
+                    secrets,
+                    _iso(now),
+                ),
+            )
+        for rid, row, title, err in rejected:
+            seq += 1
+            db.execute(
+                "INSERT INTO requests(id, csv_id, row, seq, status, title, row_error,"
+                " created_at, finished_at, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rid,
+                    csv_id,
+                    row,
+                    seq,
+                    Status.REJECTED.value,
+                    title,
+                    json.dumps(err),
+                    _iso(now),
+                    _iso(now),
+                    err.get("message"),
+                ),
+            )
 
     def requeue_running(self) -> int:
         """After a restart: every ``running`` request goes back to ``queued``. Returns the count."""

@@ -39,10 +39,10 @@ def make_request(row: int, folder: str = "Data1") -> Request:
 
 def test_requests_round_trip_with_secrets_and_fifo(tmp_path: Path) -> None:
     st = StateStore(tmp_path / "s.db")
-    a = st.add_csv("a.csv", "a.csv", NOW)
-    b = st.add_csv("b.csv", "b.csv", NOW)
-    st.add_requests(a, [("a-2", make_request(2)), ("a-3", make_request(3))], [], NOW)
-    st.add_requests(b, [("b-2", make_request(2))], [("b-3", 3, "bad", {"message": "m"})], NOW)
+    st.add_csv("a.csv", "a.csv", NOW, [("a-2", make_request(2)), ("a-3", make_request(3))])
+    st.add_csv(
+        "b.csv", "b.csv", NOW, [("b-2", make_request(2))], [("b-3", 3, "t", {"message": "m"})]
+    )
     assert [r.id for r in st.queued()] == ["a-2", "a-3", "b-2"]
     assert st.load_request("a-3") == make_request(3)
     assert st.request_row("b-3").status is Status.REJECTED
@@ -51,8 +51,7 @@ def test_requests_round_trip_with_secrets_and_fifo(tmp_path: Path) -> None:
 
 def test_running_requests_are_requeued_after_restart(tmp_path: Path) -> None:
     st = StateStore(tmp_path / "s.db")
-    c = st.add_csv("a.csv", "a.csv", NOW)
-    st.add_requests(c, [("r1", make_request(2)), ("r2", make_request(3))], [], NOW)
+    st.add_csv("a.csv", "a.csv", NOW, [("r1", make_request(2)), ("r2", make_request(3))])
     st.mark_running("r1", NOW)
     st.close()
     st2 = StateStore(tmp_path / "s.db")
@@ -63,8 +62,7 @@ def test_running_requests_are_requeued_after_restart(tmp_path: Path) -> None:
 
 def test_checkpoints_and_failures(tmp_path: Path) -> None:
     st = StateStore(tmp_path / "s.db")
-    c = st.add_csv("a.csv", "a.csv", NOW)
-    st.add_requests(c, [("r1", make_request(2))], [], NOW)
+    st.add_csv("a.csv", "a.csv", NOW, [("r1", make_request(2))])
     cp = FolderCheckpoint("INBOX", 77, False, {"copied": 3})
     st.save_folder("r1", cp)
     st.save_folder("r1", FolderCheckpoint("INBOX", 77, True, {"copied": 5}))
@@ -81,8 +79,7 @@ def test_checkpoints_and_failures(tmp_path: Path) -> None:
 
 def test_finished_request_leaves_no_password_in_any_file(tmp_path: Path) -> None:
     st = StateStore(tmp_path / "s.db")
-    c = st.add_csv("a.csv", "a.csv", NOW)
-    st.add_requests(c, [("r1", make_request(2)), ("r2", make_request(3, "D2"))], [], NOW)
+    st.add_csv("a.csv", "a.csv", NOW, [("r1", make_request(2)), ("r2", make_request(3, "D2"))])
     blob = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     # stored while queued (proves the search below can find them)
     assert PASSWORDS[1].encode() in blob

@@ -1,0 +1,82 @@
+"""Pool scheduling: limits are never exceeded, fairness across CSVs, no head-of-line blocking."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from legacyflo_daemon.pool import Limits, Pool, Slot, fair_order
+
+
+def slot(src: str, dst: str = "archive", user: str = "u") -> Slot:
+    return Slot(hosts=(src, dst), logins=(f"{user}@{src}", f"{user}@{dst}"))
+
+
+@pytest.mark.parametrize(
+    ("queued", "expected"),
+    [
+        ([], []),
+        ([("a1", 1), ("a2", 1), ("b1", 2)], ["a1", "b1", "a2"]),
+        ([("a1", 1), ("a2", 1), ("a3", 1), ("b1", 2), ("c1", 3), ("b2", 2)],
+         ["a1", "b1", "c1", "a2", "b2", "a3"]),
+    ],
+)  # fmt: skip
+def test_fair_order_round_robins_across_csvs(
+    queued: list[tuple[str, int]], expected: list[str]
+) -> None:
+    assert fair_order(queued) == expected
+
+
+def test_max_jobs_caps_running_requests() -> None:
+    pool = Pool(Limits(max_jobs=2, max_per_host=10, max_per_login=10))
+    started = pool.pick([(f"r{i}", slot(f"h{i}", user=f"u{i}")) for i in range(5)])
+    assert started == ["r0", "r1"]
+    pool.release("r0")
+    assert pool.pick([("r2", slot("h2", user="u2"))]) == ["r2"]
+
+
+def test_saturated_host_does_not_block_the_queue_behind_it() -> None:
+    pool = Pool(Limits(max_jobs=10, max_per_host=10, max_per_login=10, host_caps={"ex": 1}))
+    started = pool.pick([("a", slot("ex", user="a")), ("b", slot("ex", user="b")),
+                         ("c", slot("other", user="c"))])  # fmt: skip
+    assert started == ["a", "c"]
+
+
+def test_login_cap_counts_one_admin_across_requests() -> None:
+    pool = Pool(Limits(max_jobs=10, max_per_host=10, max_per_login=2))
+    cands = [(f"r{i}", slot("ex", dst=f"d{i}", user="admin")) for i in range(4)]
+    assert pool.pick(cands) == ["r0", "r1"]
+
+
+def test_a_request_bigger_than_a_cap_runs_alone_instead_of_never() -> None:
+    pool = Pool(Limits(max_jobs=4, max_per_host=1, max_per_login=4))
+    same = Slot(hosts=("x", "x"), logins=("a@x", "b@x"))
+    assert pool.pick([("r1", same), ("r2", same)]) == ["r1"]
+    pool.release("r1")
+    assert pool.pick([("r2", same)]) == ["r2"]
+
+
+def test_random_workload_never_exceeds_limits() -> None:
+    rnd = random.Random(7)
+    limits = Limits(max_jobs=5, max_per_host=3, max_per_login=2, host_caps={"h0": 1})
+    pool = Pool(limits)
+    queue = [(f"r{i}", slot(f"h{rnd.randrange(4)}", f"d{rnd.randrange(2)}",
+                            f"u{rnd.randrange(3)}")) for i in range(300)]  # fmt: skip
+    done = 0
+    while queue or pool.running:
+        for rid in pool.pick(queue):
+            queue = [q for q in queue if q[0] != rid]
+        hosts: Counter[str] = Counter()
+        logins: Counter[str] = Counter()
+        for s in pool.running.values():
+            hosts.update(s.hosts)
+            logins.update(s.logins)
+        assert len(pool.running) <= 5
+        assert all(n <= limits.host_cap(h) for h, n in hosts.items())
+        assert all(n <= 2 for n in logins.values())
+        victim = rnd.choice(sorted(pool.running))
+        pool.release(victim)
+        done += 1
+    assert done == 300

@@ -4,14 +4,15 @@
 #   make demo   start two local IMAP servers, drop a sample CSV, run the daemon, show the results.
 #   make bench  the performance benchmark (not part of the test suite).
 PYTHON ?= python3
-APT_PACKAGES := dovecot-imapd openssl
+APT_PACKAGES := dovecot-imapd openssl systemd procps
 
 .PHONY: test deps check-deps lint typecheck pytest demo bench
 
 test: deps lint typecheck pytest
 
 deps:
-	@if ! command -v dovecot >/dev/null 2>&1; then \
+	@if ! command -v dovecot >/dev/null 2>&1 || ! command -v systemd-analyze >/dev/null 2>&1 \
+		|| ! test -x /bin/kill; then \
 		echo "installing Debian packages: $(APT_PACKAGES)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
 	fi

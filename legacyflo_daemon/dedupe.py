@@ -1,0 +1,188 @@
+"""Message identity and the copy plan: what is missing, and how to fetch it (SPEC §5).
+
+Owns: the identity key of a message (Message-ID + INTERNALDATE, or a hash of Date/From/To/
+Subject + INTERNALDATE), the multiset comparison that decides which source UIDs still have to
+be copied, compression of UIDs into IMAP sequence sets short enough for Exchange, and batching
+by count and bytes.
+Must not: fetch anything, look at the clock, or use RFC822.SIZE as identity (Exchange reports
+estimates; sizes are only used to bound memory per batch).
+
+Keys are plain ASCII strings (safe to store in SQLite and to log), one of::
+
+    id <epoch> <message-id>       Message-ID present and printable ASCII
+    idh <epoch> <sha256 hex>      Message-ID present but with 8-bit or control bytes
+    hdr <epoch> <sha256 hex>      no Message-ID: hash of Date, From, To, Subject
+
+``<epoch>`` is INTERNALDATE as whole UTC seconds, so the same instant written with different
+zones is one key. The Message-ID is compared exactly (case-sensitive, as RFC 5322 gives no
+case rule for it) after unfolding and removing whitespace, which folding may have inserted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+
+_HASHED_FIELDS = (b"date", b"from", b"to", b"subject")
+_WANTED = frozenset((b"message-id", *_HASHED_FIELDS))
+_WSP_RUN = re.compile(rb"[ \t\r\n]+")
+_FIELD = re.compile(rb"([^\x00-\x20\x7f:]+)[ \t]*:(.*)", re.DOTALL)
+_MAX_UID = 2**32 - 1
+
+
+def _header_block(data: bytes | bytearray) -> bytes:
+    """The header of ``data``: everything before the first empty line (CRLF or LF)."""
+    if data[:2] == b"\r\n" or data[:1] == b"\n":
+        return b""
+    ends = [i for i in (data.find(b"\n\r\n"), data.find(b"\n\n")) if i >= 0]
+    # Only the header is copied, never a whole (possibly 50 MB) message.
+    return bytes(data[: min(ends) + 1]) if ends else bytes(data)
+
+
+def header_fields(data: bytes | bytearray) -> dict[bytes, bytes]:
+    """Unfolded raw values of Message-ID, Date, From, To, Subject (lower-cased names).
+
+    The first occurrence of a field wins. Lines that are neither a field nor a continuation
+    (an mbox ``From `` line, garbage) are ignored, and so are their continuations.
+    """
+    parts: dict[bytes, list[bytes]] = {}
+    current: list[bytes] | None = None
+    for raw_line in _header_block(data).split(b"\n"):
+        line = raw_line.removesuffix(b"\r")
+        if line[:1] in (b" ", b"\t"):
+            if current is not None:
+                current.append(line)  # unfolding removes only the line break
+            continue
+        current = None
+        m = _FIELD.fullmatch(line)
+        if m is None:
+            continue
+        name = m.group(1).lower()
+        if name in _WANTED and name not in parts:
+            current = parts[name] = [m.group(2)]
+    return {name: b"".join(chunks) for name, chunks in parts.items()}
+
+
+def _normalise(value: bytes) -> bytes:
+    return _WSP_RUN.sub(b" ", value).strip(b" ")
+
+
+def _epoch(internaldate: dt.datetime) -> int:
+    if internaldate.tzinfo is None or internaldate.utcoffset() is None:
+        raise ValueError("INTERNALDATE must be a timezone-aware datetime")
+    return math.floor(internaldate.timestamp())
+
+
+def identity(header_bytes: bytes | bytearray, internaldate: dt.datetime) -> str:
+    """The identity key of a message (see the module docstring for the format).
+
+    ``header_bytes`` is the ``BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE FROM TO SUBJECT)]``
+    literal or a whole message; ``internaldate`` must be timezone-aware (else ``ValueError``).
+    A Message-ID that is empty, blank or ``<>`` counts as absent.
+    """
+    epoch = _epoch(internaldate)
+    fields = header_fields(header_bytes)
+    mid = _WSP_RUN.sub(b"", fields.get(b"message-id", b""))
+    if mid.strip(b"<>"):
+        if all(0x21 <= c <= 0x7E for c in mid):
+            return f"id {epoch} {mid.decode('ascii')}"
+        return f"idh {epoch} {hashlib.sha256(mid).hexdigest()}"
+    h = hashlib.sha256()
+    for name in _HASHED_FIELDS:
+        value = _normalise(fields.get(name, b""))
+        # Length-prefixed so that no field's content can shift into the next one.
+        h.update(b"%s:%d:" % (name, len(value)))
+        h.update(value)
+    return f"hdr {epoch} {h.hexdigest()}"
+
+
+def missing(source: list[tuple[int, str]], dest_keys: Iterable[str]) -> list[int]:
+    """Source UIDs still to copy, ascending.
+
+    Identity is a multiset: a key found k times in ``source`` (``(uid, key)`` pairs) and j times
+    in ``dest_keys`` means the last k - j source UIDs of that key (in UID order) are missing.
+    Genuine duplicates in the source all arrive; a re-run adds nothing; destination messages
+    with keys the source does not have are ignored.
+    """
+    have = Counter(dest_keys)
+    by_key: defaultdict[str, list[int]] = defaultdict(list)
+    for uid, key in source:
+        by_key[key].append(uid)
+    out: list[int] = []
+    for key, uids in by_key.items():
+        uids.sort()
+        j = have.get(key, 0)
+        if j < len(uids):
+            out.extend(uids[j:])
+    out.sort()
+    return out
+
+
+def _runs(uids: list[int]) -> list[str]:
+    pieces: list[str] = []
+    start = prev = uids[0]
+    for uid in uids[1:]:
+        if uid == prev + 1:
+            prev = uid
+            continue
+        pieces.append(f"{start}:{prev}" if prev != start else str(start))
+        start = prev = uid
+    pieces.append(f"{start}:{prev}" if prev != start else str(start))
+    return pieces
+
+
+def uid_sets(uids: list[int], max_len: int = 8000) -> list[str]:
+    """IMAP sequence sets (``1:5,7,9:12``) covering ``uids``, each at most ``max_len`` bytes.
+
+    Duplicates are dropped and order does not matter; consecutive UIDs become ranges. Exchange
+    refuses commands longer than its MaxCommandSize (10,240 bytes by default), hence the split;
+    the default leaves room for the rest of the command. Raises ``ValueError`` for a UID outside
+    1..2**32-1 or a ``max_len`` too small for one range.
+    """
+    if not uids:
+        return []
+    ordered = sorted(set(uids))
+    if ordered[0] < 1 or ordered[-1] > _MAX_UID:
+        raise ValueError(f"UID out of range 1..{_MAX_UID}: {ordered[0]}..{ordered[-1]}")
+    sets: list[str] = []
+    current: list[str] = []
+    length = 0
+    for piece in _runs(ordered):
+        if len(piece) > max_len:
+            raise ValueError(f"max_len={max_len} is too small for the range {piece!r}")
+        added = len(piece) + (1 if current else 0)
+        if current and length + added > max_len:
+            sets.append(",".join(current))
+            current, length, added = [], 0, len(piece)
+        current.append(piece)
+        length += added
+    sets.append(",".join(current))
+    return sets
+
+
+def batches(items: list[tuple[int, int]], max_count: int, max_bytes: int) -> list[list[int]]:
+    """Split ``(uid, size)`` pairs, in the given order, into UID batches.
+
+    Each batch has at most ``max_count`` UIDs and at most ``max_bytes`` total size, except that
+    a single message larger than ``max_bytes`` forms a batch of its own. Sizes are estimates
+    on Exchange; they bound memory, they are not checked against what arrives.
+    """
+    if max_count < 1 or max_bytes < 1:
+        raise ValueError("max_count and max_bytes must be at least 1")
+    out: list[list[int]] = []
+    batch: list[int] = []
+    total = 0
+    for uid, size in items:
+        size = max(size, 0)
+        if batch and (len(batch) >= max_count or total + size > max_bytes):
+            out.append(batch)
+            batch, total = [], 0
+        batch.append(uid)
+        total += size
+    if batch:
+        out.append(batch)
+    return out

@@ -47,7 +47,8 @@ BINARY_REDACTED = REDACTED.encode() + b"\n"
 _RESERVED = frozenset(name.casefold() for name in RESERVED_FOLDERS)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _HOST = re.compile(r"[\w-]+(?:\.[\w-]+)*\.?")
-_ADDRESS = re.compile(r"[^\s@<>,;:\"()\[\]\\]+@([^\s@<>,;:\"()\[\]\\]+)")
+_ADDRESS_PART = r'[^\s\x00-\x1f\x7f@<>,;:"()\[\]\\]+'  # no spaces, controls, lists, comments
+_ADDRESS = re.compile(f"{_ADDRESS_PART}@({_ADDRESS_PART})")
 _PORT = re.compile(r"[0-9]{1,5}")
 _FIX_QUOTES = 'enclose every value in double quotes and write a double quote inside one as ""'
 

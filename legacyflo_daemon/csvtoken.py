@@ -21,16 +21,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 BOM = b"\xef\xbb\xbf"
 UTF8 = "utf-8"
 WINDOWS_1252 = "windows-1252"
 
-# Possessive quantifiers (3.11+): a quote that is never closed fails at once instead of
-# backtracking over the rest of the file.
-_QUOTED = re.compile(rb'[ \t]*+"([^"]*+(?:""[^"]*+)*+)"([^,\r\n]*+)')
+# One value and the separator after it. Groups: 1 body of a quoted value, 2 text after its
+# closing quote, 3 unquoted value, 4 separator ("," or a line break, empty at the end).
+# Possessive quantifiers (3.11+): a quote never closed fails at once instead of backtracking
+# over the rest of the file; then neither branch matches.
+_VALUE = re.compile(
+    rb'(?:[ \t]*+"([^"]*+(?:""[^"]*+)*+)"([^,\r\n]*+)|(?![ \t]*+")([^,\r\n]*+))(,|\r\n?|\n|\Z)'
+)
 _OPEN_QUOTE = re.compile(rb'[ \t]*+"')
-_PLAIN = re.compile(rb"[^,\r\n]*+")
 _TO_LINE_END = re.compile(rb"[^\r\n]*+")
 _BLANK_LINE = re.compile(rb"[ \t]*+(?:\r\n?|\n)")
 _BLANK_TAIL = re.compile(rb"[ \t]*+\Z")
@@ -46,8 +50,7 @@ _CP1252_HIGH = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Field:
+class Field(NamedTuple):
     """One value. ``raw`` is the value's bytes (quotes removed, ``""`` undone).
 
     ``start:end`` is where the value is written in the file: for a quoted value from its
@@ -60,6 +63,8 @@ class Field:
     start: int
     end: int
     closed: bool = True
+    # A NamedTuple, not a dataclass: a big file has hundreds of thousands of these and a
+    # tuple is several times cheaper to build. Compare fields with ``is``, not ``==``.
 
     @property
     def blank(self) -> bool:
@@ -124,51 +129,45 @@ def tokenize(data: bytes) -> list[Record]:
 
 def _record(data: bytes, pos: int, line: int) -> tuple[Record, int, int]:
     """The record starting at ``pos`` on ``line``; returns it, the next offset and line."""
-    first_line, size = line, len(data)
+    start = pos
     fields: list[Field] = []
     problem: str | None = None
     problem_index: int | None = None
     while True:
-        quoted = _QUOTED.match(data, pos)
-        garbage = bool(quoted and quoted[2].strip(b" \t"))
-        if quoted and garbage and _line_breaks(quoted[1]):
+        value = _VALUE.match(data, pos)
+        if value and value[1] is not None and value[2].strip(b" \t") and _line_breaks(value[1]):
             # Closed on a later line and followed by text: a quote left open that paired with
             # one of the next rows. Treat it as unclosed so that those rows are still read.
-            quoted = None
-        if quoted:
-            body, tail = quoted[1], quoted[2]
-            line += _line_breaks(body)
-            value = body.replace(b'""', b'"')
-            end = quoted.end(1) + 1
-            if garbage:
-                value, end = value + tail, quoted.end()
-                if problem is None:
-                    problem, problem_index = TEXT_AFTER_QUOTE, len(fields)
-            fields.append(Field(value, True, quoted.start(1) - 1, end))
-            pos = quoted.end()
-        elif opening := _OPEN_QUOTE.match(data, pos):
+            value = None
+        if value is None:
             # End an unclosed value at the end of its line so that the rows after it are still
             # read (a reader that swallowed the rest of the file would lose them).
-            rest = _TO_LINE_END.match(data, opening.end())
-            assert rest is not None  # the pattern matches the empty string
-            end = rest.end()
-            fields.append(Field(data[opening.end() : end], True, opening.end() - 1, end, False))
+            opening = _OPEN_QUOTE.match(data, pos)
+            rest = _TO_LINE_END.match(data, opening.end() if opening else pos)
+            assert opening is not None and rest is not None  # only a quote can fail _VALUE
+            fields.append(Field(rest[0], True, opening.end() - 1, rest.end(), False))
             if problem is None:
                 problem, problem_index = UNCLOSED_QUOTE, len(fields) - 1
-            pos = end
+            end = rest.end()
+            pos = end + (2 if data.startswith(b"\r\n", end) else 1 if end < len(data) else 0)
+            break
+        body, tail, plain, separator = value.groups()
+        pos = value.end()
+        if plain is not None:
+            fields.append(Field(plain, False, value.start(3), value.end(3)))
         else:
-            plain = _PLAIN.match(data, pos)
-            assert plain is not None  # the pattern matches the empty string
-            fields.append(Field(plain[0], False, pos, plain.end()))
-            pos = plain.end()
-        if pos < size and data[pos] == ord(","):
-            pos += 1
-            continue
-        last_line = line
-        if pos < size:  # a line break
-            pos += 2 if data.startswith(b"\r\n", pos) else 1
-            line += 1
-        return Record(first_line, last_line, tuple(fields), problem, problem_index), pos, line
+            stray = bool(tail.strip(b" \t"))
+            raw = body.replace(b'""', b'"') + (tail if stray else b"")
+            end = value.end(2) if stray else value.end(1) + 1
+            fields.append(Field(raw, True, value.start(1) - 1, end))
+            if stray and problem is None:
+                problem, problem_index = TEXT_AFTER_QUOTE, len(fields) - 1
+        if separator != b",":
+            end = pos - len(separator)
+            break
+    last_line = line + _line_breaks(data[start:end])
+    next_line = last_line + (pos > end)
+    return Record(line, last_line, tuple(fields), problem, problem_index), pos, next_line
 
 
 def align(record: Record, width: int) -> tuple[tuple[Field, ...] | None, bool]:

@@ -1,0 +1,152 @@
+"""Shared fixtures: the real test servers (Dovecot), fresh accounts, fault proxies.
+
+See ``tests/servers/__init__.py`` for how to use them. Every test that uses a server fixture is
+marked ``servers`` automatically (``-m "not servers"`` runs the rest), and is skipped with the
+reason when Dovecot is not installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers.dovecot import DovecotServer
+from tests.servers.dovecot_conf import ServerKind
+from tests.servers.imap import DEST_PASSWORD, HOSTILE_PASSWORD, ServerAccount
+from tests.servers.master import missing_dovecot
+from tests.servers.proxy import FaultProxy
+from tests.servers.tlsca import TlsCa, make_tls_ca
+
+_SERVER_FIXTURES = {
+    "source_server",
+    "dest_server",
+    "dovecot_servers",
+    "source_account",
+    "dest_account",
+    "new_source_account",
+    "new_dest_account",
+    "dovecot_factory",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)
+
+
+@pytest.fixture(scope="session")
+def hostile_password() -> str:
+    """``p@ss"w0rd\\%*{} é``: the password of every ``source_account``."""
+    return HOSTILE_PASSWORD
+
+
+@pytest.fixture(scope="session")
+def tls_ca(tmp_path_factory: pytest.TempPathFactory) -> TlsCa:
+    """A throwaway CA and a server certificate for localhost and 127.0.0.1-6."""
+    return make_tls_ca(Path(tmp_path_factory.mktemp("tls")))
+
+
+@pytest.fixture(scope="session")
+def dovecot_servers(tls_ca: TlsCa) -> Iterator[tuple[DovecotServer, DovecotServer]]:
+    """(source, dest), started once per session; both shut down in parallel at the end."""
+    reason = missing_dovecot()
+    if reason is not None:
+        pytest.skip(reason)
+    source = DovecotServer(ServerKind.SOURCE, tls_ca)
+    dest = DovecotServer(ServerKind.DEST, tls_ca)
+    try:
+        source.start()
+        dest.start()
+        yield source, dest
+    finally:
+        source.terminate()
+        dest.terminate()
+        source.remove()
+        dest.remove()
+
+
+@pytest.fixture(scope="session")
+def source_server(dovecot_servers: tuple[DovecotServer, DovecotServer]) -> DovecotServer:
+    """Exchange-like: separator '/', no prefix, on 127.0.0.1."""
+    return dovecot_servers[0]
+
+
+@pytest.fixture(scope="session")
+def dest_server(dovecot_servers: tuple[DovecotServer, DovecotServer]) -> DovecotServer:
+    """Vaultastic-like: separator '.', prefix 'INBOX.', on 127.0.0.4."""
+    return dovecot_servers[1]
+
+
+@pytest.fixture
+def new_source_account(source_server: DovecotServer) -> Callable[..., ServerAccount]:
+    """Factory: ``new_source_account(password)`` -> a fresh user on the source server."""
+
+    def make(password: str = HOSTILE_PASSWORD) -> ServerAccount:
+        return ServerAccount(source_server, source_server.new_user(password, "src"), password)
+
+    return make
+
+
+@pytest.fixture
+def new_dest_account(dest_server: DovecotServer) -> Callable[..., ServerAccount]:
+    """Factory: ``new_dest_account(password)`` -> a fresh user on the destination server."""
+
+    def make(password: str = DEST_PASSWORD) -> ServerAccount:
+        return ServerAccount(dest_server, dest_server.new_user(password, "dst"), password)
+
+    return make
+
+
+@pytest.fixture
+def source_account(new_source_account: Callable[..., ServerAccount]) -> ServerAccount:
+    """A fresh, empty source user whose password is ``HOSTILE_PASSWORD``."""
+    return new_source_account(HOSTILE_PASSWORD)
+
+
+@pytest.fixture
+def dest_account(new_dest_account: Callable[..., ServerAccount]) -> ServerAccount:
+    """A fresh, empty destination user whose password is ``DEST_PASSWORD``."""
+    return new_dest_account(DEST_PASSWORD)
+
+
+@pytest.fixture
+def dovecot_factory(tls_ca: TlsCa) -> Iterator[Callable[..., DovecotServer]]:
+    """Factory for a private server with custom settings for one test, e.g.
+    ``dovecot_factory(ServerKind.SOURCE, max_userip_connections=16)``; started, removed after."""
+    reason = missing_dovecot()
+    if reason is not None:
+        pytest.skip(reason)
+    made: list[DovecotServer] = []
+
+    def make(
+        kind: ServerKind, *, max_userip_connections: int = 1000, extra_conf: str = ""
+    ) -> DovecotServer:
+        server = DovecotServer(
+            kind, tls_ca, max_userip_connections=max_userip_connections, extra_conf=extra_conf
+        )
+        made.append(server)
+        return server.start()
+
+    yield make
+    for server in made:
+        server.terminate()
+    for server in made:
+        server.remove()
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[Callable[[str, int], FaultProxy]]:
+    """Factory: ``fault_proxy(host, port)`` -> a started ``FaultProxy``, stopped after the test."""
+    made: list[FaultProxy] = []
+
+    def make(host: str, port: int) -> FaultProxy:
+        proxy = FaultProxy(host, port).start()
+        made.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in made:
+        proxy.stop()

@@ -3,7 +3,9 @@
 Owns: the one structlog configuration, the routing of stdlib loggers (aioimaplib, asyncio,
 aiosmtplib, watchfiles) into the same lines, the level (``set_level`` for a SIGHUP reload), the
 optional file sink (``O_APPEND``, one ``write`` per line, rotation by logrotate
-``copytruncate``), and the last line of defence against leaked passwords:
+``copytruncate``), and the last line of defence against leaked passwords: every line goes
+through ``secrets_registry.scrub`` (re-exported here with ``register_secret`` and
+``forget_secret``), so that
 
 - values under keys that look secret (``pass``, ``secret``, ``token``, ``authorization``, ...)
   and every ``model.Secret`` become ``********``;
@@ -18,16 +20,12 @@ are cached on first use.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import datetime as dt
 import io
 import logging
 import os
-import re
 import sys
 import threading
-from collections import Counter
 from typing import IO, Any
 
 import orjson
@@ -36,7 +34,7 @@ from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, WrappedLogger
 
 from legacyflo_daemon.config import LogConfig
-from legacyflo_daemon.model import REDACTED, Secret
+from legacyflo_daemon.secrets_registry import forget_secret, register_secret, scrub
 
 __all__ = [
     "configure_logging",
@@ -47,109 +45,9 @@ __all__ = [
     "set_level",
 ]
 
-SECRET_KEY = re.compile(
-    r"pass(wd|word)?|secret|token|authori[sz]ation|api[_-]?key|credential", re.I
-)
 NOISY_LOGGERS = ("aioimaplib",)  # DEBUG logs whole message bodies and escaped passwords
-_MAX_DEPTH = 8
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _METHOD_LEVELS = {"warn": 30, "exception": 40, "fatal": 50, "msg": 20, **_LEVELS}
-
-
-# -- the secret registry -----------------------------------------------------------------------
-
-
-class _Secrets:
-    """Known passwords (reference-counted: one password may serve many requests)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: Counter[str] = Counter()
-        self.pattern: re.Pattern[str] | None = None
-
-    def add(self, value: str) -> None:
-        if value:
-            with self._lock:
-                self._counts[value] += 1
-                self._compile()
-
-    def remove(self, value: str) -> None:
-        with self._lock:
-            if self._counts[value] > 1:
-                self._counts[value] -= 1
-            else:
-                self._counts.pop(value, None)
-                self._compile()
-
-    def _compile(self) -> None:
-        forms = {form for value in self._counts for form in _forms(value) if form}
-        # Longest first, so that an escaped form is replaced whole, not just its plain prefix.
-        alternatives = sorted(forms, key=len, reverse=True)
-        self.pattern = re.compile("|".join(map(re.escape, alternatives))) if forms else None
-
-
-def _forms(value: str) -> set[str]:
-    """How ``value`` can appear in text: plain, IMAP-quoted, Python-repr'd (str and bytes)."""
-    imap = value.replace("\\", "\\\\").replace('"', '\\"')
-    forms = {value, imap}
-    for base in (value, imap):
-        escaped = repr(base + "'\"")[1:-1][:-3]  # repr escaping with "'" escaped
-        forms |= {escaped, escaped.replace("\\'", "'")}
-        raw = base.encode("utf-8", "surrogatepass")
-        escaped_b = repr(raw + b"'\"")[2:-1][:-3]
-        forms |= {escaped_b, escaped_b.replace("\\'", "'")}
-    return forms
-
-
-_SECRETS = _Secrets()
-
-
-def register_secret(value: str | Secret, *, user: str | None = None) -> None:
-    """Scrub ``value`` from every log line until ``forget_secret``; calls are counted.
-
-    With ``user``, the base64 of its SASL PLAIN response (``\\0user\\0password``) is scrubbed too.
-    """
-    plain = value.reveal() if isinstance(value, Secret) else value
-    _SECRETS.add(plain)
-    if user is not None and plain:
-        _SECRETS.add(_sasl_plain(user, plain))
-
-
-def forget_secret(value: str | Secret, *, user: str | None = None) -> None:
-    """Undo one ``register_secret`` call (the same arguments)."""
-    plain = value.reveal() if isinstance(value, Secret) else value
-    _SECRETS.remove(plain)
-    if user is not None and plain:
-        _SECRETS.remove(_sasl_plain(user, plain))
-
-
-def _sasl_plain(user: str, password: str) -> str:
-    return base64.b64encode(f"\0{user}\0{password}".encode()).decode("ascii")
-
-
-def scrub(value: object, depth: int = 0) -> Any:
-    """``value`` made JSON-safe with secrets replaced by ``********`` (see module docstring)."""
-    if isinstance(value, str):
-        pattern = _SECRETS.pattern
-        return pattern.sub(REDACTED, value) if pattern is not None else value
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    if isinstance(value, Secret):
-        return REDACTED
-    if depth >= _MAX_DEPTH:
-        return scrub(repr(value))
-    if isinstance(value, dict):
-        return {
-            str(k): REDACTED if SECRET_KEY.search(str(k)) else scrub(v, depth + 1)
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple | set | frozenset):
-        return [scrub(v, depth + 1) for v in value]
-    if isinstance(value, bytes | bytearray | memoryview):
-        return scrub(bytes(value).decode("utf-8", "replace"))
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    return scrub(str(value))
 
 
 def _redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:

@@ -23,8 +23,8 @@ from structlog.testing import capture_logs
 
 from legacyflo_daemon.config import SmtpConfig
 from legacyflo_daemon.errors import SmtpError
-from legacyflo_daemon.model import Status
 from legacyflo_daemon.mailsender import MailSender
+from legacyflo_daemon.model import Status
 from legacyflo_daemon.outbox import Outbox, deliver, envelope, smtp_password
 from legacyflo_daemon.report import build_mail
 from tests.test_report import NOW, attachment, entries, make_json

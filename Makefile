@@ -16,7 +16,8 @@ deps:
 		echo "installing Debian packages: $(APT_PACKAGES)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
 	fi
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	# PIP_BREAK_SYSTEM_PACKAGES: Debian's own python3 refuses system-wide installs (PEP 668).
+	PIP_BREAK_SYSTEM_PACKAGES=1 $(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
 lint:
 	$(PYTHON) -m ruff check legacyflo_daemon tests bench

@@ -48,6 +48,9 @@ class HostConfig:
     ca_file: Path | None = None
     allow_plaintext: bool = False  # LOGIN without TLS only when True
     legacy_tls: bool = False  # allow TLS 1.0 (Exchange 2010); never the default
+    # "auto": 993 is implicit TLS, other ports STARTTLS; "implicit" forces TLS from the first
+    # byte on any port (e.g. 9993); "starttls" forces STARTTLS even on 993.
+    tls: str = "auto"
     login_format: str = "{user}"  # also "{user}@{domain}" or "DOMAIN\\{user}"
     max_connections: int | None = None  # cap for this host (default: daemon.max_per_host)
     max_per_login: int | None = None  # cap per login on this host (default: imap.max_per_login)

@@ -116,10 +116,11 @@ _CHECKS: dict[str, Check] = {
     "report.compress_listing_above_kb": _at_least(0),
     "hosts.port": _PORT,
     "hosts.login_format": _login_format,
+    "hosts.tls": _one_of("auto", "implicit", "starttls"),
     "hosts.max_connections": _POSITIVE,
     "hosts.max_per_login": _POSITIVE,
 }
-_LOWERCASE = {"log.level", "log.format", "smtp.tls"}
+_LOWERCASE = {"log.level", "log.format", "smtp.tls", "hosts.tls"}
 _REJECTED = {
     "smtp.password": "a password is not accepted in the config file (it is often readable by "
     "others and ends up in backups): use password_file or password_env",

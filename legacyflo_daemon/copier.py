@@ -1,0 +1,188 @@
+"""The copier: one request's mailbox from the source to the destination, exactly once.
+
+Owns the copy algorithm of SPEC §5. For each planned folder it reads the source's in-range
+messages' identities (Message-ID/header hash + INTERNALDATE) and the destination folder's, and
+appends only the multiset difference. Because the destination itself is the record of what has
+been copied, every interruption (cancel, ``kill -9``, a cut connection, an APPEND that timed out
+after the server stored it, a changed UIDVALIDITY) is healed by the same step: reconnect,
+re-read both sides, copy what is missing. The state store only adds speed (finished folders are
+not re-read) and the counts of earlier runs.
+
+Errors: ``AuthenticationFailed`` and ``PermanentError`` end the request at once;
+``TransientError`` reconnects after a backoff (the server's hint honoured) until
+``imap.retries`` attempts in a row made no progress; ``MessageRejected`` is recorded per message.
+
+Must not: modify the source (EXAMINE and BODY.PEEK only, in ``imap``), log message content, or
+know about the spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from . import dates, folders
+from .config import Config
+from .copyfolder import FolderCopy, Interrupted, Progress
+from .endpoints import dest_endpoint, source_endpoint
+from .errors import AuthenticationFailed, PermanentError, TransientError
+from .imap import Session, connect
+from .limits import ByteBudget
+from .model import FolderResult, JobType, Request, RequestResult, Status
+from .retry import Backoff
+from .state import StateStore
+
+log = structlog.get_logger("legacyflo_daemon.copier")
+
+
+@dataclass
+class Copier:
+    """Copies one request. ``run()`` returns its result; it never raises ImapError."""
+
+    request_id: str
+    request: Request
+    config: Config
+    state: StateStore
+    budget: ByteBudget
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    on_progress: Callable[[Progress], None] = lambda _p: None
+    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+    progress: Progress = field(default_factory=Progress)
+    _results: dict[str, FolderResult] = field(default_factory=dict)
+    _plans: list[folders.FolderPlan] = field(default_factory=list)
+
+    async def run(self) -> RequestResult:
+        started = self.now()
+        status, error = Status.SUCCEEDED, None
+        try:
+            await self._run_with_retries()
+        except AuthenticationFailed as exc:
+            status, error = Status.FAILED, f"authentication failed: {exc}"
+        except (PermanentError, TransientError) as exc:
+            status, error = Status.FAILED, str(exc)
+        failures = tuple(self.state.failures(self.request_id))
+        if status is Status.SUCCEEDED and failures:
+            status = Status.PARTIAL
+        ordered = tuple(self._results[p.source_name] for p in self._plans if p.selectable
+                        and p.source_name in self._results)  # fmt: skip
+        return RequestResult(
+            request_id=self.request_id,
+            status=status,
+            started=started,
+            finished=self.now(),
+            folders=ordered,
+            failures=failures,
+            error=error,
+        )
+
+    async def _run_with_retries(self) -> None:
+        cfg = self.config.imap
+        backoff = Backoff(cfg.backoff_base, cfg.backoff_max, cfg.retries)
+        attempt = 0
+        while True:
+            before = self.progress.messages_done + self.progress.folders_done
+            try:
+                await self._attempt()
+                return
+            except TransientError as exc:
+                if self.progress.messages_done + self.progress.folders_done > before:
+                    attempt = 0  # progress was made: this is a new streak of trouble
+                if backoff.exhausted(attempt):
+                    raise TransientError(
+                        f"gave up after {attempt + 1} attempts without progress: {exc}"
+                    ) from exc
+                delay = backoff.delay(attempt, random.random(), exc.retry_after)
+                log.warning("request_retry", attempt=attempt + 1, delay=round(delay, 2),
+                            error=str(exc))  # fmt: skip
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    async def _attempt(self) -> None:
+        # What is done stays done; this pass adds what it still finds missing.
+        self.progress.messages_total = self.progress.messages_done
+        self.progress.bytes_total = self.progress.bytes_done
+        src = await connect(source_endpoint(self.request, self.config))
+        try:
+            dst = await connect(dest_endpoint(self.request, self.config))
+            try:
+                await self._copy_all(src, dst)
+            finally:
+                await dst.logout()
+        finally:
+            await src.logout()
+
+    async def _copy_all(self, src: Session, dst: Session) -> None:
+        self._plans = await self._plan(src, dst)
+        checkpoints = self.state.folder_checkpoints(self.request_id)
+        for plan in self._plans:
+            if not plan.selectable:
+                continue
+            cp = checkpoints.get(plan.source_name)
+            if cp is not None and cp.done:
+                self._results[plan.source_name] = _result_from_counts(plan, cp.counts)
+                continue
+            if self.stop.is_set():
+                raise Interrupted
+            job = FolderCopy(
+                request_id=self.request_id,
+                plan=plan,
+                criteria=dates.imap_criteria(self.request.dates),
+                state=self.state,
+                budget=self.budget,
+                config=self.config.imap,
+                stop=self.stop,
+                progress=self.progress,
+                on_progress=self.on_progress,
+                prior=cp,
+            )
+            self._results[plan.source_name] = await job.run(src, dst)
+            self.progress.folders_done += 1
+
+    async def _plan(self, src: Session, dst: Session) -> list[folders.FolderPlan]:
+        """List the source, map every folder, and create the destination tree."""
+        src_prefix, src_delim = await src.namespace()
+        dst_prefix, dst_delim = await dst.namespace()
+        entries = await src.list_folders()
+        source = [folders.SourceFolder(e.name, e.delimiter, frozenset(e.flags)) for e in entries]
+        exclusions = (
+            self.config.imap.exclude_folders
+            if self.request.jobtype is JobType.EXCHANGEIMAP
+            else None
+        )
+        root = folders.root_path(self.config.imap.dest_root, dst_prefix, dst_delim or ".")
+        plans = folders.plan_folders(
+            source,
+            source_delim=src_delim,
+            dest_delim=dst_delim or ".",
+            dest_prefix_path=root,
+            dest_folder=self.request.dest_folder,
+            exclusions=exclusions,
+        )
+        existing = {e.name for e in await dst.list_folders()}
+        for name in folders.folders_to_create(plans, existing):
+            await dst.create(name)
+            await dst.subscribe(name)
+        del src_prefix  # the source namespace prefix is part of the listed names already
+        return plans
+
+
+def _result_from_counts(plan: folders.FolderPlan, counts: dict[str, int]) -> FolderResult:
+    return FolderResult(
+        source=plan.source_display,
+        destination=plan.dest_display,
+        in_range=counts.get("in_range", 0),
+        copied=counts.get("copied", 0),
+        already_present=counts.get("already_present", 0),
+        failed=counts.get("failed", 0),
+        bytes=counts.get("bytes", 0),
+        deleted_dropped=counts.get("deleted_dropped", 0),
+        note=plan.note,
+    )
+
+
+__all__ = ["Copier", "Interrupted", "Progress"]

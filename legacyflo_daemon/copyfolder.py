@@ -1,0 +1,196 @@
+"""Copy one folder: compare identities, append what is missing, checkpoint after each batch.
+
+Owns the per-folder step of the copier (see ``copier``). The multiset comparison is done on
+identities read from both servers at the start of the pass, so a pass that starts after any
+interruption copies exactly what is still missing. Counts of earlier passes of the same request
+come from the checkpoint (``prior``); messages this pass finds already present that earlier
+passes copied are counted as copied, not as already present.
+
+Memory: bodies are fetched in batches bounded by count and by (server-reported) size, and each
+batch holds a reservation on the shared ``ByteBudget`` while its bytes are in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from . import dedupe, folders
+from .config import ImapConfig
+from .errors import MessageRejected
+from .headers import summarize
+from .imap import MessageMeta, Session
+from .limits import ByteBudget
+from .model import FolderResult, MessageFailure
+from .state import FolderCheckpoint, StateStore
+
+log = structlog.get_logger("legacyflo_daemon.copier")
+
+META_BATCH = 500  # aioimaplib parses a response in O(lines²): keep each FETCH modest
+_NEVER_COPIED = {"\\recent"}
+_COUNTERS = ("in_range", "copied", "already_present", "failed", "bytes", "deleted_dropped")
+
+
+class Interrupted(Exception):
+    """The daemon asked the copier to stop; the request stays queued and resumes later."""
+
+
+@dataclass
+class Progress:
+    """Live counters of one request, read by the daemon for progress events and status."""
+
+    messages_total: int = 0
+    messages_done: int = 0
+    bytes_total: int = 0
+    bytes_done: int = 0
+    folders_done: int = 0
+
+
+def copy_flags(flags: tuple[str, ...], permanent: frozenset[str] | None) -> tuple[str, ...]:
+    """The flags to give the copy: never ``\\Recent`` or ``\\Deleted``; keywords only where the
+    destination's PERMANENTFLAGS accept them (``\\*``, or listed by name)."""
+    accepts_any = permanent is None or "\\*" in permanent
+    allowed = {f.lower() for f in permanent} if permanent is not None else set()
+    out = []
+    for f in flags:
+        low = f.lower()
+        if low in _NEVER_COPIED or low == "\\deleted":
+            continue
+        if not f.startswith("\\") and not accepts_any and low not in allowed:
+            continue
+        out.append(f)
+    return tuple(out)
+
+
+async def read_identities(session: Session, uids: list[int]) -> list[MessageMeta]:
+    """Metadata of ``uids`` (ascending), fetched in modest batches."""
+    metas: list[MessageMeta] = []
+    for i in range(0, len(uids), META_BATCH):
+        for uid_set in dedupe.uid_sets(uids[i : i + META_BATCH]):
+            metas.extend(await session.fetch_meta(uid_set))
+    metas.sort(key=lambda m: m.uid)
+    return metas
+
+
+@dataclass
+class FolderCopy:
+    request_id: str
+    plan: folders.FolderPlan
+    criteria: list[str]
+    state: StateStore
+    budget: ByteBudget
+    config: ImapConfig
+    stop: asyncio.Event
+    progress: Progress
+    on_progress: Callable[[Progress], None]
+    prior: FolderCheckpoint | None
+    counts: dict[str, int] = field(default_factory=dict)
+    _uidvalidity: int = 0
+
+    async def run(self, src: Session, dst: Session) -> FolderResult:
+        info = await src.examine(self.plan.source_name)
+        self._uidvalidity = info.uidvalidity
+        uids = await src.uid_search(self.criteria) if info.exists else []
+        metas = await read_identities(src, uids)
+        dinfo = await dst.select(self.plan.dest_name)
+        duids = await dst.uid_search(["ALL"]) if dinfo.exists else []
+        dest_keys = [dedupe.identity(m.header, m.internaldate) for m in
+                     await read_identities(dst, duids)]  # fmt: skip
+        by_uid = {m.uid: m for m in metas}
+        missing = dedupe.missing(
+            [(m.uid, dedupe.identity(m.header, m.internaldate)) for m in metas], dest_keys
+        )
+        prior = dict(self.prior.counts) if self.prior is not None else {}
+        self.counts = {k: prior.get(k, 0) for k in _COUNTERS}
+        self.counts["in_range"] = len(metas)
+        self.counts["failed"] = 0
+        present = len(metas) - len(missing)
+        self.counts["already_present"] = max(0, present - self.counts["copied"])
+        self.state.clear_failures(self.request_id, self.plan.source_display)
+        self._checkpoint(done=False)
+        self.progress.messages_total += len(missing)
+        self.progress.bytes_total += sum(by_uid[u].size for u in missing)
+        log.info("folder_started", folder=self.plan.source_display, in_range=len(metas),
+                 missing=len(missing), dest=self.plan.dest_display)  # fmt: skip
+        sized = [(u, by_uid[u].size) for u in missing]
+        for batch in dedupe.batches(sized, self.config.fetch_batch, self.config.fetch_batch_bytes):
+            await self._copy_batch(src, dst, batch, by_uid, dinfo.permanent_flags)
+        self._checkpoint(done=True)
+        log.info("folder_copied", folder=self.plan.source_display, **self.counts)
+        return self._result()
+
+    async def _copy_batch(
+        self,
+        src: Session,
+        dst: Session,
+        batch: list[int],
+        metas: dict[int, MessageMeta],
+        permanent: frozenset[str] | None,
+    ) -> None:
+        if self.stop.is_set():
+            raise Interrupted
+        reserve = sum(metas[u].size for u in batch)
+        async with self.budget.reserve(reserve):
+            fetched = {m.uid: m for uid_set in dedupe.uid_sets(batch)
+                       for m in await src.fetch_bodies(uid_set)}  # fmt: skip
+            for uid in batch:
+                if self.stop.is_set():
+                    self._checkpoint(done=False)
+                    raise Interrupted
+                msg = fetched.get(uid)
+                if msg is None:
+                    self._fail(metas[uid], "the source server returned no such message")
+                    continue
+                if msg.error is not None or msg.body is None:
+                    self._fail(metas[uid], msg.error or "the source server returned no body")
+                    continue
+                flags = copy_flags(msg.flags, permanent)
+                try:
+                    await dst.append(self.plan.dest_name, msg.body, flags, msg.internaldate_raw)
+                except MessageRejected as exc:
+                    self._fail(metas[uid], f"the destination refused it: {exc}")
+                    continue
+                size = len(msg.body)
+                self.counts["copied"] += 1
+                self.counts["bytes"] += size
+                if any(f.lower() == "\\deleted" for f in msg.flags):
+                    self.counts["deleted_dropped"] += 1
+                self.progress.messages_done += 1
+                self.progress.bytes_done += metas[uid].size
+                fetched.pop(uid, None)  # let the body go as soon as it is stored
+        self._checkpoint(done=False)
+        self.on_progress(self.progress)
+
+    def _fail(self, meta: MessageMeta, reason: str) -> None:
+        h = summarize(meta.header)
+        self.counts["failed"] += 1
+        self.progress.messages_done += 1
+        self.state.add_failure(
+            self.request_id,
+            MessageFailure(
+                folder=self.plan.source_display,
+                uid=meta.uid,
+                date=meta.internaldate.isoformat(),
+                subject=h.subject,
+                reason=reason,
+            ),
+        )
+        log.warning("message_failed", folder=self.plan.source_display, uid=meta.uid,
+                    reason=reason)  # fmt: skip
+
+    def _checkpoint(self, *, done: bool) -> None:
+        self.state.save_folder(
+            self.request_id,
+            FolderCheckpoint(self.plan.source_name, self._uidvalidity, done, dict(self.counts)),
+        )
+
+    def _result(self) -> FolderResult:
+        return FolderResult(
+            source=self.plan.source_display,
+            destination=self.plan.dest_display,
+            note=self.plan.note,
+            **self.counts,
+        )

@@ -1,0 +1,575 @@
+"""IMAP wire syntax, UID sets and response parsing (``imap_wire``, ``imap_uidset``,
+``imap_parse``): pure, no server."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from legacyflo_daemon.imap_parse import (
+    EMPTY_BODY,
+    EXCHANGE_FAILED,
+    NO_BODY,
+    ListEntry,
+    appenduid,
+    capabilities,
+    code_capabilities,
+    exchange_substitute,
+    fetch_items,
+    message_from,
+    meta_from,
+    parse_internaldate,
+    parse_list,
+    parse_mailbox,
+    parse_namespace,
+    parse_search,
+)
+from legacyflo_daemon.imap_uidset import expand_uid_set, uid_batches
+from legacyflo_daemon.imap_wire import (
+    Literal,
+    WireError,
+    astring,
+    date_time_arg,
+    flag_list,
+    quoted,
+    responses,
+    search_args,
+    split_args,
+)
+
+UTC = dt.UTC
+
+# -- arguments ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "wire"),
+    [
+        ("INBOX", '"INBOX"'),
+        ("Sent Items", '"Sent Items"'),
+        ("", '""'),
+        ('Quote"d', '"Quote\\"d"'),
+        ("back\\slash", '"back\\\\slash"'),
+        ("Brace{1}", '"Brace{1}"'),
+        ("x* y %", '"x* y %"'),
+        ('p@ss"w0rd\\%*{}', '"p@ss\\"w0rd\\\\%*{}"'),
+    ],
+)
+def test_quoted_escapes_only_quote_and_backslash(text: str, wire: str) -> None:
+    assert quoted(text) == wire
+
+
+@pytest.mark.parametrize("text", ["é", "a\rb", "a\nb", "a\0b", "Caf\u00e9"])
+def test_quoted_refuses_what_needs_a_literal(text: str) -> None:
+    with pytest.raises(ValueError, match="literal"):
+        quoted(text)
+
+
+def test_astring_uses_a_literal_for_8bit_and_line_breaks() -> None:
+    assert astring("plain") == '"plain"'
+    lit = astring('p@ss"w0rd\\%*{} é')
+    assert isinstance(lit, Literal)
+    assert lit.data == 'p@ss"w0rd\\%*{} é'.encode()
+    crlf = astring("a\r\nb")
+    assert isinstance(crlf, Literal) and crlf.data == b"a\r\nb"
+    # A name a server sent as raw 8-bit (decoded with surrogateescape) goes back byte for byte.
+    raw = b"Caf\xe9".decode("utf-8", "surrogateescape")
+    back = astring(raw)
+    assert isinstance(back, Literal) and back.data == b"Caf\xe9"
+
+
+def test_astring_refuses_nul() -> None:
+    with pytest.raises(ValueError, match="NUL"):
+        astring("a\0b")
+
+
+def test_literal_repr_never_shows_the_payload() -> None:
+    assert repr(Literal(b"secret password")) == "Literal(15 bytes)"
+    assert "secret" not in str(Literal(b"secret"))
+
+
+@pytest.mark.parametrize(
+    ("criteria", "wire"),
+    [
+        (["ALL"], ["ALL"]),
+        (
+            ["SINCE", "25-Sep-2017", "BEFORE", "25-Sep-2018"],
+            ["SINCE", "25-Sep-2017", "BEFORE", "25-Sep-2018"],
+        ),
+        (["UID", "1:*"], ["UID", "1:*"]),
+        (["HEADER", "Message-ID", "<a@b.example>"], ["HEADER", "Message-ID", "<a@b.example>"]),
+        (["SUBJECT", "two words"], ["SUBJECT", '"two words"']),
+        (["SUBJECT", 'say "hi"'], ["SUBJECT", '"say \\"hi\\""']),
+    ],
+)
+def test_search_args(criteria: list[str], wire: list[str]) -> None:
+    assert search_args(criteria) == wire
+
+
+@pytest.mark.parametrize("criteria", [[], ["SUBJECT", "café"]])
+def test_search_args_refuses(criteria: list[str]) -> None:
+    with pytest.raises(ValueError):
+        search_args(criteria)
+
+
+@pytest.mark.parametrize(
+    ("flags", "wire"),
+    [
+        ([], None),
+        (["\\Recent"], None),
+        (["\\Seen", "\\RECENT", "$Forwarded"], "(\\Seen $Forwarded)"),
+        (["\\Seen", "\\seen", "\\Flagged"], "(\\Seen \\Flagged)"),
+        (["$Label1", "bad flag", "(x)", "", 'q"'], "($Label1)"),
+        (
+            ["\\Answered", "\\Draft", "\\Deleted", "NonJunk"],
+            "(\\Answered \\Draft \\Deleted NonJunk)",
+        ),
+    ],
+)
+def test_flag_list_drops_recent_duplicates_and_unsendable(
+    flags: list[str], wire: str | None
+) -> None:
+    assert flag_list(flags) == wire
+
+
+@pytest.mark.parametrize(
+    ("raw", "wire"),
+    [
+        ("26-Nov-2025 17:30:21 +0000", '"26-Nov-2025 17:30:21 +0000"'),
+        ('"26-Nov-2025 17:30:21 +0000"', '"26-Nov-2025 17:30:21 +0000"'),
+        (" 6-Jan-2015 09:30:00 -0700", '" 6-Jan-2015 09:30:00 -0700"'),
+        ("06-jan-2015 09:30:00 +0530", '"06-jan-2015 09:30:00 +0530"'),
+    ],
+)
+def test_date_time_arg_passes_the_server_string_through(raw: str, wire: str) -> None:
+    assert date_time_arg(raw) == wire
+
+
+@pytest.mark.parametrize(
+    "raw", ["", "26-Foo-2025 17:30:21 +0000", "26-Nov-2025 17:30:21", "2025-11-26T17:30:21Z"]
+)
+def test_date_time_arg_refuses_non_imap_dates(raw: str) -> None:
+    with pytest.raises(ValueError):
+        date_time_arg(raw)
+
+
+@pytest.mark.parametrize(
+    ("args", "first", "now", "sends"),
+    [
+        (['"a"', '"b"'], ['"a"', '"b"'], [], []),
+        (['"u"', Literal(b"pw")], ['"u"', "{2}"], [], [[b"pw", b"\r\n"]]),
+        ([Literal(b"u"), Literal(b"pw")], ["{1}"], [], [[b"u", b" {2}\r\n"], [b"pw", b"\r\n"]]),
+        (
+            ['"box"', "(\\Seen)", Literal(b"BODY"), "x", "y"],
+            ['"box"', "(\\Seen)", "{4}"],
+            [],
+            [[b"BODY", b" x y\r\n"]],
+        ),
+        (['"box"', Literal(b"BODY", nonsync=True)], ['"box"', "{4+}"], [b"BODY", b"\r\n"], []),
+        (
+            ["a", Literal(b"1", nonsync=True), "b", Literal(b"22"), "c"],
+            ["a", "{1+}"],
+            [b"1", b" b {2}\r\n"],
+            [[b"22", b" c\r\n"]],
+        ),
+    ],
+)
+def test_split_args_cuts_commands_at_literals(
+    args: list[str | Literal], first: list[str], now: list[bytes], sends: list[list[bytes]]
+) -> None:
+    assert split_args(args) == (first, now, sends)
+
+
+# -- UID sets ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uids", "cap", "batches"),
+    [
+        ("1:250,300", 100, ["1:100", "101:200", "201:250,300"]),
+        ("5", 100, ["5"]),
+        ("9:7", 2, ["7:8", "9"]),
+        ([1, 2, 3, 5, 7, 8, 9, 200], 3, ["1:3", "5,7:8", "9,200"]),
+        ([3, 1, 2, 2], 10, ["1:3"]),
+        ([], 10, []),
+    ],
+)
+def test_uid_batches(uids: str | list[int], cap: int, batches: list[str]) -> None:
+    assert uid_batches(uids, cap) == batches
+
+
+@pytest.mark.parametrize("uids", ["1:*", "*", "a", "0:5", "1,,2", [0], [2**32]])
+def test_uid_batches_refuses_unknown_sizes_and_bad_uids(uids: str | list[int]) -> None:
+    with pytest.raises(ValueError):
+        uid_batches(uids, 100)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(1, 5000), max_size=400),
+    st.integers(1, 120),
+    st.integers(12, 200),
+)
+def test_uid_batches_cover_every_uid_once_within_limits(
+    uids: list[int], cap: int, max_len: int
+) -> None:
+    batches = uid_batches(uids, cap, max_len)
+    seen = [u for b in batches for u in expand_uid_set(b)]
+    assert sorted(seen) == sorted(set(uids))
+    assert len(seen) == len(set(seen))
+    assert all(len(expand_uid_set(b)) <= cap and len(b) <= max_len for b in batches)
+    # The same set written as a string gives batches no wider than cap either.
+    if batches:
+        text = ",".join(batches)
+        again = uid_batches(text, cap)
+        assert sorted(u for b in again for u in expand_uid_set(b)) == sorted(set(uids))
+        assert all(len(expand_uid_set(b)) <= cap for b in again)
+
+
+# -- generic response values -------------------------------------------------------------------
+
+
+def test_responses_reads_fetch_items_in_any_order_with_literals() -> None:
+    parts = [
+        b'1 FETCH (UID 1 FLAGS (\\Seen) INTERNALDATE "26-Nov-2025 17:30:22 +0000" '
+        b"BODY[HEADER.FIELDS (MESSAGE-ID)] {3}",
+        bytearray(b"abc"),
+        b" BODY[] {2}",
+        bytearray(b"xy"),
+        b")",
+        b"2 FETCH (BODY[] {1}",
+        bytearray(b"z"),
+        b" FLAGS (\\Seen $Label1) UID 10)",
+    ]
+    assert responses(parts) == [
+        [
+            "1",
+            "FETCH",
+            [
+                "UID",
+                "1",
+                "FLAGS",
+                ["\\Seen"],
+                "INTERNALDATE",
+                "26-Nov-2025 17:30:22 +0000",
+                "BODY[HEADER.FIELDS (MESSAGE-ID)]",
+                bytearray(b"abc"),
+                "BODY[]",
+                bytearray(b"xy"),
+            ],
+        ],
+        ["2", "FETCH", ["BODY[]", bytearray(b"z"), "FLAGS", ["\\Seen", "$Label1"], "UID", "10"]],
+    ]
+
+
+def test_responses_list_with_literal_name_then_next_response() -> None:
+    parts = [b'(\\HasNoChildren) "/" "q\\"d"', b'() "/" {4}', bytearray(b"a* b"), b"() NIL INBOX"]
+    assert responses(parts) == [
+        [["\\HasNoChildren"], "/", 'q"d'],
+        [[], "/", bytearray(b"a* b")],
+        [[], None, "INBOX"],
+    ]
+
+
+def test_responses_keeps_a_quoted_nil_as_text() -> None:
+    assert responses([b'"NIL" NIL nil ""']) == [["NIL", None, None, ""]]
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [b"1 FETCH (UID 1"],
+        [b"1 FETCH UID 1)"],
+        [b"1 FETCH (BODY[] {3}"],
+        [b"1 FETCH (BODY[] {3}", b")"],
+        [bytearray(b"orphan literal")],
+        [b'1 FETCH (FLAGS "unterminated)'],
+    ],
+)
+def test_responses_refuses_broken_syntax(parts: list[bytes | bytearray]) -> None:
+    with pytest.raises(WireError):
+        responses(parts)
+
+
+def _render(seq: int, items: list[tuple[str, object]]) -> list[bytes | bytearray]:
+    """A FETCH response as aioimaplib hands it over: literal lines, bytearrays, continuations."""
+    parts: list[bytes | bytearray] = []
+    line = b"%d FETCH (" % seq
+    for i, (key, value) in enumerate(items):
+        line += (b"" if i == 0 else b" ") + key.encode() + b" "
+        if isinstance(value, bytes):
+            parts += [line + b"{%d}" % len(value), bytearray(value)]
+            line = b""
+        elif isinstance(value, list):
+            line += b"(" + b" ".join(v.encode() for v in value) + b")"
+        else:
+            line += str(value).encode()
+    parts.append(line + b")")
+    return parts
+
+
+_flag = st.sampled_from(
+    ["\\Seen", "\\Answered", "\\Flagged", "\\Draft", "\\Deleted", "$Label1", "$Forwarded"]
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    uid=st.integers(1, 2**32 - 1),
+    flags=st.lists(_flag, unique=True),
+    header=st.binary(max_size=300),
+    body=st.binary(min_size=1, max_size=2000),
+    order=st.permutations(range(5)),
+)
+def test_fetch_items_any_order_round_trip(
+    uid: int, flags: list[str], header: bytes, body: bytes, order: list[int]
+) -> None:
+    date = '"26-Nov-2025 17:30:22 +0000"'
+    items = [
+        ("UID", uid),
+        ("FLAGS", flags),
+        ("INTERNALDATE", date),
+        ("BODY[HEADER.FIELDS (MESSAGE-ID DATE FROM TO SUBJECT)]", header),
+        ("BODY[]", body),
+    ]
+    parts = _render(7, [items[i] for i in order])
+    (item,) = fetch_items(parts)
+    assert item["UID"] == str(uid)
+    assert item["FLAGS"] == flags
+    assert item["INTERNALDATE"] == date.strip('"')
+    assert item["BODY[HEADER.FIELDS (MESSAGE-ID DATE FROM TO SUBJECT)]"] == bytearray(header)
+    assert item["BODY[]"] == bytearray(body)
+
+
+# -- typed results -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("26-Nov-2025 17:30:22 +0000", dt.datetime(2025, 11, 26, 17, 30, 22, tzinfo=UTC)),
+        ('"26-Nov-2025 17:30:22 +0000"', dt.datetime(2025, 11, 26, 17, 30, 22, tzinfo=UTC)),
+        (" 6-Jan-2015 09:30:00 -0700", dt.datetime(2015, 1, 6, 16, 30, tzinfo=UTC)),
+        ("24-sep-2018 23:59:59 +0530", dt.datetime(2018, 9, 24, 18, 29, 59, tzinfo=UTC)),
+    ],
+)
+def test_parse_internaldate(raw: str, expected: dt.datetime) -> None:
+    parsed = parse_internaldate(raw)
+    assert parsed == expected
+    assert parsed.utcoffset() is not None
+
+
+@pytest.mark.parametrize("raw", ["", "26-Nov-2025", "32-Foo-2025 17:30:22 +0000", "2025-11-26"])
+def test_parse_internaldate_refuses(raw: str) -> None:
+    with pytest.raises(ValueError):
+        parse_internaldate(raw)
+
+
+def test_capabilities() -> None:
+    assert capabilities("IMAP4rev1 auth=plain SASL-IR") == {"IMAP4REV1", "AUTH=PLAIN", "SASL-IR"}
+    greeting = (
+        "* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ STARTTLS "
+        "AUTH=PLAIN] Dovecot ready."
+    )
+    assert code_capabilities(greeting) == {
+        "IMAP4REV1",
+        "SASL-IR",
+        "LOGIN-REFERRALS",
+        "ID",
+        "ENABLE",
+        "IDLE",
+        "LITERAL+",
+        "STARTTLS",
+        "AUTH=PLAIN",
+    }
+    assert code_capabilities("* OK IMAP4rev1 Service Ready") is None
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ([b'(("" "/")) NIL NIL'], ("", "/")),
+        ([b'(("INBOX." ".")) NIL NIL'], ("INBOX.", ".")),
+        ([b'(("" NIL)) NIL NIL'], ("", None)),
+        ([b"NIL NIL NIL"], ("", None)),
+        ([b'(("INBOX/" "/")("#shared/" "/")) NIL NIL'], ("INBOX/", "/")),
+    ],
+)
+def test_parse_namespace(lines: list[bytes], expected: tuple[str, str | None]) -> None:
+    assert parse_namespace(lines) == expected
+
+
+@pytest.mark.parametrize("lines", [[], [b"(x) NIL NIL"], [b'(("only")) NIL NIL']])
+def test_parse_namespace_refuses(lines: list[bytes]) -> None:
+    with pytest.raises(WireError):
+        parse_namespace(lines)
+
+
+def test_parse_list() -> None:
+    lines = [
+        b'(\\HasNoChildren) "/" "Sent Items"',
+        b'(\\HasChildren \\Noselect) "/" INBOX/Projects',
+        b'(\\HasNoChildren) "." "q\\"d \\\\ x"',
+        b"() NIL Flat",
+        b'(\\HasNoChildren) "/" {4}',
+        bytearray(b"x* y"),
+        b'(\\HasNoChildren) "/" "Caf&AOk-"',
+    ]
+    assert parse_list(lines) == [
+        ListEntry("Sent Items", "/", frozenset({"\\HasNoChildren"})),
+        ListEntry("INBOX/Projects", "/", frozenset({"\\HasChildren", "\\Noselect"})),
+        ListEntry('q"d \\ x', ".", frozenset({"\\HasNoChildren"})),
+        ListEntry("Flat", None, frozenset()),
+        ListEntry("x* y", "/", frozenset({"\\HasNoChildren"})),
+        ListEntry("Caf&AOk-", "/", frozenset({"\\HasNoChildren"})),
+    ]
+    assert parse_list(lines)[1].noselect and not parse_list(lines)[0].noselect
+
+
+@pytest.mark.parametrize("lines", [[b'"/" INBOX'], [b"(\\Noselect) NIL NIL"], [b"()"]])
+def test_parse_list_refuses(lines: list[bytes]) -> None:
+    with pytest.raises(WireError):
+        parse_list(lines)
+
+
+@pytest.mark.parametrize(
+    ("lines", "uids"),
+    [([b"1 2 3"], [1, 2, 3]), ([b""], []), ([], []), ([b"4 9 (MODSEQ 12)", b"11"], [4, 9, 11])],
+)
+def test_parse_search(lines: list[bytes], uids: list[int]) -> None:
+    assert parse_search(lines) == uids
+
+
+def test_parse_mailbox_dovecot_select() -> None:
+    lines = [
+        b"FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded)",
+        b"OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded \\*)] "
+        b"Flags permitted.",
+        b"24 EXISTS",
+        b"0 RECENT",
+        b"OK [UNSEEN 3] First unseen.",
+        b"OK [UIDVALIDITY 1795720126] UIDs valid",
+        b"OK [UIDNEXT 25] Predicted next UID",
+        b"OK [HIGHESTMODSEQ 1] Highest",
+    ]
+    info = parse_mailbox("INBOX", lines, "[READ-WRITE] Select completed (0.001 secs).")
+    assert (info.name, info.exists, info.uidvalidity, info.uidnext) == ("INBOX", 24, 1795720126, 25)
+    assert "\\*" in (info.permanent_flags or set()) and "$Forwarded" in info.flags
+    assert not info.read_only
+    examined = parse_mailbox("INBOX", [b"0 EXISTS"], "[READ-ONLY] Examine completed.")
+    assert examined.read_only and examined.permanent_flags is None and examined.uidnext is None
+
+
+@pytest.mark.parametrize(
+    ("text", "uid"),
+    [("[APPENDUID 1795720126 42] Append completed.", 42), ("Append completed.", None)],
+)
+def test_appenduid(text: str, uid: int | None) -> None:
+    assert appenduid(text) == uid
+
+
+def test_fetch_items_merges_by_sequence_number_and_drops_unsolicited() -> None:
+    parts = [
+        b"3 FETCH (UID 30 FLAGS (\\Seen))",
+        b"4 FETCH (FLAGS (\\Deleted))",  # unsolicited update without UID: not ours
+        b'3 FETCH (INTERNALDATE "01-Jan-2020 00:00:00 +0000")',
+    ]
+    (item,) = fetch_items(parts)
+    assert item == {"UID": "30", "FLAGS": ["\\Seen"], "INTERNALDATE": "01-Jan-2020 00:00:00 +0000"}
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [[b"1 FETCH (UID)"], [b"1 FETCH (UID 1 FLAGS)"], [b"x FETCH (UID 1)"], [b"1 FETCH ((UID) 1)"]],
+)
+def test_fetch_items_refuses_malformed(parts: list[bytes]) -> None:
+    with pytest.raises(WireError):
+        fetch_items(parts)
+
+
+HEADER = b"Message-ID: <a@b>\r\nSubject: hi\r\n\r\n"
+
+
+def test_meta_from() -> None:
+    item = {
+        "UID": "7",
+        "FLAGS": ["\\Seen", "\\Recent"],
+        "INTERNALDATE": "26-Nov-2025 17:30:22 +0100",
+        "RFC822.SIZE": "1234",
+        "BODY[HEADER.FIELDS (MESSAGE-ID DATE FROM TO SUBJECT)]": bytearray(HEADER),
+    }
+    meta = meta_from(item)
+    assert (meta.uid, meta.flags, meta.size, meta.header) == (
+        7,
+        ("\\Seen", "\\Recent"),
+        1234,
+        HEADER,
+    )
+    assert meta.internaldate == dt.datetime(2025, 11, 26, 16, 30, 22, tzinfo=UTC)
+    assert meta.internaldate_raw == "26-Nov-2025 17:30:22 +0100"
+    assert isinstance(meta.header, bytes)
+
+
+@pytest.mark.parametrize(("value", "header"), [("", b""), (None, b""), ("x", b"x")])
+def test_meta_from_header_as_quoted_string_or_nil(value: str | None, header: bytes) -> None:
+    item = {
+        "UID": "1",
+        "INTERNALDATE": "01-Jan-2020 00:00:00 +0000",
+        "BODY[HEADER.FIELDS (DATE)]": value,
+    }
+    assert meta_from(item).header == header
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"UID": "1"},
+        {"UID": "1", "INTERNALDATE": "yesterday"},
+        {"INTERNALDATE": "01-Jan-2020 00:00:00 +0000"},
+    ],
+)
+def test_meta_from_refuses_missing_date_or_uid(item: dict) -> None:
+    with pytest.raises(WireError):
+        meta_from(item)
+
+
+RETRIEVAL = b"Retrieval using the IMAP4 protocol failed for the following message"
+SUBSTITUTE = (
+    b"From: Microsoft Exchange Server\r\n"
+    b"Subject: Retrieval using the IMAP4 protocol failed for the following message: 205\r\n"
+    b"\r\nThe server couldn't retrieve the following message:\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (bytearray(b"Subject: x\r\n\r\nhello\r\n"), None),
+        (None, NO_BODY),
+        ("missing", NO_BODY),
+        (bytearray(), EMPTY_BODY),
+        (bytearray(SUBSTITUTE), EXCHANGE_FAILED),
+        (bytearray(SUBSTITUTE.replace(b"Subject: ", b"subject:\t")), EXCHANGE_FAILED),
+        (bytearray(b"Subject: Fwd: " + RETRIEVAL + b": 1\r\n\r\n"), None),
+        (bytearray(b"Subject: report\r\n\r\nSubject: " + RETRIEVAL + b"\r\n"), None),
+    ],
+)
+def test_message_from_body_trouble_is_a_per_message_error(body: object, error: str | None) -> None:
+    item: dict = {"UID": "5", "FLAGS": ["\\Seen"], "INTERNALDATE": "26-Nov-2025 17:30:22 +0000"}
+    if body != "missing":
+        item["BODY[]"] = body
+    msg = message_from(item)
+    assert msg.uid == 5 and msg.flags == ("\\Seen",) and msg.error == error
+    assert msg.internaldate_raw == "26-Nov-2025 17:30:22 +0000"
+    if error is None:
+        assert msg.body is body  # the literal itself: a 50 MB body is not copied
+    else:
+        assert msg.body is None
+
+
+def test_exchange_substitute_only_looks_at_the_header() -> None:
+    assert exchange_substitute(SUBSTITUTE)
+    assert not exchange_substitute(b"Subject: ok\r\n\r\n" + SUBSTITUTE)

@@ -13,16 +13,17 @@ batch holds a reservation on the shared ``ByteBudget`` while its bytes are in me
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 import structlog
 
 from . import dedupe, folders
 from .config import ImapConfig
-from .errors import MessageRejected
 from .headers import summarize
-from .imap import MessageMeta, Session
+from .imap import FetchedMessage, MessageMeta, Session
 from .limits import ByteBudget
 from .model import FolderResult, MessageFailure
 from .state import FolderCheckpoint, StateStore
@@ -31,6 +32,8 @@ log = structlog.get_logger("legacyflo_daemon.copier")
 
 META_BATCH = 500  # aioimaplib parses a response in O(lines²): keep each FETCH modest
 _NEVER_COPIED = {"\\recent"}
+_Hold = AbstractAsyncContextManager[None, bool | None]
+_Fetched = tuple[list[int], dict[int, FetchedMessage], _Hold]
 _COUNTERS = ("in_range", "copied", "already_present", "failed", "bytes", "deleted_dropped")
 
 
@@ -116,53 +119,94 @@ class FolderCopy:
         log.info("folder_started", folder=self.plan.source_display, in_range=len(metas),
                  missing=len(missing), dest=self.plan.dest_display)  # fmt: skip
         sized = [(u, by_uid[u].size) for u in missing]
-        for batch in dedupe.batches(sized, self.config.fetch_batch, self.config.fetch_batch_bytes):
-            await self._copy_batch(src, dst, batch, by_uid, dinfo.permanent_flags)
+        batches = dedupe.batches(sized, self.config.fetch_batch, self.config.fetch_batch_bytes)
+        await self._pipeline(src, dst, batches, by_uid, dinfo.permanent_flags)
         self._checkpoint(done=True)
         log.info("folder_copied", folder=self.plan.source_display, **self.counts)
         return self._result()
 
-    async def _copy_batch(
+    async def _pipeline(
         self,
         src: Session,
         dst: Session,
-        batch: list[int],
+        batches: list[list[int]],
         metas: dict[int, MessageMeta],
         permanent: frozenset[str] | None,
     ) -> None:
-        if self.stop.is_set():
-            raise Interrupted
-        reserve = sum(metas[u].size for u in batch)
-        async with self.budget.reserve(reserve):
-            fetched = {m.uid: m for uid_set in dedupe.uid_sets(batch)
-                       for m in await src.fetch_bodies(uid_set)}  # fmt: skip
-            for uid in batch:
-                if self.stop.is_set():
-                    self._checkpoint(done=False)
-                    raise Interrupted
-                msg = fetched.get(uid)
-                if msg is None:
-                    self._fail(metas[uid], "the source server returned no such message")
-                    continue
-                if msg.error is not None or msg.body is None:
-                    self._fail(metas[uid], msg.error or "the source server returned no body")
-                    continue
-                flags = copy_flags(msg.flags, permanent)
-                try:
-                    await dst.append(self.plan.dest_name, msg.body, flags, msg.internaldate_raw)
-                except MessageRejected as exc:
-                    self._fail(metas[uid], f"the destination refused it: {exc}")
-                    continue
-                size = len(msg.body)
-                self.counts["copied"] += 1
-                self.counts["bytes"] += size
-                if any(f.lower() == "\\deleted" for f in msg.flags):
-                    self.counts["deleted_dropped"] += 1
-                self.progress.messages_done += 1
-                self.progress.bytes_done += metas[uid].size
-                fetched.pop(uid, None)  # let the body go as soon as it is stored
-        self._checkpoint(done=False)
-        self.on_progress(self.progress)
+        """Fetch batch n+1 from the source while batch n is appended to the destination.
+
+        The two servers are on separate connections, so the overlap hides one side's latency
+        behind the other's. Each batch holds its share of the byte budget from the moment it
+        is fetched until it is stored; at most two batches are in memory per folder copy.
+        """
+        queue: asyncio.Queue[_Fetched | BaseException | None] = asyncio.Queue(maxsize=1)
+        holds: list[_Hold] = []
+
+        async def produce() -> None:
+            try:
+                for batch in batches:
+                    if self.stop.is_set():
+                        break
+                    hold = self.budget.reserve(sum(metas[u].size for u in batch))
+                    await hold.__aenter__()
+                    holds.append(hold)
+                    fetched = {m.uid: m for uid_set in dedupe.uid_sets(batch)
+                               for m in await src.fetch_bodies(uid_set)}  # fmt: skip
+                    await queue.put((batch, fetched, hold))
+                await queue.put(None)
+            except Exception as exc:  # handed to the consumer, which raises it
+                await queue.put(exc)
+
+        producer = asyncio.create_task(produce())
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                batch, fetched, hold = item
+                await self._store(dst, batch, fetched, metas, permanent)
+                holds.remove(hold)
+                await hold.__aexit__(None, None, None)
+                self._checkpoint(done=False)
+                self.on_progress(self.progress)
+            if self.stop.is_set():
+                raise Interrupted
+        finally:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+            for hold in holds:
+                await hold.__aexit__(None, None, None)
+
+    async def _store(
+        self,
+        dst: Session,
+        batch: list[int],
+        fetched: dict[int, FetchedMessage],
+        metas: dict[int, MessageMeta],
+        permanent: frozenset[str] | None,
+    ) -> None:
+        """Append one fetched batch (one MULTIAPPEND where offered); record what failed."""
+        ready: list[FetchedMessage] = []
+        for uid in batch:
+            msg = fetched.get(uid)
+            if msg is None:
+                self._fail(metas[uid], "the source server returned no such message")
+            elif msg.error is not None or msg.body is None:
+                self._fail(metas[uid], msg.error or "the source server returned no body")
+            else:
+                ready.append(msg)
+        items = [(m.body or b"", copy_flags(m.flags, permanent), m.internaldate_raw) for m in ready]
+        outcome = await dst.append_many(self.plan.dest_name, items) if items else []
+        for msg, refused in zip(ready, outcome, strict=True):
+            if refused is not None:
+                self._fail(metas[msg.uid], f"the destination refused it: {refused}")
+                continue
+            self.counts["copied"] += 1
+            self.counts["bytes"] += len(msg.body or b"")
+            if any(f.lower() == "\\deleted" for f in msg.flags):
+                self.counts["deleted_dropped"] += 1
+            self.progress.messages_done += 1
+            self.progress.bytes_done += metas[msg.uid].size
 
     def _fail(self, meta: MessageMeta, reason: str) -> None:
         h = summarize(meta.header)

@@ -23,7 +23,7 @@ not kill a session.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -63,6 +63,7 @@ HEADER_FIELDS = "MESSAGE-ID DATE FROM TO SUBJECT"  # what dedupe.identity reads
 META_ITEMS = f"(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS ({HEADER_FIELDS})])"
 BODY_ITEMS = "(UID FLAGS INTERNALDATE BODY.PEEK[])"
 LOGOUT_TIMEOUT = 5.0  # seconds a polite goodbye may take before we just hang up
+AppendItem = tuple[bytes | bytearray | memoryview, Iterable[str], str | None]
 NONSYNC_MAX = 256 * 1024  # largest APPEND sent without waiting for "+" (with LITERAL+)
 UPLOAD_RATE = 16 * 1024  # bytes/s an APPEND is allowed at worst, for its overall ceiling
 
@@ -290,6 +291,22 @@ class Session:
         wait for the server's go-ahead, so it can refuse them before the upload.
         """
         args: list[str | Literal] = [self._mailbox(mailbox)]
+        args += self._message_args(mailbox, body, flags, internaldate, self._nonsync(len(body)))
+        what = f"APPEND to {mailbox!r}"
+        reply = await self._conn.run("APPEND", args, what=what, allowance=len(body) / UPLOAD_RATE)
+        self._check("append", reply.result, reply.text, what)
+        return appenduid(reply.text)
+
+    def _message_args(
+        self,
+        mailbox: str,
+        body: bytes | bytearray | memoryview,
+        flags: Iterable[str],
+        internaldate: str | None,
+        nonsync: bool,
+    ) -> list[str | Literal]:
+        """``[(flags)] ["date"] {n}`` of one message of an APPEND."""
+        args: list[str | Literal] = []
         if (flag_text := flag_list(flags)) is not None:
             args.append(flag_text)
         if internaldate is not None:
@@ -297,11 +314,47 @@ class Session:
                 args.append(date_time_arg(internaldate))
             except ValueError as exc:
                 raise MessageRejected(f"APPEND to {mailbox!r}: {exc}", host=self.host) from None
-        args.append(Literal(body, nonsync=self._nonsync(len(body))))
-        what = f"APPEND to {mailbox!r}"
-        reply = await self._conn.run("APPEND", args, what=what, allowance=len(body) / UPLOAD_RATE)
-        self._check("append", reply.result, reply.text, what)
-        return appenduid(reply.text)
+        args.append(Literal(body, nonsync=nonsync))
+        return args
+
+    async def append_many(self, mailbox: str, messages: Sequence[AppendItem]) -> list[str | None]:
+        """Store ``messages`` (body, flags, INTERNALDATE) in ``mailbox``; per message, ``None``
+        when stored or the reason the destination refused it.
+
+        With MULTIAPPEND (RFC 3502) and LITERAL+ (RFC 7888) advertised, this is a single
+        APPEND command whose literals are all non-synchronizing: the whole batch costs one
+        round trip instead of one or two per message. MULTIAPPEND is atomic: after a refusal
+        nothing was stored, and the messages are appended one by one so that only the refused
+        one(s) fail. Without both capabilities, each message is appended on its own.
+
+        The same caution as ``append``: after a ``TransientError`` the batch may or may not
+        have been stored (all or nothing); re-read the destination before appending again.
+        """
+        caps = self.capabilities
+        if len(messages) > 1 and "MULTIAPPEND" in caps and "LITERAL+" in caps:
+            args: list[str | Literal] = [self._mailbox(mailbox)]
+            try:
+                for body, flags, date in messages:
+                    args += self._message_args(mailbox, body, flags, date, True)
+            except MessageRejected:
+                args = []  # one of them is malformed: the one-by-one path below says which
+            if args:
+                total = sum(len(m[0]) for m in messages)
+                what = f"APPEND of {len(messages)} messages to {mailbox!r}"
+                reply = await self._conn.run(
+                    "APPEND", args, what=what, allowance=total / UPLOAD_RATE
+                )
+                if retry.classify_append(reply.result, reply.text) != "rejected":
+                    self._check("append", reply.result, reply.text, what)
+                    return [None] * len(messages)
+        outcome: list[str | None] = []
+        for body, flags, date in messages:
+            try:
+                await self.append(mailbox, body, flags, date)
+                outcome.append(None)
+            except MessageRejected as exc:
+                outcome.append(str(exc))
+        return outcome
 
     # -- ending ----------------------------------------------------------------------------------
 

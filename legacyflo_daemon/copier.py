@@ -30,7 +30,7 @@ from . import dates, folders
 from .config import Config
 from .copyfolder import FolderCopy, Interrupted, Progress
 from .endpoints import dest_endpoint, source_endpoint
-from .errors import AuthenticationFailed, PermanentError, TransientError
+from .errors import AppendDesync, AuthenticationFailed, PermanentError, TransientError
 from .imap import Session, connect
 from .limits import ByteBudget
 from .model import FolderResult, JobType, Request, RequestResult, Status
@@ -53,6 +53,7 @@ class Copier:
     on_progress: Callable[[Progress], None] = lambda _p: None
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
     progress: Progress = field(default_factory=Progress)
+    cautious: bool = False  # set after an AppendDesync: synchronized single APPENDs only
     _results: dict[str, FolderResult] = field(default_factory=dict)
     _plans: list[folders.FolderPlan] = field(default_factory=list)
 
@@ -89,6 +90,12 @@ class Copier:
             try:
                 await self._attempt()
                 return
+            except AppendDesync as exc:
+                if not self.cautious:  # once: from now on one message per synchronized APPEND
+                    self.cautious = True
+                    log.warning("append_cautious", error=str(exc))
+                    continue
+                raise TransientError(str(exc), host=exc.host) from exc
             except TransientError as exc:
                 if self.progress.messages_done + self.progress.folders_done > before:
                     attempt = 0  # progress was made: this is a new streak of trouble
@@ -139,6 +146,7 @@ class Copier:
                 progress=self.progress,
                 on_progress=self.on_progress,
                 prior=cp,
+                cautious=self.cautious,
             )
             self._results[plan.source_name] = await job.run(src, dst)
             self.progress.folders_done += 1

@@ -32,6 +32,9 @@ log = structlog.get_logger("legacyflo_daemon.copier")
 
 META_BATCH = 500  # aioimaplib parses a response in O(lines²): keep each FETCH modest
 _NEVER_COPIED = {"\\recent"}
+# RFC 3501 system flags a destination must accept; any other "\\X" (Dovecot: "BAD Invalid
+# system flag \\FORWARDED") is dropped rather than getting the message refused.
+_SYSTEM_FLAGS = {"\\seen", "\\answered", "\\flagged", "\\draft"}
 _Hold = AbstractAsyncContextManager[None, bool | None]
 _Fetched = tuple[list[int], dict[int, FetchedMessage], _Hold]
 _COUNTERS = ("in_range", "copied", "already_present", "failed", "bytes", "deleted_dropped")
@@ -62,6 +65,8 @@ def copy_flags(flags: tuple[str, ...], permanent: frozenset[str] | None) -> tupl
         low = f.lower()
         if low in _NEVER_COPIED or low == "\\deleted":
             continue
+        if f.startswith("\\") and low not in _SYSTEM_FLAGS:
+            continue
         if not f.startswith("\\") and not accepts_any and low not in allowed:
             continue
         out.append(f)
@@ -90,6 +95,7 @@ class FolderCopy:
     progress: Progress
     on_progress: Callable[[Progress], None]
     prior: FolderCheckpoint | None
+    cautious: bool = False  # one synchronized APPEND per message (after an AppendDesync)
     counts: dict[str, int] = field(default_factory=dict)
     _uidvalidity: int = 0
 
@@ -196,7 +202,11 @@ class FolderCopy:
             else:
                 ready.append(msg)
         items = [(m.body or b"", copy_flags(m.flags, permanent), m.internaldate_raw) for m in ready]
-        outcome = await dst.append_many(self.plan.dest_name, items) if items else []
+        outcome = (
+            await dst.append_many(self.plan.dest_name, items, cautious=self.cautious)
+            if items
+            else []
+        )
         for msg, refused in zip(ready, outcome, strict=True):
             if refused is not None:
                 self._fail(metas[msg.uid], f"the destination refused it: {refused}")

@@ -75,6 +75,12 @@ class TransientError(ImapError):
         super().__init__(message, host=host)
 
 
+class AppendDesync(TransientError):
+    """The server answered BAD to an APPEND whose data was already streamed (non-synchronizing
+    literals): it may read the rest of the data as commands, so the connection was dropped.
+    Retry with synchronizing literals, one message at a time (``cautious`` appends)."""
+
+
 class MessageRejected(ImapError):
     """One message could not be fetched or appended; the request goes on."""
 

@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Self
 
 from . import retry
-from .errors import ImapError, MessageRejected, PermanentError, TransientError
+from .errors import AppendDesync, ImapError, MessageRejected, PermanentError, TransientError
 from .imap_conn import Connection, Kind
 from .imap_endpoint import Endpoint, TlsMode, make_ssl_context
 from .imap_open import open_connection
@@ -275,6 +275,8 @@ class Session:
         body: bytes | bytearray | memoryview,
         flags: Iterable[str] = (),
         internaldate: str | None = None,
+        *,
+        cautious: bool = False,
     ) -> int | None:
         """Store one message in ``mailbox``; return its UID when the server says (UIDPLUS).
 
@@ -291,11 +293,19 @@ class Session:
         wait for the server's go-ahead, so it can refuse them before the upload.
         """
         args: list[str | Literal] = [self._mailbox(mailbox)]
-        args += self._message_args(mailbox, body, flags, internaldate, self._nonsync(len(body)))
+        nonsync = self._nonsync(len(body)) and not cautious
+        args += self._message_args(mailbox, body, flags, internaldate, nonsync)
         what = f"APPEND to {mailbox!r}"
         reply = await self._conn.run("APPEND", args, what=what, allowance=len(body) / UPLOAD_RATE)
+        if nonsync and reply.result == "BAD":
+            self._desync(what, reply.text)
         self._check("append", reply.result, reply.text, what)
         return appenduid(reply.text)
+
+    def _desync(self, what: str, text: str) -> None:
+        reason = f"{what}: BAD after streamed data ({retry.clean_text(text)})"
+        self._conn.kill(reason)
+        raise AppendDesync(f"{reason}; retrying with one message at a time", host=self.host)
 
     def _message_args(
         self,
@@ -317,7 +327,9 @@ class Session:
         args.append(Literal(body, nonsync=nonsync))
         return args
 
-    async def append_many(self, mailbox: str, messages: Sequence[AppendItem]) -> list[str | None]:
+    async def append_many(
+        self, mailbox: str, messages: Sequence[AppendItem], *, cautious: bool = False
+    ) -> list[str | None]:
         """Store ``messages`` (body, flags, INTERNALDATE) in ``mailbox``; per message, ``None``
         when stored or the reason the destination refused it.
 
@@ -325,13 +337,15 @@ class Session:
         APPEND command whose literals are all non-synchronizing: the whole batch costs one
         round trip instead of one or two per message. MULTIAPPEND is atomic: after a refusal
         nothing was stored, and the messages are appended one by one so that only the refused
-        one(s) fail. Without both capabilities, each message is appended on its own.
+        one(s) fail. Without both capabilities, or when ``cautious``, each message is appended
+        on its own (``cautious``: with synchronizing literals, so a BAD cannot desynchronize).
+        ``AppendDesync`` when the server answered BAD to streamed data (see there).
 
         The same caution as ``append``: after a ``TransientError`` the batch may or may not
         have been stored (all or nothing); re-read the destination before appending again.
         """
         caps = self.capabilities
-        if len(messages) > 1 and "MULTIAPPEND" in caps and "LITERAL+" in caps:
+        if not cautious and len(messages) > 1 and "MULTIAPPEND" in caps and "LITERAL+" in caps:
             args: list[str | Literal] = [self._mailbox(mailbox)]
             try:
                 for body, flags, date in messages:
@@ -344,13 +358,15 @@ class Session:
                 reply = await self._conn.run(
                     "APPEND", args, what=what, allowance=total / UPLOAD_RATE
                 )
+                if reply.result == "BAD":
+                    self._desync(what, reply.text)
                 if retry.classify_append(reply.result, reply.text) != "rejected":
                     self._check("append", reply.result, reply.text, what)
                     return [None] * len(messages)
         outcome: list[str | None] = []
         for body, flags, date in messages:
             try:
-                await self.append(mailbox, body, flags, date)
+                await self.append(mailbox, body, flags, date, cautious=cautious)
                 outcome.append(None)
             except MessageRejected as exc:
                 outcome.append(str(exc))

@@ -25,6 +25,7 @@ import structlog
 
 from . import archive, intake
 from . import log as logsetup
+from .aio import wait_any
 from .config import Config, load_config
 from .copier import Copier, Interrupted, Progress
 from .limits import ByteBudget
@@ -209,7 +210,7 @@ class Daemon:
             waiting = bool(self.spool.waiting_files())
             timeout = max(0.1, stable / 2) if waiting else self.cfg.daemon.rescan_seconds
             self.files_changed.clear()
-            await _wait_any((self.files_changed, self.stopping), timeout)
+            await wait_any((self.files_changed, self.stopping), timeout)
 
     async def _watch(self) -> None:
         from watchfiles import awatch
@@ -234,7 +235,7 @@ class Daemon:
             idle = not self.tasks and not self.state.queued() and not self.spool.waiting_files()
             if self.once and idle:
                 return
-            await _wait_any((self.wake, self.stopping), 1.0)
+            await wait_any((self.wake, self.stopping), 1.0)
 
     def _start_ready(self) -> None:
         queued = self.state.queued()
@@ -330,15 +331,6 @@ class Daemon:
                 await asyncio.wait(late)
         requeued = self.state.requeue_running()
         log.info("daemon_shutdown", requeued=requeued)
-
-
-async def _wait_any(events: tuple[asyncio.Event, ...], seconds: float) -> None:
-    waiters = [asyncio.create_task(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
 
 
 def main(cfg: Config, *, once: bool = False) -> int:

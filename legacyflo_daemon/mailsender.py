@@ -14,6 +14,7 @@ from pathlib import Path
 
 import structlog
 
+from legacyflo_daemon.aio import wait_any
 from legacyflo_daemon.config import SmtpConfig
 from legacyflo_daemon.errors import SmtpError
 from legacyflo_daemon.outbox import Outbox, deliver, envelope
@@ -69,7 +70,7 @@ class MailSender:
         while not stop.is_set():
             self._wake.clear()  # before the pass: a kick during the pass triggers another
             await self.send_pending()
-            await _wait_any((stop, self._wake), self._sleep_time())
+            await wait_any((stop, self._wake), self._sleep_time())
 
     def _sleep_time(self) -> float:
         now = asyncio.get_running_loop().time()
@@ -124,14 +125,3 @@ class MailSender:
 def _has_recipient(path: Path) -> bool:
     with path.open("rb") as f:
         return bool(envelope(f.read(64 * 1024)).recipients)  # our headers are far smaller
-
-
-async def _wait_any(events: tuple[asyncio.Event, ...], seconds: float) -> None:
-    """Return when one of ``events`` is set or after ``seconds``."""
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-        await asyncio.gather(*waiters, return_exceptions=True)

@@ -1,0 +1,456 @@
+"""Acceptance tests of the copier (issue 3) on the real servers: what arrives, and what does not.
+
+The source is the Exchange-like corpus (``tests/servers/corpus.py``) on the source Dovecot, the
+destination the Vaultastic-like Dovecot. Every check reads the servers back independently of the
+product: the destination over IMAP with the stdlib (``BODY.PEEK[]`` hashed) or with ``doveadm``
+snapshots, the source with ``doveadm`` (which neither logs in nor sets ``\\Seen``).
+Interruptions and network faults are in ``test_copier_faults.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from legacyflo_daemon.copier import Interrupted
+from legacyflo_daemon.model import JobType, RequestResult, Status
+from tests.copyhelp import (
+    BASE,
+    CORPUS_DEST,
+    CORPUS_DEST_TREE,
+    CopyRun,
+    corpus_tree,
+    counts,
+    dest_snapshot,
+    direct_run,
+    expected,
+    expected_tree,
+    imap_contents,
+    imap_list,
+)
+from tests.servers import (
+    DovecotServer,
+    LoginCounts,
+    MailboxSnapshot,
+    MailSpec,
+    Manifest,
+    ServerAccount,
+    load_big_message,
+    load_exchange_corpus,
+    load_messages,
+    make_message,
+    snapshot_mailbox,
+)
+from tests.servers.corpus import MAIL_FOLDERS, NON_MAIL_FOLDERS
+from tests.servers.mailgen import lorem, utc
+
+REPO = Path(__file__).resolve().parent.parent
+SINCE, BEFORE = dt.date(2015, 6, 1), dt.date(2020, 6, 30)  # leaves some corpus mail out
+
+
+@dataclass
+class Copied:
+    """The corpus copied once with the range SINCE..BEFORE."""
+
+    manifest: Manifest
+    in_range: Manifest
+    run: CopyRun
+    result: RequestResult
+    source_before: MailboxSnapshot
+
+
+@pytest.fixture
+async def copied(
+    source_server: DovecotServer,
+    source_account: ServerAccount,
+    dest_account: ServerAccount,
+    tmp_path: Path,
+) -> Copied:
+    manifest = load_exchange_corpus(source_server, source_account.user)
+    before = snapshot_mailbox(source_server, source_account.user)
+    run = direct_run(tmp_path, source_account, dest_account, since=SINCE, before=BEFORE)
+    result = await run.run()
+    return Copied(manifest, manifest.in_range(SINCE, BEFORE), run, result, before)
+
+
+# -- what arrives ------------------------------------------------------------------------------
+
+
+def test_every_message_in_range_arrives_once_with_its_bytes_flags_and_date(
+    copied: Copied, dest_account: ServerAccount
+) -> None:
+    result, in_range = copied.result, copied.in_range
+    assert (result.status, result.error, result.failures) == (Status.SUCCEEDED, None, ())
+    # The range really leaves mail out, so "nothing else is there" means something.
+    assert 0 < len(in_range.messages()) < len(copied.manifest.messages())
+    with dest_account.imap() as conn:
+        assert imap_list(conn) == CORPUS_DEST_TREE
+        for source, (_decoded, wire) in CORPUS_DEST.items():
+            got = imap_contents(conn, f"{BASE}.{wire}")
+            assert got == expected(in_range.folders[source]), source
+        assert imap_contents(conn, f"{BASE}.Inbox.Projects") == Counter()
+
+
+def test_destination_tree_is_exactly_the_mapped_mail_folders(
+    copied: Copied, dest_server: DovecotServer, dest_account: ServerAccount
+) -> None:
+    snap = snapshot_mailbox(dest_server, dest_account.user)
+    # doveadm shows the names decoded: the mUTF-7 on the wire came out readable.
+    assert set(snap.folders) == {
+        "INBOX",
+        "INBOX.historical_data",
+        BASE,
+        f"{BASE}.Inbox",
+        f"{BASE}.Inbox.Projects",
+        f"{BASE}.Inbox.Projects.2018",
+        f"{BASE}.Sent Items",
+        f"{BASE}.Deleted Items",
+        f"{BASE}.Junk Email",
+        f"{BASE}.Drafts",
+        f"{BASE}.Mr_ Smith",
+        f"{BASE}.Café & Réunions",
+        f"{BASE}.Empty",
+    }
+    assert dest_snapshot(dest_server, dest_account.user) == corpus_tree(copied.in_range)
+    assert snap.folders["INBOX"].messages == ()
+    assert snap.folders[BASE].messages == ()
+
+
+def test_result_counts_every_mail_folder_and_the_dropped_deleted_flag(copied: Copied) -> None:
+    in_range = copied.in_range
+    assert counts(copied.result) == {
+        folder: (len(in_range.folders[folder]), len(in_range.folders[folder]), 0, 0)
+        for folder in MAIL_FOLDERS
+    }
+    by_source = {f.source: f for f in copied.result.folders}
+    assert {s: f.destination for s, f in by_source.items()} == {
+        s: f"{BASE}.{decoded}" for s, (decoded, _wire) in CORPUS_DEST.items()
+    }
+    assert {s: f.deleted_dropped for s, f in by_source.items() if f.deleted_dropped} == {"INBOX": 1}
+    assert "'_'" in by_source["Mr. Smith"].note
+    inbox_bytes = sum(m.size for m in in_range.folders["INBOX"])
+    assert by_source["INBOX"].bytes == inbox_bytes
+
+
+def test_non_mail_folders_are_not_copied(
+    copied: Copied, dest_server: DovecotServer, dest_account: ServerAccount
+) -> None:
+    snap = snapshot_mailbox(dest_server, dest_account.user)
+    for name in NON_MAIL_FOLDERS:
+        leaf = name.rsplit("/", 1)[-1]
+        assert not [f for f in snap.folders if leaf in f], name
+    arrived = {m.sha256 for f in snap.folders.values() for m in f.messages}
+    non_mail = {m.sha256 for folder in NON_MAIL_FOLDERS for m in copied.manifest.folders[folder]}
+    assert non_mail and not (arrived & non_mail)
+    assert {f.source for f in copied.result.folders} == set(MAIL_FOLDERS)
+
+
+def test_the_source_is_unchanged(
+    copied: Copied, source_server: DovecotServer, source_account: ServerAccount
+) -> None:
+    after = snapshot_mailbox(source_server, source_account.user)
+    assert after == copied.source_before
+    unseen = copied.manifest.by_label("flagged-unseen")
+    inbox = after.folders["INBOX"].messages
+    assert [m.flags for m in inbox if m.sha256 == unseen.sha256] == [unseen.flags]
+    assert "\\Seen" not in unseen.flags
+
+
+def test_shared_message_ids_and_identical_twins_all_arrive(
+    copied: Copied, dest_server: DovecotServer, dest_account: ServerAccount
+) -> None:
+    dest = dest_snapshot(dest_server, dest_account.user)
+    inbox = Counter(sha for (sha, _f, _d), n in dest["Inbox"].items() for _ in range(n))
+    m = copied.manifest
+    assert m.by_label("twin").sha256 == m.by_label("twin-copy").sha256  # byte-identical
+    assert inbox[m.by_label("twin").sha256] == 2
+    assert inbox[m.by_label("shared-mid-1").sha256] == 1
+    assert inbox[m.by_label("shared-mid-2").sha256] == 1
+    for source, (decoded, _wire) in CORPUS_DEST.items():
+        assert dest[decoded].total() == len(copied.in_range.folders[source]), source
+
+
+async def test_a_second_request_copies_nothing_and_reports_all_present(
+    copied: Copied,
+    dest_server: DovecotServer,
+    source_account: ServerAccount,
+    dest_account: ServerAccount,
+) -> None:
+    first = snapshot_mailbox(dest_server, dest_account.user)
+    again = direct_run(
+        copied.run.state,
+        source_account,
+        dest_account,
+        since=SINCE,
+        before=BEFORE,
+        request_id="req-2",
+    )
+    result = await again.run()
+    assert (result.status, result.error) == (Status.SUCCEEDED, None)
+    assert counts(result) == {
+        folder: (len(copied.in_range.folders[folder]), 0, len(copied.in_range.folders[folder]), 0)
+        for folder in MAIL_FOLDERS
+    }
+    assert sum(f.bytes for f in result.folders) == 0
+    # Not one APPEND: same UIDs, same everything.
+    assert snapshot_mailbox(dest_server, dest_account.user) == first
+
+
+async def test_running_a_finished_request_again_changes_nothing(
+    copied: Copied, dest_server: DovecotServer, dest_account: ServerAccount
+) -> None:
+    first = snapshot_mailbox(dest_server, dest_account.user)
+    result = await copied.run.run()
+    assert result.status is Status.SUCCEEDED
+    assert counts(result) == counts(copied.result)  # the counts of the run that copied
+    assert snapshot_mailbox(dest_server, dest_account.user) == first
+
+
+# -- date range ----------------------------------------------------------------------------------
+
+# (since, before, labels that must arrive, labels that must not) for INBOX.
+DATE_CASES = [
+    pytest.param(
+        dt.date(2017, 9, 25),
+        dt.date(2018, 9, 24),
+        [
+            "edge-2017-09-25T00:00:00",
+            "mid-range",
+            "edge-2018-09-24T23:59:00",
+            "edge-2018-09-24T23:59:59",
+        ],
+        ["edge-2017-09-24T23:59:59", "edge-2018-09-25T00:00:00", "late-2020", "plain-seen"],
+        id="since-and-before",
+    ),
+    pytest.param(
+        dt.date(2017, 9, 25),
+        None,
+        ["edge-2017-09-25T00:00:00", "edge-2018-09-25T00:00:00", "late-2020"],
+        ["edge-2017-09-24T23:59:59", "plain-seen"],
+        id="since-only",
+    ),
+    pytest.param(
+        None,
+        dt.date(2018, 9, 24),
+        ["plain-seen", "edge-2017-09-24T23:59:59", "edge-2018-09-24T23:59:59"],
+        ["edge-2018-09-25T00:00:00", "late-2020"],
+        id="before-only",
+    ),
+]
+
+
+@pytest.mark.parametrize(("since", "before", "inside", "outside"), DATE_CASES)
+async def test_date_range_is_inclusive_days_of_internaldate(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    source_account: ServerAccount,
+    dest_account: ServerAccount,
+    tmp_path: Path,
+    since: dt.date | None,
+    before: dt.date | None,
+    inside: list[str],
+    outside: list[str],
+) -> None:
+    manifest = load_exchange_corpus(source_server, source_account.user)
+    run = direct_run(tmp_path, source_account, dest_account, since=since, before=before)
+    result = await run.run()
+    assert result.status is Status.SUCCEEDED
+    dest = dest_snapshot(dest_server, dest_account.user)
+    assert dest == corpus_tree(manifest.in_range(since, before))
+    inbox = {sha for sha, _f, _d in dest["Inbox"]}
+    assert {label for label in inside if manifest.by_label(label).sha256 in inbox} == set(inside)
+    assert {label for label in outside if manifest.by_label(label).sha256 in inbox} == set()
+
+
+# -- transports and logins ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tls", ["starttls", "auto"])
+async def test_copy_over_starttls(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    source_account: ServerAccount,
+    dest_account: ServerAccount,
+    tmp_path: Path,
+    tls: str,
+) -> None:
+    manifest = load_exchange_corpus(source_server, source_account.user)
+    run = direct_run(tmp_path, source_account, dest_account, tls=tls)
+    result = await run.run()
+    assert (result.status, result.error) == (Status.SUCCEEDED, None)
+    assert dest_snapshot(dest_server, dest_account.user) == corpus_tree(manifest)
+    for server, account in ((source_server, source_account), (dest_server, dest_account)):
+        logins = server.logins(account.user)
+        assert logins, server
+        assert {(x.local_port, x.tls) for x in logins} == {(server.port_plain, True)}
+
+
+@pytest.mark.parametrize("side", ["source", "dest"])
+async def test_wrong_password_fails_at_once_after_one_login_attempt(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    source_account: ServerAccount,
+    dest_account: ServerAccount,
+    tmp_path: Path,
+    side: str,
+) -> None:
+    load_exchange_corpus(source_server, source_account.user)
+    wrong = "Wr0ng-pa$$word-" + side
+    run = direct_run(
+        tmp_path,
+        source_account,
+        dest_account,
+        source_password=wrong if side == "source" else None,
+        dest_password=wrong if side == "dest" else None,
+        retries=6,
+    )
+    started = time.monotonic()
+    result = await run.run()
+    elapsed = time.monotonic() - started
+    assert result.status is Status.FAILED
+    assert result.error is not None and "authentication failed" in result.error
+    assert wrong not in result.error
+    assert result.folders == ()
+    assert elapsed < 5
+    server, account = (
+        (source_server, source_account) if side == "source" else (dest_server, dest_account)
+    )
+    # Off the event loop: the aborted socket is closed (and logged) by the loop's next turn.
+    await asyncio.to_thread(
+        server.wait_for_log, lambda _text: server.count_logins(account.user).failed >= 1
+    )
+    await asyncio.sleep(0.3)  # a second attempt would be logged by now
+    assert server.count_logins(account.user) == LoginCounts(
+        succeeded=0, failed=1, refused_by_limit=0
+    )
+    if side == "source":
+        assert dest_server.count_logins(dest_account.user).attempts == 0
+    else:
+        assert source_server.count_logins(source_account.user) == LoginCounts(1, 0, 0)
+    assert dest_snapshot(dest_server, dest_account.user) == {}
+
+
+# -- UIDVALIDITY -------------------------------------------------------------------------------
+
+
+def _reports(n: int) -> list[MailSpec]:
+    specs = []
+    for i in range(n):
+        when = utc(2019, 1 + i % 12, 1 + i, 8)
+        data = make_message(
+            subject=f"Report {i}",
+            date=when,
+            message_id=f"<report-{i}@uv.example.com>",
+            body=lorem(i, 200) + "\n",
+        )
+        specs.append(MailSpec(data, frozenset({"\\Seen"} if i % 2 else set()), when, f"r{i}"))
+    return specs
+
+
+def _recreate(server: DovecotServer, user: str, folder: str, specs: list[MailSpec]) -> None:
+    """Delete ``folder`` and create it again with ``specs``: new UIDVALIDITY, new UIDs."""
+    server.doveadm("mailbox", "delete", "-u", user, folder)
+    load_messages(server, user, folder, specs)
+
+
+async def test_uidvalidity_change_between_runs_still_gives_exactly_once(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    source_account: ServerAccount,
+    dest_account: ServerAccount,
+    tmp_path: Path,
+) -> None:
+    user = source_account.user
+    specs = _reports(10)
+    loaded = {"Reports": tuple(load_messages(source_server, user, "Reports", specs))}
+    want = expected_tree(loaded, {"Reports": "Reports"}, parents=["Inbox"])
+    run = direct_run(tmp_path, source_account, dest_account, jobtype=JobType.IMAP, fetch_batch=3)
+    uv_first = snapshot_mailbox(source_server, user).folders["Reports"].uidvalidity
+
+    # Run 1 stops after its first batch: part of the folder is at the destination.
+    stop = asyncio.Event()
+    with pytest.raises(Interrupted):
+        await run.copier(stop=stop, on_progress=lambda _p: stop.set()).run()
+    assert 0 < dest_snapshot(dest_server, dest_account.user)["Reports"].total() < 10
+
+    # The folder is recreated with the same mail in reverse order: the old UIDs now name
+    # other messages.
+    _recreate(source_server, user, "Reports", list(reversed(specs)))
+    source = snapshot_mailbox(source_server, user).folders["Reports"]
+    assert source.uidvalidity != uv_first
+    assert source.contents() == expected(loaded["Reports"])
+
+    result = await run.run()
+    assert (result.status, result.error) == (Status.SUCCEEDED, None)
+    (folder,) = [f for f in result.folders if f.source == "Reports"]
+    assert (folder.in_range, folder.copied + folder.already_present, folder.failed) == (10, 10, 0)
+    assert dest_snapshot(dest_server, dest_account.user) == want
+
+    # And once more, for a new request after yet another UIDVALIDITY: nothing to copy.
+    _recreate(source_server, user, "Reports", specs)
+    assert (
+        snapshot_mailbox(source_server, user).folders["Reports"].uidvalidity != source.uidvalidity
+    )
+    again = direct_run(
+        run.state, source_account, dest_account, jobtype=JobType.IMAP, request_id="req-2"
+    )
+    result = await again.run()
+    assert counts(result)["Reports"] == (10, 0, 10, 0)
+    assert dest_snapshot(dest_server, dest_account.user) == want
+
+
+# -- memory --------------------------------------------------------------------------------------
+
+MB = 1024 * 1024
+PEAK_RSS_LIMIT = 150 * MB
+
+
+@pytest.mark.slow
+def test_30_mb_message_is_copied_within_150_mb_peak_rss(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    source_account: ServerAccount,
+    dest_account: ServerAccount,
+    tmp_path: Path,
+) -> None:
+    big = load_big_message(source_server, source_account.user, 30 * MB)
+    assert big.size >= 30 * MB
+    params = {
+        "source": [source_account.user, source_account.host, source_account.port_tls],
+        "dest": [dest_account.user, dest_account.host, dest_account.port_tls],
+        "ca_file": source_account.ca_file,
+        "state_dir": str(tmp_path),
+        "out": str(tmp_path / "out.json"),
+    }
+    secrets = {"source": source_account.password, "dest": dest_account.password}
+    # Through a shell that forks: Linux carries the peak RSS of the process image replaced by
+    # exec into ru_maxrss, so a child exec'd straight from this (large) test process would
+    # start with this process's peak. The shell's fork starts the count afresh.
+    code = "from tests.copyhelp import subprocess_copy; subprocess_copy()"
+    proc = subprocess.run(
+        ["/bin/sh", "-c", '"$0" -c "$1"; exit $?', sys.executable, code],
+        input=json.dumps({**params, "secrets": secrets}).encode(),
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert (out["status"], out["error"]) == ("succeeded", None), out
+    assert out["copied"] == 1
+    peak, baseline = out["peak_rss"] / MB, out["baseline_rss"] / MB
+    assert out["peak_rss"] < PEAK_RSS_LIMIT, f"peak RSS {peak:.0f} MB ({baseline:.0f} MB before)"
+    dest = dest_snapshot(dest_server, dest_account.user)
+    assert dest == {"Inbox": expected([big])}

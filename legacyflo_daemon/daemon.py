@@ -264,6 +264,7 @@ class Daemon:
             self.tasks.pop(rid, None)
             self.progress.pop(rid, None)
             self.wake.set()
+        structlog.contextvars.unbind_contextvars("request_id")  # CSV events are not the request's
         try:
             intake.complete_if_finished(row.csv_id, self.spool, self.state, self.outbox, utcnow())
         except Exception:

@@ -121,11 +121,18 @@ def _parse(data: bytes, name: str) -> ParseResult:
         raise _Fail(f"{name}: rejected as a whole: {exc}") from None
 
 
-def cmd_check(args: argparse.Namespace, _config: Config) -> int:
+def cmd_check(args: argparse.Namespace, config: Config) -> int:
     data, name = _read_csv(args.file)
     result = _parse(data, name)
     sys.stdout.write(render_check(result))
-    return BAD_ROWS if result.errors else OK
+    failed_login = False
+    if args.connect and result.requests:
+        from legacyflo_daemon import preflight
+
+        verdicts = asyncio.run(preflight.check_logins(result.requests, config))
+        sys.stdout.write(preflight.render(verdicts))
+        failed_login = any(v.error is not None for v in verdicts)
+    return BAD_ROWS if result.errors or failed_login else OK
 
 
 def cmd_submit(args: argparse.Namespace, config: Config) -> int:
@@ -220,11 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         parents=[common],
         help="validate a request CSV offline",
-        description="Validate a request CSV without connecting anywhere: one verdict per row "
-        "(OK with a summary, or BAD with the field and the fix), then the warnings.",
-        epilog="Exit codes: 0 every row is OK, 1 some row is BAD, 2 the file cannot be used.",
+        description="Validate a request CSV: one verdict per row (OK with a summary, or BAD "
+        "with the field and the fix), then the warnings. Offline unless --connect is given.",
+        epilog="Exit codes: 0 every row is OK, 1 some row is BAD (or, with --connect, a login "
+        "failed), 2 the file cannot be used.",
     )
     check.add_argument("file", metavar="FILE.csv", help="the CSV file ('-' reads stdin)")
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also log in once to every source and destination account (pre-flight); "
+        "exit 1 if a login fails",
+    )
     check.set_defaults(handler=cmd_check)
 
     submit = sub.add_parser(

@@ -107,6 +107,9 @@ class SmtpConfig:
     password_env: str | None = None
     ca_file: Path | None = None
     timeout: float = 30.0
+    retry_base: float = 30.0  # first retry of a failed mail after this many seconds, doubling
+    retry_max: float = 3600.0  # ... up to this
+    scan_interval: float = 60.0  # look for pending mails at least this often
 
     def password(self) -> Secret | None:
         """The SMTP password from ``password_file`` (one line) or ``password_env``; None if neither.

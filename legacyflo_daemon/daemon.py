@@ -71,7 +71,16 @@ class Daemon:
         self.spool.ensure()
         self.state = StateStore(self.cfg.daemon.state_path)
         self.outbox = Outbox(self.spool.outbox)
-        self.sender = MailSender(self.outbox, self.cfg.smtp)
+        smtp = self.cfg.smtp
+        if smtp is not None:
+            smtp.password()  # a missing password file/variable stops the start, naming the key
+        self.sender = MailSender(
+            self.outbox,
+            smtp,
+            interval=smtp.scan_interval if smtp else 60.0,
+            backoff_base=smtp.retry_base if smtp else 30.0,
+            backoff_max=smtp.retry_max if smtp else 3600.0,
+        )
         self.finisher = Finisher(
             self.cfg, self.state, self.outbox, archive.listing_source(self.cfg), self.sender.kick
         )

@@ -174,6 +174,7 @@ class Daemon:
                 result = RequestResult(r.id, Status.FAILED, None, now, error=why)
                 req = self.state.load_request(r.id)
                 await self.finisher.finish(r.id, record.name, req, None, result, "", now)
+                self.outcomes.append(Status.FAILED)
         path = self.spool.processing / record.name
         if path.exists():
             self.spool.finish(path, ok=False, error=why)

@@ -318,3 +318,39 @@ def test_systemd_ready_after_recovery_then_watchdog_then_stopping(
         "succeeded"
     }
     assert check_log_lines(daemon.lines(), results(work.spool)) == []
+
+
+# -- poison CSV --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_csv_that_keeps_crashing_the_daemon_is_set_aside_in_failed(
+    work: Work,
+    new_source_account: NewAccount,
+    new_dest_account: NewAccount,
+    slow_source: FaultProxy,
+) -> None:
+    dest = new_dest_account('poison "dest" pw')
+    rows = big_rows(1, new_source_account, dest, slow_source)
+    work.configure(daemon={"max_crashes": 2}, imap={"fetch_batch": 5})
+    drop_csv(work.spool / "incoming", "poison.csv", request_csv(rows))
+    for n in range(2):  # two crashes while the CSV's request runs
+        with work.daemon(f"crash{n}") as proc:
+            proc.wait_for_event("folder_started", 20)
+            proc.kill()
+    assert work.files("failed") == [] and work.files("processing") == ["poison.csv"]
+
+    with work.daemon("third", once=True) as third:
+        assert third.wait(30) == 1, third.describe()
+    events = third.events()
+    assert [e["crashes"] for e in events if e["event"] == "crash_detected"] == [2]
+    assert [e["csv"] for e in events if e["event"] == "csv_poisoned"] == ["poison.csv"]
+    assert not [e for e in events if e["event"] == "request_started"]
+    assert work.files("processing") == []
+    assert sorted(work.files("failed")) == ["poison.csv", "poison.csv.error.txt"]
+    error = (work.spool / "failed" / "poison.csv.error.txt").read_text()
+    assert "stopped unexpectedly 2 times" in error
+    (result,) = results(work.spool).values()
+    assert result["status"] == "failed" and "stopped unexpectedly" in result["error"]
+    secrets = [r.source.password for r in rows] + [dest.password]
+    assert files_containing(work.root, secrets) == {}

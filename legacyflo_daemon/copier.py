@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from . import dates, folders
+from . import dates, folders, utf7
 from .config import Config
 from .copyfolder import FolderCopy, Interrupted, Progress
 from .endpoints import dest_endpoint, source_endpoint
 from .errors import AppendDesync, AuthenticationFailed, PermanentError, TransientError
 from .imap import Session, connect
 from .limits import ByteBudget
+from .listingrec import ListingRecorder
 from .model import FolderResult, JobType, Request, RequestResult, Status
 from .retry import Backoff
 from .state import StateStore
@@ -54,6 +55,7 @@ class Copier:
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
     progress: Progress = field(default_factory=Progress)
     cautious: bool = False  # set after an AppendDesync: synchronized single APPENDs only
+    listing: ListingRecorder | None = None  # where folder passes record the destination
     _results: dict[str, FolderResult] = field(default_factory=dict)
     _plans: list[folders.FolderPlan] = field(default_factory=list)
 
@@ -147,6 +149,7 @@ class Copier:
                 on_progress=self.on_progress,
                 prior=cp,
                 cautious=self.cautious,
+                listing=self.listing,
             )
             self._results[plan.source_name] = await job.run(src, dst)
             self.progress.folders_done += 1
@@ -171,10 +174,19 @@ class Copier:
             dest_folder=self.request.dest_folder,
             exclusions=exclusions,
         )
-        existing = {e.name for e in await dst.list_folders()}
+        listed = await dst.list_folders()
+        existing = {e.name for e in listed}
         for name in folders.folders_to_create(plans, existing):
             await dst.create(name)
             await dst.subscribe(name)
+        if self.listing is not None:
+            top = (dst_delim or ".").join([*root, utf7.encode(self.request.dest_folder)])
+            self.listing.tree = {
+                e.name
+                for e in listed
+                if (e.name == top or e.name.startswith(top + (dst_delim or ".")))
+                and not {f.lower() for f in e.flags} & {"\\noselect", "\\nonexistent"}
+            } | {p.dest_name for p in plans if p.selectable}
         del src_prefix  # the source namespace prefix is part of the listed names already
         return plans
 

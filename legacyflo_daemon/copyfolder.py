@@ -25,6 +25,7 @@ from .config import ImapConfig
 from .headers import summarize
 from .imap import FetchedMessage, MessageMeta, Session
 from .limits import ByteBudget
+from .listingrec import ListingRecorder
 from .model import FolderResult, MessageFailure
 from .state import FolderCheckpoint, StateStore
 
@@ -96,6 +97,8 @@ class FolderCopy:
     on_progress: Callable[[Progress], None]
     prior: FolderCheckpoint | None
     cautious: bool = False  # one synchronized APPEND per message (after an AppendDesync)
+    listing: ListingRecorder | None = None
+    _appended: list[tuple[MessageMeta, int]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     _uidvalidity: int = 0
 
@@ -106,8 +109,8 @@ class FolderCopy:
         metas = await read_identities(src, uids)
         dinfo = await dst.select(self.plan.dest_name)
         duids = await dst.uid_search(["ALL"]) if dinfo.exists else []
-        dest_keys = [dedupe.identity(m.header, m.internaldate) for m in
-                     await read_identities(dst, duids)]  # fmt: skip
+        dest_metas = await read_identities(dst, duids)
+        dest_keys = [dedupe.identity(m.header, m.internaldate) for m in dest_metas]
         by_uid = {m.uid: m for m in metas}
         missing = dedupe.missing(
             [(m.uid, dedupe.identity(m.header, m.internaldate)) for m in metas], dest_keys
@@ -128,6 +131,10 @@ class FolderCopy:
         batches = dedupe.batches(sized, self.config.fetch_batch, self.config.fetch_batch_bytes)
         await self._pipeline(src, dst, batches, by_uid, dinfo.permanent_flags)
         self._checkpoint(done=True)
+        if self.listing is not None:
+            now_there = [(m.internaldate, m.header, m.size) for m in dest_metas]
+            now_there += [(m.internaldate, m.header, size) for m, size in self._appended]
+            self.listing.record(self.plan.dest_name, self.plan.dest_display, now_there)
         log.info("folder_copied", folder=self.plan.source_display, **self.counts)
         return self._result()
 
@@ -213,6 +220,7 @@ class FolderCopy:
                 continue
             self.counts["copied"] += 1
             self.counts["bytes"] += len(msg.body or b"")
+            self._appended.append((metas[msg.uid], len(msg.body or b"")))
             if any(f.lower() == "\\deleted" for f in msg.flags):
                 self.counts["deleted_dropped"] += 1
             self.progress.messages_done += 1

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 
 import structlog
@@ -29,6 +31,7 @@ from .aio import wait_any
 from .config import Config, load_config
 from .copier import Copier, Interrupted, Progress
 from .limits import ByteBudget
+from .listingrec import ListingRecorder
 from .mailsender import MailSender
 from .model import RequestResult, Status
 from .outbox import Outbox
@@ -40,6 +43,7 @@ from .systemd import Notifier, watchdog_task
 
 log = structlog.get_logger("legacyflo_daemon.daemon")
 
+WORK_PREFIX = ".work-"  # per-request scratch directories in outbox/ (listing data)
 CANDIDATES = 200  # queued requests looked at per scheduling pass
 PROGRESS_SECONDS = 5.0
 
@@ -153,6 +157,8 @@ class Daemon:
                 await self._poison(csv_id, crashes)
         requeued = self.state.requeue_running()
         self.spool.remove_stale_temps()
+        for scratch in self.outbox.dir.glob(f"{WORK_PREFIX}*"):  # left by a crash
+            shutil.rmtree(scratch, ignore_errors=True)
         known = {c.name for c in self.state.unfinished_csvs()}
         for path in self.spool.processing_files():
             if path.name not in known:  # claimed, then the daemon died before recording it
@@ -285,18 +291,23 @@ class Daemon:
         log.info("request_started", title=req.title, source=req.source.address,
                  source_server=req.source.server, dest=req.dest.address,
                  dest_server=req.dest.server, folder=req.dest_folder)  # fmt: skip
-        copier = Copier(rid, req, self.cfg, self.state, self.budget, stop=self.copy_stop)
-        self.progress[rid] = copier.progress
-        ticker = asyncio.create_task(self._progress(rid, copier.progress))
-        try:
-            result = await copier.run()
-        finally:
-            ticker.cancel()
-        p = copier.progress
-        self.state.set_progress(rid, (p.messages_done, p.messages_total),
-                                (p.bytes_done, p.bytes_total), utcnow())  # fmt: skip
-        dest_path = f"{self.cfg.imap.dest_root}.{req.dest_folder}"
-        doc = await self.finisher.finish(rid, csv_name, req, None, result, dest_path, utcnow())
+        with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=self.outbox.dir) as work:
+            recorder = ListingRecorder(Path(work))
+            copier = Copier(rid, req, self.cfg, self.state, self.budget, stop=self.copy_stop)
+            copier.listing = recorder
+            self.progress[rid] = copier.progress
+            ticker = asyncio.create_task(self._progress(rid, copier.progress))
+            try:
+                result = await copier.run()
+            finally:
+                ticker.cancel()
+            p = copier.progress
+            self.state.set_progress(rid, (p.messages_done, p.messages_total),
+                                    (p.bytes_done, p.bytes_total), utcnow())  # fmt: skip
+            dest_path = f"{self.cfg.imap.dest_root}.{req.dest_folder}"
+            doc = await self.finisher.finish(
+                rid, csv_name, req, None, result, dest_path, utcnow(), recorder
+            )
         self.outcomes.append(result.status)
         log.info("request_finished", status=result.status.value, totals=doc.get("totals"),
                  failures=len(result.failures), error=result.error)  # fmt: skip

@@ -22,14 +22,16 @@ import structlog
 from . import report, report_mail
 from .config import Config
 from .listing import ListingEntry
+from .listingrec import ListingRecorder
 from .model import Request, RequestResult, RowError, Status
 from .outbox import Outbox
 from .state import StateStore
 
 log = structlog.get_logger("legacyflo_daemon.results")
 
-# Produces the archive listing for a request into a temp dir; returns an iterable over it.
-ListingSource = Callable[[Request, Path], Awaitable[Iterable[ListingEntry]]]
+# Produces the archive listing for a request (using what the copier recorded, if anything)
+# into a temp dir; returns an iterable over it.
+ListingSource = Callable[[Request, Path, ListingRecorder | None], Awaitable[Iterable[ListingEntry]]]
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Finisher:
         result: RequestResult,
         dest_folder_path: str,
         now: dt.datetime,
+        recorder: ListingRecorder | None = None,
     ) -> dict[str, Any]:
         """Write ``<id>.json`` and ``<id>.eml``, then record the final status. Returns the JSON."""
         doc = report.result_json(
@@ -60,11 +63,11 @@ class Finisher:
             dest_folder_path=dest_folder_path,
         )
         to_addr = request.report_to if request is not None else (row_error and row_error.report_to)
-        with tempfile.TemporaryDirectory(prefix=".report-", dir=self.outbox.dir) as tmp:
+        with tempfile.TemporaryDirectory(prefix=".work-report-", dir=self.outbox.dir) as tmp:
             entries: Iterable[ListingEntry] = ()
             if request is not None and result.status is not Status.FAILED:
                 try:
-                    entries = await self.listing(request, Path(tmp))
+                    entries = await self.listing(request, Path(tmp), recorder)
                 except Exception as exc:  # the report still goes out, saying what is missing
                     log.warning("listing_failed", error=str(exc))
                     doc.setdefault("warnings", []).append(

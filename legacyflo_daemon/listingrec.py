@@ -1,0 +1,67 @@
+"""What the copier saw of the destination, kept for the report's listing.
+
+At the end of each folder pass the copier knows the destination folder's exact content: the
+messages it read for the identity comparison plus the ones it appended. Recording them here
+(one JSON-lines file per folder, streamed, so memory stays bounded) lets the report list those
+folders without reading them from the server again — for a 20,000-message mailbox that is a
+third of all the metadata traffic of a run. Folders the copier did not pass through in this
+run (finished before a restart, or created by earlier requests) are still read by ``archive``.
+
+Must not: talk to a server.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .headers import summarize
+from .listing import ListingEntry
+
+
+class ListingRecorder:
+    """Per destination folder (wire name): a JSON-lines file of its messages."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.files: dict[str, Path] = {}
+        # Every selectable folder under the request's destination folder, when known: the
+        # destination's LIST before copying plus the folders the copier created.
+        self.tree: set[str] | None = None
+
+    def path_for(self, wire_name: str) -> Path:
+        return self.directory / f"folder-{len(self.files):05d}.jsonl"
+
+    def record(
+        self, wire_name: str, display: str, messages: Iterable[tuple[dt.datetime, bytes, int]]
+    ) -> None:
+        """The folder ``wire_name`` now holds exactly ``messages`` (INTERNALDATE, header
+        fields, size)."""
+        path = self.files.get(wire_name) or self.path_for(wire_name)
+        with path.open("w", encoding="utf-8") as fh:
+            for received, header, size in messages:
+                fh.write(entry_line(display, received, header, size))
+        self.files[wire_name] = path
+
+
+def entry_line(display: str, received: dt.datetime, header: bytes, size: int) -> str:
+    h = summarize(header)
+    row = [display, received.isoformat(), h.sender, h.subject, size, h.message_id]
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def read_entries(paths: Iterable[Path]) -> Iterator[ListingEntry]:
+    for path in paths:
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                folder, received, sender, subject, size, message_id = json.loads(line)
+                yield ListingEntry(
+                    folder=folder,
+                    received=dt.datetime.fromisoformat(received),
+                    sender=sender,
+                    subject=subject,
+                    size=int(size),
+                    message_id=message_id,
+                )

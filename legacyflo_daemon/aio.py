@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 async def wait_any(events: tuple[asyncio.Event, ...], seconds: float) -> None:
@@ -14,3 +19,24 @@ async def wait_any(events: tuple[asyncio.Event, ...], seconds: float) -> None:
         for waiter in waiters:
             waiter.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
+
+
+async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Run two awaitables concurrently; their results, or the first error raised.
+
+    Unlike ``asyncio.gather``, a failure cancels the other one (and waits for it to end), so
+    no command is left running on a connection the caller is about to close. Unlike a
+    ``TaskGroup``, the error is raised as it is, not wrapped in an ``ExceptionGroup``: the
+    callers' retry logic depends on its type.
+    """
+    tasks = (asyncio.ensure_future(first), asyncio.ensure_future(second))
+    try:
+        done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task in done and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        return tasks[0].result(), tasks[1].result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

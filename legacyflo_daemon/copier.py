@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 import structlog
 
 from . import dates, folders, utf7
+from .aio import both
 from .config import Config
 from .copyfolder import FolderCopy, Interrupted, Progress
 from .endpoints import dest_endpoint, source_endpoint
 from .errors import AppendDesync, AuthenticationFailed, PermanentError, TransientError
-from .imap import Session, connect
+from .imap import ListEntry, Session, connect
 from .limits import ByteBudget
 from .listingrec import ListingRecorder
 from .model import FolderResult, JobType, Request, RequestResult, Status
@@ -156,9 +157,9 @@ class Copier:
 
     async def _plan(self, src: Session, dst: Session) -> list[folders.FolderPlan]:
         """List the source, map every folder, and create the destination tree."""
-        src_prefix, src_delim = await src.namespace()
-        dst_prefix, dst_delim = await dst.namespace()
-        entries = await src.list_folders()
+        ((_src_prefix, src_delim), entries), ((dst_prefix, dst_delim), listed) = await both(
+            _namespace_and_list(src), _namespace_and_list(dst)
+        )
         source = [folders.SourceFolder(e.name, e.delimiter, frozenset(e.flags)) for e in entries]
         exclusions = (
             self.config.imap.exclude_folders
@@ -174,7 +175,6 @@ class Copier:
             dest_folder=self.request.dest_folder,
             exclusions=exclusions,
         )
-        listed = await dst.list_folders()
         existing = {e.name for e in listed}
         for name in folders.folders_to_create(plans, existing):
             await dst.create(name)
@@ -187,8 +187,18 @@ class Copier:
                 if (e.name == top or e.name.startswith(top + (dst_delim or ".")))
                 and not {f.lower() for f in e.flags} & {"\\noselect", "\\nonexistent"}
             } | {p.dest_name for p in plans if p.selectable}
-        del src_prefix  # the source namespace prefix is part of the listed names already
         return plans
+
+
+async def _namespace_and_list(
+    session: Session,
+) -> tuple[tuple[str, str | None], list[ListEntry]]:
+    """The personal namespace (prefix, delimiter) and every folder of ``session``.
+
+    The source's namespace prefix is part of the listed names already; only its delimiter is
+    used.
+    """
+    return await session.namespace(), await session.list_folders()
 
 
 def _result_from_counts(plan: folders.FolderPlan, counts: dict[str, int]) -> FolderResult:

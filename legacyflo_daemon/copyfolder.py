@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 import structlog
 
 from . import dedupe, folders
+from .aio import both
 from .config import ImapConfig
 from .headers import summarize
-from .imap import FetchedMessage, MessageMeta, Session
+from .imap import FetchedMessage, MailboxInfo, MessageMeta, Session
 from .limits import ByteBudget
 from .listingrec import ListingRecorder
 from .model import FolderResult, MessageFailure
@@ -103,13 +104,13 @@ class FolderCopy:
     _uidvalidity: int = 0
 
     async def run(self, src: Session, dst: Session) -> FolderResult:
-        info = await src.examine(self.plan.source_name)
+        # Both sides are read at the same time (two connections): a folder costs the round
+        # trips of the slower side, not of both.
+        (info, metas), (dinfo, dest_metas) = await both(
+            self._read_side(src, self.plan.source_name, self.criteria, examine=True),
+            self._read_side(dst, self.plan.dest_name, ["ALL"], examine=False),
+        )
         self._uidvalidity = info.uidvalidity
-        uids = await src.uid_search(self.criteria) if info.exists else []
-        metas = await read_identities(src, uids)
-        dinfo = await dst.select(self.plan.dest_name)
-        duids = await dst.uid_search(["ALL"]) if dinfo.exists else []
-        dest_metas = await read_identities(dst, duids)
         dest_keys = [dedupe.identity(m.header, m.internaldate) for m in dest_metas]
         by_uid = {m.uid: m for m in metas}
         missing = dedupe.missing(
@@ -137,6 +138,15 @@ class FolderCopy:
             self.listing.record(self.plan.dest_name, self.plan.dest_display, now_there)
         log.info("folder_copied", folder=self.plan.source_display, **self.counts)
         return self._result()
+
+    @staticmethod
+    async def _read_side(
+        session: Session, name: str, criteria: list[str], *, examine: bool
+    ) -> tuple[MailboxInfo, list[MessageMeta]]:
+        """Open ``name`` (EXAMINE: read-only, for the source) and read its messages' identities."""
+        info = await (session.examine(name) if examine else session.select(name))
+        uids = await session.uid_search(criteria) if info.exists else []
+        return info, await read_identities(session, uids)
 
     async def _pipeline(
         self,

@@ -40,3 +40,18 @@ async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def all_or_first_error(*aws: Awaitable[None]) -> None:
+    """Run ``aws`` concurrently until all end; on the first error cancel the rest (waiting for
+    them) and raise that error unwrapped."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task in done and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -21,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
 
 from . import dates, folders, utf7
-from .aio import both
+from .aio import all_or_first_error, both
 from .config import Config
 from .copyfolder import FolderCopy, Interrupted, Progress
 from .endpoints import dest_endpoint, source_endpoint
@@ -37,7 +38,7 @@ from .limits import ByteBudget
 from .listingrec import ListingRecorder
 from .model import FolderResult, JobType, Request, RequestResult, Status
 from .retry import Backoff
-from .state import StateStore
+from .state import FolderCheckpoint, StateStore
 
 log = structlog.get_logger("legacyflo_daemon.copier")
 
@@ -57,6 +58,9 @@ class Copier:
     progress: Progress = field(default_factory=Progress)
     cautious: bool = False  # set after an AppendDesync: synchronized single APPENDs only
     listing: ListingRecorder | None = None  # where folder passes record the destination
+    # The pool's say on extra connection pairs (True: granted) and their return.
+    extra_pair: Callable[[], bool] = lambda: False
+    release_pair: Callable[[], None] = lambda: None
     _results: dict[str, FolderResult] = field(default_factory=dict)
     _plans: list[folders.FolderPlan] = field(default_factory=list)
 
@@ -127,17 +131,36 @@ class Copier:
             await src.logout()
 
     async def _copy_all(self, src: Session, dst: Session) -> None:
+        """Copy every planned folder; with more than one folder left, up to
+        ``imap.folder_workers`` connection pairs copy folders side by side (each extra pair
+        only if the pool grants it within the per-server and per-login limits)."""
         self._plans = await self._plan(src, dst)
         checkpoints = self.state.folder_checkpoints(self.request_id)
+        todo: deque[folders.FolderPlan] = deque()
         for plan in self._plans:
-            if not plan.selectable:
-                continue
             cp = checkpoints.get(plan.source_name)
-            if cp is not None and cp.done:
+            if plan.selectable and cp is not None and cp.done:
                 self._results[plan.source_name] = _result_from_counts(plan, cp.counts)
-                continue
+            elif plan.selectable:
+                todo.append(plan)
+        workers = [self._worker(src, dst, todo, checkpoints)]
+        for _ in range(min(self.config.imap.folder_workers, len(todo)) - 1):
+            if not self.extra_pair():
+                break
+            workers.append(self._extra_worker(todo, checkpoints))
+        await all_or_first_error(*workers)
+
+    async def _worker(
+        self,
+        src: Session,
+        dst: Session,
+        todo: deque[folders.FolderPlan],
+        checkpoints: dict[str, FolderCheckpoint],
+    ) -> None:
+        while todo:
             if self.stop.is_set():
                 raise Interrupted
+            plan = todo.popleft()
             job = FolderCopy(
                 request_id=self.request_id,
                 plan=plan,
@@ -148,12 +171,29 @@ class Copier:
                 stop=self.stop,
                 progress=self.progress,
                 on_progress=self.on_progress,
-                prior=cp,
+                prior=checkpoints.get(plan.source_name),
                 cautious=self.cautious,
                 listing=self.listing,
             )
             self._results[plan.source_name] = await job.run(src, dst)
             self.progress.folders_done += 1
+
+    async def _extra_worker(
+        self, todo: deque[folders.FolderPlan], checkpoints: dict[str, FolderCheckpoint]
+    ) -> None:
+        """A second (third, ...) connection pair taking folders from the same queue."""
+        try:
+            src = await connect(source_endpoint(self.request, self.config))
+            try:
+                dst = await connect(dest_endpoint(self.request, self.config))
+                try:
+                    await self._worker(src, dst, todo, checkpoints)
+                finally:
+                    await dst.logout()
+            finally:
+                await src.logout()
+        finally:
+            self.release_pair()
 
     async def _plan(self, src: Session, dst: Session) -> list[folders.FolderPlan]:
         """List the source, map every folder, and create the destination tree."""

@@ -295,6 +295,8 @@ class Daemon:
             recorder = ListingRecorder(Path(work))
             copier = Copier(rid, req, self.cfg, self.state, self.budget, stop=self.copy_stop)
             copier.listing = recorder
+            copier.extra_pair = lambda: self.pool.try_extend(rid)
+            copier.release_pair = lambda: self._shrink(rid)
             self.progress[rid] = copier.progress
             ticker = asyncio.create_task(self._progress(rid, copier.progress))
             try:
@@ -311,6 +313,10 @@ class Daemon:
         self.outcomes.append(result.status)
         log.info("request_finished", status=result.status.value, totals=doc.get("totals"),
                  failures=len(result.failures), error=result.error)  # fmt: skip
+
+    def _shrink(self, rid: str) -> None:
+        self.pool.shrink(rid)
+        self.wake.set()  # the freed connections may let a queued request start
 
     async def _finish_crashed(self, rid: str, csv_name: str, exc: Exception) -> None:
         now = utcnow()

@@ -5,7 +5,8 @@ with the requests that can start now without exceeding ``max_jobs`` requests at 
 ``max_per_host`` requests against one server (or the host's own ``max_connections``), and the
 per-login connection cap (Exchange allows 16 connections per login; several requests that log
 in as the same admin all count against it). Each running request holds one connection to its
-source and one to its destination.
+source and one to its destination, plus the extra pairs ``try_extend`` granted it (folders
+copied side by side) while the caps left room; those go back as soon as its folders run out.
 
 Fairness: queued requests are taken round-robin across CSV files, FIFO within a file, so a
 10,000-row CSV dropped first does not hold back a one-row CSV dropped after it. A request that
@@ -79,14 +80,35 @@ class Pool:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.running: dict[str, Slot] = {}
+        self.extra: Counter[str] = Counter()  # extra connection pairs held per request
 
     def _usage(self) -> tuple[Counter[str], Counter[str]]:
         hosts: Counter[str] = Counter()
         logins: Counter[str] = Counter()
-        for slot in self.running.values():
-            hosts.update(slot.hosts)
-            logins.update(slot.logins)
+        for rid, slot in self.running.items():
+            for _ in range(1 + self.extra[rid]):
+                hosts.update(slot.hosts)
+                logins.update(slot.logins)
         return hosts, logins
+
+    def try_extend(self, request_id: str) -> bool:
+        """Grant a running request one more connection pair if every cap still holds."""
+        slot = self.running.get(request_id)
+        if slot is None:
+            return False
+        hosts, logins = self._usage()
+        need_h, need_l = Counter(slot.hosts), Counter(slot.logins)
+        ok = all(hosts[h] + n <= self.limits.host_cap(h) for h, n in need_h.items()) and all(
+            logins[x] + n <= self.limits.login_cap(x) for x, n in need_l.items()
+        )
+        if ok:
+            self.extra[request_id] += 1
+        return ok
+
+    def shrink(self, request_id: str) -> None:
+        """Return one extra pair of ``request_id``."""
+        if self.extra[request_id] > 0:
+            self.extra[request_id] -= 1
 
     def fits(self, slot: Slot, hosts: Counter[str], logins: Counter[str]) -> bool:
         """Whether ``slot`` fits beside the current usage. A request that alone needs more than
@@ -117,3 +139,4 @@ class Pool:
 
     def release(self, request_id: str) -> None:
         self.running.pop(request_id, None)
+        self.extra.pop(request_id, None)

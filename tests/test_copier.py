@@ -69,8 +69,9 @@ class Copied:
     source_before: MailboxSnapshot
 
 
-@pytest.fixture
+@pytest.fixture(params=[1, 3], ids=["one-connection-pair", "three-pairs-side-by-side"])
 async def copied(
+    request: pytest.FixtureRequest,
     source_server: DovecotServer,
     source_account: ServerAccount,
     dest_account: ServerAccount,
@@ -78,8 +79,15 @@ async def copied(
 ) -> Copied:
     manifest = load_exchange_corpus(source_server, source_account.user)
     before = snapshot_mailbox(source_server, source_account.user)
-    run = direct_run(tmp_path, source_account, dest_account, since=SINCE, before=BEFORE)
-    result = await run.run()
+    run = direct_run(
+        tmp_path, source_account, dest_account, since=SINCE, before=BEFORE,
+        folder_workers=request.param,
+    )  # fmt: skip
+    copier = run.copier()
+    granted: list[int] = []
+    copier.extra_pair = lambda: granted.append(1) is None  # the pool says yes every time
+    result = await copier.run()
+    assert len(granted) == request.param - 1  # the extra pairs were really used
     return Copied(manifest, manifest.in_range(SINCE, BEFORE), run, result, before)
 
 

@@ -80,3 +80,18 @@ def test_random_workload_never_exceeds_limits() -> None:
         pool.release(victim)
         done += 1
     assert done == 300
+
+
+def test_extra_pairs_only_within_the_caps_and_counted_until_returned() -> None:
+    pool = Pool(Limits(max_jobs=4, max_per_host=4, max_per_login=3))
+    assert pool.pick([("a", slot("h", user="a"))]) == ["a"]
+    assert pool.try_extend("a") and pool.try_extend("a")  # 3 pairs: login cap reached
+    assert not pool.try_extend("a")
+    assert not pool.try_extend("unknown")
+    # 3 of the 4 connections to "h" are taken: a second request fits once, not twice.
+    assert pool.pick([("b", slot("h", user="b")), ("c", slot("h", user="c"))]) == ["b"]
+    assert not pool.try_extend("b")
+    pool.shrink("a")
+    assert pool.pick([("c", slot("h", user="c"))]) == ["c"]
+    pool.release("a")
+    assert pool.extra["a"] == 0

@@ -63,6 +63,7 @@ class Copier:
     release_pair: Callable[[], None] = lambda: None
     _results: dict[str, FolderResult] = field(default_factory=dict)
     _plans: list[folders.FolderPlan] = field(default_factory=list)
+    _to_create: set[str] = field(default_factory=set)
 
     async def run(self) -> RequestResult:
         started = self.now()
@@ -120,15 +121,11 @@ class Copier:
         # What is done stays done; this pass adds what it still finds missing.
         self.progress.messages_total = self.progress.messages_done
         self.progress.bytes_total = self.progress.bytes_done
-        src = await connect(source_endpoint(self.request, self.config))
+        src, dst = await connect_pair(self.request, self.config)
         try:
-            dst = await connect(dest_endpoint(self.request, self.config))
-            try:
-                await self._copy_all(src, dst)
-            finally:
-                await dst.logout()
+            await self._copy_all(src, dst)
         finally:
-            await src.logout()
+            await both(dst.logout(), src.logout())
 
     async def _copy_all(self, src: Session, dst: Session) -> None:
         """Copy every planned folder; with more than one folder left, up to
@@ -174,6 +171,7 @@ class Copier:
                 prior=checkpoints.get(plan.source_name),
                 cautious=self.cautious,
                 listing=self.listing,
+                create=plan.dest_name in self._to_create,
             )
             self._results[plan.source_name] = await job.run(src, dst)
             self.progress.folders_done += 1
@@ -183,15 +181,11 @@ class Copier:
     ) -> None:
         """A second (third, ...) connection pair taking folders from the same queue."""
         try:
-            src = await connect(source_endpoint(self.request, self.config))
+            src, dst = await connect_pair(self.request, self.config)
             try:
-                dst = await connect(dest_endpoint(self.request, self.config))
-                try:
-                    await self._worker(src, dst, todo, checkpoints)
-                finally:
-                    await dst.logout()
+                await self._worker(src, dst, todo, checkpoints)
             finally:
-                await src.logout()
+                await both(dst.logout(), src.logout())
         finally:
             self.release_pair()
 
@@ -216,9 +210,14 @@ class Copier:
             exclusions=exclusions,
         )
         existing = {e.name for e in listed}
+        # Mail folders are created by their own folder pass (beside the source read, on
+        # whichever connection pair copies them); only pure parents are created here.
+        mail_folders = {p.dest_name for p in plans if p.selectable}
+        self._to_create = set(folders.folders_to_create(plans, existing)) & mail_folders
         for name in folders.folders_to_create(plans, existing):
-            await dst.create(name)
-            await dst.subscribe(name)
+            if name not in mail_folders:
+                await dst.create(name)
+                await dst.subscribe(name)
         if self.listing is not None:
             top = (dst_delim or ".").join([*root, utf7.encode(self.request.dest_folder)])
             self.listing.tree = {
@@ -228,6 +227,20 @@ class Copier:
                 and not {f.lower() for f in e.flags} & {"\\noselect", "\\nonexistent"}
             } | {p.dest_name for p in plans if p.selectable}
         return plans
+
+
+async def connect_pair(request: Request, config: Config) -> tuple[Session, Session]:
+    """Log in to the source, then to the destination.
+
+    In turn, not at once: a refused source login then ends the request without touching the
+    destination account at all (one login attempt in all, nothing for a lockout to count).
+    """
+    src = await connect(source_endpoint(request, config))
+    try:
+        return src, await connect(dest_endpoint(request, config))
+    except BaseException:
+        await src.logout()
+        raise
 
 
 async def _namespace_and_list(

@@ -99,6 +99,7 @@ class FolderCopy:
     prior: FolderCheckpoint | None
     cautious: bool = False  # one synchronized APPEND per message (after an AppendDesync)
     listing: ListingRecorder | None = None
+    create: bool = False  # the destination folder does not exist yet: CREATE + SUBSCRIBE it
     _appended: list[tuple[MessageMeta, int]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     _uidvalidity: int = 0
@@ -108,7 +109,7 @@ class FolderCopy:
         # trips of the slower side, not of both.
         (info, metas), (dinfo, dest_metas) = await both(
             self._read_side(src, self.plan.source_name, self.criteria, examine=True),
-            self._read_side(dst, self.plan.dest_name, ["ALL"], examine=False),
+            self._read_side(dst, self.plan.dest_name, ["ALL"], examine=False, create=self.create),
         )
         self._uidvalidity = info.uidvalidity
         dest_keys = [dedupe.identity(m.header, m.internaldate) for m in dest_metas]
@@ -141,9 +142,13 @@ class FolderCopy:
 
     @staticmethod
     async def _read_side(
-        session: Session, name: str, criteria: list[str], *, examine: bool
+        session: Session, name: str, criteria: list[str], *, examine: bool, create: bool = False
     ) -> tuple[MailboxInfo, list[MessageMeta]]:
-        """Open ``name`` (EXAMINE: read-only, for the source) and read its messages' identities."""
+        """Open ``name`` (EXAMINE: read-only, for the source; ``create``: make and subscribe it
+        first) and read its messages' identities."""
+        if create:
+            await session.create(name)
+            await session.subscribe(name)
         info = await (session.examine(name) if examine else session.select(name))
         uids = await session.uid_search(criteria) if info.exists else []
         return info, await read_identities(session, uids)

@@ -34,3 +34,4 @@ demo: deps
 
 bench: deps
 	$(PYTHON) -m bench.bench_check
+	$(PYTHON) -m bench.bench_copy

@@ -55,12 +55,15 @@ def decode_text(value: bytes) -> str:
         text = value.decode("utf-8")
     except UnicodeDecodeError:
         text = value.decode("latin-1")
-    try:
-        decoded = str(email.header.make_header(email.header.decode_header(text)))
-    except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
-        decoded = text
-    cleaned = "".join(ch if ch.isprintable() else " " for ch in decoded)
-    return " ".join(cleaned.split())[:_MAX_TEXT]
+    decoded = text
+    if "=?" in text:  # only encoded words need the (slow) email.header machinery
+        try:
+            decoded = str(email.header.make_header(email.header.decode_header(text)))
+        except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+            decoded = text
+    if not decoded.isprintable():
+        decoded = "".join(ch if ch.isprintable() else " " for ch in decoded)
+    return " ".join(decoded.split())[:_MAX_TEXT]
 
 
 def summarize(raw: bytes) -> HeaderSummary:

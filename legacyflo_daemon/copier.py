@@ -63,7 +63,8 @@ class Copier:
     release_pair: Callable[[], None] = lambda: None
     _results: dict[str, FolderResult] = field(default_factory=dict)
     _plans: list[folders.FolderPlan] = field(default_factory=list)
-    _to_create: set[str] = field(default_factory=set)
+    _to_create: set[str] = field(default_factory=set)  # mail folders their pass creates
+    _parents: list[str] = field(default_factory=list)  # pure parents, created first
 
     async def run(self) -> RequestResult:
         started = self.now()
@@ -140,7 +141,7 @@ class Copier:
                 self._results[plan.source_name] = _result_from_counts(plan, cp.counts)
             elif plan.selectable:
                 todo.append(plan)
-        workers = [self._worker(src, dst, todo, checkpoints)]
+        workers = [self._first_worker(src, dst, todo, checkpoints)]
         for _ in range(min(self.config.imap.folder_workers, len(todo)) - 1):
             if not self.extra_pair():
                 break
@@ -176,6 +177,19 @@ class Copier:
             self._results[plan.source_name] = await job.run(src, dst)
             self.progress.folders_done += 1
 
+    async def _first_worker(
+        self,
+        src: Session,
+        dst: Session,
+        todo: deque[folders.FolderPlan],
+        checkpoints: dict[str, FolderCheckpoint],
+    ) -> None:
+        """Create the pure parent folders (while the extra pairs log in), then copy folders."""
+        for name in self._parents:
+            await dst.create(name)
+            await dst.subscribe(name)
+        await self._worker(src, dst, todo, checkpoints)
+
     async def _extra_worker(
         self, todo: deque[folders.FolderPlan], checkpoints: dict[str, FolderCheckpoint]
     ) -> None:
@@ -190,7 +204,7 @@ class Copier:
             self.release_pair()
 
     async def _plan(self, src: Session, dst: Session) -> list[folders.FolderPlan]:
-        """List the source, map every folder, and create the destination tree."""
+        """List both sides and map every folder; note which destination folders to create."""
         ((_src_prefix, src_delim), entries), ((dst_prefix, dst_delim), listed) = await both(
             _namespace_and_list(src), _namespace_and_list(dst)
         )
@@ -214,10 +228,9 @@ class Copier:
         # whichever connection pair copies them); only pure parents are created here.
         mail_folders = {p.dest_name for p in plans if p.selectable}
         self._to_create = set(folders.folders_to_create(plans, existing)) & mail_folders
-        for name in folders.folders_to_create(plans, existing):
-            if name not in mail_folders:
-                await dst.create(name)
-                await dst.subscribe(name)
+        self._parents = [
+            n for n in folders.folders_to_create(plans, existing) if n not in mail_folders
+        ]
         if self.listing is not None:
             top = (dst_delim or ".").join([*root, utf7.encode(self.request.dest_folder)])
             self.listing.tree = {

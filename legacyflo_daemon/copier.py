@@ -19,6 +19,7 @@ know about the spool.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import random
 from collections import deque
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from . import dates, folders, utf7
+from . import dates, folders, imap, utf7
 from .aio import all_or_first_error, both
 from .config import Config
 from .copyfolder import FolderCopy, Interrupted, Progress
@@ -245,12 +246,20 @@ class Copier:
 async def connect_pair(request: Request, config: Config) -> tuple[Session, Session]:
     """Log in to the source, then to the destination.
 
-    In turn, not at once: a refused source login then ends the request without touching the
-    destination account at all (one login attempt in all, nothing for a lockout to count).
+    The destination's TCP and TLS handshake runs while the source logs in, but its login is
+    sent only once the source accepted ours: a refused source login ends the request without
+    a login attempt on the destination account (nothing for a lockout policy to count).
     """
-    src = await connect(source_endpoint(request, config))
+    dst_open = asyncio.ensure_future(imap.open_unauthenticated(dest_endpoint(request, config)))
     try:
-        return src, await connect(dest_endpoint(request, config))
+        src = await connect(source_endpoint(request, config))
+    except BaseException:
+        dst_open.cancel()
+        with contextlib.suppress(BaseException):
+            imap.close_unauthenticated(await dst_open)
+        raise
+    try:
+        return src, await imap.authenticate(await dst_open)
     except BaseException:
         await src.logout()
         raise

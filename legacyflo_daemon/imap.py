@@ -31,7 +31,7 @@ from . import retry
 from .errors import AppendDesync, ImapError, MessageRejected, PermanentError, TransientError
 from .imap_conn import Connection, Kind
 from .imap_endpoint import Endpoint, TlsMode, make_ssl_context
-from .imap_open import open_connection
+from .imap_open import login, open_connection, start
 from .imap_parse import (
     FetchedMessage,
     ListEntry,
@@ -90,6 +90,27 @@ async def connect(ep: Endpoint) -> Session:
     host), a missing STARTTLS where required, ``LOGINDISABLED``; ``TransientError`` otherwise.
     """
     return Session(await open_connection(ep))
+
+
+async def open_unauthenticated(ep: Endpoint) -> Connection:
+    """The first half of ``connect``: TCP, TLS and capabilities, no login yet.
+
+    Lets a caller get a handshake out of the way while it waits for something else (the
+    source login) before deciding to log in with ``authenticate``. Close what it does not
+    use with ``close_unauthenticated``. Errors as for ``connect``.
+    """
+    return await start(ep)
+
+
+async def authenticate(conn: Connection) -> Session:
+    """The second half of ``connect``: one login attempt on an ``open_unauthenticated`` one."""
+    await login(conn)
+    return Session(conn)
+
+
+def close_unauthenticated(conn: Connection) -> None:
+    """Drop a connection that ``open_unauthenticated`` made and nobody logged in on."""
+    conn.kill("not needed")
 
 
 class Session:

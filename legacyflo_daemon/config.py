@@ -85,7 +85,7 @@ class ImapConfig:
     retries: int = 6
     backoff_base: float = 1.0
     backoff_max: float = 300.0
-    fetch_batch: int = 100  # UIDs per body FETCH (aioimaplib parsing is quadratic per command)
+    fetch_batch: int = 400  # messages per body FETCH (and per MULTIAPPEND)
     fetch_batch_bytes: int = 8 * 1024 * 1024
     folder_workers: int = 4  # connection pairs per request copying folders side by side
     exclude_folders: tuple[str, ...] = DEFAULT_EXCLUDED_FOLDERS

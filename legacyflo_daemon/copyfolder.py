@@ -32,7 +32,6 @@ from .state import FolderCheckpoint, StateStore
 
 log = structlog.get_logger("legacyflo_daemon.copier")
 
-META_BATCH = 500  # aioimaplib parses a response in O(lines²): keep each FETCH modest
 _NEVER_COPIED = {"\\recent"}
 # RFC 3501 system flags a destination must accept; any other "\\X" (Dovecot: "BAD Invalid
 # system flag \\FORWARDED") is dropped rather than getting the message refused.
@@ -76,11 +75,8 @@ def copy_flags(flags: tuple[str, ...], permanent: frozenset[str] | None) -> tupl
 
 
 async def read_identities(session: Session, uids: list[int]) -> list[MessageMeta]:
-    """Metadata of ``uids`` (ascending), fetched in modest batches."""
-    metas: list[MessageMeta] = []
-    for i in range(0, len(uids), META_BATCH):
-        for uid_set in dedupe.uid_sets(uids[i : i + META_BATCH]):
-            metas.extend(await session.fetch_meta(uid_set))
+    """Metadata of ``uids`` (the boundary splits them into batches), by ascending UID."""
+    metas = await session.fetch_meta(uids) if uids else []
     metas.sort(key=lambda m: m.uid)
     return metas
 

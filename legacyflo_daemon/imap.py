@@ -57,8 +57,8 @@ from .imap_wire import (
     search_args,
 )
 
-BODY_BATCH = 100  # UIDs per body FETCH: aioimaplib keeps whole responses in memory
-META_BATCH = 500  # UIDs per metadata FETCH
+BODY_BATCH = 500  # UIDs per body FETCH (the caller also bounds a batch's bytes)
+META_BATCH = 1000  # UIDs per metadata FETCH (responses are parsed in linear time here)
 HEADER_FIELDS = "MESSAGE-ID DATE FROM TO SUBJECT"  # what dedupe.identity reads
 META_ITEMS = f"(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS ({HEADER_FIELDS})])"
 BODY_ITEMS = "(UID FLAGS INTERNALDATE BODY.PEEK[])"

@@ -146,8 +146,13 @@ class FolderCopy:
             await session.create(name)
             await session.subscribe(name)
         info = await (session.examine(name) if examine else session.select(name))
-        uids = await session.uid_search(criteria) if info.exists else []
-        return info, await read_identities(session, uids)
+        if not info.exists:
+            return info, []
+        if criteria == ["ALL"]:  # no date range: no SEARCH round trip needed
+            metas = await session.fetch_meta_all(info.exists)
+            metas.sort(key=lambda m: m.uid)
+            return info, metas
+        return info, await read_identities(session, await session.uid_search(criteria))
 
     async def _pipeline(
         self,

@@ -242,9 +242,13 @@ class Session:
         self._check("other", reply.result, reply.text, "UID SEARCH")
         return sorted(set(parse_search(reply.lines)))
 
-    async def _fetch(self, uid_set: str, items: str) -> tuple[str, list[dict[str, Value]], str]:
-        what = f"UID FETCH {uid_set}"
-        reply = await self._conn.run("FETCH", [uid_set, items], prefix="UID", fetch=True, what=what)
+    async def _fetch(
+        self, uid_set: str, items: str, *, by_uid: bool = True
+    ) -> tuple[str, list[dict[str, Value]], str]:
+        what = f"{'UID ' if by_uid else ''}FETCH {uid_set}"
+        reply = await self._conn.run(
+            "FETCH", [uid_set, items], prefix="UID" if by_uid else None, fetch=True, what=what
+        )
         try:
             parsed = fetch_items(reply.lines)
         except WireError as exc:
@@ -262,6 +266,21 @@ class Session:
                 out += [meta_from(i) for i in items]
             except WireError as exc:
                 raise self._parse_failed(f"UID FETCH {uid_set}", exc) from None
+        return out
+
+    async def fetch_meta_all(self, exists: int) -> list[MessageMeta]:
+        """``fetch_meta`` of every message of the open mailbox, addressed by sequence numbers
+        ``1:exists`` (from SELECT/EXAMINE), which saves the UID SEARCH round trip. A message
+        expunged meanwhile is simply missing from the answer; UIDs come with every item."""
+        out: list[MessageMeta] = []
+        for first in range(1, exists + 1, META_BATCH):
+            seq = f"{first}:{min(exists, first + META_BATCH - 1)}"
+            result, items, text = await self._fetch(seq, META_ITEMS, by_uid=False)
+            self._check("other", result, text, f"FETCH {seq}")
+            try:
+                out += [meta_from(i) for i in items]
+            except WireError as exc:
+                raise self._parse_failed(f"FETCH {seq}", exc) from None
         return out
 
     async def fetch_bodies(self, uids: str | Iterable[int]) -> list[FetchedMessage]:

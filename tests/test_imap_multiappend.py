@@ -12,6 +12,8 @@ import pytest
 from legacyflo_daemon import imap
 from legacyflo_daemon.errors import AppendDesync
 from legacyflo_daemon.imap_parse import parse_internaldate
+from legacyflo_daemon.utf7 import encode as mutf7
+from tests.servers.corpus import MAIL_FOLDERS, load_exchange_corpus
 from tests.servers.imap import ServerAccount
 from tests.servers.mailgen import make_message, utc
 from tests.servers.proxy import FaultProxy
@@ -93,3 +95,19 @@ async def test_cautious_mode_lets_a_refused_message_fail_alone(
     assert outcome[0] is None and outcome[2] is None
     assert outcome[1] is not None and "APPEND" in outcome[1]
     assert [b for _, b in stored(dest_account, "INBOX")] == [messages[0][0], messages[2][0]]
+
+
+async def test_metadata_of_a_whole_folder_by_sequence_numbers(
+    source_account: ServerAccount, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fetch_meta_all`` (no UID SEARCH) returns what UID SEARCH ALL + ``fetch_meta`` do,
+    across several batches."""
+    manifest = load_exchange_corpus(source_account.server, source_account.user)
+    monkeypatch.setattr(imap, "META_BATCH", 3)
+    async with await imap.connect(endpoint(source_account)) as s:
+        for folder in MAIL_FOLDERS:
+            info = await s.examine(mutf7(folder))
+            by_seq = await s.fetch_meta_all(info.exists)
+            by_uid = await s.fetch_meta(await s.uid_search(["ALL"])) if info.exists else []
+            assert by_seq == by_uid, folder
+            assert len(by_seq) == len(manifest.messages(folder))

@@ -222,7 +222,10 @@ class Daemon:
     async def _intake_loop(self) -> None:
         stable = self.cfg.daemon.stable_seconds
         while not self.stopping.is_set():
-            await self._intake_once(stable)
+            try:
+                await self._intake_once(stable)
+            except Exception:  # a spool or state problem must not stop the copies running
+                log.exception("intake_failed")
             waiting = bool(self.spool.waiting_files())
             timeout = max(0.1, stable / 2) if waiting else self.cfg.daemon.rescan_seconds
             self.files_changed.clear()

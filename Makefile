@@ -10,13 +10,14 @@ APT_PACKAGES := dovecot-imapd openssl systemd procps
 
 test: deps lint typecheck pytest
 
+# PIP_BREAK_SYSTEM_PACKAGES: Debian's own python3 refuses system-wide installs (PEP 668); the
+# variable lets pip install there too (a pyenv or venv Python ignores it).
 deps:
 	@if ! command -v dovecot >/dev/null 2>&1 || ! command -v systemd-analyze >/dev/null 2>&1 \
 		|| ! test -x /bin/kill; then \
 		echo "installing Debian packages: $(APT_PACKAGES)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
 	fi
-	# PIP_BREAK_SYSTEM_PACKAGES: Debian's own python3 refuses system-wide installs (PEP 668).
 	PIP_BREAK_SYSTEM_PACKAGES=1 $(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
 lint:

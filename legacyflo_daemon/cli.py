@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import importlib
 import inspect
 import os
@@ -47,18 +46,14 @@ class _Fail(Exception):
 # -- check / submit output (pure) -------------------------------------------------------------
 
 
-def _day(day: dt.date) -> str:
-    return f"{day.day} {dates.MONTHS[day.month - 1]} {day.year}"
-
-
 def date_span(r: DateRange) -> str:
     """``25 Sep 2017 - 24 Sep 2018`` (en dash; inclusive days), ``from …``, ``up to …``."""
     if r.since is not None and r.before is not None:
-        return f"{_day(r.since)} {_EN_DASH} {_day(r.before)}"
+        return f"{dates.day_words(r.since)} {_EN_DASH} {dates.day_words(r.before)}"
     if r.since is not None:
-        return f"from {_day(r.since)}"
+        return f"from {dates.day_words(r.since)}"
     if r.before is not None:
-        return f"up to {_day(r.before)}"
+        return f"up to {dates.day_words(r.before)}"
     return "any date"
 
 

@@ -79,16 +79,17 @@ def in_range(r: DateRange, internaldate: dt.datetime) -> bool:
     return r.before is None or day <= r.before
 
 
-def _words(day: dt.date) -> str:
+def day_words(day: dt.date) -> str:
+    """``25 Sep 2017`` (English month names whatever the locale)."""
     return f"{day.day} {MONTHS[day.month - 1]} {day.year}"
 
 
 def describe(r: DateRange) -> str:
     """The range for humans, e.g. ``received 25 Sep 2017 through 24 Sep 2018, inclusive``."""
     if r.since is not None and r.before is not None:
-        return f"received {_words(r.since)} through {_words(r.before)}, inclusive"
+        return f"received {day_words(r.since)} through {day_words(r.before)}, inclusive"
     if r.since is not None:
-        return f"received on or after {_words(r.since)}"
+        return f"received on or after {day_words(r.since)}"
     if r.before is not None:
-        return f"received on or before {_words(r.before)}"
+        return f"received on or before {day_words(r.before)}"
     return "all mail regardless of date"

@@ -14,16 +14,8 @@ from typing import TextIO
 
 from .config import Config
 from .errors import StateError
+from .report_mail import human_size
 from .state import RequestRow, StateStore
-
-
-def human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"  # pragma: no cover - the loop always returns
 
 
 def _rate_eta(r: RequestRow, now: dt.datetime) -> tuple[str, str]:
@@ -34,7 +26,7 @@ def _rate_eta(r: RequestRow, now: dt.datetime) -> tuple[str, str]:
     rate = r.bytes_done / seconds
     left = max(0, r.bytes_total - r.bytes_done)
     eta = f"{int(left / rate // 60)}m{int(left / rate % 60):02d}s" if rate > 0 else ""
-    return f"{human_bytes(int(rate))}/s", eta
+    return f"{human_size(int(rate))}/s", eta
 
 
 def table(rows: Sequence[RequestRow], now: dt.datetime) -> str:
@@ -43,9 +35,7 @@ def table(rows: Sequence[RequestRow], now: dt.datetime) -> str:
     lines = [header]
     for r in rows:
         msgs = f"{r.msgs_done}/{r.msgs_total}" if r.msgs_total else ""
-        nbytes = (
-            f"{human_bytes(r.bytes_done)}/{human_bytes(r.bytes_total)}" if r.bytes_total else ""
-        )
+        nbytes = f"{human_size(r.bytes_done)}/{human_size(r.bytes_total)}" if r.bytes_total else ""
         rate, eta = _rate_eta(r, now)
         note = r.title if not r.error else f"{r.title}: {r.error}"
         lines.append((r.id, r.status.value, msgs, nbytes, rate, eta, note[:80]))

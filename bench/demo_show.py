@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from email.message import EmailMessage
 from typing import Any
 
-from legacyflo_daemon.status import human_bytes
+from legacyflo_daemon.report_mail import human_size as human_bytes
 
 MASK = "********"
 _PROBLEM_LEVELS = {"warning", "error", "critical"}

@@ -8,6 +8,8 @@ config, and the login name follows the host's ``login_format``.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .config import Config, HostConfig
 from .errors import PermanentError
 from .imap import Endpoint, TlsMode, make_ssl_context
@@ -47,6 +49,15 @@ def source_endpoint(req: Request, cfg: Config) -> Endpoint:
     return endpoint(req.source, req.source.port or 993, host, cfg)
 
 
+def dest_port(req: Request, cfg: Config) -> int:
+    """The destination port: the host's override, else ``imap.dest_port`` (not in the CSV)."""
+    return cfg.host(req.dest.server).port or cfg.imap.dest_port
+
+
+def with_dest_port(req: Request, cfg: Config) -> Request:
+    """``req`` with its destination port filled in from the config (for results)."""
+    return replace(req, dest=replace(req.dest, port=dest_port(req, cfg)))
+
+
 def dest_endpoint(req: Request, cfg: Config) -> Endpoint:
-    host = cfg.host(req.dest.server)
-    return endpoint(req.dest, host.port or cfg.imap.dest_port, host, cfg)
+    return endpoint(req.dest, dest_port(req, cfg), cfg.host(req.dest.server), cfg)

@@ -21,6 +21,7 @@ import structlog
 
 from . import report, report_mail
 from .config import Config
+from .endpoints import with_dest_port
 from .listing import ListingEntry
 from .listingrec import ListingRecorder
 from .model import Request, RequestResult, RowError, Status
@@ -56,7 +57,7 @@ class Finisher:
         """Write ``<id>.json`` and ``<id>.eml``, then record the final status. Returns the JSON."""
         doc = report.result_json(
             request_id,
-            request,
+            with_dest_port(request, self.config) if request is not None else None,
             row_error,
             result,
             csv_name=csv_name,

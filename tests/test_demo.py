@@ -153,7 +153,7 @@ def test_archive_problems(dest: dict[str, list[tuple[str, dt.datetime]]], wrong:
         (
             {"event": "folder_copied", "folder": "Inbox", "in_range": 7, "copied": 5,
              "already_present": 2, "failed": 0, "bytes": 2048},
-            "  copied folder Inbox:              7 in range, 5 copied, 2 already there (2.0 KB)",
+            "  copied folder Inbox:              7 in range, 5 copied, 2 already there (2.0 kB)",
         ),
         (
             {"event": "request_finished", "status": "succeeded", "error": None,

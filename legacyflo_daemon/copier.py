@@ -23,7 +23,7 @@ import contextlib
 import datetime as dt
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -147,7 +147,19 @@ class Copier:
             if not self.extra_pair():
                 break
             workers.append(self._extra_worker(todo, checkpoints))
-        await all_or_first_error(*workers)
+        interrupted: list[bool] = []
+
+        async def until_stopped(worker: Awaitable[None]) -> None:
+            # A stop lets every pair finish its in-flight batch: an Interrupted worker must
+            # not cancel its siblings mid-APPEND (only a real error does).
+            try:
+                await worker
+            except Interrupted:
+                interrupted.append(True)
+
+        await all_or_first_error(*(until_stopped(w) for w in workers))
+        if interrupted:
+            raise Interrupted
 
     async def _worker(
         self,

@@ -180,6 +180,40 @@ async def test_stop_interrupts_then_a_rerun_gives_exactly_once(
     _assert_complete(await run.run(), dest_server, dest_account.user, box)
 
 
+async def test_stop_with_several_connection_pairs_lets_each_finish_its_batch(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    source_account: ServerAccount,
+    dest_account: ServerAccount,
+    tmp_path: Path,
+) -> None:
+    """With folders copied side by side, a stop ends every pair after its in-flight batch
+    (nothing cancelled mid-APPEND: every stored batch is whole) and a rerun completes."""
+    box = _mailbox(source_server, source_account.user)
+    run = direct_run(
+        tmp_path, source_account, dest_account, jobtype=JobType.IMAP, fetch_batch=4,
+        folder_workers=3,
+    )  # fmt: skip
+    stop = asyncio.Event()
+    copier = run.copier(stop=stop, on_progress=lambda _p: stop.set())
+    granted: list[int] = []
+    copier.extra_pair = lambda: granted.append(1) is None
+    with pytest.raises(Interrupted):
+        await copier.run()
+    assert granted == [1]  # two folders: a second pair copied beside the first
+    partial = dest_snapshot(dest_server, dest_account.user)
+    stored = sum(c.total() for c in partial.values())
+    assert 0 < stored < sum(c.total() for c in box.want.values())
+    counted = sum(
+        cp.counts["copied"] for cp in run.state.folder_checkpoints(run.request_id).values()
+    )
+    assert counted == stored  # every batch that reached the server was finished and counted
+    await _wait_sessions_closed(source_server, source_account.user)
+    await _wait_sessions_closed(dest_server, dest_account.user)
+
+    _assert_complete(await run.run(), dest_server, dest_account.user, box)
+
+
 # -- cut connections -------------------------------------------------------------------------
 
 

@@ -197,6 +197,8 @@ class FolderCopy:
                 await hold.__aexit__(None, None, None)
                 self._checkpoint(done=False)
                 self.on_progress(self.progress)
+                if self.stop.is_set():  # the in-flight batch is stored; a prefetched one waits
+                    raise Interrupted
             if self.stop.is_set():
                 raise Interrupted
         finally:

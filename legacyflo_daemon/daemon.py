@@ -89,18 +89,22 @@ class Daemon(IntakeMixin):
             self.notifier.ready()
             log.info("daemon_ready", spool=str(self.spool.root), queued=len(self.state.queued()),
                      once=self.once)  # fmt: skip
+            sender_stop = asyncio.Event()
             async with asyncio.TaskGroup() as tg:
                 self.tg = tg
                 services = [
                     tg.create_task(self._intake_loop()),
                     tg.create_task(watchdog_task(self.notifier, lambda: True)),
-                    tg.create_task(self.sender.run(self.stopping)),
                     tg.create_task(self._status_loop()),
                 ]
                 if not self.once:
                     services.append(tg.create_task(self._watch()))
+                # The sender is never cancelled: a mail the SMTP server accepted must reach
+                # sent/ before we exit, or the next start would deliver it a second time.
+                tg.create_task(self.sender.run(sender_stop))
                 await self._schedule()
                 await self._shutdown()
+                sender_stop.set()
                 for task in services:
                     task.cancel()
             if self.once and self.cfg.smtp is not None:

@@ -69,7 +69,7 @@ class MailSender:
         """Deliver until ``stop`` is set. Never raises (except cancellation)."""
         while not stop.is_set():
             self._wake.clear()  # before the pass: a kick during the pass triggers another
-            await self.send_pending()
+            await self.send_pending(stop)
             await wait_any((stop, self._wake), self._sleep_time())
 
     def _sleep_time(self) -> float:
@@ -77,8 +77,11 @@ class MailSender:
         due = [a.next_try - now for a in self._attempts.values()]
         return max(0.0, min([self.interval, *due]))
 
-    async def send_pending(self) -> int:
-        """One pass over the pending mails that are due; returns how many were delivered."""
+    async def send_pending(self, stop: asyncio.Event | None = None) -> int:
+        """One pass over the pending mails that are due; returns how many were delivered.
+
+        With ``stop`` set the pass ends after the mail being delivered (never in the middle of
+        one: a delivery cut after the server's 250 would be repeated by the next start)."""
         if self.smtp is None:
             return 0
         async with self._lock:
@@ -92,6 +95,8 @@ class MailSender:
                 del self._attempts[gone]
             sent = 0
             for path in pending:
+                if stop is not None and stop.is_set():
+                    break
                 sent += await self._try(path, self.smtp)
             return sent
 

@@ -191,7 +191,7 @@ async def test_stop_with_several_connection_pairs_lets_each_finish_its_batch(
     (nothing cancelled mid-APPEND: every stored batch is whole) and a rerun completes."""
     box = _mailbox(source_server, source_account.user)
     run = direct_run(
-        tmp_path, source_account, dest_account, jobtype=JobType.IMAP, fetch_batch=4,
+        tmp_path, source_account, dest_account, jobtype=JobType.IMAP, fetch_batch=2,
         folder_workers=3,
     )  # fmt: skip
     stop = asyncio.Event()

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StateError
-from .model import MessageFailure, Request, Status
+from .model import Request, Status
+from .state_checkpoints import CheckpointsMixin
 from .state_types import (
     SCHEMA,
     SCHEMA_VERSION,
@@ -40,7 +41,7 @@ from .state_types import (
 __all__ = ["CsvRecord", "FolderCheckpoint", "RequestRow", "StateStore", "request_to_json"]
 
 
-class StateStore:
+class StateStore(CheckpointsMixin):
     """One SQLite database. Not thread-safe: use it from the event loop thread only."""
 
     def __init__(self, path: Path) -> None:
@@ -280,17 +281,6 @@ class StateStore:
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: {exc}") from exc
 
-    def set_progress(
-        self, request_id: str, msgs: tuple[int, int], nbytes: tuple[int, int], now: dt.datetime
-    ) -> None:
-        """Live progress: (done, total) messages and bytes."""
-        with self._tx() as db:
-            db.execute(
-                "UPDATE requests SET msgs_done = ?, msgs_total = ?, bytes_done = ?,"
-                " bytes_total = ?, progress_at = ? WHERE id = ?",
-                (msgs[0], msgs[1], nbytes[0], nbytes[1], iso(now), request_id),
-            )
-
     @staticmethod
     def _req(r: sqlite3.Row) -> RequestRow:
         return RequestRow(
@@ -309,56 +299,3 @@ class StateStore:
             bytes_total=r["bytes_total"],
             progress_at=r["progress_at"],
         )
-
-    # -- copy checkpoints --------------------------------------------------------------------
-
-    def folder_checkpoints(self, request_id: str) -> dict[str, FolderCheckpoint]:
-        rows = self._db.execute(
-            "SELECT * FROM folders WHERE request_id = ?", (request_id,)
-        ).fetchall()
-        return {
-            r["source"]: FolderCheckpoint(
-                r["source"], r["uidvalidity"], bool(r["done"]), dict(json.loads(r["counts"]))
-            )
-            for r in rows
-        }
-
-    def save_folder(self, request_id: str, cp: FolderCheckpoint) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO folders(request_id, source, uidvalidity, done, counts)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(request_id, source) DO UPDATE SET"
-                " uidvalidity = excluded.uidvalidity, done = excluded.done,"
-                " counts = excluded.counts",
-                (
-                    request_id,
-                    cp.source,
-                    cp.uidvalidity,
-                    int(cp.done),
-                    json.dumps(cp.counts, sort_keys=True),
-                ),
-            )
-
-    def add_failure(self, request_id: str, f: MessageFailure) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO failures(request_id, folder, uid, date, subject, reason)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (request_id, f.folder, f.uid, f.date, f.subject, f.reason),
-            )
-
-    def clear_failures(self, request_id: str, folder: str) -> None:
-        """Forget a folder's failures before it is copied again (they are re-detected)."""
-        with self._tx() as db:
-            db.execute(
-                "DELETE FROM failures WHERE request_id = ? AND folder = ?", (request_id, folder)
-            )
-
-    def failures(self, request_id: str) -> list[MessageFailure]:
-        rows = self._db.execute(
-            "SELECT * FROM failures WHERE request_id = ? ORDER BY folder, uid", (request_id,)
-        ).fetchall()
-        return [
-            MessageFailure(r["folder"], r["uid"], r["date"], r["subject"], r["reason"])
-            for r in rows
-        ]

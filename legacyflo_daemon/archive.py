@@ -15,26 +15,20 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from . import folders, utf7
+from . import folders
 from .config import Config
 from .copyfolder import read_identities
 from .endpoints import dest_endpoint
 from .imap import Session, connect
 from .listing import ListingEntry
-from .listingrec import ListingRecorder, read_entries
+from .listingrec import ListingRecorder, read_entries, request_top, selectable_under
 from .model import Request
 from .results import ListingSource
 
 
 def _display(name: str, delimiter: str | None) -> str:
-    parts = folders.split_wire(name, delimiter)
-    decoded = []
-    for p in parts:
-        try:
-            decoded.append(utf7.decode(p))
-        except ValueError:
-            decoded.append(p)
-    return (delimiter or ".").join(decoded)
+    """The folder as people read it: segments decoded, joined with the delimiter."""
+    return (delimiter or ".").join(folders.source_path(name, delimiter))
 
 
 async def read_folders(
@@ -48,16 +42,6 @@ async def read_folders(
         recorder.record(
             name, _display(name, delimiter), ((m.internaldate, m.header, m.size) for m in metas)
         )
-
-
-async def tree_names(session: Session, root: str, delimiter: str) -> list[str]:
-    """Selectable folders named ``root`` or below it."""
-    return sorted(
-        e.name
-        for e in await session.list_folders()
-        if (e.name == root or e.name.startswith(root + delimiter))
-        and not {f.lower() for f in e.flags} & {"\\noselect", "\\nonexistent"}
-    )
 
 
 def listing_source(cfg: Config) -> ListingSource:
@@ -79,9 +63,10 @@ def listing_source(cfg: Config) -> ListingSource:
                 prefix, delimiter = await session.namespace()
                 delim = delimiter or "."
                 root_path = folders.root_path(cfg.imap.dest_root, prefix, delim)
-                root = delim.join([*root_path, utf7.encode(request.dest_folder)])
+                top = request_top(root_path, request.dest_folder, delim)
                 if names is None:
-                    names = set(await tree_names(session, root, delim))
+                    listed = await session.list_folders()
+                    names = selectable_under(((e.name, e.flags) for e in listed), top, delim)
                 await read_folders(session, sorted(names - rec.files.keys()), delim, rec)
             finally:
                 await session.logout()

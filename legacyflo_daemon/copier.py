@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from . import dates, folders, imap, utf7
+from . import dates, folders, imap
 from .aio import all_or_first_error, both
 from .config import Config
 from .copyfolder import FolderCopy, Interrupted, Progress
@@ -36,7 +36,7 @@ from .endpoints import dest_endpoint, source_endpoint
 from .errors import AppendDesync, AuthenticationFailed, PermanentError, TransientError
 from .imap import ListEntry, Session, connect
 from .limits import ByteBudget
-from .listingrec import ListingRecorder
+from .listingrec import ListingRecorder, request_top, selectable_under
 from .model import FolderResult, JobType, Request, RequestResult, Status
 from .retry import Backoff
 from .state import FolderCheckpoint, StateStore
@@ -245,13 +245,11 @@ class Copier:
             n for n in folders.folders_to_create(plans, existing) if n not in mail_folders
         ]
         if self.listing is not None:
-            top = (dst_delim or ".").join([*root, utf7.encode(self.request.dest_folder)])
-            self.listing.tree = {
-                e.name
-                for e in listed
-                if (e.name == top or e.name.startswith(top + (dst_delim or ".")))
-                and not {f.lower() for f in e.flags} & {"\\noselect", "\\nonexistent"}
-            } | {p.dest_name for p in plans if p.selectable}
+            delim = dst_delim or "."
+            top = request_top(root, self.request.dest_folder, delim)
+            self.listing.tree = selectable_under(
+                ((e.name, e.flags) for e in listed), top, delim
+            ) | {p.dest_name for p in plans if p.selectable}
         return plans
 
 

@@ -17,6 +17,7 @@ import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from . import utf7
 from .headers import summarize
 from .listing import ListingEntry
 
@@ -31,19 +32,33 @@ class ListingRecorder:
         # destination's LIST before copying plus the folders the copier created.
         self.tree: set[str] | None = None
 
-    def path_for(self, wire_name: str) -> Path:
-        return self.directory / f"folder-{len(self.files):05d}.jsonl"
-
     def record(
         self, wire_name: str, display: str, messages: Iterable[tuple[dt.datetime, bytes, int]]
     ) -> None:
         """The folder ``wire_name`` now holds exactly ``messages`` (INTERNALDATE, header
         fields, size)."""
-        path = self.files.get(wire_name) or self.path_for(wire_name)
+        path = self.files.get(wire_name) or self.directory / f"folder-{len(self.files):05d}.jsonl"
         with path.open("w", encoding="utf-8") as fh:
             for received, header, size in messages:
                 fh.write(entry_line(display, received, header, size))
         self.files[wire_name] = path
+
+
+def request_top(root_path: tuple[str, ...], dest_folder: str, delimiter: str) -> str:
+    """The wire name of a request's destination folder: ``<root>.<destfolder>`` (mUTF-7)."""
+    return delimiter.join([*root_path, utf7.encode(dest_folder)])
+
+
+def selectable_under(
+    listed: Iterable[tuple[str, Iterable[str]]], top: str, delimiter: str
+) -> set[str]:
+    """Names (from LIST: name, flags) of ``top`` and below it that can hold mail."""
+    return {
+        name
+        for name, flags in listed
+        if (name == top or name.startswith(top + delimiter))
+        and not {f.lower() for f in flags} & {"\\noselect", "\\nonexistent"}
+    }
 
 
 def entry_line(display: str, received: dt.datetime, header: bytes, size: int) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import socket
 import ssl
 from collections.abc import Mapping
@@ -33,7 +32,7 @@ from typing import Any
 import aiosmtplib
 
 from legacyflo_daemon.config import SmtpConfig
-from legacyflo_daemon.errors import SmtpError
+from legacyflo_daemon.errors import ConfigError, SmtpError
 from legacyflo_daemon.files import atomic_write, move, read_regular
 from legacyflo_daemon.model import REDACTED, Secret
 
@@ -118,26 +117,13 @@ def envelope(eml: bytes) -> Envelope:
 
 
 def smtp_password(smtp: SmtpConfig) -> Secret | None:
-    """The SMTP password from ``password_file`` or the ``password_env`` variable, if any.
-
-    The file's content minus one trailing line break is the password. Errors name the file or
-    the variable, never the value.
-    """
-    if smtp.password_file is not None:
-        try:
-            text = smtp.password_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            why = exc.strerror or type(exc).__name__
-            raise SmtpError(f"smtp.password_file {smtp.password_file}: {why}") from None
-        except UnicodeError:  # never quote the bytes: they are the password
-            raise SmtpError(f"smtp.password_file {smtp.password_file}: not UTF-8") from None
-        return Secret(text.removesuffix("\n").removesuffix("\r"))
-    if smtp.password_env is not None:
-        value = os.environ.get(smtp.password_env)
-        if value is None:
-            raise SmtpError(f"smtp.password_env: variable {smtp.password_env} is not set")
-        return Secret(value)
-    return None
+    """``SmtpConfig.password()`` (file or environment variable), its ``ConfigError`` as an
+    ``SmtpError``: at send time a missing password is a delivery failure, retried later.
+    Errors name the file or the variable, never the value."""
+    try:
+        return smtp.password()
+    except ConfigError as exc:
+        raise SmtpError(str(exc)) from None
 
 
 def _tls_options(smtp: SmtpConfig) -> dict[str, Any]:

@@ -1,38 +1,49 @@
 # legacyflo-daemon — developer entry points.
-#   make test   install everything the tests need (Debian packages as root, Python packages), then
-#               ruff, mypy --strict and the whole pytest suite. CI runs exactly this (.ci/run).
+#   make test   install everything the tests need (Debian packages as root, Python packages into
+#               the project's virtual environment .venv), then ruff, mypy --strict, the import
+#               rules (lint-imports) and the whole pytest suite. CI runs exactly this (.ci/run).
 #   make demo   start two local IMAP servers, drop a sample CSV, run the daemon, show the results.
 #   make bench  the performance benchmark (not part of the test suite).
+#
+# Nothing is ever installed into the system Python: every Python package goes into .venv
+# (PYTHON names the interpreter that creates it).
 PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
 APT_PACKAGES := dovecot-imapd openssl systemd procps
+SOURCES := legacyflo_daemon tests testkit bench demo
 
-.PHONY: test deps check-deps lint typecheck pytest demo bench
+.PHONY: test deps venv lint typecheck imports pytest demo bench
 
-test: deps lint typecheck pytest
+test: deps lint typecheck imports pytest
 
-# PIP_BREAK_SYSTEM_PACKAGES: Debian's own python3 refuses system-wide installs (PEP 668); the
-# variable lets pip install there too (a pyenv or venv Python ignores it).
-deps:
+deps: venv
 	@if ! command -v dovecot >/dev/null 2>&1 || ! command -v systemd-analyze >/dev/null 2>&1 \
 		|| ! test -x /bin/kill; then \
 		echo "installing Debian packages: $(APT_PACKAGES)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
 	fi
-	PIP_BREAK_SYSTEM_PACKAGES=1 $(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+venv:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 
 lint:
-	$(PYTHON) -m ruff check legacyflo_daemon tests bench
-	$(PYTHON) -m ruff format --check legacyflo_daemon tests bench
+	$(PY) -m ruff check $(SOURCES)
+	$(PY) -m ruff format --check $(SOURCES)
 
 typecheck:
-	$(PYTHON) -m mypy
+	$(PY) -m mypy
+
+imports:
+	$(VENV)/bin/lint-imports
 
 pytest:
-	$(PYTHON) -m pytest -q
+	$(PY) -m pytest -q
 
 demo: deps
-	$(PYTHON) -m bench.demo
+	$(PY) -m demo
 
 bench: deps
-	$(PYTHON) -m bench.bench_check
-	$(PYTHON) -m bench.bench_copy
+	$(PY) -m bench.bench_check
+	$(PY) -m bench.bench_copy

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from legacyflo_daemon import csvfile
+from legacyflo_daemon.request import csvfile
 
 ROWS = 10_000
 RUNS = 5

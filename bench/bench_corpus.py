@@ -3,7 +3,7 @@
 Owns: which folders, sizes, flags and dates a benchmark mailbox has (all drawn from one seeded
 ``random.Random``, so the same ``CorpusSpec`` always gives the same bytes), rendering a planned
 message, and loading a plan straight into a SOURCE test server's maildir with the test helpers'
-fast path (``tests.servers.maildir.load_messages``: INTERNALDATE = mtime, flags in file names).
+fast path (``testkit.maildir.load_messages``: INTERNALDATE = mtime, flags in file names).
 Must not: talk IMAP or measure anything.
 
 The mailbox looks like a real one: sizes log-normal around a median of ~20 KB (mean ~47 KB,
@@ -22,9 +22,9 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-from tests.servers.dovecot import DovecotServer
-from tests.servers.maildir import MailSpec, create_folder, load_messages
-from tests.servers.mailgen import Attachment, lorem, make_message
+from testkit.dovecot import DovecotServer
+from testkit.maildir import MailSpec, create_folder, load_messages
+from testkit.mailgen import Attachment, lorem, make_message
 
 Content = tuple[str, frozenset[str], int]  # (sha256 of the IMAP bytes, flags, INTERNALDATE epoch)
 

@@ -1,6 +1,6 @@
 """The benchmark's world: two private Dovecot servers, the loaded corpora, the delaying proxies.
 
-Owns: starting and removing the servers (``tests.servers``: Exchange-like source, Vaultastic-
+Owns: starting and removing the servers (``testkit``: Exchange-like source, Vaultastic-
 like destination, throwaway CA), loading the one big mailbox and the many small ones (each
 checked once with doveadm against its corpus, which also builds Dovecot's index and warms the
 page cache so that the first measured run is not penalised), fresh destination users, and the
@@ -27,10 +27,10 @@ from typing import Self
 
 from bench.bench_corpus import CorpusSpec, Expected, load_mailbox
 from bench.bench_verify import verify_source
-from tests.servers.dovecot import DovecotServer
-from tests.servers.dovecot_conf import ServerKind
-from tests.servers.proxy import FaultProxy
-from tests.servers.tlsca import make_tls_ca
+from testkit.dovecot import DovecotServer
+from testkit.dovecot_conf import ServerKind
+from testkit.proxy import FaultProxy
+from testkit.tlsca import make_tls_ca
 
 SOURCE_PASSWORD = "bench-source-pw"
 DEST_PASSWORD = "bench-dest-pw"

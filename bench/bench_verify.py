@@ -1,7 +1,7 @@
 """Checking a benchmark copy: the destination tree must hold exactly the source's messages.
 
 Owns: reading a whole account with ``doveadm fetch`` as a stream (one message in memory at a
-time; ``tests.servers.snapshot`` holds the whole account, too much for 1 GB), and comparing per
+time; ``testkit.snapshot`` holds the whole account, too much for 1 GB), and comparing per
 folder the multiset of (sha256 of the IMAP bytes, flags, INTERNALDATE) with the corpus's
 expectation mapped to destination names. Must not: log in over IMAP (doveadm sets no \\Seen and
 takes no \\Recent), change a mailbox, or know how the copy was made.
@@ -17,7 +17,7 @@ from typing import IO
 
 from bench.bench_corpus import Content, Expected
 from bench.rawcopy import dest_name
-from tests.servers.dovecot import DovecotServer
+from testkit.dovecot import DovecotServer
 
 FIELDS = "mailbox flags date.received.unixtime size.physical text"
 _ENV = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "TZ": "UTC"}

@@ -1,6 +1,6 @@
 """Shared fixtures: the real test servers (Dovecot), fresh accounts, fault proxies.
 
-See ``tests/servers/__init__.py`` for how to use them. Every test that uses a server fixture is
+See ``testkit/__init__.py`` for how to use them. Every test that uses a server fixture is
 marked ``servers`` automatically (``-m "not servers"`` runs the rest), and is skipped with the
 reason when Dovecot is not installed.
 """
@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers.dovecot import DovecotServer
-from tests.servers.dovecot_conf import ServerKind
-from tests.servers.imap import DEST_PASSWORD, HOSTILE_PASSWORD, ServerAccount
-from tests.servers.master import missing_dovecot
-from tests.servers.proxy import FaultProxy
-from tests.servers.tlsca import TlsCa, make_tls_ca
+from testkit.dovecot import DovecotServer
+from testkit.dovecot_conf import ServerKind
+from testkit.imap import DEST_PASSWORD, HOSTILE_PASSWORD, ServerAccount
+from testkit.master import missing_dovecot
+from testkit.proxy import FaultProxy
+from testkit.tlsca import TlsCa, make_tls_ca
 
 _SERVER_FIXTURES = {
     "source_server",

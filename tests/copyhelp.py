@@ -23,16 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from legacyflo_daemon.config import Config, HostConfig, ImapConfig
-from legacyflo_daemon.copier import Copier, Progress
-from legacyflo_daemon.limits import ByteBudget
+from legacyflo_daemon.config.schema import Config, HostConfig, ImapConfig
 from legacyflo_daemon.model import Account, DateRange, JobType, Request, RequestResult, Secret
-from legacyflo_daemon.state import StateStore
-from tests.servers.corpus import Manifest
-from tests.servers.dovecot import DovecotServer
-from tests.servers.imap import ServerAccount
-from tests.servers.maildir import LoadedMessage
-from tests.servers.snapshot import Content, MailboxSnapshot, snapshot_mailbox
+from legacyflo_daemon.state.store import StateStore
+from legacyflo_daemon.transfer.copier import Copier, Progress
+from legacyflo_daemon.transfer.limits import ByteBudget
+from testkit.corpus import Manifest
+from testkit.dovecot import DovecotServer
+from testkit.imap import ServerAccount
+from testkit.maildir import LoadedMessage
+from testkit.snapshot import Content, MailboxSnapshot, snapshot_mailbox
 
 DEST_FOLDER = "Data"
 ROOT = "INBOX.historical_data"

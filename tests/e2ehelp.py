@@ -32,14 +32,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from tests.servers import dovelog
-from tests.servers.dovecot import DovecotServer
-from tests.servers.imap import ServerAccount
-from tests.servers.maildir import MailSpec, folder_dir, load_messages
-from tests.servers.mailgen import lorem, make_message, utc
-from tests.servers.snapshot import Content, MailboxSnapshot, snapshot_mailbox
+from testkit import dovelog
+from testkit.dovecot import DovecotServer
+from testkit.imap import ServerAccount
+from testkit.maildir import MailSpec, folder_dir, load_messages
+from testkit.mailgen import lorem, make_message, utc
+from testkit.snapshot import Content, MailboxSnapshot, snapshot_mailbox
 
-DAEMON = (sys.executable, "-m", "legacyflo_daemon.cli")
+DAEMON = (sys.executable, "-m", "legacyflo_daemon.cli.main")
 DEST_ROOT = "INBOX.historical_data"
 HEADER = (
     "jobtype", "jobtitle", "destuserid", "destdomain", "destuserpasswd", "destServer",

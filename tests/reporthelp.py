@@ -34,6 +34,9 @@ from typing import Any, Self
 from aiosmtpd.controller import Controller
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped,unused-ignore]
 
+from testkit.imap import ServerAccount
+from testkit.maildir import MailSpec
+from testkit.snapshot import FolderState, MailboxSnapshot
 from tests.e2ehelp import (
     DEST_ROOT,
     MailCatcher,
@@ -45,9 +48,6 @@ from tests.e2ehelp import (
     results,
     summary,
 )
-from tests.servers.imap import ServerAccount
-from tests.servers.maildir import MailSpec
-from tests.servers.snapshot import FolderState, MailboxSnapshot
 
 FROM_ADDRESS = "migration-reports@archive.example"
 LISTING_COLUMNS = ["folder", "received", "from", "subject", "size", "message_id"]

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from legacyflo_daemon import cli
-from legacyflo_daemon.config import Config
-from legacyflo_daemon.log import reset_logging
+from legacyflo_daemon.cli import main as cli
+from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.model import DateRange
-from legacyflo_daemon.spool import Spool
+from legacyflo_daemon.runtime.log import reset_logging
+from legacyflo_daemon.spool.directory import Spool
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SAMPLE = FIXTURES / "reference_sample.csv"
@@ -289,21 +289,20 @@ def test_drop_name(given: str, expected: str) -> None:
 # -- run / status hand-over -----------------------------------------------------------------------
 
 
-def fake_module(monkeypatch: pytest.MonkeyPatch, name: str, result: Any) -> list[Any]:
+def fake_main(monkeypatch: pytest.MonkeyPatch, module: str, result: Any) -> list[Any]:
+    """Replace ``<module>.main`` (the command's entry point) by one that records its calls."""
     calls: list[Any] = []
 
     def main(config: Config, **options: Any) -> Any:
         calls.append((config, options))
         return result
 
-    module = types.ModuleType(f"legacyflo_daemon.{name}")
-    module.main = main  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, f"legacyflo_daemon.{name}", module)
+    monkeypatch.setattr(f"{module}.main", main)
     return calls
 
 
 def test_run_hands_over_to_the_daemon(spool_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = fake_module(monkeypatch, "daemon", 0)
+    calls = fake_main(monkeypatch, "legacyflo_daemon.daemon.app", 0)
     try:
         assert cli.main(["run", "--config", str(spool_config), "--once"]) == 0
     finally:
@@ -313,24 +312,13 @@ def test_run_hands_over_to_the_daemon(spool_config: Path, monkeypatch: pytest.Mo
     assert config.path == spool_config
 
 
-def test_status_hands_over_and_awaits_a_coroutine(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def three() -> int:
-        return 3
-
-    calls = fake_module(monkeypatch, "status", None)
+def test_status_hands_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = fake_main(monkeypatch, "legacyflo_daemon.cli.status", 0)
     assert cli.main(["status"]) == 0
     assert calls[0][1] == {"watch": False}
-    calls = fake_module(monkeypatch, "status", three())
+    calls = fake_main(monkeypatch, "legacyflo_daemon.cli.status", 3)
     assert cli.main(["status", "--watch"]) == 3
     assert calls[0][1] == {"watch": True}
-
-
-def test_a_missing_command_module_is_one_line(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setitem(sys.modules, "legacyflo_daemon.status", None)  # import raises
-    assert cli.main(["status"]) == 2
-    assert "legacyflo_daemon.status" in one_line_error(capsys.readouterr().err)
 
 
 # -- the installed script -------------------------------------------------------------------------

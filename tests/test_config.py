@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from legacyflo_daemon.config import (
+from legacyflo_daemon.config.load import load_config
+from legacyflo_daemon.config.schema import (
     Config,
     DaemonConfig,
     HostConfig,
@@ -17,7 +18,6 @@ from legacyflo_daemon.config import (
     LogConfig,
     ReportConfig,
     SmtpConfig,
-    load_config,
 )
 from legacyflo_daemon.errors import ConfigError
 from legacyflo_daemon.model import Secret

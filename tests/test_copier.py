@@ -1,6 +1,6 @@
 """Acceptance tests of the copier (issue 3) on the real servers: what arrives, and what does not.
 
-The source is the Exchange-like corpus (``tests/servers/corpus.py``) on the source Dovecot, the
+The source is the Exchange-like corpus (``testkit/corpus.py``) on the source Dovecot, the
 destination the Vaultastic-like Dovecot. Every check reads the servers back independently of the
 product: the destination over IMAP with the stdlib (``BODY.PEEK[]`` hashed) or with ``doveadm``
 snapshots, the source with ``doveadm`` (which neither logs in nor sets ``\\Seen``).
@@ -22,8 +22,23 @@ from pathlib import Path
 
 import pytest
 
-from legacyflo_daemon.copier import Interrupted
 from legacyflo_daemon.model import JobType, RequestResult, Status
+from legacyflo_daemon.transfer.copier import Interrupted
+from testkit import (
+    DovecotServer,
+    LoginCounts,
+    MailboxSnapshot,
+    MailSpec,
+    Manifest,
+    ServerAccount,
+    load_big_message,
+    load_exchange_corpus,
+    load_messages,
+    make_message,
+    snapshot_mailbox,
+)
+from testkit.corpus import MAIL_FOLDERS, NON_MAIL_FOLDERS
+from testkit.mailgen import lorem, utc
 from tests.copyhelp import (
     BASE,
     CORPUS_DEST,
@@ -38,21 +53,6 @@ from tests.copyhelp import (
     imap_contents,
     imap_list,
 )
-from tests.servers import (
-    DovecotServer,
-    LoginCounts,
-    MailboxSnapshot,
-    MailSpec,
-    Manifest,
-    ServerAccount,
-    load_big_message,
-    load_exchange_corpus,
-    load_messages,
-    make_message,
-    snapshot_mailbox,
-)
-from tests.servers.corpus import MAIL_FOLDERS, NON_MAIL_FOLDERS
-from tests.servers.mailgen import lorem, utc
 
 REPO = Path(__file__).resolve().parent.parent
 SINCE, BEFORE = dt.date(2015, 6, 1), dt.date(2020, 6, 30)  # leaves some corpus mail out

@@ -24,10 +24,20 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from legacyflo_daemon import report
-from legacyflo_daemon.copier import Interrupted, Progress
 from legacyflo_daemon.model import JobType, RequestResult, Status
-from legacyflo_daemon.state import StateStore
+from legacyflo_daemon.report import result as report
+from legacyflo_daemon.state.store import StateStore
+from legacyflo_daemon.transfer.copier import Interrupted, Progress
+from testkit import (
+    DovecotServer,
+    FaultProxy,
+    LoadedMessage,
+    MailSpec,
+    ServerAccount,
+    load_messages,
+)
+from testkit.mailgen import lorem, make_message, utc
+from testkit.snapshot import Content
 from tests.copyhelp import (
     CopyRun,
     Login,
@@ -39,16 +49,6 @@ from tests.copyhelp import (
     make_config,
     make_request,
 )
-from tests.servers import (
-    DovecotServer,
-    FaultProxy,
-    LoadedMessage,
-    MailSpec,
-    ServerAccount,
-    load_messages,
-)
-from tests.servers.mailgen import lorem, make_message, utc
-from tests.servers.snapshot import Content
 
 MAPPING = {"INBOX": "Inbox", "Archive": "Archive"}
 DEST_PROXY_HOST = "127.0.0.5"  # the dest server's name through a proxy (in the test cert)

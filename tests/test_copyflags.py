@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from legacyflo_daemon.copyfolder import copy_flags
+from legacyflo_daemon.transfer.folder_copy import copy_flags
 
 ALL = ("\\Seen", "\\Answered", "\\Flagged", "\\Draft", "\\Deleted", "\\Recent", "$Forwarded")
 

@@ -13,7 +13,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from legacyflo_daemon import csvfile
 from legacyflo_daemon.errors import CsvFileError
 from legacyflo_daemon.model import (
     REDACTED,
@@ -25,6 +24,7 @@ from legacyflo_daemon.model import (
     RowError,
     Secret,
 )
+from legacyflo_daemon.request import csvfile
 
 FIXTURE = Path(__file__).parent / "fixtures" / "reference_sample.csv"
 REFERENCE_DOC = Path("/work/shared/reference/legacyflo-exchange-imap.txt")

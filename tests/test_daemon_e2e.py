@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
+from testkit.dovecot import DovecotServer
+from testkit.imap import ServerAccount
+from testkit.snapshot import snapshot_mailbox
 from tests.e2ehelp import (
     LogMark,
     MailCatcher,
@@ -37,9 +40,6 @@ from tests.e2ehelp import (
     wait_until,
     write_slowly,
 )
-from tests.servers.dovecot import DovecotServer
-from tests.servers.imap import ServerAccount
-from tests.servers.snapshot import snapshot_mailbox
 
 NewAccount = Callable[..., ServerAccount]
 

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from testkit.dovecot import DovecotServer
+from testkit.imap import ServerAccount
+from testkit.proxy import FaultProxy
 from tests.e2ehelp import (
     DaemonProcess,
     Row,
@@ -38,9 +41,6 @@ from tests.e2ehelp import (
     summary,
     wait_until,
 )
-from tests.servers.dovecot import DovecotServer
-from tests.servers.imap import ServerAccount
-from tests.servers.proxy import FaultProxy
 
 NewAccount = Callable[..., ServerAccount]
 BIG = {"INBOX": 240, "Sent Items": 60}  # 300 messages per source account

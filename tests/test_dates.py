@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from legacyflo_daemon import dates
 from legacyflo_daemon.model import DateRange
+from legacyflo_daemon.request import dates
 
 D = dt.date
 

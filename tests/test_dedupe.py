@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from legacyflo_daemon.dedupe import batches, header_fields, identity, missing, uid_sets
+from legacyflo_daemon.transfer.identity import batches, header_fields, identity, missing, uid_sets
 
 UTC = dt.UTC
 T0 = dt.datetime(2020, 1, 1, 0, 0, 0, tzinfo=UTC)  # epoch 1577836800

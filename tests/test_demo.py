@@ -1,4 +1,4 @@
-"""``make demo`` (bench/demo*.py): its pure parts, and one end-to-end run as a subprocess."""
+"""``make demo`` (demo/): its pure parts, and one end-to-end run as a subprocess."""
 
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ from typing import Any
 
 import pytest
 
-from bench import demo, demo_checks, demo_mailbox, demo_show
-from bench.demo_env import DemoError
-from legacyflo_daemon import csvfile
-from legacyflo_daemon.config import load_config
+from demo import checks as demo_checks
+from demo import mailbox as demo_mailbox
+from demo import run as demo
+from demo import show as demo_show
+from demo.env import DemoError
+from legacyflo_daemon.config.load import load_config
 from legacyflo_daemon.model import JobType
-from tests.servers.dovecot import missing_dovecot
-from tests.servers.snapshot import FolderState, MailboxSnapshot, MessageState
+from legacyflo_daemon.request import csvfile
+from testkit.dovecot import missing_dovecot
+from testkit.snapshot import FolderState, MailboxSnapshot, MessageState
 
 REPO = Path(__file__).resolve().parent.parent
 ACCOUNTS = demo_mailbox.DemoAccounts()
@@ -266,7 +269,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     env.pop("LEGACYFLO_CONFIG", None)
     started = dt.datetime.now()
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.demo"],
+        [sys.executable, "-m", "demo"],
         cwd=REPO,
         env=env,
         capture_output=True,

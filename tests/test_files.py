@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from legacyflo_daemon import files
+from legacyflo_daemon.runtime import files
 
 
 def mode_of(path: Path) -> int:

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from legacyflo_daemon import utf7
-from legacyflo_daemon.config import DEFAULT_EXCLUDED_FOLDERS
-from legacyflo_daemon.folders import (
+from legacyflo_daemon.config.schema import DEFAULT_EXCLUDED_FOLDERS
+from legacyflo_daemon.imap.syntax import utf7
+from legacyflo_daemon.transfer.folders import (
     FolderPlan,
     SourceFolder,
     excluded_folders,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from legacyflo_daemon.headers import HeaderSummary, decode_text, summarize
+from legacyflo_daemon.transfer.headers import HeaderSummary, decode_text, summarize
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The ``imap`` boundary against the real test servers (Dovecot SOURCE and DEST, tests/servers).
+"""The ``imap`` boundary against the real test servers (Dovecot SOURCE and DEST, testkit).
 
 Login over every transport, the hostile password, one attempt only for a wrong password,
 certificate checks, folders on both servers, read-only fetching byte for byte, APPEND
@@ -19,20 +19,21 @@ from typing import Any
 
 import pytest
 
-from legacyflo_daemon import imap, imap_open
 from legacyflo_daemon.errors import AuthenticationFailed, PermanentError, TransientError
-from legacyflo_daemon.imap import Endpoint, Session, make_ssl_context
-from legacyflo_daemon.imap_parse import parse_internaldate
+from legacyflo_daemon.imap import opening as imap_open
+from legacyflo_daemon.imap import session as imap
+from legacyflo_daemon.imap.session import Endpoint, Session, make_ssl_context
+from legacyflo_daemon.imap.syntax.parse import parse_internaldate
+from legacyflo_daemon.imap.syntax.utf7 import encode as mutf7
 from legacyflo_daemon.model import Secret
-from legacyflo_daemon.utf7 import encode as mutf7
+from testkit.corpus import MAIL_FOLDERS, load_exchange_corpus
+from testkit.imap import ServerAccount
+from testkit.maildir import MailSpec, create_folder, load_messages
+from testkit.mailgen import load_big_message, make_big_message, make_message, utc
+from testkit.proxy import FaultProxy
+from testkit.snapshot import snapshot_mailbox
+from testkit.tlsca import TlsCa, make_tls_ca
 from tests.conftest import DEST_PASSWORD, HOSTILE_PASSWORD
-from tests.servers.corpus import MAIL_FOLDERS, load_exchange_corpus
-from tests.servers.imap import ServerAccount
-from tests.servers.maildir import MailSpec, create_folder, load_messages
-from tests.servers.mailgen import load_big_message, make_big_message, make_message, utc
-from tests.servers.proxy import FaultProxy
-from tests.servers.snapshot import snapshot_mailbox
-from tests.servers.tlsca import TlsCa, make_tls_ca
 from tests.test_imap_defects import FakeImap
 
 ProxyFactory = Callable[[str, int], FaultProxy]

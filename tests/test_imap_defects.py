@@ -25,22 +25,23 @@ import aioimaplib
 import pytest
 from aioimaplib import aioimaplib as lib
 
-from legacyflo_daemon import imap, imap_open
 from legacyflo_daemon.errors import (
     AuthenticationFailed,
     ImapError,
     PermanentError,
     TransientError,
 )
-from legacyflo_daemon.imap import Endpoint, Session
-from legacyflo_daemon.imap_commands import LinearFetchCommand, SafeCommand
-from legacyflo_daemon.imap_parse import EXCHANGE_FAILED, NO_BODY
-from legacyflo_daemon.imap_proto import ImapProtocol
+from legacyflo_daemon.imap import opening as imap_open
+from legacyflo_daemon.imap import session as imap
+from legacyflo_daemon.imap._aioimaplib.commands import LinearFetchCommand, SafeCommand
+from legacyflo_daemon.imap._aioimaplib.protocol import ImapProtocol
+from legacyflo_daemon.imap.session import Endpoint, Session
+from legacyflo_daemon.imap.syntax.parse import EXCHANGE_FAILED, NO_BODY
 from legacyflo_daemon.model import Secret
-from tests.servers.imap import ServerAccount
-from tests.servers.maildir import MailSpec, create_folder, load_messages
-from tests.servers.mailgen import make_message, utc
-from tests.servers.proxy import FaultProxy
+from testkit.imap import ServerAccount
+from testkit.maildir import MailSpec, create_folder, load_messages
+from testkit.mailgen import make_message, utc
+from testkit.proxy import FaultProxy
 
 # -- a scripted IMAP server ----------------------------------------------------------------------
 

@@ -9,14 +9,14 @@ from collections.abc import Callable
 
 import pytest
 
-from legacyflo_daemon import imap
 from legacyflo_daemon.errors import AppendDesync
-from legacyflo_daemon.imap_parse import parse_internaldate
-from legacyflo_daemon.utf7 import encode as mutf7
-from tests.servers.corpus import MAIL_FOLDERS, load_exchange_corpus
-from tests.servers.imap import ServerAccount
-from tests.servers.mailgen import make_message, utc
-from tests.servers.proxy import FaultProxy
+from legacyflo_daemon.imap import session as imap
+from legacyflo_daemon.imap.syntax.parse import parse_internaldate
+from legacyflo_daemon.imap.syntax.utf7 import encode as mutf7
+from testkit.corpus import MAIL_FOLDERS, load_exchange_corpus
+from testkit.imap import ServerAccount
+from testkit.mailgen import make_message, utc
+from testkit.proxy import FaultProxy
 from tests.test_imap import endpoint
 
 ProxyFactory = Callable[[str, int], FaultProxy]

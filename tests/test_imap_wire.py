@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from legacyflo_daemon.imap_parse import (
+from legacyflo_daemon.imap.syntax.parse import (
     EMPTY_BODY,
     EXCHANGE_FAILED,
     NO_BODY,
@@ -27,8 +27,8 @@ from legacyflo_daemon.imap_parse import (
     parse_namespace,
     parse_search,
 )
-from legacyflo_daemon.imap_uidset import expand_uid_set, uid_batches
-from legacyflo_daemon.imap_wire import (
+from legacyflo_daemon.imap.syntax.uidset import expand_uid_set, uid_batches
+from legacyflo_daemon.imap.syntax.wire import (
     Literal,
     WireError,
     astring,

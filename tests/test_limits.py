@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from legacyflo_daemon.limits import (
+from legacyflo_daemon.transfer.limits import (
     BudgetStatistics,
     ByteBudget,
     KeyedLimiter,

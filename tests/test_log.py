@@ -16,8 +16,9 @@ import structlog
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from legacyflo_daemon.config import LogConfig
-from legacyflo_daemon.log import (
+from legacyflo_daemon.config.schema import LogConfig
+from legacyflo_daemon.model import REDACTED, Secret
+from legacyflo_daemon.runtime.log import (
     configure_logging,
     forget_secret,
     register_secret,
@@ -25,7 +26,6 @@ from legacyflo_daemon.log import (
     scrub,
     set_level,
 )
-from legacyflo_daemon.model import REDACTED, Secret
 
 NASTY_PASSWORD = "p\"a\\ss w'o%r*d{5}):é"
 

@@ -21,12 +21,12 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from structlog.testing import capture_logs
 
-from legacyflo_daemon.config import SmtpConfig
+from legacyflo_daemon.config.schema import SmtpConfig
 from legacyflo_daemon.errors import SmtpError
-from legacyflo_daemon.mailsender import MailSender
 from legacyflo_daemon.model import Status
-from legacyflo_daemon.outbox import Outbox, deliver, envelope, smtp_password
-from legacyflo_daemon.report import build_mail
+from legacyflo_daemon.outbox.sender import MailSender
+from legacyflo_daemon.outbox.store import Outbox, deliver, envelope, smtp_password
+from legacyflo_daemon.report.result import build_mail
 from tests.test_report import NOW, attachment, entries, make_json
 
 PASSWORD = 'sm"tp p@ss\\wörd'

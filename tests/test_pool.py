@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from legacyflo_daemon.pool import Limits, Pool, Slot, fair_order
+from legacyflo_daemon.daemon.pool import Limits, Pool, Slot, fair_order
 
 
 def slot(src: str, dst: str = "archive", user: str = "u") -> Slot:

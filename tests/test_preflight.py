@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from testkit.dovecot import DovecotServer
+from testkit.imap import ServerAccount
 from tests.e2ehelp import Row, request_csv, run_cli, write_config
-from tests.servers.dovecot import DovecotServer
-from tests.servers.imap import ServerAccount
 
 
 def test_check_connect_tries_every_login_once(

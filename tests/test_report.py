@@ -22,8 +22,6 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from legacyflo_daemon import report
-from legacyflo_daemon.listing import COLUMNS, ListingEntry, neutralise
 from legacyflo_daemon.model import (
     Account,
     DateRange,
@@ -36,7 +34,10 @@ from legacyflo_daemon.model import (
     Secret,
     Status,
 )
-from legacyflo_daemon.report_mail import header_text, human_size, subject
+from legacyflo_daemon.report import result as report
+from legacyflo_daemon.report.listing import COLUMNS, neutralise
+from legacyflo_daemon.report.mail import header_text, human_size, subject
+from legacyflo_daemon.transfer.recorder import ListingEntry
 
 SRC_PW = "src-S3cr3t=\"é'pw"
 DST_PW = "dst-P@ss,word\r\n1"

@@ -25,6 +25,11 @@ from pathlib import Path
 
 import pytest
 
+from testkit.dovecot import DovecotServer
+from testkit.imap import ServerAccount
+from testkit.maildir import MailSpec, load_messages
+from testkit.mailgen import make_message, utc
+from testkit.snapshot import snapshot_mailbox
 from tests.e2ehelp import (
     DEST_ROOT,
     Row,
@@ -57,11 +62,6 @@ from tests.reporthelp import (
     tree_counts,
     tree_messages,
 )
-from tests.servers.dovecot import DovecotServer
-from tests.servers.imap import ServerAccount
-from tests.servers.maildir import MailSpec, load_messages
-from tests.servers.mailgen import make_message, utc
-from tests.servers.snapshot import snapshot_mailbox
 
 NewAccount = Callable[..., ServerAccount]
 DEST_PASSWORD = 'rep "dest", \\ pw ö'

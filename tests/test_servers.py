@@ -14,21 +14,21 @@ from collections.abc import Callable
 import aioimaplib
 import pytest
 
-from tests.servers import dovelog
-from tests.servers.corpus import (
+from testkit import dovelog
+from testkit.corpus import (
     MAIL_FOLDERS,
     NON_MAIL_FOLDERS,
     exchange_corpus,
     load_exchange_corpus,
 )
-from tests.servers.dovecot import DovecotServer
-from tests.servers.dovecot_conf import ServerKind
-from tests.servers.imap import HOSTILE_PASSWORD, Security, ServerAccount, connect, login
-from tests.servers.maildir import MailSpec, encode_mutf7, folder_dir, info_suffix, load_messages
-from tests.servers.mailgen import make_big_message, make_message, utc
-from tests.servers.proxy import FaultProxy
-from tests.servers.snapshot import parse_fetch_pager, snapshot_mailbox
-from tests.servers.tlsca import TlsCa
+from testkit.dovecot import DovecotServer
+from testkit.dovecot_conf import ServerKind
+from testkit.imap import HOSTILE_PASSWORD, Security, ServerAccount, connect, login
+from testkit.maildir import MailSpec, encode_mutf7, folder_dir, info_suffix, load_messages
+from testkit.mailgen import make_big_message, make_message, utc
+from testkit.proxy import FaultProxy
+from testkit.snapshot import parse_fetch_pager, snapshot_mailbox
+from testkit.tlsca import TlsCa
 
 # -- pure helpers ------------------------------------------------------------------------------
 
@@ -454,7 +454,7 @@ def test_proxy_latency_and_stall(
 
 
 def test_big_message_loads(source_server: DovecotServer, source_account: ServerAccount) -> None:
-    from tests.servers.mailgen import load_big_message
+    from testkit.mailgen import load_big_message
 
     loaded = load_big_message(source_server, source_account.user, 5 * 1024 * 1024)
     snap = snapshot_mailbox(source_server, source_account.user)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from legacyflo_daemon import csvfile, files
 from legacyflo_daemon.errors import CsvFileError, SpoolError
-from legacyflo_daemon.spool import SUBDIRS, Spool, is_temp_name
+from legacyflo_daemon.request import csvfile
+from legacyflo_daemon.runtime import files
+from legacyflo_daemon.spool.directory import SUBDIRS, Spool, is_temp_name
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SAMPLE = (FIXTURES / "reference_sample.csv").read_bytes()

@@ -18,7 +18,7 @@ from legacyflo_daemon.model import (
     Secret,
     Status,
 )
-from legacyflo_daemon.state import FolderCheckpoint, StateStore
+from legacyflo_daemon.state.store import FolderCheckpoint, StateStore
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 PASSWORDS = ('p@ss"w0rd\\%*{} é', "dest-Secr3t,;'")

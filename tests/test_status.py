@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
+from legacyflo_daemon.cli.status import table
 from legacyflo_daemon.model import Status
-from legacyflo_daemon.state import RequestRow
-from legacyflo_daemon.status import table
+from legacyflo_daemon.state.store import RequestRow
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 

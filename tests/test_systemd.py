@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from legacyflo_daemon.config import DaemonConfig
-from legacyflo_daemon.systemd import Notifier, watchdog_task
+from legacyflo_daemon.config.schema import DaemonConfig
+from legacyflo_daemon.runtime.systemd import Notifier, watchdog_task
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "legacyflo-daemon.service"
@@ -150,7 +150,7 @@ def test_status_cannot_inject_other_assignments(fake_systemd: FakeSystemd) -> No
 
 def test_subprocess_notifies_from_its_main_pid(fake_systemd: FakeSystemd) -> None:
     # What NotifyAccess=main requires: the message comes from the service's own pid.
-    code = "from legacyflo_daemon.systemd import Notifier; Notifier.from_env().ready()"
+    code = "from legacyflo_daemon.runtime.systemd import Notifier; Notifier.from_env().ready()"
     env = {**os.environ, "NOTIFY_SOCKET": fake_systemd.address}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
     try:
@@ -510,8 +510,8 @@ import asyncio, email, errno, hashlib, mmap, os, socket, sqlite3, ssl
 
 import aioimaplib, aiosmtplib, orjson, structlog, watchfiles
 
-from legacyflo_daemon.limits import ByteBudget
-from legacyflo_daemon.systemd import Notifier
+from legacyflo_daemon.transfer.limits import ByteBudget
+from legacyflo_daemon.runtime.systemd import Notifier
 
 try:
     mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)

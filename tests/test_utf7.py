@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from legacyflo_daemon import utf7
+from legacyflo_daemon.imap.syntax import utf7
 
 # (decoded, wire) — each must hold in both directions.
 EXAMPLES = [

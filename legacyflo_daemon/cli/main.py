@@ -1,0 +1,285 @@
+"""The ``legacyflo-daemon`` command line: ``run``, ``check``, ``submit``, ``status``.
+
+Owns: argument parsing, exit codes, and the human output of ``check``/``submit``.
+Exit codes: 0 all good; 1 a CSV has bad rows; 2 the command could not do its job (bad config,
+unreadable file, a CSV rejected as a whole, no spool) — always one line on stderr, never a
+traceback. Argument errors are argparse's (exit 2).
+Must not: hold daemon logic. ``run`` and ``status`` hand over to ``daemon.app`` and
+``cli.status``, imported only when used (``check`` starts fast and needs neither).
+
+``submit`` drops the file even when some rows are bad (the daemon rejects those rows and reports
+each to its requester, exactly as for a file copied into ``incoming/`` by hand); it refuses, and
+writes nothing, only a file the daemon would reject as a whole or one without any request row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from legacyflo_daemon import __version__
+from legacyflo_daemon.config.load import load_config
+from legacyflo_daemon.config.schema import Config
+from legacyflo_daemon.errors import CsvFileError, LegacyfloError
+from legacyflo_daemon.model import DateRange, ParseResult, Request
+from legacyflo_daemon.request import csvfile, dates
+from legacyflo_daemon.runtime import files
+from legacyflo_daemon.spool.directory import Spool
+
+PROG = "legacyflo-daemon"
+CONFIG_ENV = "LEGACYFLO_CONFIG"
+OK, BAD_ROWS, FAILED = 0, 1, 2
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_EN_DASH = "\u2013"
+
+
+class _Fail(Exception):
+    """A command cannot do its job: print the message as one line, exit 2."""
+
+
+# -- check / submit output (pure) -------------------------------------------------------------
+
+
+def date_span(r: DateRange) -> str:
+    """``25 Sep 2017 - 24 Sep 2018`` (en dash; inclusive days), ``from …``, ``up to …``."""
+    if r.since is not None and r.before is not None:
+        return f"{dates.day_words(r.since)} {_EN_DASH} {dates.day_words(r.before)}"
+    if r.since is not None:
+        return f"from {dates.day_words(r.since)}"
+    if r.before is not None:
+        return f"up to {dates.day_words(r.before)}"
+    return "any date"
+
+
+def describe_request(req: Request) -> str:
+    """One line: ``john@baya.com → john@dest.example folder Data2018, 25 Sep 2017 - …``."""
+    text = (
+        f"{req.source.address} → {req.dest.address} folder {req.dest_folder}, "
+        f"{date_span(req.dates)}"
+    )
+    return _CONTROL.sub("?", text)
+
+
+def render_check(result: ParseResult) -> str:
+    """The per-row verdicts as an aligned table, then warnings and a count line."""
+    rows: list[tuple[int, str, str, str]] = [
+        (r.row, "OK", "", describe_request(r)) for r in result.requests
+    ]
+    rows += [(e.row, "BAD", e.field or "(row)", e.message) for e in result.errors]
+    rows.sort(key=lambda row: (row[0], row[1] == "BAD"))
+    table = [("ROW", "VERDICT", "FIELD", "DETAILS")]
+    table += [(str(n), verdict, field, _CONTROL.sub(" ", text)) for n, verdict, field, text in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(3)]
+    lines = [
+        f"{n:>{widths[0]}}  {v:<{widths[1]}}  {f:<{widths[2]}}  {d}".rstrip()
+        for n, v, f, d in table
+    ]
+    if result.warnings:
+        lines += ["", "Warnings:"] + [f"  - {w}" for w in result.warnings]
+    good, bad = len(result.requests), len(result.errors)
+    lines += ["", f"{good + bad} request row(s): {good} OK, {bad} BAD"]
+    return "\n".join(lines) + "\n"
+
+
+def drop_name(source_name: str) -> str:
+    """The name a submitted file gets in ``incoming/``: ``<stem>.csv``, never a temp name."""
+    stem = Path(source_name).name
+    if stem.lower().endswith(".csv"):
+        stem = stem[:-4]
+    stem = _CONTROL.sub("_", stem).lstrip(".")  # a dot-name would be ignored by the daemon
+    return f"{stem or 'request'}.csv"
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def _read_csv(path: str) -> tuple[bytes, str]:
+    """The bytes of ``path`` (``-``: stdin) and the name to show in messages."""
+    if path == "-":
+        return sys.stdin.buffer.read(), "<stdin>"
+    try:
+        return files.read_regular(Path(path)), path
+    except OSError as exc:
+        raise _Fail(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _parse(data: bytes, name: str) -> ParseResult:
+    try:
+        return csvfile.parse(data)
+    except CsvFileError as exc:
+        raise _Fail(f"{name}: rejected as a whole: {exc}") from None
+
+
+def cmd_check(args: argparse.Namespace, config: Config) -> int:
+    data, name = _read_csv(args.file)
+    result = _parse(data, name)
+    sys.stdout.write(render_check(result))
+    failed_login = False
+    if args.connect and result.requests:
+        from legacyflo_daemon.cli import preflight
+
+        verdicts = asyncio.run(preflight.check_logins(result.requests, config))
+        sys.stdout.write(preflight.render(verdicts))
+        failed_login = any(v.error is not None for v in verdicts)
+    return BAD_ROWS if result.errors or failed_login else OK
+
+
+def cmd_submit(args: argparse.Namespace, config: Config) -> int:
+    data, name = _read_csv(args.file)
+    result = _parse(data, name)
+    sys.stdout.write(render_check(result))
+    if not result.requests and not result.errors:
+        raise _Fail(f"{name}: nothing submitted: the file has no request rows")
+    spool = Spool(config.daemon.spool)
+    if not spool.incoming.is_dir():
+        raise _Fail(
+            f"{spool.incoming}: no such directory; is this the daemon's spool? "
+            "(give the daemon's config with --config)"
+        )
+    try:
+        name_in_spool = drop_name("request.csv" if args.file == "-" else args.file)
+        target = files.write_new(spool.incoming, name_in_spool, data, 0o600)
+    except OSError as exc:
+        raise _Fail(f"{spool.incoming}: cannot write: {exc.strerror or exc}") from None
+    print(f"Submitted as {target}")
+    if result.errors:
+        print(
+            f"{PROG}: {len(result.errors)} bad row(s) will be rejected and reported by the daemon",
+            file=sys.stderr,
+        )
+        return BAD_ROWS
+    return OK
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    from legacyflo_daemon.runtime.log import configure_logging
+
+    try:
+        configure_logging(config.log)
+    except OSError as exc:
+        raise _Fail(f"{config.log.file}: cannot open the log file: {exc.strerror}") from None
+    from legacyflo_daemon.daemon import app
+
+    return app.main(config, once=args.once)
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    from legacyflo_daemon.cli import status
+
+    return status.main(config, watch=args.watch)
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help=f"TOML configuration file (default: ${CONFIG_ENV} if set, else built-in defaults "
+        "with the spool in ./spool); see config.example.toml",
+    )
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        parents=[common],
+        description="Migrate mail from Exchange or any IMAP server into an IMAP archive, "
+        "driven by request CSV files dropped into a spool directory.",
+        epilog="Exit codes: 0 success, 1 a CSV has bad rows, 2 error (one line on stderr).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run the daemon",
+        description="Run the daemon in the foreground: recover unfinished work, then copy "
+        "every request CSV dropped into <spool>/incoming/. Stops cleanly on SIGTERM.",
+    )
+    run.add_argument(
+        "--once", action="store_true", help="process what is there now, finish it, then exit"
+    )
+    run.set_defaults(handler=cmd_run)
+
+    check = sub.add_parser(
+        "check",
+        parents=[common],
+        help="validate a request CSV offline",
+        description="Validate a request CSV: one verdict per row (OK with a summary, or BAD "
+        "with the field and the fix), then the warnings. Offline unless --connect is given.",
+        epilog="Exit codes: 0 every row is OK, 1 some row is BAD (or, with --connect, a login "
+        "failed), 2 the file cannot be used.",
+    )
+    check.add_argument("file", metavar="FILE.csv", help="the CSV file ('-' reads stdin)")
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also log in once to every source and destination account (pre-flight); "
+        "exit 1 if a login fails",
+    )
+    check.set_defaults(handler=cmd_check)
+
+    submit = sub.add_parser(
+        "submit",
+        parents=[common],
+        help="check a request CSV and drop it into the spool",
+        description="Check a request CSV like 'check', then drop it atomically (mode 0600) into "
+        "<spool>/incoming/ as <name>.csv (made unique if the name is taken). A file with some "
+        "bad rows is submitted (those rows are rejected and reported by the daemon); a file "
+        "rejected as a whole is not.",
+        epilog="Exit codes: 0 submitted, 1 submitted but some rows are BAD, 2 not submitted.",
+    )
+    submit.add_argument("file", metavar="FILE.csv", help="the CSV file ('-' reads stdin)")
+    submit.set_defaults(handler=cmd_submit)
+
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="show requests and their progress",
+        description="Show the requests and their progress (messages, bytes, rate, ETA).",
+    )
+    status.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    status.set_defaults(handler=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (``--help`` and usage errors included)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else FAILED
+    _tolerate_unencodable_output()
+    try:
+        config_path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or None
+        config = load_config(Path(config_path) if config_path else None)
+        code: int = args.handler(args, config)
+        return code
+    except (_Fail, LegacyfloError) as exc:  # ConfigError, StateError, SpoolError, ...
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return FAILED
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _tolerate_unencodable_output() -> None:
+    """Print '?' instead of failing where stdout cannot encode an arrow or a dash (ASCII locale)."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="replace")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

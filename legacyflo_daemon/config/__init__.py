@@ -1,0 +1,1 @@
+"""The configuration: a TOML file read and checked by ``load`` into ``schema``'s dataclasses."""

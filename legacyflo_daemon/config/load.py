@@ -1,0 +1,282 @@
+"""Loading the configuration: a TOML file read and validated into ``config``'s dataclasses.
+
+Owns: reading the file, the conversion of each table into its dataclass by field name and
+annotation, the value checks (ranges, choices, formats), the cross-key checks and the one-line
+``ConfigError`` messages naming the file and the key. Call it as ``config.load_config``.
+Must not: define the schema or the defaults (the dataclasses in ``config`` do), touch the
+network or the spool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from legacyflo_daemon.config.schema import (
+    Config,
+    DaemonConfig,
+    HostConfig,
+    ImapConfig,
+    LogConfig,
+    ReportConfig,
+    SmtpConfig,
+)
+from legacyflo_daemon.errors import ConfigError
+
+Check = Callable[[Any], str | None]  # a value -> None if fine, else what is wrong
+
+
+def _at_least(low: float) -> Check:
+    return lambda v: None if v >= low else f"must be at least {low:g}, got {v:g}"
+
+
+def _between(low: float, high: float) -> Check:
+    return lambda v: None if low <= v <= high else f"must be {low:g} to {high:g}, got {v:g}"
+
+
+def _one_of(*choices: str) -> Check:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
+
+
+def _no_control(v: str) -> str | None:
+    return "must not contain control characters" if any(ord(c) < 32 for c in v) else None
+
+
+def _not_blank(v: str) -> str | None:
+    return "must not be empty" if not v.strip() else _no_control(v)
+
+
+def _dest_root(v: str) -> str | None:
+    if not v or any(not seg.strip() for seg in v.split(".")):
+        return "must be a '.'-separated folder path without empty parts, e.g. INBOX.historical_data"
+    if "*" in v or "%" in v:
+        return "must not contain '*' or '%'"
+    return _no_control(v)
+
+
+def _address(v: str) -> str | None:
+    local, at, domain = v.rpartition("@")
+    if not at or not local or not domain or any(c.isspace() or c in "<>" for c in v):
+        return f"must be a mail address like legacyflo@example.com, got {v!r}"
+    return None
+
+
+def _login_format(v: str) -> str | None:
+    try:
+        v.format(user="u", domain="d")
+    except (KeyError, IndexError, ValueError) as exc:
+        return f"only {{user}} and {{domain}} may be used ({exc!s})"
+    return None if "{user}" in v else "must contain {user}"
+
+
+def _folders(v: tuple[str, ...]) -> str | None:
+    return "must not contain empty names" if any(not f.strip() for f in v) else None
+
+
+_PORT = _between(1, 65535)
+_POSITIVE = _at_least(1)
+
+# "<section>.<field>" (hosts: "hosts.<field>") -> extra checks after the type check.
+_CHECKS: dict[str, Check] = {
+    "daemon.max_jobs": _POSITIVE,
+    "daemon.max_per_host": _POSITIVE,
+    "daemon.byte_budget_mb": _POSITIVE,
+    "daemon.grace_seconds": _at_least(0),
+    "daemon.poll_delay_ms": _between(10, 60_000),
+    "daemon.stable_seconds": _at_least(0),
+    "daemon.rescan_seconds": _at_least(1),
+    "daemon.max_crashes": _POSITIVE,
+    "imap.dest_port": _PORT,
+    "imap.dest_root": _dest_root,
+    "imap.timeout": _at_least(1),
+    "imap.connect_timeout": _at_least(1),
+    "imap.max_per_login": _POSITIVE,
+    "imap.retries": _at_least(0),
+    "imap.backoff_base": _at_least(0.01),
+    "imap.backoff_max": _at_least(0.01),
+    "imap.fetch_batch": _between(1, 1000),
+    "imap.fetch_batch_bytes": _at_least(64 * 1024),
+    "imap.folder_workers": _between(1, 16),
+    "imap.exclude_folders": _folders,
+    "log.level": _one_of("debug", "info", "warning", "error", "critical"),
+    "log.format": _one_of("auto", "json", "console"),
+    "smtp.host": _not_blank,
+    "smtp.port": _PORT,
+    "smtp.tls": _one_of("starttls", "implicit", "none"),
+    "smtp.username": _not_blank,
+    "smtp.password_env": _not_blank,
+    "smtp.timeout": _at_least(1),
+    "smtp.retry_base": _at_least(0.1),
+    "smtp.retry_max": _at_least(0.1),
+    "smtp.scan_interval": _at_least(0.1),
+    "report.from_address": _address,
+    "report.compress_listing_above_kb": _at_least(0),
+    "hosts.port": _PORT,
+    "hosts.login_format": _login_format,
+    "hosts.tls": _one_of("auto", "implicit", "starttls"),
+    "hosts.max_connections": _POSITIVE,
+    "hosts.max_per_login": _POSITIVE,
+}
+_LOWERCASE = {"log.level", "log.format", "smtp.tls", "hosts.tls"}
+_REJECTED = {
+    "smtp.password": "a password is not accepted in the config file (it is often readable by "
+    "others and ends up in backups): use password_file or password_env",
+}
+_SECTIONS: dict[str, type[Any]] = {
+    "daemon": DaemonConfig,
+    "imap": ImapConfig,
+    "log": LogConfig,
+    "report": ReportConfig,
+    "smtp": SmtpConfig,
+}
+
+
+class _Reader:
+    """Reads one parsed TOML document; every error names ``path`` and the dotted key."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.base = Path(os.path.abspath(path.parent))
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(str(self.path), key, message)
+
+    def table(self, cls: type[Any], raw: object, key: str, checks: str) -> Any:
+        """An instance of dataclass ``cls`` from ``raw``; ``checks`` prefixes ``_CHECKS`` keys."""
+        if not isinstance(raw, dict):
+            raise self.fail(key, "expected a table")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for name, value in raw.items():
+            where = f"{key}.{name}"
+            if f"{checks}.{name}" in _REJECTED:
+                raise self.fail(where, _REJECTED[f"{checks}.{name}"])
+            if name not in fields:
+                known = ", ".join(fields)
+                raise self.fail(where, f"unknown key (known keys: {known})")
+            converted = self.value(hints[name], value, where)
+            if f"{checks}.{name}" in _LOWERCASE:
+                converted = converted.lower()
+            check = _CHECKS.get(f"{checks}.{name}")
+            problem = check(converted) if check is not None else None
+            if problem:
+                raise self.fail(where, problem)
+            values[name] = converted
+        for name, f in fields.items():
+            if (
+                name not in values
+                and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING
+            ):
+                raise self.fail(f"{key}.{name}", "missing (this key is required)")
+        return cls(**values)
+
+    def value(self, hint: Any, value: object, where: str) -> Any:
+        """``value`` converted to the annotation ``hint`` (``X | None`` reads as ``X``)."""
+        if isinstance(hint, types.UnionType):
+            (hint,) = (a for a in typing.get_args(hint) if a is not type(None))
+        if hint is bool:
+            if not isinstance(value, bool):
+                raise self.fail(where, "expected true or false")
+            return value
+        if hint is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise self.fail(where, "expected an integer")
+            return value
+        if hint is float:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise self.fail(where, "expected a number")
+            if not math.isfinite(value):
+                raise self.fail(where, "expected a finite number")
+            return float(value)
+        if hint is str:
+            if not isinstance(value, str):
+                raise self.fail(where, "expected a string")
+            return value
+        if hint is Path:
+            if not isinstance(value, str) or not value.strip():
+                raise self.fail(where, "expected a path (a non-empty string)")
+            return self.base / Path(value).expanduser()
+        if typing.get_origin(hint) is tuple:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise self.fail(where, "expected a list of strings")
+            return tuple(value)
+        raise TypeError(f"config field {where} has an unsupported type {hint!r}")
+
+    def config(self, doc: Mapping[str, object]) -> Config:
+        values: dict[str, Any] = {}
+        for name, raw in doc.items():
+            if name == "hosts":
+                values["hosts"] = self.hosts(raw)
+            elif name in _SECTIONS:
+                values[name] = self.table(_SECTIONS[name], raw, name, name)
+            else:
+                raise self.fail(name, f"unknown section (known: {', '.join(_SECTIONS)}, hosts)")
+        cfg = Config(**values, path=self.path)
+        if not cfg.daemon.spool.is_absolute():  # the default: relative to the file too
+            daemon = dataclasses.replace(cfg.daemon, spool=self.base / cfg.daemon.spool)
+            cfg = dataclasses.replace(cfg, daemon=daemon)
+        self.cross_checks(cfg)
+        return cfg
+
+    def hosts(self, raw: object) -> dict[str, HostConfig]:
+        if not isinstance(raw, dict):
+            raise self.fail("hosts", 'expected tables like [hosts."mail.example.com"]')
+        hosts: dict[str, HostConfig] = {}
+        for name, table in raw.items():
+            quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            key = f"hosts.{quoted}"
+            if not name.strip() or any(c.isspace() for c in name):
+                raise self.fail(key, "a host name must not be empty or contain spaces")
+            if name.lower() in hosts:
+                raise self.fail(key, "listed twice (host names are case-insensitive)")
+            hosts[name.lower()] = self.table(HostConfig, table, key, "hosts")
+        return hosts
+
+    def cross_checks(self, cfg: Config) -> None:
+        if cfg.imap.backoff_max < cfg.imap.backoff_base:
+            raise self.fail("imap.backoff_max", "must not be smaller than imap.backoff_base")
+        files: list[tuple[str, Path | None]] = [
+            (f'hosts."{n}".ca_file', h.ca_file) for n, h in cfg.hosts.items()
+        ]
+        smtp = cfg.smtp
+        if smtp is not None:
+            files += [("smtp.ca_file", smtp.ca_file), ("smtp.password_file", smtp.password_file)]
+            if smtp.password_file is not None and smtp.password_env is not None:
+                raise self.fail("smtp.password_env", "give password_file or password_env, not both")
+            has_password = smtp.password_file is not None or smtp.password_env is not None
+            if has_password and smtp.username is None:
+                raise self.fail("smtp.username", "missing: a password is set but no username")
+            if smtp.username is not None and not has_password:
+                raise self.fail("smtp.username", "needs password_file or password_env")
+        for key, file in files:
+            if file is not None and not file.is_file():
+                raise self.fail(key, f"{file} is not a readable file")
+
+
+def load_config(path: Path | None) -> Config:
+    """The configuration in ``path`` (TOML), or the defaults when ``path`` is None.
+
+    Raises ``ConfigError`` (one line naming the file and the key) for an unreadable file,
+    invalid TOML, an unknown key, a wrong type, an out-of-range value or a missing file it names.
+    """
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as fp:
+            doc = tomllib.load(fp)
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "", "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), "", f"not valid TOML: {exc}") from None
+    return _Reader(path).config(doc)

@@ -1,0 +1,159 @@
+"""Configuration: a TOML file into typed, frozen objects.
+
+Owns: the schema and the defaults (which work on a fresh checkout: ``./spool``, state under the
+spool). ``load_config`` (its reader and validation live in ``config_load``) raises
+``ConfigError`` for a bad file, whose one-line message names the file and the key
+(``hosts."x".port: expected an integer``); the CLI prints it without a traceback.
+Must not: touch the network or the spool.
+
+The schema *is* the dataclasses below: ``load_config`` reads each table into its dataclass by
+field name and annotation, so a new field is loadable (and must be documented in
+``config.example.toml``, which a test checks). Unknown keys are errors, never ignored: a typo
+in a limit must not silently leave the default in force.
+
+Relative paths (``spool``, ``state_file``, ``log.file``, ``ca_file``, ``password_file``) are
+relative to the directory of the config file; without a config file they stay relative to the
+working directory (the defaults: ``./spool``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from legacyflo_daemon.errors import ConfigError
+from legacyflo_daemon.model import Secret
+
+DEFAULT_EXCLUDED_FOLDERS: tuple[str, ...] = (
+    "Calendar",
+    "Contacts",
+    "Tasks",
+    "Notes",
+    "Journal",
+    "Sync Issues",
+    "Conversation Action Settings",
+    "Quick Step Settings",
+    "Outbox",
+    "Files",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HostConfig:
+    """Per-server overrides, looked up by the host name as written in the CSV (case-insensitive)."""
+
+    port: int | None = None  # destination port (the source port comes from the CSV)
+    tls_verify: bool = True
+    ca_file: Path | None = None
+    allow_plaintext: bool = False  # LOGIN without TLS only when True
+    legacy_tls: bool = False  # allow TLS 1.0 (Exchange 2010); never the default
+    # "auto": 993 is implicit TLS, other ports STARTTLS; "implicit" forces TLS from the first
+    # byte on any port (e.g. 9993); "starttls" forces STARTTLS even on 993.
+    tls: str = "auto"
+    login_format: str = "{user}"  # also "{user}@{domain}" or "DOMAIN\\{user}"
+    max_connections: int | None = None  # cap for this host (default: daemon.max_per_host)
+    max_per_login: int | None = None  # cap per login on this host (default: imap.max_per_login)
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    spool: Path = Path("spool")
+    state_file: Path | None = None  # None: <spool>/state.sqlite3
+    max_jobs: int = 4
+    max_per_host: int = 8
+    byte_budget_mb: int = 64
+    grace_seconds: float = 30.0
+    force_polling: bool = False
+    poll_delay_ms: int = 300
+    stable_seconds: float = 1.0  # a plain file is taken only once its size stopped changing
+    rescan_seconds: float = 60.0
+    max_crashes: int = 3  # a CSV that crashed the daemon this often goes to failed/
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_file if self.state_file is not None else self.spool / "state.sqlite3"
+
+
+@dataclass(frozen=True, slots=True)
+class ImapConfig:
+    dest_port: int = 993
+    dest_root: str = "INBOX.historical_data"  # written with '.', mapped to the real delimiter
+    timeout: float = 60.0
+    connect_timeout: float = 30.0
+    max_per_login: int = 4  # Exchange allows 16 per user by default; stay well below
+    retries: int = 6
+    backoff_base: float = 1.0
+    backoff_max: float = 300.0
+    fetch_batch: int = 400  # messages per body FETCH (and per MULTIAPPEND)
+    fetch_batch_bytes: int = 8 * 1024 * 1024
+    folder_workers: int = 4  # connection pairs per request copying folders side by side
+    exclude_folders: tuple[str, ...] = DEFAULT_EXCLUDED_FOLDERS
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    file: Path | None = None
+    format: str = "auto"  # "auto" (console on a TTY, else JSON), "json", "console"
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpConfig:
+    host: str
+    port: int = 587
+    tls: str = "starttls"  # "starttls", "implicit", "none"
+    username: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    ca_file: Path | None = None
+    timeout: float = 30.0
+    retry_base: float = 30.0  # first retry of a failed mail after this many seconds, doubling
+    retry_max: float = 3600.0  # ... up to this
+    scan_interval: float = 60.0  # look for pending mails at least this often
+
+    def password(self) -> Secret | None:
+        """The SMTP password from ``password_file`` (one line) or ``password_env``; None if neither.
+
+        Read at the moment of use, never stored in the config object. Raises ``ConfigError``
+        naming the key when the file cannot be read or the variable is not set; the daemon calls
+        this once at start so that a bad setting fails early.
+        """
+        if self.password_file is not None:
+            try:
+                text = self.password_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise ConfigError(
+                    str(self.password_file), "smtp.password_file", f"cannot read: {reason}"
+                ) from None
+            return Secret(text.rstrip("\r\n"))
+        if self.password_env is not None:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(
+                    "environment", "smtp.password_env", f"variable {self.password_env} is not set"
+                )
+            return Secret(value)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ReportConfig:
+    from_address: str = "legacyflo-daemon@localhost"
+    compress_listing_above_kb: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    imap: ImapConfig = field(default_factory=ImapConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    smtp: SmtpConfig | None = None
+    hosts: dict[str, HostConfig] = field(default_factory=dict)  # keys lower-cased
+    path: Path | None = None  # the file it was read from, for messages
+
+    def host(self, name: str) -> HostConfig:
+        """The overrides for ``name`` (case-insensitive), or the defaults."""
+        return self.hosts.get(name.lower(), HostConfig())

@@ -1,0 +1,142 @@
+"""Which queued request runs next: bounded concurrency, per-server and per-login caps, fairness.
+
+Pure. The daemon asks ``Pool.pick`` whenever a slot frees or work arrives; the pool answers
+with the requests that can start now without exceeding ``max_jobs`` requests at once,
+``max_per_host`` requests against one server (or the host's own ``max_connections``), and the
+per-login connection cap (Exchange allows 16 connections per login; several requests that log
+in as the same admin all count against it). Each running request holds one connection to its
+source and one to its destination, plus the extra pairs ``try_extend`` granted it (folders
+copied side by side) while the caps left room; those go back as soon as its folders run out.
+
+Fairness: queued requests are taken round-robin across CSV files, FIFO within a file, so a
+10,000-row CSV dropped first does not hold back a one-row CSV dropped after it. A request that
+cannot start because its server is saturated does not block the ones behind it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from legacyflo_daemon.config.schema import Config
+from legacyflo_daemon.model import Request
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """What one running request occupies."""
+
+    hosts: tuple[str, ...]  # lower-case server names (source, destination)
+    logins: tuple[str, ...]  # "user@server", lower-case
+
+
+def slot_for(req: Request) -> Slot:
+    src, dst = req.source, req.dest
+    return Slot(
+        hosts=(src.server.lower(), dst.server.lower()),
+        logins=(f"{src.userid}@{src.server}".lower(), f"{dst.userid}@{dst.server}".lower()),
+    )
+
+
+def fair_order(queued: Sequence[tuple[str, int]]) -> list[str]:
+    """``queued`` is (request_id, csv_id) in FIFO order; returns ids round-robin across CSVs."""
+    rank: Counter[int] = Counter()
+    keyed = []
+    for pos, (rid, csv_id) in enumerate(queued):
+        keyed.append((rank[csv_id], pos, rid))
+        rank[csv_id] += 1
+    return [rid for _, _, rid in sorted(keyed)]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_jobs: int
+    max_per_host: int
+    max_per_login: int
+    host_caps: dict[str, int] = field(default_factory=dict)  # per-host max_connections
+    login_caps: dict[str, int] = field(default_factory=dict)  # per-host max_per_login
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Limits:
+        return cls(
+            max_jobs=cfg.daemon.max_jobs,
+            max_per_host=cfg.daemon.max_per_host,
+            max_per_login=cfg.imap.max_per_login,
+            host_caps={h: c.max_connections for h, c in cfg.hosts.items() if c.max_connections},
+            login_caps={h: c.max_per_login for h, c in cfg.hosts.items() if c.max_per_login},
+        )
+
+    def host_cap(self, host: str) -> int:
+        return self.host_caps.get(host, self.max_per_host)
+
+    def login_cap(self, login: str) -> int:
+        return self.login_caps.get(login.rpartition("@")[2], self.max_per_login)
+
+
+class Pool:
+    """Bookkeeping of running requests. Single event loop; no I/O."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.running: dict[str, Slot] = {}
+        self.extra: Counter[str] = Counter()  # extra connection pairs held per request
+
+    def _usage(self) -> tuple[Counter[str], Counter[str]]:
+        hosts: Counter[str] = Counter()
+        logins: Counter[str] = Counter()
+        for rid, slot in self.running.items():
+            for _ in range(1 + self.extra[rid]):
+                hosts.update(slot.hosts)
+                logins.update(slot.logins)
+        return hosts, logins
+
+    def try_extend(self, request_id: str) -> bool:
+        """Grant a running request one more connection pair if every cap still holds."""
+        slot = self.running.get(request_id)
+        if slot is None:
+            return False
+        hosts, logins = self._usage()
+        need_h, need_l = Counter(slot.hosts), Counter(slot.logins)
+        ok = all(hosts[h] + n <= self.limits.host_cap(h) for h, n in need_h.items()) and all(
+            logins[x] + n <= self.limits.login_cap(x) for x, n in need_l.items()
+        )
+        if ok:
+            self.extra[request_id] += 1
+        return ok
+
+    def shrink(self, request_id: str) -> None:
+        """Return one extra pair of ``request_id``."""
+        if self.extra[request_id] > 0:
+            self.extra[request_id] -= 1
+
+    def fits(self, slot: Slot, hosts: Counter[str], logins: Counter[str]) -> bool:
+        """Whether ``slot`` fits beside the current usage. A request that alone needs more than
+        a cap (source and destination on one server with a cap of 1) runs when that server is
+        otherwise idle, rather than never."""
+        need_h = Counter(slot.hosts)
+        need_l = Counter(slot.logins)
+        return all(
+            hosts[h] == 0 or hosts[h] + n <= self.limits.host_cap(h) for h, n in need_h.items()
+        ) and all(
+            logins[x] == 0 or logins[x] + n <= self.limits.login_cap(x) for x, n in need_l.items()
+        )
+
+    def pick(self, candidates: Iterable[tuple[str, Slot]]) -> list[str]:
+        """The candidates (in the given order) that can start now; marks them running."""
+        started: list[str] = []
+        hosts, logins = self._usage()
+        for rid, slot in candidates:
+            if len(self.running) >= self.limits.max_jobs:
+                break
+            if rid in self.running or not self.fits(slot, hosts, logins):
+                continue
+            self.running[rid] = slot
+            hosts.update(slot.hosts)
+            logins.update(slot.logins)
+            started.append(rid)
+        return started
+
+    def release(self, request_id: str) -> None:
+        self.running.pop(request_id, None)
+        self.extra.pop(request_id, None)

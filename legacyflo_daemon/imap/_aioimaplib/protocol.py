@@ -1,0 +1,242 @@
+"""aioimaplib 2.0.3's protocol with its I/O defects fixed, for one command at a time.
+
+Owns: ``ImapProtocol`` (a subclass of ``aioimaplib.IMAP4ClientProtocol``). Each override
+fixes a measured defect (notes/dependencies.md §1):
+
+- ``_consume`` replaces the recursive ``_handle_responses``, which recursed once per line (more
+  than ~1000 lines in one chunk raised ``RecursionError`` inside ``data_received`` and the
+  command then hung forever, issue #118) and copied the rest of the chunk at every line (with
+  a raised recursion limit, one 256 KiB chunk of 6,800 short lines peaked at 855 MB).
+- ``imap_commands.LinearFetchCommand`` counts parentheses incrementally and outside quoted
+  strings; ``FetchCommand.wait_data`` rescans every line of the response after each new line
+  (O(lines²), 20k messages took 66 s) and counts parentheses inside quotes (issue #51).
+- ``data_received`` records activity for the boundary's watchdog, never formats received data
+  for a DEBUG log (bodies), and turns any exception into ``fail()``: the transport is aborted
+  so that waiting commands fail at once instead of at their timeout.
+- ``connection_lost`` resolves ``lost``: the library only calls a callback and leaves pending
+  commands waiting.
+- ``_handle_line`` takes the greeting itself (the library's ``welcome`` task holds a lock and
+  can hang connect forever, issue #128) and remembers a ``* BYE`` text.
+- ``_untagged_response`` strips only the leading ``* ``; the library removes every ``* `` in the
+  line, so a folder listed as ``"x* y"`` came back as ``xy``.
+- ``_continuation`` feeds literals and SASL data of the pending ``ContinuationCommand``; the
+  library can only send one APPEND literal, kept in shared state.
+- ``send`` never logs (the library logs command lines with a password scrub that misses the
+  escaped form of the password) and writes a command's non-synchronizing literals right after
+  its line (LITERAL+; the library only knows synchronizing literals).
+- ``write_chunks`` writes large literals piece by piece under the transport's flow control
+  (``pause_writing``/``resume_writing``); the library writes a whole message at once, which
+  over TLS held ~3.6 times the message in memory (measured: +116 MB for a 31 MB APPEND).
+
+Must not: classify errors or log anything (``imap_conn`` does the former, nobody the latter).
+Importing it sets the ``aioimaplib`` loggers to WARNING.
+The overridden methods are internals of aioimaplib 2.0.3, pinned in pyproject.toml; the test
+``test_imap_defects.py`` checks that the library still has them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from aioimaplib import aioimaplib as lib
+
+from legacyflo_daemon.imap._aioimaplib.commands import ContinuationCommand
+from legacyflo_daemon.imap.syntax.wire import CRLF, Chunk
+
+# What the rest of the boundary needs of the library, so that only this adapter imports it:
+# its exception base class and the protocol states a connection passes through.
+ProtocolError = lib.AioImapException
+NONAUTH, AUTH, LOGOUT = lib.NONAUTH, lib.AUTH, lib.LOGOUT
+
+WRITE_PIECE = 64 * 1024  # a large literal is handed to the transport this much at a time
+DIRECT_WRITE_MAX = 256 * 1024  # up to this, chunks are written at once
+
+# aioimaplib logs every received chunk (whole message bodies) and command lines (with a password
+# scrub that misses the escaped form) at DEBUG. The overrides below bypass those calls; this
+# keeps whatever is left quiet even when the root logger is at DEBUG.
+for _name in ("aioimaplib", "aioimaplib.aioimaplib"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+class ImapProtocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
+    """The library protocol with the fixes listed in the module docstring."""
+
+    state: str
+    transport: Any
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop, None)
+        self.greeting: asyncio.Future[bytes] = loop.create_future()
+        self.lost: asyncio.Future[None] = loop.create_future()
+        self.last_receive = loop.time()
+        self.failure: str | None = None  # why we declared the stream unusable
+        self.bye: str | None = None  # text of a * BYE, if the server sent one
+        self.continuation_target: ContinuationCommand | None = None
+        self.last_send = loop.time()  # when bytes were last handed to the transport
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._queue: deque[Chunk] = deque()
+        self._writer: asyncio.Task[None] | None = None
+
+    # -- connection events ---------------------------------------------------------------------
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self._queue.clear()
+        self._writable.set()  # a waiting writer wakes up and sees the closed transport
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def write_chunks(self, chunks: Sequence[Chunk]) -> None:
+        """Write ``chunks`` after everything written before, never copying them.
+
+        Small amounts go to the transport at once. Anything larger is written by a task, piece
+        by piece, whenever the transport is below its high-water mark: handing a 50 MB literal
+        to an asyncio TLS transport in one call holds ~3 encrypted/buffered copies of it.
+        """
+        if self._writer is None and sum(len(c) for c in chunks) <= DIRECT_WRITE_MAX:
+            for chunk in chunks:
+                self.transport.write(chunk)
+            self.last_send = self.loop.time()
+            return
+        self._queue.extend(chunks)
+        if self._writer is None:
+            self._writer = self.loop.create_task(self._write_queue())
+            self.tasks.add(self._writer)  # cancelled with the connection (Connection.kill)
+            self._writer.add_done_callback(self.tasks.discard)
+
+    async def _write_queue(self) -> None:
+        try:
+            while self._queue:
+                view = memoryview(self._queue.popleft())
+                for start in range(0, len(view), WRITE_PIECE):
+                    await self._writable.wait()
+                    if self.transport is None or self.transport.is_closing():
+                        self._queue.clear()
+                        return
+                    self.transport.write(view[start : start + WRITE_PIECE])
+                    self.last_send = self.loop.time()
+        finally:
+            self._writer = None
+
+    def fail(self, reason: str) -> None:
+        """Declare the stream unusable: remember why and abort the transport now."""
+        if self.failure is None:
+            self.failure = reason
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_receive = self.loop.time()
+        if self.failure is not None:
+            return
+        try:
+            self._consume(self.incomplete_line + data, self.current_command)
+        except Exception as exc:  # Abort, Error, a parse slip: the stream can't be trusted
+            # Only the type: the library's messages embed commands and server data.
+            self.fail(f"unexpected data from the server ({type(exc).__name__})")
+
+    def send(self, line: str, scrub: str | None = None) -> None:
+        chunks: list[Chunk] = [line.encode() + CRLF]
+        target = self.continuation_target  # the command whose line this is (one at a time)
+        if target is not None and target.immediate:
+            chunks += target.immediate
+            target.immediate = []
+        self.write_chunks(chunks)
+
+    # -- receive path ----------------------------------------------------------------------------
+
+    def _consume(self, data: bytes, cmd: Any) -> None:
+        """Iterative ``_handle_responses``: same semantics, no recursion, no tail copies."""
+        view = memoryview(data)
+        pos, end = 0, len(data)
+        while True:
+            if pos >= end:
+                if self.pending_sync_command is not None:
+                    self.pending_sync_command.flush()
+                keep = cmd is not None and cmd.wait_data()
+                self.current_command, self.incomplete_line = (cmd if keep else None), b""
+                return
+            if cmd is not None and cmd.wait_literal_data():
+                missing = cmd._expected_size - len(cmd._resp_literal_data)
+                take = min(missing, end - pos)
+                cmd.append_literal_data(view[pos : pos + take])
+                pos += take
+                if cmd.wait_literal_data():
+                    self.current_command, self.incomplete_line = cmd, b""
+                    return
+                continue
+            eol = data.find(CRLF, pos)
+            if eol < 0:
+                self.current_command, self.incomplete_line = cmd, data[pos:]
+                return
+            line = data[pos:eol]
+            pos = eol + 2
+            new = self._handle_line(line, cmd)
+            literal = lib.literal_data_re.match(line)
+            if literal:
+                if new is None:  # a literal nobody waits for: read it into a sink
+                    new = lib.Command("NIL", "unused", loop=self.loop)
+                new.begin_literal_data(int(literal.group("size")))
+                cmd = new
+            elif new is not None and new.wait_data():
+                cmd = new
+            else:
+                cmd = None
+
+    def _handle_line(self, line: bytes, current_cmd: Any) -> Any:
+        if self.state == lib.CONNECTED:
+            if line and not self.greeting.done():
+                self.greeting.set_result(line)
+                upper = line.upper()
+                self.state = (
+                    lib.AUTH
+                    if upper.startswith(b"* PREAUTH")
+                    else lib.NONAUTH
+                    if upper.startswith(b"* OK")
+                    else lib.LOGOUT
+                )
+            return None
+        if current_cmd is None and line[:6].upper() == b"* BYE ":
+            self.bye = line[6:].decode("utf-8", "replace")
+        return super()._handle_line(line, current_cmd)
+
+    def _untagged_response(self, line: bytes) -> Any:
+        line = line[2:] if line.startswith(b"* ") else line[1:]
+        if self.pending_sync_command is not None:
+            self.pending_sync_command.append_to_resp(line)
+            return self.pending_sync_command
+        match = lib.message_data_re.match(line)
+        if match:
+            name, text = match.group(1), line
+        else:
+            name, _, text = line.partition(b" ")
+        command = self.pending_async_commands.get(name.decode("ascii", "replace").upper())
+        if command is not None:
+            command.append_to_resp(text)
+            return command
+        noop = self.pending_async_commands.get("NOOP")
+        if noop is not None:
+            noop.append_to_resp(line)
+        return noop
+
+    def _continuation(self, line: bytes) -> None:
+        target = self.continuation_target
+        waiting = target is not None and (
+            target is self.pending_sync_command
+            or any(c is target for c in self.pending_async_commands.values())
+        )
+        chunks = target.next_chunks() if waiting and target is not None else None
+        if chunks is None:
+            self.fail("unexpected continuation request from the server")
+        else:
+            self.write_chunks(chunks)

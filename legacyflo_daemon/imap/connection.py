@@ -1,0 +1,236 @@
+"""One IMAP connection: running one command at a time, safely.
+
+Owns: the per-connection lock, the watchdog that bounds every command, and the "dead
+connection" rule (``imap_open`` opens connections and logs in). Must not: interpret command
+results beyond OK/NO/BAD (``imap`` does) or log anything (passwords and bodies pass here).
+
+Rules:
+- Every command holds the connection's ``asyncio.Lock``: aioimaplib mixes up concurrent
+  commands on one connection (notes §1.3).
+- Every command runs under a watchdog: it fails with ``TransientError`` as soon as the
+  connection is lost (aioimaplib never fails pending commands itself), after ``timeout``
+  seconds without a byte received or sent, or after ``20 * timeout`` (+ ``allowance``) overall.
+- After a timeout, a lost connection, a protocol surprise or a cancellation the connection is
+  dead: it is aborted and every later command raises ``TransientError`` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from legacyflo_daemon.errors import TransientError
+from legacyflo_daemon.imap._aioimaplib.commands import (
+    ContinuationCommand,
+    LinearFetchCommand,
+    SafeCommand,
+)
+from legacyflo_daemon.imap._aioimaplib.protocol import ImapProtocol
+from legacyflo_daemon.imap.endpoint import Endpoint, chain, translate
+from legacyflo_daemon.imap.syntax import responses
+from legacyflo_daemon.imap.syntax.parse import capabilities
+from legacyflo_daemon.imap.syntax.wire import Arg, Chunk, decode, split_args
+
+Kind = responses.Kind
+T = TypeVar("T")
+
+CEILING_FACTOR = 20  # a command may take at most this many ``timeout``s, however busy
+_TICK = 1.0  # seconds between watchdog checks (less for small timeouts)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A tagged reply: ``result`` OK/NO/BAD, untagged ``lines`` for the command, ``text``."""
+
+    result: str
+    lines: list[bytes | bytearray]
+    text: str
+
+
+class Connection:
+    """An open connection. Use ``open_connection``; then ``run()`` one command at a time."""
+
+    def __init__(self, ep: Endpoint, proto: ImapProtocol) -> None:
+        self.ep = ep
+        self.host = ep.host
+        self.proto = proto
+        self.capabilities: frozenset[str] = frozenset()
+        self.tls = ep.tls == "implicit"
+        self._lock = asyncio.Lock()
+        self._dead: str | None = None
+
+    # -- life and death --------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self._dead is None and not self.proto.lost.done()
+
+    def _lost_reason(self) -> str:
+        if self.proto.failure is not None:
+            return self.proto.failure
+        if self.proto.bye:
+            return f"the server closed the connection: {responses.clean_text(self.proto.bye)}"
+        return "the connection was lost"
+
+    def check_alive(self) -> None:
+        if not self.alive:
+            reason = self._dead or self._lost_reason()
+            raise TransientError(
+                f"connection no longer usable ({reason})",
+                host=self.host,
+                retry_after=responses.suggested_backoff(self.proto.bye or ""),
+            )
+
+    def kill(self, reason: str) -> None:
+        """Mark dead and abort the transport. Never raises, never waits."""
+        if self._dead is None:
+            self._dead = reason
+        try:
+            if self.proto.transport is not None:
+                self.proto.transport.abort()
+        except Exception:  # noqa: S110 - abort must never raise; nothing useful to do here
+            pass
+        for task in list(self.proto.tasks):
+            task.cancel()
+
+    # -- running commands --------------------------------------------------------------------
+
+    async def watch(
+        self, aw: Awaitable[T], what: str, allowance: float = 0.0, silence: float | None = None
+    ) -> T:
+        """Await ``aw`` under the watchdog (module docstring); ``TransientError`` if it fires.
+
+        ``silence`` overrides the endpoint's ``timeout`` for this one wait.
+        """
+        loop = asyncio.get_running_loop()
+        proto = self.proto
+        timeout = self.ep.timeout if silence is None else silence
+        start = loop.time()
+        ceiling = start + CEILING_FACTOR * timeout + allowance
+        tick = min(_TICK, timeout / 4)
+        why: list[str] = []
+        active = [True]  # callbacks already scheduled may run after the command finished
+        progress = [start, -1]  # last time the write buffer shrank; its size then
+        cm = asyncio.timeout(None)
+        handle: asyncio.TimerHandle | None = None
+
+        def fire(reason: str) -> None:
+            if active[0] and not why:
+                why.append(reason)
+                cm.reschedule(loop.time())
+
+        def check() -> None:
+            nonlocal handle
+            now = loop.time()
+            transport = proto.transport
+            size = transport.get_write_buffer_size() if transport is not None else 0
+            if size < progress[1]:
+                progress[0] = now
+            progress[1] = size
+            if now - max(progress[0], proto.last_receive, proto.last_send, start) >= timeout:
+                fire(f"no answer for {timeout:g} s")
+            elif now >= ceiling:
+                fire(f"not finished after {ceiling - start:g} s")
+            else:
+                handle = loop.call_later(tick, check)
+
+        def lost(_: asyncio.Future[None]) -> None:
+            fire(self._lost_reason())
+
+        handle = loop.call_later(tick, check)
+        proto.lost.add_done_callback(lost)
+        try:
+            async with cm:
+                return await aw
+        except TimeoutError:
+            if not why:
+                raise
+            raise TransientError(
+                f"{what}: {why[0]}",
+                host=self.host,
+                retry_after=responses.suggested_backoff(proto.bye or ""),
+            ) from None
+        finally:
+            active[0] = False
+            handle.cancel()
+            proto.lost.remove_done_callback(lost)
+
+    def _command(
+        self,
+        name: str,
+        args: Sequence[Arg],
+        prefix: str | None,
+        fetch: bool,
+        sends: Sequence[Sequence[Chunk]],
+        cancel: bool,
+    ) -> Any:
+        first, immediate, literal_sends = split_args(args)
+        tag, loop = self.proto.new_tag(), self.proto.loop
+        if fetch:
+            return LinearFetchCommand(tag, *first, prefix=prefix or "", loop=loop)
+        if immediate or literal_sends or sends or cancel:
+            return ContinuationCommand(
+                name,
+                tag,
+                *first,
+                immediate=immediate,
+                sends=[*literal_sends, *sends],
+                cancel=cancel,
+                loop=loop,
+                prefix=prefix,
+            )
+        return SafeCommand(name, tag, *first, prefix=prefix, loop=loop)
+
+    async def run(
+        self,
+        name: str,
+        args: Sequence[Arg] = (),
+        *,
+        what: str,
+        prefix: str | None = None,
+        fetch: bool = False,
+        sends: Sequence[Sequence[Chunk]] = (),
+        cancel: bool = False,
+        allowance: float = 0.0,
+        silence: float | None = None,
+    ) -> Reply:
+        """Send one command and wait for its tagged reply (OK, NO or BAD; anything else kills).
+
+        ``what`` names the operation in error messages (never put a password in it).
+        """
+        self.check_alive()
+        async with self._lock:
+            self.check_alive()
+            command = self._command(name, args, prefix, fetch, sends, cancel)
+            if isinstance(command, ContinuationCommand):
+                self.proto.continuation_target = command
+            try:
+                response = await self.watch(self.proto.execute(command), what, allowance, silence)
+            except BaseException as exc:
+                error = translate(exc, self.host, what)
+                self.kill(str(error))
+                if isinstance(exc, Exception):
+                    raise error from chain(exc)
+                raise  # cancellation: the connection is dead, the caller goes on cancelling
+            finally:
+                self.proto.continuation_target = None
+        lines = list(response.lines)
+        text = decode(lines.pop()) if lines else ""
+        if response.result not in ("OK", "NO", "BAD"):
+            self.kill(f"unexpected reply {response.result!r}")
+            raise TransientError(f"{what}: unexpected reply {response.result!r}", host=self.host)
+        return Reply(response.result, lines, text)
+
+    async def capability(self) -> frozenset[str]:
+        reply = await self.run("CAPABILITY", what="CAPABILITY")
+        if reply.result != "OK":
+            responses.check("other", reply.result, reply.text, host=self.host, what="CAPABILITY")
+        caps = frozenset(
+            c for line in reply.lines if isinstance(line, bytes) for c in capabilities(decode(line))
+        )
+        self.capabilities = caps
+        return caps
+
+    # -- opening -------------------------------------------------------------------------------

@@ -1,0 +1,163 @@
+"""Where and how to reach an IMAP server, and what its failures mean for us.
+
+Owns: ``Endpoint`` (host, port, TLS mode, credentials, timeouts), the rules that turn a request
+and the config into the two endpoints of a copy (port 993 is implicit TLS, any other source port
+STARTTLS, plain LOGIN only where ``hosts."x".allow_plaintext`` says so; the destination port
+comes from the config; the login name follows the host's ``login_format``),
+``make_ssl_context`` (the only place TLS settings are decided) and ``translate`` (foreign
+exceptions from the network, ``ssl`` and aioimaplib into ``errors.*``).
+Must not: open connections or log.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from legacyflo_daemon.config.schema import Config, HostConfig
+from legacyflo_daemon.errors import ImapError, PermanentError, TransientError
+from legacyflo_daemon.imap._aioimaplib.protocol import ProtocolError
+from legacyflo_daemon.imap.syntax.wire import WireError
+from legacyflo_daemon.model import Account, Request, Secret
+
+TlsMode = Literal["implicit", "starttls", "starttls-or-plain", "plain"]
+# OpenSSL's SSL_OP_LEGACY_SERVER_CONNECT; ssl exposes it only from Python 3.12.
+_OP_LEGACY_SERVER_CONNECT = getattr(ssl, "OP_LEGACY_SERVER_CONNECT", 0x4)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where and how to log in. ``tls``: ``implicit`` (993), ``starttls`` (required),
+    ``starttls-or-plain`` (when offered, else plaintext), ``plain`` (never TLS).
+
+    ``timeout``: seconds of silence after which a command is given up; ``connect_timeout``:
+    for TCP + TLS handshake + greeting. ``ssl_context`` None means a verifying default.
+    """
+
+    host: str
+    port: int
+    tls: TlsMode
+    ssl_context: ssl.SSLContext | None
+    user: str
+    password: Secret
+    timeout: float = 60.0
+    connect_timeout: float = 30.0
+
+
+def make_ssl_context(ca_file: Path | str | None, verify: bool, legacy_tls: bool) -> ssl.SSLContext:
+    """A client context: verifies against ``ca_file`` (only it) or the system CAs.
+
+    ``verify=False`` checks neither chain nor host name. ``legacy_tls`` (opt-in per host, e.g.
+    Exchange 2010, which speaks only TLS 1.0) allows TLS 1.0 with OpenSSL security level 0
+    (SHA-1 signatures) and servers without secure renegotiation.
+    """
+    ctx = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file is not None else None
+    )
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if legacy_tls:
+        with warnings.catch_warnings():  # "ssl.TLSVersion.TLSv1 is deprecated"
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+        ctx.options |= _OP_LEGACY_SERVER_CONNECT
+    return ctx
+
+
+def login_name(account: Account, host: HostConfig) -> str:
+    """The user name to send for ``account`` (``{user}``, ``{user}@{domain}``, ``DOM\\{user}``)."""
+    try:
+        return host.login_format.format(user=account.userid, domain=account.domain)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise PermanentError(
+            f"hosts.{account.server!r}.login_format {host.login_format!r} is not usable: {exc}",
+            host=account.server,
+        ) from exc
+
+
+def endpoint(account: Account, port: int, host: HostConfig, cfg: Config) -> Endpoint:
+    """The endpoint for ``account`` on ``port`` with the overrides of its host."""
+    tls: TlsMode = "implicit"
+    if not (host.tls == "implicit" or (host.tls == "auto" and port == 993)):
+        tls = "starttls-or-plain" if host.allow_plaintext else "starttls"
+    return Endpoint(
+        host=account.server,
+        port=port,
+        tls=tls,
+        ssl_context=make_ssl_context(host.ca_file, host.tls_verify, host.legacy_tls),
+        user=login_name(account, host),
+        password=account.password,
+        timeout=cfg.imap.timeout,
+        connect_timeout=cfg.imap.connect_timeout,
+    )
+
+
+def source_endpoint(req: Request, cfg: Config) -> Endpoint:
+    host = cfg.host(req.source.server)
+    return endpoint(req.source, req.source.port or 993, host, cfg)
+
+
+def dest_port(req: Request, cfg: Config) -> int:
+    """The destination port: the host's override, else ``imap.dest_port`` (not in the CSV)."""
+    return cfg.host(req.dest.server).port or cfg.imap.dest_port
+
+
+def with_dest_port(req: Request, cfg: Config) -> Request:
+    """``req`` with its destination port filled in from the config (for results)."""
+    return replace(req, dest=replace(req.dest, port=dest_port(req, cfg)))
+
+
+def dest_endpoint(req: Request, cfg: Config) -> Endpoint:
+    return endpoint(req.dest, dest_port(req, cfg), cfg.host(req.dest.server), cfg)
+
+
+EXPECTED = (ImapError, OSError, ssl.SSLError, WireError, ProtocolError)
+
+
+def translate(exc: BaseException, host: str, what: str) -> ImapError:
+    """The ``errors`` exception for a foreign one raised while doing ``what`` on ``host``.
+
+    Anything not in ``EXPECTED`` (a bug) becomes a ``TransientError`` too, so the daemon goes
+    on; callers chain it (``raise ... from exc``) so that its traceback is not lost.
+    """
+    if isinstance(exc, ImapError):
+        return exc
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = exc.verify_message or exc.reason or "unknown reason"
+        return PermanentError(f"{what}: certificate verify failed: {detail}", host=host)
+    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError):
+        return TransientError(f"{what}: TLS connection closed during the handshake", host=host)
+    if isinstance(exc, ssl.SSLError):
+        text = str(exc).upper()
+        hint = " (legacy_tls allows TLS 1.0)" if "VERSION" in text or "PROTOCOL" in text else ""
+        reason = exc.reason or exc.__class__.__name__
+        return PermanentError(f"{what}: TLS handshake failed: {reason}{hint}", host=host)
+    if isinstance(exc, socket.gaierror):
+        if exc.errno == socket.EAI_NONAME:
+            return PermanentError(f"{what}: unknown host name", host=host)
+        return TransientError(f"{what}: name lookup failed: {exc.strerror}", host=host)
+    if isinstance(exc, ConnectionRefusedError):
+        return TransientError(f"{what}: connection refused", host=host)
+    if isinstance(exc, TimeoutError):
+        return TransientError(f"{what}: timed out", host=host)
+    if isinstance(exc, OSError):
+        return TransientError(
+            f"{what}: network error: {exc.strerror or type(exc).__name__}", host=host
+        )
+    if isinstance(exc, WireError):
+        return TransientError(f"{what}: unreadable server response: {exc}", host=host)
+    if isinstance(exc, ProtocolError):
+        return TransientError(f"{what}: IMAP protocol error ({type(exc).__name__})", host=host)
+    return TransientError(f"{what}: unexpected error ({type(exc).__name__})", host=host)
+
+
+def chain(exc: BaseException) -> BaseException | None:
+    """What to chain a translated error to: nothing for expected failures (their text is in
+    the message already), the original exception for a bug."""
+    return None if isinstance(exc, EXPECTED) else exc

@@ -1,0 +1,187 @@
+"""Opening an IMAP connection: TCP, TLS (implicit or STARTTLS), greeting, capabilities, login.
+
+Owns: the order of these steps and their rules. ``start()`` gives an unauthenticated connection
+(TLS decided), ``login()`` makes exactly one authentication attempt; ``open_connection()`` is
+both. Must not: retry anything (a second wrong password counts against lockout) or log.
+
+Rules:
+- ``implicit``: TLS from the first byte. ``starttls``: STARTTLS required (aioimaplib has no
+  STARTTLS; done here with ``loop.start_tls``), capabilities re-read after it.
+  ``starttls-or-plain``: STARTTLS when offered, else plaintext. ``plain``: never TLS.
+- The greeting is awaited under ``connect_timeout`` and the transport is aborted when it does
+  not come (aioimaplib's own greeting wait can hang forever, issue #128).
+- Never authenticate while the server says ``LOGINDISABLED``.
+- ``AUTHENTICATE PLAIN`` when ``AUTH=PLAIN`` is offered (carries any user name and password,
+  SASL-IR in one line when offered, an unexpected challenge is cancelled with ``*``); else
+  ``LOGIN`` with quoted strings, or literals for what a quoted string cannot carry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+
+from legacyflo_daemon.errors import PermanentError, TransientError
+from legacyflo_daemon.imap._aioimaplib.protocol import AUTH, LOGOUT, NONAUTH, ImapProtocol
+from legacyflo_daemon.imap.connection import Connection, Reply
+from legacyflo_daemon.imap.endpoint import Endpoint, chain, make_ssl_context, translate
+from legacyflo_daemon.imap.syntax import responses
+from legacyflo_daemon.imap.syntax.parse import code_capabilities
+from legacyflo_daemon.imap.syntax.wire import CRLF, astring, decode
+
+
+def _context(ep: Endpoint) -> ssl.SSLContext:
+    return ep.ssl_context or make_ssl_context(None, verify=True, legacy_tls=False)
+
+
+async def _greeting(conn: Connection) -> None:
+    ep, proto = conn.ep, conn.proto
+    ctx = _context(ep) if ep.tls == "implicit" else None
+    where = f"connect to port {ep.port}"
+    try:
+        async with asyncio.timeout(ep.connect_timeout):
+            await proto.loop.create_connection(
+                lambda: proto,
+                ep.host,
+                ep.port,
+                ssl=ctx,
+                ssl_handshake_timeout=ep.connect_timeout if ctx else None,
+            )
+            await asyncio.wait((proto.greeting, proto.lost), return_when=asyncio.FIRST_COMPLETED)
+    except TimeoutError:
+        raise TransientError(
+            f"{where}: no greeting within {ep.connect_timeout:g} s", host=ep.host
+        ) from None
+    except (OSError, ssl.SSLError) as exc:
+        raise translate(exc, ep.host, where) from None
+    if not proto.greeting.done():
+        raise TransientError(f"{where}: closed before the greeting", host=ep.host)
+    greeting = decode(proto.greeting.result())
+    if proto.state == LOGOUT:  # "* BYE Too many connections" and the like
+        raise TransientError(
+            f"{where}: refused: {responses.clean_text(greeting)}",
+            host=ep.host,
+            retry_after=responses.suggested_backoff(greeting),
+        )
+    conn.capabilities = code_capabilities(greeting) or await conn.capability()
+
+
+async def _starttls(conn: Connection) -> None:
+    ep, proto = conn.ep, conn.proto
+    if ep.tls not in ("starttls", "starttls-or-plain"):
+        return
+    if "STARTTLS" not in conn.capabilities:
+        if ep.tls == "starttls":
+            raise PermanentError(
+                f"port {ep.port} does not offer STARTTLS, and plaintext is not allowed for "
+                "this host",
+                host=ep.host,
+            )
+        return
+    if proto.state != NONAUTH:
+        raise PermanentError("the server logged us in before STARTTLS (PREAUTH)", host=ep.host)
+    reply = await conn.run("STARTTLS", what="STARTTLS")
+    if reply.result != "OK":
+        raise PermanentError(f"STARTTLS refused: {responses.clean_text(reply.text)}", host=ep.host)
+    if proto.incomplete_line:  # bytes after the OK would be injected into the TLS session
+        raise PermanentError("the server sent data right after STARTTLS", host=ep.host)
+    try:
+        async with asyncio.timeout(ep.connect_timeout):
+            proto.transport = await proto.loop.start_tls(
+                proto.transport,
+                proto,
+                _context(ep),
+                server_hostname=ep.host,
+                ssl_handshake_timeout=ep.connect_timeout,
+            )
+    except TimeoutError:
+        raise TransientError("STARTTLS: TLS handshake timed out", host=ep.host) from None
+    except (OSError, ssl.SSLError) as exc:
+        raise translate(exc, ep.host, "STARTTLS") from None
+    conn.tls = True
+    await conn.capability()  # RFC 3501: forget everything the server said in clear
+
+
+async def start(ep: Endpoint) -> Connection:
+    """A connected, not yet authenticated connection, with TLS as ``ep.tls`` says.
+
+    Errors as ``open_connection``; on failure nothing is left open.
+    """
+    conn = Connection(ep, ImapProtocol(asyncio.get_running_loop()))
+    try:
+        await _greeting(conn)
+        await _starttls(conn)
+    except BaseException as exc:
+        conn.kill("connect failed")
+        if isinstance(exc, Exception):
+            raise translate(exc, ep.host, "connect") from chain(exc)
+        raise
+    return conn
+
+
+async def _authenticate_plain(conn: Connection, user: str, password: str) -> Reply:
+    raw = b"\0".join(s.encode("utf-8", "surrogateescape") for s in ("", user, password))
+    token = base64.b64encode(raw).decode("ascii")
+    if "SASL-IR" in conn.capabilities:
+        return await conn.run("AUTHENTICATE", ["PLAIN", token], what="AUTHENTICATE", cancel=True)
+    return await conn.run(
+        "AUTHENTICATE",
+        ["PLAIN"],
+        what="AUTHENTICATE",
+        sends=[[token.encode("ascii") + CRLF]],
+        cancel=True,
+    )
+
+
+async def login(conn: Connection) -> None:
+    """One authentication attempt with the endpoint's credentials (see module docstring).
+
+    ``AuthenticationFailed`` ("authentication failed for 'user'") when the server refuses the
+    credentials; the connection is then closed. ``PermanentError`` for ``LOGINDISABLED`` or a
+    NUL in the credentials (nothing is sent).
+    """
+    ep, proto = conn.ep, conn.proto
+    try:
+        if proto.state == AUTH:  # PREAUTH greeting: nothing to send
+            return
+        if "LOGINDISABLED" in conn.capabilities:
+            raise PermanentError(
+                "the server refuses to log in without TLS (LOGINDISABLED)", host=ep.host
+            )
+        user, password = ep.user, ep.password.reveal()
+        if "\0" in user or "\0" in password:
+            raise PermanentError(
+                "the user name or password contains a NUL character, which IMAP cannot send",
+                host=ep.host,
+            )
+        if "AUTH=PLAIN" in conn.capabilities:
+            reply = await _authenticate_plain(conn, user, password)
+        else:
+            reply = await conn.run("LOGIN", [astring(user), astring(password)], what="LOGIN")
+        outcome = responses.classify_login(reply.result, reply.text)
+        if outcome != "ok":
+            what = f"authentication failed for {user!r}" if outcome == "auth" else "login"
+            raise responses.error_for(
+                outcome, ep.host, reply.text, what=what, secrets=[ep.password]
+            )
+        proto.state = AUTH
+        conn.capabilities = code_capabilities(reply.text) or await conn.capability()
+    except BaseException as exc:
+        conn.kill("login failed")
+        if isinstance(exc, Exception):
+            raise translate(exc, ep.host, "login") from chain(exc)
+        raise
+
+
+async def open_connection(ep: Endpoint) -> Connection:
+    """Connect, TLS (implicit or STARTTLS), capabilities, one login attempt.
+
+    Raises ``AuthenticationFailed`` (wrong credentials; never retry), ``PermanentError``
+    (certificate verify failed, TLS handshake failure, no STARTTLS where required,
+    LOGINDISABLED, NUL in credentials, unknown host) or ``TransientError`` (network, timeouts,
+    greeting ``BYE``, throttling with ``retry_after``). On failure nothing is left open.
+    """
+    conn = await start(ep)
+    await login(conn)
+    return conn

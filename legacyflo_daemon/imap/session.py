@@ -1,0 +1,434 @@
+"""The IMAP boundary: every IMAP operation of the daemon, with aioimaplib's failures translated.
+
+Owns: ``connect()`` and ``Session``, the only way the rest of the daemon talks IMAP. Every
+foreign exception and every NO/BAD/BYE leaves here as one of ``errors``:
+``AuthenticationFailed`` (never retry), ``TransientError`` (retry later, ``retry_after`` from
+"Suggested Backoff Time"), ``MessageRejected`` (one message; the request goes on),
+``PermanentError`` (the request cannot go on). Classification of tagged replies is
+``responses.classify_response``.
+
+Must not: log (no password, body or header ever reaches a log from here), modify the source
+(``examine`` is read-only and fetches use ``BODY.PEEK``), or decide about folders/identities.
+
+Names: callers pass WIRE names (modified UTF-7, as LIST returns them); the boundary only quotes
+them (quoted string, or a literal for 8-bit). Batches: one FETCH asks for at most
+``BODY_BATCH`` (bodies) or ``META_BATCH`` (metadata) UIDs, and at most ~8,000 characters of
+UID set (Exchange's MaxCommandSize); larger requests are split here.
+
+Dead sessions: after a timeout, a lost connection or a protocol surprise the session is dead
+and every later call raises ``TransientError`` at once; reconnect. A ``NO``/``BAD`` reply does
+not kill a session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Self
+
+from legacyflo_daemon.errors import (
+    AppendDesync,
+    ImapError,
+    MessageRejected,
+    PermanentError,
+    TransientError,
+)
+from legacyflo_daemon.imap.connection import Connection, Kind
+from legacyflo_daemon.imap.endpoint import Endpoint, TlsMode, make_ssl_context
+from legacyflo_daemon.imap.opening import login, open_connection, start
+from legacyflo_daemon.imap.syntax import responses
+from legacyflo_daemon.imap.syntax.parse import (
+    FetchedMessage,
+    ListEntry,
+    MailboxInfo,
+    MessageMeta,
+    appenduid,
+    fetch_items,
+    message_from,
+    meta_from,
+    parse_list,
+    parse_mailbox,
+    parse_namespace,
+    parse_search,
+)
+from legacyflo_daemon.imap.syntax.uidset import expand_uid_set, uid_batches
+from legacyflo_daemon.imap.syntax.wire import (
+    Literal,
+    Value,
+    WireError,
+    astring,
+    date_time_arg,
+    flag_list,
+    search_args,
+)
+
+BODY_BATCH = 500  # UIDs per body FETCH (the caller also bounds a batch's bytes)
+META_BATCH = 1000  # UIDs per metadata FETCH (responses are parsed in linear time here)
+HEADER_FIELDS = "MESSAGE-ID DATE FROM TO SUBJECT"  # what dedupe.identity reads
+META_ITEMS = f"(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS ({HEADER_FIELDS})])"
+BODY_ITEMS = "(UID FLAGS INTERNALDATE BODY.PEEK[])"
+AppendItem = tuple[bytes | bytearray | memoryview, Iterable[str], str | None]
+NONSYNC_MAX = 256 * 1024  # largest APPEND sent without waiting for "+" (with LITERAL+)
+UPLOAD_RATE = 16 * 1024  # bytes/s an APPEND is allowed at worst, for its overall ceiling
+LOGOUT_TIMEOUT = 5.0  # seconds a polite goodbye may take before we just hang up
+
+__all__ = [
+    "BODY_BATCH",
+    "META_BATCH",
+    "Endpoint",
+    "FetchedMessage",
+    "ListEntry",
+    "MailboxInfo",
+    "MessageMeta",
+    "Session",
+    "TlsMode",
+    "connect",
+    "make_ssl_context",
+]
+
+
+async def connect(ep: Endpoint) -> Session:
+    """Connect, secure (implicit TLS or STARTTLS per ``ep.tls``) and log in once.
+
+    ``AuthenticationFailed`` for refused credentials (one attempt, never retried here);
+    ``PermanentError`` for TLS verification failures ("certificate verify failed", naming the
+    host), a missing STARTTLS where required, ``LOGINDISABLED``; ``TransientError`` otherwise.
+    """
+    return Session(await open_connection(ep))
+
+
+async def open_unauthenticated(ep: Endpoint) -> Connection:
+    """The first half of ``connect``: TCP, TLS and capabilities, no login yet.
+
+    Lets a caller get a handshake out of the way while it waits for something else (the
+    source login) before deciding to log in with ``authenticate``. Close what it does not
+    use with ``close_unauthenticated``. Errors as for ``connect``.
+    """
+    return await start(ep)
+
+
+async def authenticate(conn: Connection) -> Session:
+    """The second half of ``connect``: one login attempt on an ``open_unauthenticated`` one."""
+    await login(conn)
+    return Session(conn)
+
+
+def close_unauthenticated(conn: Connection) -> None:
+    """Drop a connection that ``open_unauthenticated`` made and nobody logged in on."""
+    conn.kill("not needed")
+
+
+class Session:
+    """A logged-in IMAP session. Commands are serialized; use several sessions for parallelism."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self.host = conn.host
+        self._namespace: tuple[str, str | None] | None = None
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return self._conn.capabilities
+
+    @property
+    def alive(self) -> bool:
+        return self._conn.alive
+
+    @property
+    def tls(self) -> bool:
+        """Whether the session runs over TLS (implicit or after STARTTLS)."""
+        return self._conn.tls
+
+    def _mailbox(self, name: str) -> str | Literal:
+        try:
+            return astring(name)
+        except ValueError as exc:
+            raise PermanentError(f"folder name {name!r}: {exc}", host=self.host) from None
+
+    def _nonsync(self, size: int) -> bool:
+        caps = self.capabilities
+        return ("LITERAL+" in caps and size <= NONSYNC_MAX) or ("LITERAL-" in caps and size <= 4096)
+
+    def _batches(self, uids: str | Iterable[int], cap: int) -> list[str]:
+        try:
+            return uid_batches(uids, cap)
+        except ValueError as exc:
+            raise PermanentError(f"bad UID set: {exc}", host=self.host) from None
+
+    def _check(self, kind: Kind, result: str, text: str, what: str) -> None:
+        responses.check(kind, result, text, host=self.host, what=what)
+
+    def _parse_failed(self, what: str, exc: WireError) -> TransientError:
+        self._conn.kill(f"unreadable reply to {what}")
+        return TransientError(f"{what}: unreadable server response: {exc}", host=self.host)
+
+    # -- folders -------------------------------------------------------------------------------
+
+    async def append(
+        self,
+        mailbox: str,
+        body: bytes | bytearray | memoryview,
+        flags: Iterable[str] = (),
+        internaldate: str | None = None,
+        *,
+        cautious: bool = False,
+    ) -> int | None:
+        """Store one message in ``mailbox``; return its UID when the server says (UIDPLUS).
+
+        ``flags``: ``\\Recent`` and invalid atoms are dropped. ``internaldate``: the source's
+        INTERNALDATE string exactly as fetched (``26-Nov-2025 17:30:21 +0000``).
+        ``MessageRejected`` when the server refuses this message (size, content, flags).
+
+        A ``TransientError`` here (timeout, lost connection) does NOT mean the message is
+        missing: the server may have stored it before the connection broke. The caller must
+        re-read the destination folder before appending again, or it creates duplicates.
+
+        Messages up to ``NONSYNC_MAX`` bytes go as non-synchronizing literals when the server
+        offers LITERAL+ (LITERAL-: up to 4,096 bytes), saving one round trip each; larger ones
+        wait for the server's go-ahead, so it can refuse them before the upload.
+        """
+        args: list[str | Literal] = [self._mailbox(mailbox)]
+        nonsync = self._nonsync(len(body)) and not cautious
+        args += self._message_args(mailbox, body, flags, internaldate, nonsync)
+        what = f"APPEND to {mailbox!r}"
+        reply = await self._conn.run("APPEND", args, what=what, allowance=len(body) / UPLOAD_RATE)
+        if nonsync and reply.result == "BAD":
+            self._desync(what, reply.text)
+        self._check("append", reply.result, reply.text, what)
+        return appenduid(reply.text)
+
+    def _desync(self, what: str, text: str) -> None:
+        reason = f"{what}: BAD after streamed data ({responses.clean_text(text)})"
+        self._conn.kill(reason)
+        raise AppendDesync(f"{reason}; retrying with one message at a time", host=self.host)
+
+    def _message_args(
+        self,
+        mailbox: str,
+        body: bytes | bytearray | memoryview,
+        flags: Iterable[str],
+        internaldate: str | None,
+        nonsync: bool,
+    ) -> list[str | Literal]:
+        """``[(flags)] ["date"] {n}`` of one message of an APPEND."""
+        args: list[str | Literal] = []
+        if (flag_text := flag_list(flags)) is not None:
+            args.append(flag_text)
+        if internaldate is not None:
+            try:
+                args.append(date_time_arg(internaldate))
+            except ValueError as exc:
+                raise MessageRejected(f"APPEND to {mailbox!r}: {exc}", host=self.host) from None
+        args.append(Literal(body, nonsync=nonsync))
+        return args
+
+    async def append_many(
+        self, mailbox: str, messages: Sequence[AppendItem], *, cautious: bool = False
+    ) -> list[str | None]:
+        """Store ``messages`` (body, flags, INTERNALDATE) in ``mailbox``; per message, ``None``
+        when stored or the reason the destination refused it.
+
+        With MULTIAPPEND (RFC 3502) and LITERAL+ (RFC 7888) advertised, this is a single
+        APPEND command whose literals are all non-synchronizing: the whole batch costs one
+        round trip instead of one or two per message. MULTIAPPEND is atomic: after a refusal
+        nothing was stored, and the messages are appended one by one so that only the refused
+        one(s) fail. Without both capabilities, or when ``cautious``, each message is appended
+        on its own (``cautious``: with synchronizing literals, so a BAD cannot desynchronize).
+        ``AppendDesync`` when the server answered BAD to streamed data (see there).
+
+        The same caution as ``append``: after a ``TransientError`` the batch may or may not
+        have been stored (all or nothing); re-read the destination before appending again.
+        """
+        caps = self.capabilities
+        if not cautious and len(messages) > 1 and "MULTIAPPEND" in caps and "LITERAL+" in caps:
+            args: list[str | Literal] = [self._mailbox(mailbox)]
+            try:
+                for body, flags, date in messages:
+                    args += self._message_args(mailbox, body, flags, date, True)
+            except MessageRejected:
+                args = []  # one of them is malformed: the one-by-one path below says which
+            if args:
+                total = sum(len(m[0]) for m in messages)
+                what = f"APPEND of {len(messages)} messages to {mailbox!r}"
+                reply = await self._conn.run(
+                    "APPEND", args, what=what, allowance=total / UPLOAD_RATE
+                )
+                if reply.result == "BAD":
+                    self._desync(what, reply.text)
+                if responses.classify_append(reply.result, reply.text) != "rejected":
+                    self._check("append", reply.result, reply.text, what)
+                    return [None] * len(messages)
+        outcome: list[str | None] = []
+        for body, flags, date in messages:
+            try:
+                await self.append(mailbox, body, flags, date, cautious=cautious)
+                outcome.append(None)
+            except MessageRejected as exc:
+                outcome.append(str(exc))
+        return outcome
+
+    # -- ending ----------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.logout()
+
+    async def namespace(self) -> tuple[str, str | None]:
+        """The personal namespace ``(prefix, delimiter)``: ``("", "/")``, ``("INBOX.", ".")``.
+
+        Without the NAMESPACE capability: prefix ``""`` and the delimiter from ``LIST "" ""``.
+        """
+        if self._namespace is None:
+            if "NAMESPACE" in self.capabilities:
+                reply = await self._conn.run("NAMESPACE", what="NAMESPACE")
+                self._check("other", reply.result, reply.text, "NAMESPACE")
+                try:
+                    self._namespace = parse_namespace(reply.lines)
+                except WireError as exc:
+                    raise self._parse_failed("NAMESPACE", exc) from None
+            else:
+                reply = await self._conn.run("LIST", ['""', '""'], what="LIST")
+                self._check("other", reply.result, reply.text, "LIST")
+                try:
+                    entries = parse_list(reply.lines)
+                except WireError as exc:
+                    raise self._parse_failed("LIST", exc) from None
+                self._namespace = ("", entries[0].delimiter if entries else None)
+        return self._namespace
+
+    async def list_folders(self) -> list[ListEntry]:
+        """Every folder (``LIST "" "*"``), names as on the wire, in the server's order."""
+        reply = await self._conn.run("LIST", ['""', '"*"'], what="LIST")
+        self._check("other", reply.result, reply.text, "LIST")
+        try:
+            return parse_list(reply.lines)
+        except WireError as exc:
+            raise self._parse_failed("LIST", exc) from None
+
+    async def _open_mailbox(self, command: str, name: str) -> MailboxInfo:
+        what = f"{command} {name!r}"
+        reply = await self._conn.run(command, [self._mailbox(name)], what=what)
+        if reply.result != "OK":
+            self._conn.proto.state = "AUTH"  # RFC 3501: a failed SELECT leaves none selected
+            self._check("select", reply.result, reply.text, what)
+        # aioimaplib leaves its state at AUTH after EXAMINE, then refuses FETCH/SEARCH.
+        self._conn.proto.state = "SELECTED"
+        return parse_mailbox(name, reply.lines, reply.text)
+
+    async def examine(self, name: str) -> MailboxInfo:
+        """Open ``name`` read-only (nothing in it can change, not even ``\\Seen``)."""
+        return await self._open_mailbox("EXAMINE", name)
+
+    async def select(self, name: str) -> MailboxInfo:
+        """Open ``name`` read-write (the destination, for PERMANENTFLAGS)."""
+        return await self._open_mailbox("SELECT", name)
+
+    async def create(self, name: str) -> None:
+        """Create ``name``; a folder that already exists is fine."""
+        reply = await self._conn.run("CREATE", [self._mailbox(name)], what=f"CREATE {name!r}")
+        self._check("create", reply.result, reply.text, f"CREATE {name!r}")
+
+    async def subscribe(self, name: str) -> None:
+        reply = await self._conn.run("SUBSCRIBE", [self._mailbox(name)], what=f"SUBSCRIBE {name!r}")
+        self._check("other", reply.result, reply.text, f"SUBSCRIBE {name!r}")
+
+    # -- messages ------------------------------------------------------------------------------
+
+    async def uid_search(self, criteria: list[str]) -> list[int]:
+        """UIDs matching ``criteria`` (``["SINCE", "25-Sep-2017"]``, ``["ALL"]``) in the open
+        mailbox, ascending. Tokens that are not atoms are quoted; non-ASCII is refused."""
+        try:
+            args = search_args(criteria)
+        except ValueError as exc:
+            raise PermanentError(f"UID SEARCH: {exc}", host=self.host) from None
+        reply = await self._conn.run("SEARCH", args, prefix="UID", what="UID SEARCH")
+        self._check("other", reply.result, reply.text, "UID SEARCH")
+        return sorted(set(parse_search(reply.lines)))
+
+    async def _fetch(
+        self, uid_set: str, items: str, *, by_uid: bool = True
+    ) -> tuple[str, list[dict[str, Value]], str]:
+        what = f"{'UID ' if by_uid else ''}FETCH {uid_set}"
+        reply = await self._conn.run(
+            "FETCH", [uid_set, items], prefix="UID" if by_uid else None, fetch=True, what=what
+        )
+        try:
+            parsed = fetch_items(reply.lines)
+        except WireError as exc:
+            raise self._parse_failed(what, exc) from None
+        return reply.result, parsed, reply.text
+
+    async def fetch_meta(self, uids: str | Iterable[int]) -> list[MessageMeta]:
+        """UID, flags, INTERNALDATE, RFC822.SIZE and identity headers, in batches of
+        ``META_BATCH``, by ascending UID. ``uids``: a UID set (no ``*``) or UIDs. Missing UIDs
+        are skipped."""
+        out: list[MessageMeta] = []
+        for uid_set in self._batches(uids, META_BATCH):
+            result, items, text = await self._fetch(uid_set, META_ITEMS)
+            self._check("other", result, text, f"UID FETCH {uid_set}")
+            try:
+                out += [meta_from(i) for i in items]
+            except WireError as exc:
+                raise self._parse_failed(f"UID FETCH {uid_set}", exc) from None
+        out.sort(key=lambda m: m.uid)
+        return out
+
+    async def fetch_meta_all(self, exists: int) -> list[MessageMeta]:
+        """``fetch_meta`` of every message of the open mailbox, addressed by sequence numbers
+        ``1:exists`` (from SELECT/EXAMINE), which saves the UID SEARCH round trip. A message
+        expunged meanwhile is simply missing from the answer; UIDs come with every item."""
+        out: list[MessageMeta] = []
+        for first in range(1, exists + 1, META_BATCH):
+            seq = f"{first}:{min(exists, first + META_BATCH - 1)}"
+            result, items, text = await self._fetch(seq, META_ITEMS, by_uid=False)
+            self._check("other", result, text, f"FETCH {seq}")
+            try:
+                out += [meta_from(i) for i in items]
+            except WireError as exc:
+                raise self._parse_failed(f"FETCH {seq}", exc) from None
+        return out
+
+    async def fetch_bodies(self, uids: str | Iterable[int]) -> list[FetchedMessage]:
+        """Whole messages (``BODY.PEEK[]``: never sets ``\\Seen``), in batches of ``BODY_BATCH``.
+
+        A message the server cannot deliver comes back with ``error`` set (no body, empty
+        body, Exchange's substitute message, or a per-message ``NO``). When a batch gets a
+        ``NO``, its UIDs are fetched one by one so the others still arrive. UIDs that do not
+        exist (any more) are simply absent.
+        """
+        out: list[FetchedMessage] = []
+        for uid_set in self._batches(uids, BODY_BATCH):
+            out += await self._fetch_bodies(uid_set, split_on_no=True)
+        return out
+
+    async def _fetch_bodies(self, uid_set: str, *, split_on_no: bool) -> list[FetchedMessage]:
+        result, items, text = await self._fetch(uid_set, BODY_ITEMS)
+        if responses.classify_fetch(result, text) == "rejected":
+            uids = expand_uid_set(uid_set)
+            if split_on_no and len(uids) > 1:
+                return [
+                    m for uid in uids for m in await self._fetch_bodies(str(uid), split_on_no=False)
+                ]
+            reason = f"the server refused to deliver it: {responses.clean_text(text)}"
+            return [FetchedMessage(uid, (), "", None, None, reason) for uid in uids]
+        self._check("fetch", result, text, f"UID FETCH {uid_set}")
+        return [message_from(i) for i in items]
+
+    async def logout(self) -> None:
+        """Say goodbye and close. Never raises ``ImapError``; a dead session is just aborted."""
+        if self._conn.alive:
+            with contextlib.suppress(ImapError):
+                await self._conn.run("LOGOUT", what="LOGOUT", silence=LOGOUT_TIMEOUT)
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection now. Never raises, never waits."""
+        self._conn.kill("aborted by the client")

@@ -1,0 +1,311 @@
+"""Typed results of IMAP responses: folders, mailbox status, search hits, fetched messages. Pure.
+
+Owns: the result dataclasses the ``imap`` boundary returns and the functions that build them from
+aioimaplib's raw response lines (``bytes`` text with ``* `` removed, ``bytearray`` literals).
+FETCH items are read by name in whatever order the server sends them, and several FETCH
+responses for one message are merged. Must not: do I/O or raise anything but ``WireError``
+(malformed responses) and ``ValueError`` (bad arguments).
+
+Per-message trouble is a value, not an exception: ``FetchedMessage.error`` says why a message
+cannot be copied (no body, empty body, Exchange's substitute "Retrieval using the IMAP4
+protocol failed" message), so one bad message never hides the others of its batch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from legacyflo_daemon.imap.syntax.wire import Value, WireError, decode, responses
+
+Parts = Sequence[bytes | bytearray]
+
+NO_BODY = "the server returned no body"
+EMPTY_BODY = "the server returned an empty body"
+EXCHANGE_FAILED = "the server could not deliver it (Exchange: Retrieval using IMAP4 failed)"
+_MONTHS = {m: i for i, m in enumerate(("JAN", "FEB", "MAR", "APR", "MAY", "JUN",
+                                       "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"), 1)}  # fmt: skip
+_DATE_TIME = re.compile(
+    r"\s*([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4}) "
+    r"([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{2})([0-9]{2})"
+)
+_EXCHANGE_SUBSTITUTE = re.compile(
+    rb"(?im)^subject:[ \t]*retrieval using the imap4 protocol failed for the following message"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ListEntry:
+    """One LIST answer: the wire name (modified UTF-7, unquoted), delimiter, attributes."""
+
+    name: str
+    delimiter: str | None
+    flags: frozenset[str]
+
+    @property
+    def noselect(self) -> bool:
+        return any(f.lower() in ("\\noselect", "\\nonexistent") for f in self.flags)
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxInfo:
+    """SELECT/EXAMINE result. ``uidvalidity`` 0 means the server did not say (it must).
+
+    ``permanent_flags`` is None when the server sent no PERMANENTFLAGS (then every flag in
+    ``flags`` is permanent, RFC 3501 §7.1); ``\\*`` in it means new keywords are accepted.
+    """
+
+    name: str
+    exists: int
+    uidvalidity: int
+    uidnext: int | None
+    flags: frozenset[str]
+    permanent_flags: frozenset[str] | None
+    read_only: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MessageMeta:
+    """What identifies a message: UID, flags, INTERNALDATE (raw and aware), size, headers.
+
+    ``size`` is RFC822.SIZE, an estimate on Exchange: never use it as identity.
+    ``header`` holds the requested header fields (Message-ID, Date, From, To, Subject).
+    """
+
+    uid: int
+    flags: tuple[str, ...]
+    internaldate: dt.datetime
+    internaldate_raw: str
+    size: int
+    header: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedMessage:
+    """One message's content. ``body`` is the server's ``bytearray`` (not copied); when
+    ``error`` is set, ``body`` is None and the message must be recorded as failed."""
+
+    uid: int
+    flags: tuple[str, ...]
+    internaldate_raw: str
+    internaldate: dt.datetime | None
+    body: bytearray | None
+    error: str | None = None
+
+
+def parse_internaldate(raw: str) -> dt.datetime:
+    """``"26-Nov-2025 17:30:22 +0000"`` (quotes optional) as an aware datetime."""
+    m = _DATE_TIME.fullmatch(raw.strip('"'))
+    if m is None or m[2].upper() not in _MONTHS:
+        raise ValueError(f"not an IMAP date-time: {raw!r}")
+    offset = dt.timedelta(hours=int(m[8]), minutes=int(m[9]))
+    tz = dt.timezone(-offset if m[7] == "-" else offset)
+    return dt.datetime(int(m[3]), _MONTHS[m[2].upper()], int(m[1]),
+                       int(m[4]), int(m[5]), int(m[6]), tzinfo=tz)  # fmt: skip
+
+
+def capabilities(text: str) -> frozenset[str]:
+    """``IMAP4rev1 AUTH=PLAIN ...`` → upper-cased names."""
+    return frozenset(word.upper() for word in text.split())
+
+
+_CODE_CAPS = re.compile(r"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
+
+
+def code_capabilities(text: str) -> frozenset[str] | None:
+    """Capabilities from a ``[CAPABILITY ...]`` response code in ``text``, or None."""
+    m = _CODE_CAPS.search(text)
+    return capabilities(m[1]) if m else None
+
+
+def _text(value: Value) -> str | None:
+    if isinstance(value, bytearray):
+        return decode(value)
+    if value is None or isinstance(value, str):
+        return value
+    raise WireError("a list where a string was expected")
+
+
+def parse_namespace(lines: Parts) -> tuple[str, str | None]:
+    """The first personal namespace of a NAMESPACE answer (``(("INBOX." ".")) NIL NIL``)."""
+    for resp in responses(lines):
+        personal = resp[0] if resp else None
+        if personal is None:
+            return "", None
+        if not isinstance(personal, list) or not personal or not isinstance(personal[0], list):
+            raise WireError("malformed NAMESPACE response")
+        entry = personal[0]
+        if len(entry) < 2:
+            raise WireError("malformed NAMESPACE entry")
+        return _text(entry[0]) or "", _text(entry[1])
+    raise WireError("no NAMESPACE response")
+
+
+def parse_list(lines: Parts) -> list[ListEntry]:
+    """LIST answers (``(\\HasNoChildren) "/" "Sent Items"``, names also as atoms/literals)."""
+    out = []
+    for resp in responses(lines):
+        if len(resp) < 3 or not isinstance(resp[0], list):
+            raise WireError("malformed LIST response")
+        flags = frozenset(f for f in resp[0] if isinstance(f, str))
+        name = _text(resp[2])
+        if name is None:
+            raise WireError("LIST response without a name")
+        out.append(ListEntry(name, _text(resp[1]), flags))
+    return out
+
+
+def parse_search(lines: Parts) -> list[int]:
+    """UIDs of ``* SEARCH 1 2 3`` answers (aioimaplib gives the text after SEARCH)."""
+    uids: list[int] = []
+    for line in lines:
+        if isinstance(line, bytes):
+            uids += [int(w) for w in line.split() if w.isdigit()]
+    return uids
+
+
+_EXISTS = re.compile(rb"([0-9]+) EXISTS\b", re.IGNORECASE)
+_UIDVALIDITY = re.compile(rb"OK \[UIDVALIDITY ([0-9]+)\]", re.IGNORECASE)
+_UIDNEXT = re.compile(rb"OK \[UIDNEXT ([0-9]+)\]", re.IGNORECASE)
+_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)", re.IGNORECASE)
+_PERMANENT = re.compile(rb"OK \[PERMANENTFLAGS \(([^)]*)\)\]", re.IGNORECASE)
+
+
+def parse_mailbox(name: str, lines: Parts, tagged_text: str) -> MailboxInfo:
+    """SELECT/EXAMINE untagged lines (``* `` removed) and the tagged OK text."""
+    exists, uidvalidity, uidnext = 0, 0, None
+    flags: frozenset[str] = frozenset()
+    permanent: frozenset[str] | None = None
+    for line in lines:
+        if not isinstance(line, bytes):
+            continue
+        if m := _EXISTS.match(line):
+            exists = int(m[1])
+        elif m := _UIDVALIDITY.match(line):
+            uidvalidity = int(m[1])
+        elif m := _UIDNEXT.match(line):
+            uidnext = int(m[1])
+        elif m := _PERMANENT.match(line):
+            permanent = frozenset(decode(m[1]).split())
+        elif m := _FLAGS.match(line):
+            flags = frozenset(decode(m[1]).split())
+    read_only = "[READ-ONLY]" in tagged_text.upper()
+    return MailboxInfo(name, exists, uidvalidity, uidnext, flags, permanent, read_only)
+
+
+_APPENDUID = re.compile(r"\[APPENDUID [0-9]+ ([0-9]+)\]", re.IGNORECASE)
+
+
+def appenduid(tagged_text: str) -> int | None:
+    """The new UID from ``[APPENDUID <uidvalidity> <uid>]`` (UIDPLUS), if present."""
+    m = _APPENDUID.search(tagged_text)
+    return int(m[1]) if m else None
+
+
+def _key(name: str) -> str:
+    return " ".join(name.upper().split())
+
+
+def fetch_items(lines: Parts) -> list[dict[str, Value]]:
+    """FETCH answers as dicts ``{"UID": "7", "FLAGS": [...], "BODY[]": bytearray, ...}``.
+
+    Keys are upper-cased (``BODY[HEADER.FIELDS (MESSAGE-ID ...)]``); responses for the same
+    message sequence number are merged; answers without a UID (unsolicited flag updates) are
+    dropped. Order: as the server sent the messages.
+    """
+    merged: dict[str, dict[str, Value]] = {}
+    for resp in responses(lines):
+        if len(resp) != 3 or not isinstance(resp[1], str) or resp[1].upper() != "FETCH":
+            continue  # not a FETCH response (aioimaplib only routes FETCH here, but be sure)
+        seq, items = resp[0], resp[2]
+        if (
+            not isinstance(seq, str)
+            or not seq.isdigit()
+            or not isinstance(items, list)
+            or len(items) % 2
+        ):
+            raise WireError("malformed FETCH response")
+        entry = merged.setdefault(seq, {})
+        for i in range(0, len(items), 2):
+            key = items[i]
+            if not isinstance(key, str):
+                raise WireError("malformed FETCH item name")
+            entry[_key(key)] = items[i + 1]
+    return [e for e in merged.values() if isinstance(e.get("UID"), str)]
+
+
+def _uid(item: dict[str, Value]) -> int:
+    value = item.get("UID")
+    if not isinstance(value, str) or not value.isdigit():
+        raise WireError("FETCH response without a numeric UID")
+    return int(value)
+
+
+def _flags(item: dict[str, Value]) -> tuple[str, ...]:
+    value = item.get("FLAGS")
+    return tuple(f for f in value if isinstance(f, str)) if isinstance(value, list) else ()
+
+
+def _header_section(item: dict[str, Value]) -> Value:
+    for key, value in item.items():
+        if key.startswith("BODY[HEADER") or key == "RFC822.HEADER":
+            return value
+    return None
+
+
+def _bytes(value: Value | None) -> bytearray | None:
+    if isinstance(value, bytearray):
+        return value
+    if isinstance(value, str):  # a small section may come as a quoted string
+        return bytearray(value.encode("utf-8", "surrogateescape"))
+    return None
+
+
+def meta_from(item: dict[str, Value]) -> MessageMeta:
+    """A ``MessageMeta`` from one FETCH item dict; ``WireError`` without UID or INTERNALDATE."""
+    raw = item.get("INTERNALDATE")
+    if not isinstance(raw, str):
+        raise WireError(f"FETCH response for UID {_uid(item)} without INTERNALDATE")
+    try:
+        when = parse_internaldate(raw)
+    except ValueError as exc:
+        raise WireError(str(exc)) from None
+    size = item.get("RFC822.SIZE")
+    header = _bytes(_header_section(item)) or bytearray()
+    return MessageMeta(
+        uid=_uid(item),
+        flags=_flags(item),
+        internaldate=when,
+        internaldate_raw=raw,
+        size=int(size) if isinstance(size, str) and size.isdigit() else 0,
+        header=bytes(header),
+    )
+
+
+def exchange_substitute(body: bytes | bytearray) -> bool:
+    """True for Exchange's synthetic "Retrieval using the IMAP4 protocol failed" message."""
+    head = bytes(body[:16384]).split(b"\r\n\r\n", 1)[0]
+    return _EXCHANGE_SUBSTITUTE.search(head) is not None
+
+
+def message_from(item: dict[str, Value]) -> FetchedMessage:
+    """A ``FetchedMessage`` from one FETCH item dict; body trouble goes into ``error``."""
+    raw = item.get("INTERNALDATE")
+    raw_text = raw if isinstance(raw, str) else ""
+    try:
+        when = parse_internaldate(raw_text) if raw_text else None
+    except ValueError:
+        when = None
+    body = _bytes(item.get("BODY[]", item.get("RFC822")))
+    error = None
+    if body is None:
+        error = NO_BODY
+    elif not body:
+        error = EMPTY_BODY
+    elif exchange_substitute(body):
+        error = EXCHANGE_FAILED
+    if error is not None:
+        body = None
+    return FetchedMessage(_uid(item), _flags(item), raw_text, when, body, error)

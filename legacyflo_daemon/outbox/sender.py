@@ -1,0 +1,132 @@
+"""The task that delivers pending report mails from the outbox, with per-mail backoff.
+
+Owns: ``MailSender``: when to try which mail (periodically, on ``kick()``, after backoff), the
+in-memory attempt counts, and the ``report_sent`` / ``report_send_failed`` log events.
+Must not: talk SMTP or write files (``outbox.deliver`` and ``outbox.Outbox`` do), or ever
+stop on a failing mail: ``run`` never raises, and mails wait in ``outbox/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from legacyflo_daemon.config.schema import SmtpConfig
+from legacyflo_daemon.errors import SmtpError
+from legacyflo_daemon.outbox.store import Outbox, deliver, envelope
+from legacyflo_daemon.runtime.aio import wait_any
+
+
+@dataclass(slots=True)
+class _Attempts:
+    count: int
+    next_try: float  # loop.time() before which the mail is not tried again
+
+
+class MailSender:
+    """Delivers pending report mails, periodically and on ``kick()``, with per-mail backoff.
+
+    After ``n`` failed attempts a mail waits ``min(backoff_base * 2**(n-1), backoff_max)``
+    seconds. The attempt counts live in memory only: after a restart every pending mail is
+    simply tried again. With ``smtp`` None nothing is sent; mails wait in ``outbox/``.
+    Logs ``report_sent`` and ``report_send_failed`` (with ``request_id`` and ``error``).
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        smtp: SmtpConfig | None,
+        *,
+        interval: float = 60.0,
+        backoff_base: float = 30.0,
+        backoff_max: float = 3600.0,
+        local_hostname: str | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.smtp = smtp
+        self.interval = interval
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.local_hostname = local_hostname
+        self._attempts: dict[str, _Attempts] = {}
+        self._unaddressed: set[str] = set()  # names of mails without To: never tried
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._log = structlog.get_logger()
+
+    def kick(self) -> None:
+        """Try the pending mails now (e.g. a new report was just written)."""
+        self._wake.set()
+
+    def statistics(self) -> dict[str, int]:
+        """A snapshot: mails failing at least once, mails never tried for lack of a To."""
+        return {"retrying": len(self._attempts), "unaddressed": len(self._unaddressed)}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set. Never raises (except cancellation)."""
+        while not stop.is_set():
+            self._wake.clear()  # before the pass: a kick during the pass triggers another
+            await self.send_pending(stop)
+            await wait_any((stop, self._wake), self._sleep_time())
+
+    def _sleep_time(self) -> float:
+        now = asyncio.get_running_loop().time()
+        due = [a.next_try - now for a in self._attempts.values()]
+        return max(0.0, min([self.interval, *due]))
+
+    async def send_pending(self, stop: asyncio.Event | None = None) -> int:
+        """One pass over the pending mails that are due; returns how many were delivered.
+
+        With ``stop`` set the pass ends after the mail being delivered (never in the middle of
+        one: a delivery cut after the server's 250 would be repeated by the next start)."""
+        if self.smtp is None:
+            return 0
+        async with self._lock:
+            try:
+                pending = self.outbox.pending_mails()
+            except OSError as exc:
+                self._log.error("report_send_failed", request_id=None, error=str(exc))
+                return 0
+            names = {p.name for p in pending}
+            for gone in set(self._attempts) - names:
+                del self._attempts[gone]
+            sent = 0
+            for path in pending:
+                if stop is not None and stop.is_set():
+                    break
+                sent += await self._try(path, self.smtp)
+            return sent
+
+    async def _try(self, path: Path, smtp: SmtpConfig) -> int:
+        loop = asyncio.get_running_loop()
+        attempts = self._attempts.get(path.name)
+        if path.name in self._unaddressed or (attempts and attempts.next_try > loop.time()):
+            return 0
+        request_id = path.stem
+        try:
+            if not await asyncio.to_thread(_has_recipient, path):
+                self._unaddressed.add(path.name)
+                self._log.info("report_not_addressed", request_id=request_id)
+                return 0
+            await deliver(path, smtp, local_hostname=self.local_hostname)
+        except Exception as exc:  # this task must outlive any single mail, whatever happens
+            count = attempts.count + 1 if attempts else 1
+            wait = min(self.backoff_base * 2 ** (count - 1), self.backoff_max)
+            self._attempts[path.name] = _Attempts(count, loop.time() + wait)
+            error = str(exc) if isinstance(exc, SmtpError) else f"{type(exc).__name__}: {exc}"
+            self._log.warning(
+                "report_send_failed", request_id=request_id, error=error, attempt=count,
+                retry_in=round(wait, 3),
+            )  # fmt: skip
+            return 0
+        self._attempts.pop(path.name, None)
+        self._log.info("report_sent", request_id=request_id, to_host=smtp.host)
+        return 1
+
+
+def _has_recipient(path: Path) -> bool:
+    with path.open("rb") as f:
+        return bool(envelope(f.read(64 * 1024)).recipients)  # our headers are far smaller

@@ -1,0 +1,312 @@
+"""The report mail of one request: a MIME message built from its result JSON and the listing.
+
+Owns: the mail's headers (Subject wording, header-injection safety), its plain-text and HTML
+bodies (HTML-escaped), and attaching the listing CSV.
+Must not: read the clock (``now`` is passed), send anything (``outbox`` does), or take data from
+anywhere but the result document — so a mail can always be rebuilt from ``<request_id>.json``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import re
+from collections.abc import Iterable, Mapping
+from email.header import Header
+from email.message import EmailMessage
+from email.policy import EmailPolicy
+from email.utils import format_datetime, make_msgid, parseaddr
+from pathlib import Path
+from typing import Any
+
+from legacyflo_daemon.report.listing import ListingFile, write_listing
+from legacyflo_daemon.transfer.recorder import ListingEntry
+
+SUBJECT_PREFIX = "[legacyflo]"
+_SUBJECT_TITLE_MAX = 120
+
+# Anything a header parser could take as a line break or that is invisible garbage: C0/C1
+# controls, DEL, Unicode line/paragraph separators, lone surrogates.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]+")
+_SPACES = re.compile(r"\s+")
+
+
+class _ReportPolicy(EmailPolicy):
+    """``email.policy.SMTP`` with a Subject folded by ``email.header.Header``.
+
+    Why: the stdlib folder moves a 70-77 character subject whole onto a continuation line
+    (``Subject:\r\n [legacyflo] ...``), which parsers then read with a leading space.
+    A subject containing ``=?`` is always encoded, so a title cannot smuggle in an encoded word.
+    """
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        if name.lower() != "subject":
+            return super().fold_binary(name, value)
+        text = str(value)
+        charset = "us-ascii" if text.isascii() and "=?" not in text else "utf-8"
+        folded = Header(text, charset, header_name=name).encode(
+            linesep=self.linesep, maxlinelen=self.max_line_length
+        )
+        return f"{name}: {folded}{self.linesep}".encode("ascii")
+
+
+_POLICY = _ReportPolicy(linesep="\r\n")
+
+
+def header_text(value: str, limit: int = 200) -> str:
+    """``value`` made safe for a header: one line, no control characters, at most ``limit`` chars.
+
+    CR, LF and every other control character become a space, so a job title such as
+    ``"x\\r\\nBcc: victim@example.com"`` can never start a header of its own.
+    """
+    flat = _SPACES.sub(" ", _UNSAFE.sub(" ", value)).strip()
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
+def human_size(size: int) -> str:
+    """``1234567`` → ``"1.2 MB"`` (decimal units, as mail clients show them)."""
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def _account(account: Mapping[str, Any] | None) -> str:
+    if account is None:
+        return "-"
+    port = f":{account['port']}" if account.get("port") is not None else ""
+    return f"{account['userid']}@{account['domain']} on {account['server']}{port}"
+
+
+def _messages(result: Mapping[str, Any]) -> int:
+    totals = result["totals"]
+    return int(totals["copied"]) + int(totals["already_present"])
+
+
+def subject(result: Mapping[str, Any]) -> str:
+    """``[legacyflo] Upload Data John Smith: succeeded (1,234 messages)`` and the like."""
+    title = header_text(result["jobtitle"], _SUBJECT_TITLE_MAX) or f"request {result['request_id']}"
+    status = result["status"]
+    if status == "succeeded":
+        detail = f" ({_messages(result):,} messages)"
+    elif status == "partial":
+        detail = f" ({_messages(result):,} messages, {result['totals']['failed']:,} failed)"
+    elif status == "rejected" and result["rejection"]:
+        field = result["rejection"]["field"]
+        detail = f" (row {result['csv']['row']}" + (f", field {field})" if field else ")")
+    else:
+        detail = ""
+    return header_text(f"{SUBJECT_PREFIX} {title}: {status}{detail}", 300)
+
+
+def _facts(result: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The key facts as (label, value) pairs, shared by the text and HTML bodies."""
+    csv = result["csv"]
+    facts = [
+        ("Request", f"{result['request_id']} (row {csv['row']} of {csv['name']})"),
+        ("Status", str(result["status"]).upper()),
+    ]
+    if result["source"] is not None:
+        dest = _account(result["destination"])
+        folder = result["destination_folder"] or "-"
+        dates = result["date_range"]
+        facts += [
+            ("Job type", str(result["jobtype"])),
+            ("Source", _account(result["source"])),
+            ("Destination", f"{dest}, folder {folder}"),
+            ("Date range", dates["description"] if dates else "-"),
+        ]
+    facts += [("Started", result["started"] or "-"), ("Finished", result["finished"] or "-")]
+    if result["status"] != "rejected":
+        t = result["totals"]
+        facts.append(
+            (
+                "Messages",
+                f"{t['in_range']:,} in range, {t['copied']:,} copied, "
+                f"{t['already_present']:,} already present, {t['failed']:,} failed, "
+                f"{human_size(t['bytes'])} copied",
+            )
+        )
+    return facts
+
+
+_FOLDER_COLUMNS = (
+    ("source", "Source folder"),
+    ("destination", "Destination folder"),
+    ("in_range", "In range"),
+    ("copied", "Copied"),
+    ("already_present", "Already present"),
+    ("failed", "Failed"),
+    ("bytes", "Size"),
+    ("deleted_dropped", "\\Deleted dropped"),
+    ("note", "Note"),
+)
+
+
+def _cell(key: str, value: Any) -> str:
+    if key == "bytes":
+        return human_size(value)
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _align(index: int, cell: str, width: int) -> str:
+    numeric = 2 <= index < len(_FOLDER_COLUMNS) - 1  # counts and size: right-aligned
+    return cell.rjust(width) if numeric else cell.ljust(width)
+
+
+def _text_table(folders: list[Mapping[str, Any]]) -> list[str]:
+    rows = [[title for _, title in _FOLDER_COLUMNS], *(_folder_cells(f) for f in folders)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_FOLDER_COLUMNS))]
+    return [
+        "  " + " | ".join(_align(i, c, widths[i]) for i, c in enumerate(row)).rstrip()
+        for row in rows
+    ]
+
+
+def _folder_cells(folder: Mapping[str, Any]) -> list[str]:
+    return [_cell(key, folder[key]) for key, _ in _FOLDER_COLUMNS]
+
+
+def _failure_line(f: Mapping[str, Any]) -> str:
+    date = f["date"] or "date unknown"
+    subject = header_text(f["subject"], 300)
+    return f'{f["folder"]}, UID {f["uid"]}, {date}, "{subject}": {f["reason"]}'
+
+
+def _rejection_lines(result: Mapping[str, Any]) -> list[str]:
+    rej = result["rejection"] or {"field": None, "message": result["error"] or "rejected"}
+    where = f"field '{rej['field']}'" if rej["field"] else "the row as a whole"
+    return [
+        f"Row {result['csv']['row']} of {result['csv']['name']} was rejected; nothing was copied.",
+        f"What is wrong: {where}: {rej['message']}",
+        "Correct the row and submit it again.",
+    ]
+
+
+def _listing_line(result: Mapping[str, Any], listing: ListingFile) -> str:
+    where = result["destination_folder"] or "the destination folder"
+    return (
+        f"The attached {listing.filename} lists the {listing.entries:,} messages now in "
+        f"{listing.folders:,} folders under {where}, "
+        "including mail imported by earlier requests."
+    )
+
+
+def _title(result: Mapping[str, Any]) -> str:
+    return header_text(result["jobtitle"], 300) or f"request {result['request_id']}"
+
+
+def text_body(result: Mapping[str, Any], listing: ListingFile | None) -> str:
+    """The plain-text body."""
+    width = max(len(label) for label, _ in _facts(result)) + 2
+    lines = [f"legacyflo migration report: {_title(result)}", ""]
+    lines += [f"{label + ':':<{width}}{value}" for label, value in _facts(result)]
+    if result["status"] == "rejected":
+        lines += ["", *_rejection_lines(result)]
+    elif result["error"]:
+        lines += ["", f"Error: {result['error']}"]
+    if result["folders"]:
+        lines += ["", "Folders:", *_text_table(result["folders"])]
+    if result["failures"]:
+        lines += ["", f"Messages that could not be copied ({len(result['failures']):,}):"]
+        lines += [f"  - {_failure_line(f)}" for f in result["failures"]]
+    if result["warnings"]:
+        lines += ["", "Warnings:", *[f"  - {w}" for w in result["warnings"]]]
+    if listing is not None:
+        lines += ["", _listing_line(result, listing)]
+    return "\n".join(lines) + "\n"
+
+
+def html_body(result: Mapping[str, Any], listing: ListingFile | None) -> str:
+    """The HTML body; every value taken from the result is escaped."""
+    e = html.escape
+    title = e(_title(result))
+    parts = [
+        '<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>',
+        f"<h2>legacyflo migration report: {title}</h2>",
+        "<table>",
+        *[f"<tr><th align='left'>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _facts(result)],
+        "</table>",
+    ]
+    if result["status"] == "rejected":
+        parts += [f"<p>{e(line)}</p>" for line in _rejection_lines(result)]
+    elif result["error"]:
+        parts.append(f"<p><b>Error:</b> {e(result['error'])}</p>")
+    if result["folders"]:
+        parts += ["<h3>Folders</h3>", "<table border='1' cellspacing='0' cellpadding='3'><tr>"]
+        parts += [f"<th>{e(t)}</th>" for _, t in _FOLDER_COLUMNS] + ["</tr>"]
+        for folder in result["folders"]:
+            cells = "".join(f"<td>{e(c)}</td>" for c in _folder_cells(folder))
+            parts.append(f"<tr>{cells}</tr>")
+        parts.append("</table>")
+    if result["failures"]:
+        parts.append(
+            f"<h3>Messages that could not be copied ({len(result['failures']):,})</h3><ul>"
+        )
+        parts += [f"<li>{e(_failure_line(f))}</li>" for f in result["failures"]]
+        parts.append("</ul>")
+    if result["warnings"]:
+        parts += [
+            "<h3>Warnings</h3><ul>",
+            *[f"<li>{e(w)}</li>" for w in result["warnings"]],
+            "</ul>",
+        ]
+    if listing is not None:
+        parts.append(f"<p>{e(_listing_line(result, listing))}</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def build_mail(
+    result_json: Mapping[str, Any],
+    listing: Iterable[ListingEntry],
+    *,
+    from_addr: str,
+    to_addr: str | None,
+    now: dt.datetime,
+    compress_above: int,
+    tmpdir: Path,
+) -> bytes:
+    """The report mail as bytes with CRLF line ends, ready to store as ``.eml`` and send.
+
+    multipart/mixed: multipart/alternative (text/plain + text/html, UTF-8, quoted-printable)
+    and, unless the row was rejected, the listing as ``listing.csv`` (``listing.csv.gz`` when the
+    CSV is larger than ``compress_above`` bytes). ``listing`` is consumed once, as an iterator,
+    through a temporary file under ``tmpdir``. No ``To`` header when ``to_addr`` is None.
+    """
+    domain = parseaddr(from_addr)[1].rpartition("@")[2] or "localhost"
+    msg = EmailMessage(policy=_POLICY)
+    text = subject(result_json)
+    # The header registry decodes encoded words when a header is set: a title that contains
+    # one would come out altered, so such a subject is stored encoded (it decodes to itself).
+    msg["Subject"] = Header(text, "utf-8").encode(linesep=" ") if "=?" in text else text
+    msg["From"] = header_text(from_addr)
+    if to_addr:
+        msg["To"] = header_text(to_addr)
+    msg["Date"] = format_datetime(now)
+    msg["Message-ID"] = make_msgid("legacyflo", domain=domain)
+    msg["X-Legacyflo-Request-Id"] = header_text(str(result_json["request_id"]))
+    if result_json["status"] == "rejected":
+        _set_bodies(msg, result_json, None)
+        msg.make_mixed()  # same shape as every other report: mixed > alternative
+        return msg.as_bytes()
+    with write_listing(listing, tmpdir=tmpdir, compress_above=compress_above) as written:
+        _set_bodies(msg, result_json, written)
+        maintype, subtype = written.content_type.split("/")
+        params = {"charset": "utf-8"} if maintype == "text" else {}
+        msg.add_attachment(
+            written.path.read_bytes(),
+            maintype=maintype,
+            subtype=subtype,
+            filename=written.filename,
+            params=params,
+        )
+    return msg.as_bytes()
+
+
+def _set_bodies(msg: EmailMessage, result: Mapping[str, Any], listing: ListingFile | None) -> None:
+    # quoted-printable keeps the mail 7-bit clean for relays without 8BITMIME.
+    msg.set_content(text_body(result, listing), cte="quoted-printable")
+    msg.add_alternative(html_body(result, listing), subtype="html", cte="quoted-printable")

@@ -1,0 +1,218 @@
+"""One row of the request CSV (SPEC §3): its fields checked, a ``Request`` or a ``RowError`` out.
+
+Owns: the column names, which of them are required or passwords, the meaning and validation of
+every field of a row, and the row's messages (what is wrong and how to fix it). The file as a
+whole (header, duplicate rows, warnings, redaction) is ``csvfile``'s; byte-level splitting is
+``csvtoken``'s, day formats are ``dates``'.
+Must not: do I/O, log, or put any value of a row into a message: with shifted columns any field
+may hold a password, so messages name the row, the field and the fix, never the content.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import re
+
+from legacyflo_daemon.model import Account, DateRange, JobType, Request, RowError, Secret
+from legacyflo_daemon.request import dates, tokens
+
+COLUMNS = (
+    "jobtype", "jobtitle", "destuserid", "destdomain", "destuserpasswd", "destserver",
+    "destfolder", "sendreportid", "sourceuserid", "sourcedomainname", "sourceuserpassword",
+    "sourceserver", "sourceserverport", "since", "before",
+)  # fmt: skip
+REQUIRED_COLUMNS = (
+    "jobtype", "destuserid", "destdomain", "destuserpasswd", "destserver", "destfolder",
+    "sourceuserid", "sourcedomainname", "sourceuserpassword", "sourceserver",
+)  # fmt: skip
+PASSWORD_COLUMNS = ("destuserpasswd", "sourceuserpassword")
+RESERVED_FOLDERS = ("Drafts", "Trash", "Spam", "Chat", "Quarantine", "Archive")
+DEFAULT_SOURCE_PORT = 993
+FIX_QUOTES = 'enclose every value in double quotes and write a double quote inside one as ""'
+
+_RESERVED = frozenset(name.casefold() for name in RESERVED_FOLDERS)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_HOST = re.compile(r"[\w-]+(?:\.[\w-]+)*\.?")
+_ADDRESS_PART = r'[^\s\x00-\x1f\x7f@<>,;:"()\[\]\\]+'  # no spaces, controls, lists, comments
+_ADDRESS = re.compile(f"{_ADDRESS_PART}@({_ADDRESS_PART})")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def row(
+    record: tokens.Record, names: tuple[str, ...], encoding: str, dropped: list[int]
+) -> Request | RowError:
+    """The ``Request`` of one data record, or the ``RowError`` saying what to fix in it.
+
+    ``names`` are the header's normalised column names; a record whose surplus values were
+    empty and unquoted (dropped, as in the reference sample) still counts and its line is
+    appended to ``dropped``.
+    """
+    fields, was_dropped = tokens.align(record, len(names))
+    values: dict[str, str] = {}
+    for name, field in zip(names, fields or (), strict=False):
+        if name in COLUMNS:
+            text = tokens.decode(field.raw, encoding)
+            values[name] = text if name in PASSWORD_COLUMNS else text.strip()
+    title, report_to = clean_title(values.get("jobtitle", "")), _address(values)
+    if record.problem is not None:
+        # Malformed quoting first: it is usually what also broke the count of values.
+        bad = record.fields[record.problem_index or 0]
+        at = next((i for i, field in enumerate(fields or ()) if field is bad), None)
+        column = names[at] if at is not None and names[at] in COLUMNS else None
+        where = column or f"value {(record.problem_index or 0) + 1}"
+        message = f"{where} has {record.problem}; {FIX_QUOTES}"
+        return RowError(record.line, column, message, title, report_to)
+    if fields is None:
+        span = ""
+        if record.last_line > record.line:
+            span = f" (it runs to line {record.last_line}: is a double quote left open?)"
+        message = (
+            f"this row has {len(record.fields)} values but the header has {len(names)} columns"
+            f'{span}; give one value per column: {FIX_QUOTES} (an empty one as "")'
+        )
+        return RowError(record.line, None, message)
+    if was_dropped:
+        dropped.append(record.line)
+    check = _Check(values)
+    request = check.request(record.line, title, report_to)
+    if check.problems:
+        message = " ".join(f"{problem}." for _, problem in check.problems)
+        return RowError(record.line, check.problems[0][0], message, title, report_to)
+    return request
+
+
+def clean_title(text: str) -> str:
+    """``jobtitle`` made safe for a mail header: control characters and line breaks → spaces."""
+    return _CONTROL.sub(" ", text).strip()
+
+
+def _address(values: dict[str, str]) -> str | None:
+    value = values.get("sendreportid", "")
+    match = _ADDRESS.fullmatch(value)
+    return value if match and _host(match[1]) is not None else None
+
+
+def _host(text: str) -> str | None:
+    """A host or domain name, or an IP address (IPv6 without brackets); None if invalid."""
+    if _HOST.fullmatch(text) and len(text) <= 253:
+        return text
+    try:
+        return str(ipaddress.IPv6Address(text.removeprefix("[").removesuffix("]")))
+    except ValueError:
+        return None
+
+
+_FIXES = {
+    "empty": "{field} is empty; fill it in, e.g. {example}",
+    "password": "{field} is empty; fill in the account's password (any characters are allowed"
+    " inside double quotes)",
+    "jobtype": "jobtype must be EXCHANGEIMAP (or IMAP for a non-Exchange source); correct it",
+    "domain": "{field} must be a domain name such as {example}, without spaces or '@'; correct it",
+    "server": "{field} must be a host name or IP address such as {example}, without spaces,"
+    " slashes or a port (the port goes {where})",
+    "userid": "{field} must not contain a domain other than {where}; write only the user part,"
+    " e.g. {example}",
+    "control": "{field} contains control characters (tab, line break); remove them, e.g. {example}",
+    "level": "{field} must be one folder name without '.' or '/' (they separate folder levels);"
+    " remove them, e.g. {example}",
+    "wildcard": "{field} must not contain '*' or '%'; remove them, e.g. {example}",
+    "reserved": "{field} is a reserved name (" + ", ".join(RESERVED_FOLDERS) + ");"
+    " choose another name, e.g. {example}",
+    "address": "{field} must be one e-mail address such as {example}; correct it, or leave it"
+    " empty for no report mail",
+    "port": "{field} must be a number from 1 to 65535 (993 for SSL/TLS, 143 otherwise); correct"
+    " it, or leave it empty for 993",
+    "date": "{field} is {where}, or leave it empty for no limit",
+    "order": "{field} is after before; correct one of them (both days are included), e.g."
+    " since {example} and before 2018-09-24",
+}
+_EXAMPLES = {
+    "jobtype": "EXCHANGEIMAP", "destdomain": "baya-com.vaultastic.com",
+    "destserver": "baya-com.vaultastic.com", "destfolder": "Data27092018",
+    "sendreportid": "postmaster@baya.com", "sourcedomainname": "baya.com",
+    "sourceserver": "baya.com", "since": "2017-09-25",
+}  # fmt: skip
+
+
+class _Check:
+    """Validates the values of one row; ``problems`` collects (field, message) in column order."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = values
+        self.problems: list[tuple[str, str]] = []
+
+    def fail(self, field: str, fix: str, where: str = "") -> None:
+        example = _EXAMPLES.get(field, "john")
+        self.problems.append((field, _FIXES[fix].format(field=field, example=example, where=where)))
+
+    def required(self, field: str) -> str:
+        value = self.values.get(field, "")
+        if not value:
+            self.fail(field, "password" if field in PASSWORD_COLUMNS else "empty")
+        return value
+
+    def request(self, line: int, title: str, report_to: str | None) -> Request:
+        jobtype = self.required("jobtype").upper()
+        if jobtype and jobtype not in JobType.__members__:
+            self.fail("jobtype", "jobtype")
+        kind = JobType(jobtype) if jobtype in JobType.__members__ else JobType.IMAP
+        dest = self.account("dest", "destdomain", "destuserpasswd")
+        folder = self.folder()
+        if self.values.get("sendreportid") and report_to is None:
+            self.fail("sendreportid", "address")
+        source = self.account("source", "sourcedomainname", "sourceuserpassword")
+        since, before = self.day("since"), self.day("before")
+        if since and before and since > before:
+            self.fail("since", "order")
+        return Request(line, kind, title, source, dest, folder, report_to, DateRange(since, before))
+
+    def account(self, side: str, domain_field: str, password_field: str) -> Account:
+        domain = self.required(domain_field)
+        if domain and _HOST.fullmatch(domain) is None:
+            self.fail(domain_field, "domain")
+        userid = self.required(f"{side}userid")
+        if "@" in userid:
+            local, _, suffix = userid.rpartition("@")
+            if local and "@" not in local and suffix.casefold() == domain.casefold():
+                userid = local
+            else:
+                self.fail(f"{side}userid", "userid", domain_field)
+        if _CONTROL.search(userid):
+            self.fail(f"{side}userid", "control")
+        password = self.required(password_field)
+        server = self.required(f"{side}server")
+        host = _host(server)
+        if server and host is None:
+            where = "in sourceserverport" if side == "source" else "in the daemon's configuration"
+            self.fail(f"{side}server", "server", where)
+        port = self.port() if side == "source" else None
+        return Account(userid, domain, Secret(password), host or "", port)
+
+    def folder(self) -> str:
+        value = self.required("destfolder")
+        if _CONTROL.search(value):
+            self.fail("destfolder", "control")
+        elif "." in value or "/" in value:
+            self.fail("destfolder", "level")
+        elif "*" in value or "%" in value:
+            self.fail("destfolder", "wildcard")
+        elif value.casefold() in _RESERVED:
+            self.fail("destfolder", "reserved")
+        return value
+
+    def port(self) -> int:
+        value = self.values.get("sourceserverport", "")
+        if _PORT.fullmatch(value) and 1 <= int(value) <= 65535:
+            return int(value)
+        if value:
+            self.fail("sourceserverport", "port")
+        return DEFAULT_SOURCE_PORT
+
+    def day(self, field: str) -> dt.date | None:
+        value = self.values.get(field, "")
+        try:
+            return dates.parse_day(value) if value else None
+        except ValueError as exc:
+            self.fail(field, "date", str(exc))
+            return None

@@ -1,0 +1,1 @@
+"""The state store (embedded SQLite): claimed CSVs, requests, checkpoints, failures, progress."""

@@ -1,0 +1,155 @@
+"""The state store's schema and values: tables, rows as dataclasses, the request codec.
+
+Pure apart from the SQL text. ``request_to_json`` never includes passwords; the store keeps
+them in a separate column that it erases when the request finishes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from legacyflo_daemon.model import Account, DateRange, JobType, Request, Secret, Status
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS csv_files (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,              -- file name under processing/
+    original TEXT NOT NULL,          -- name it was dropped as
+    claimed_at TEXT NOT NULL,
+    finished_at TEXT,
+    crashes INTEGER NOT NULL DEFAULT 0,
+    summary TEXT                     -- JSON, once finished
+);
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    csv_id INTEGER NOT NULL REFERENCES csv_files(id),
+    row INTEGER NOT NULL,
+    seq INTEGER NOT NULL,            -- global FIFO order
+    status TEXT NOT NULL,
+    title TEXT NOT NULL,
+    request TEXT,                    -- JSON without passwords; NULL for rejected rows
+    secrets TEXT,                    -- JSON [dest, source] passwords; NULL once finished
+    row_error TEXT,                  -- JSON for rejected rows
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    error TEXT,
+    result TEXT,                     -- JSON result once finished
+    msgs_done INTEGER NOT NULL DEFAULT 0,
+    msgs_total INTEGER NOT NULL DEFAULT 0,
+    bytes_done INTEGER NOT NULL DEFAULT 0,
+    bytes_total INTEGER NOT NULL DEFAULT 0,
+    progress_at TEXT
+);
+CREATE INDEX IF NOT EXISTS requests_status ON requests(status, seq);
+CREATE TABLE IF NOT EXISTS folders (
+    request_id TEXT NOT NULL REFERENCES requests(id),
+    source TEXT NOT NULL,            -- source wire name
+    uidvalidity INTEGER NOT NULL DEFAULT 0,
+    done INTEGER NOT NULL DEFAULT 0,
+    counts TEXT NOT NULL,            -- JSON of the FolderResult counters
+    PRIMARY KEY (request_id, source)
+);
+CREATE TABLE IF NOT EXISTS failures (
+    request_id TEXT NOT NULL REFERENCES requests(id),
+    folder TEXT NOT NULL,
+    uid INTEGER NOT NULL,
+    date TEXT,
+    subject TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (request_id, folder, uid)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class CsvRecord:
+    id: int
+    name: str
+    original: str
+    crashes: int
+    finished: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRow:
+    """A request as the status command and the pool see it (no secrets)."""
+
+    id: str
+    csv_id: int
+    row: int
+    status: Status
+    title: str
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+    msgs_done: int
+    msgs_total: int
+    bytes_done: int
+    bytes_total: int
+    progress_at: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FolderCheckpoint:
+    """What a restarted copier needs to resume a folder."""
+
+    source: str
+    uidvalidity: int
+    done: bool
+    counts: dict[str, int]
+
+
+def iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).isoformat(timespec="seconds")
+
+
+def request_to_json(req: Request) -> str:
+    """Serialise ``req`` without its passwords."""
+
+    def acc(a: Account) -> dict[str, Any]:
+        return {"userid": a.userid, "domain": a.domain, "server": a.server, "port": a.port}
+
+    return json.dumps(
+        {
+            "row": req.row,
+            "jobtype": req.jobtype.value,
+            "title": req.title,
+            "source": acc(req.source),
+            "dest": acc(req.dest),
+            "dest_folder": req.dest_folder,
+            "report_to": req.report_to,
+            "since": req.dates.since.isoformat() if req.dates.since else None,
+            "before": req.dates.before.isoformat() if req.dates.before else None,
+        },
+        sort_keys=True,
+    )
+
+
+def request_from_json(text: str, dest_password: str, source_password: str) -> Request:
+    """Inverse of ``request_to_json`` with the passwords put back."""
+    d = json.loads(text)
+
+    def acc(a: dict[str, Any], pw: str) -> Account:
+        return Account(a["userid"], a["domain"], Secret(pw), a["server"], a["port"])
+
+    return Request(
+        row=d["row"],
+        jobtype=JobType(d["jobtype"]),
+        title=d["title"],
+        source=acc(d["source"], source_password),
+        dest=acc(d["dest"], dest_password),
+        dest_folder=d["dest_folder"],
+        report_to=d["report_to"],
+        dates=DateRange(
+            dt.date.fromisoformat(d["since"]) if d["since"] else None,
+            dt.date.fromisoformat(d["before"]) if d["before"] else None,
+        ),
+    )

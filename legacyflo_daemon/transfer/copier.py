@@ -1,0 +1,312 @@
+"""The copier: one request's mailbox from the source to the destination, exactly once.
+
+Owns the copy algorithm of SPEC §5. For each planned folder it reads the source's in-range
+messages' identities (Message-ID/header hash + INTERNALDATE) and the destination folder's, and
+appends only the multiset difference. Because the destination itself is the record of what has
+been copied, every interruption (cancel, ``kill -9``, a cut connection, an APPEND that timed out
+after the server stored it, a changed UIDVALIDITY) is healed by the same step: reconnect,
+re-read both sides, copy what is missing. The state store only adds speed (finished folders are
+not re-read) and the counts of earlier runs.
+
+Errors: ``AuthenticationFailed`` and ``PermanentError`` end the request at once;
+``TransientError`` reconnects after a backoff (the server's hint honoured) until
+``imap.retries`` attempts in a row made no progress; ``MessageRejected`` is recorded per message.
+
+Must not: modify the source (EXAMINE and BODY.PEEK only, in ``imap``), log message content, or
+know about the spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from legacyflo_daemon.config.schema import Config
+from legacyflo_daemon.errors import (
+    AppendDesync,
+    AuthenticationFailed,
+    PermanentError,
+    TransientError,
+)
+from legacyflo_daemon.imap import session as imap_session
+from legacyflo_daemon.imap.endpoint import dest_endpoint, source_endpoint
+from legacyflo_daemon.imap.session import ListEntry, Session, connect
+from legacyflo_daemon.model import FolderResult, JobType, Request, RequestResult, Status
+from legacyflo_daemon.request import dates
+from legacyflo_daemon.runtime.aio import all_or_first_error, both
+from legacyflo_daemon.state.store import FolderCheckpoint, StateStore
+from legacyflo_daemon.transfer import folders
+from legacyflo_daemon.transfer.backoff import Backoff
+from legacyflo_daemon.transfer.folder_copy import FolderCopy, Interrupted, Progress
+from legacyflo_daemon.transfer.limits import ByteBudget
+from legacyflo_daemon.transfer.recorder import ListingRecorder, request_top, selectable_under
+
+log = structlog.get_logger("legacyflo_daemon.transfer.copier")
+
+
+@dataclass
+class Copier:
+    """Copies one request. ``run()`` returns its result; it never raises ImapError."""
+
+    request_id: str
+    request: Request
+    config: Config
+    state: StateStore
+    budget: ByteBudget
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    on_progress: Callable[[Progress], None] = lambda _p: None
+    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+    progress: Progress = field(default_factory=Progress)
+    cautious: bool = False  # set after an AppendDesync: synchronized single APPENDs only
+    listing: ListingRecorder | None = None  # where folder passes record the destination
+    # The pool's say on extra connection pairs (True: granted) and their return.
+    extra_pair: Callable[[], bool] = lambda: False
+    release_pair: Callable[[], None] = lambda: None
+    _results: dict[str, FolderResult] = field(default_factory=dict)
+    _plans: list[folders.FolderPlan] = field(default_factory=list)
+    _to_create: set[str] = field(default_factory=set)  # mail folders their pass creates
+    _parents: list[str] = field(default_factory=list)  # pure parents, created first
+
+    async def run(self) -> RequestResult:
+        started = self.now()
+        status, error = Status.SUCCEEDED, None
+        try:
+            await self._run_with_retries()
+        except AuthenticationFailed as exc:
+            status, error = Status.FAILED, f"authentication failed: {exc}"
+        except (PermanentError, TransientError) as exc:
+            status, error = Status.FAILED, str(exc)
+        failures = tuple(self.state.failures(self.request_id))
+        if status is Status.SUCCEEDED and failures:
+            status = Status.PARTIAL
+        ordered = tuple(self._results[p.source_name] for p in self._plans if p.selectable
+                        and p.source_name in self._results)  # fmt: skip
+        return RequestResult(
+            request_id=self.request_id,
+            status=status,
+            started=started,
+            finished=self.now(),
+            folders=ordered,
+            failures=failures,
+            error=error,
+        )
+
+    async def _run_with_retries(self) -> None:
+        cfg = self.config.imap
+        backoff = Backoff(cfg.backoff_base, cfg.backoff_max, cfg.retries)
+        attempt = 0
+        while True:
+            before = self.progress.messages_done + self.progress.folders_done
+            try:
+                await self._attempt()
+                return
+            except AppendDesync as exc:
+                if not self.cautious:  # once: from now on one message per synchronized APPEND
+                    self.cautious = True
+                    log.warning("append_cautious", error=str(exc))
+                    continue
+                raise TransientError(str(exc), host=exc.host) from exc
+            except TransientError as exc:
+                if self.progress.messages_done + self.progress.folders_done > before:
+                    attempt = 0  # progress was made: this is a new streak of trouble
+                if backoff.exhausted(attempt):
+                    raise TransientError(
+                        f"gave up after {attempt + 1} attempts without progress: {exc}"
+                    ) from exc
+                delay = backoff.delay(attempt, random.random(), exc.retry_after)
+                log.warning("request_retry", attempt=attempt + 1, delay=round(delay, 2),
+                            error=str(exc))  # fmt: skip
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    async def _attempt(self) -> None:
+        # What is done stays done; this pass adds what it still finds missing.
+        self.progress.messages_total = self.progress.messages_done
+        self.progress.bytes_total = self.progress.bytes_done
+        src, dst = await connect_pair(self.request, self.config)
+        try:
+            await self._copy_all(src, dst)
+        finally:
+            await both(dst.logout(), src.logout())
+
+    async def _copy_all(self, src: Session, dst: Session) -> None:
+        """Copy every planned folder; with more than one folder left, up to
+        ``imap.folder_workers`` connection pairs copy folders side by side (each extra pair
+        only if the pool grants it within the per-server and per-login limits)."""
+        self._plans = await self._plan(src, dst)
+        checkpoints = self.state.folder_checkpoints(self.request_id)
+        todo: deque[folders.FolderPlan] = deque()
+        for plan in self._plans:
+            cp = checkpoints.get(plan.source_name)
+            if plan.selectable and cp is not None and cp.done:
+                self._results[plan.source_name] = _result_from_counts(plan, cp.counts)
+            elif plan.selectable:
+                todo.append(plan)
+        workers = [self._first_worker(src, dst, todo, checkpoints)]
+        for _ in range(min(self.config.imap.folder_workers, len(todo)) - 1):
+            if not self.extra_pair():
+                break
+            workers.append(self._extra_worker(todo, checkpoints))
+        interrupted: list[bool] = []
+
+        async def until_stopped(worker: Awaitable[None]) -> None:
+            # A stop lets every pair finish its in-flight batch: an Interrupted worker must
+            # not cancel its siblings mid-APPEND (only a real error does).
+            try:
+                await worker
+            except Interrupted:
+                interrupted.append(True)
+
+        await all_or_first_error(*(until_stopped(w) for w in workers))
+        if interrupted:
+            raise Interrupted
+
+    async def _worker(
+        self,
+        src: Session,
+        dst: Session,
+        todo: deque[folders.FolderPlan],
+        checkpoints: dict[str, FolderCheckpoint],
+    ) -> None:
+        while todo:
+            if self.stop.is_set():
+                raise Interrupted
+            plan = todo.popleft()
+            job = FolderCopy(
+                request_id=self.request_id,
+                plan=plan,
+                criteria=dates.imap_criteria(self.request.dates),
+                state=self.state,
+                budget=self.budget,
+                config=self.config.imap,
+                stop=self.stop,
+                progress=self.progress,
+                on_progress=self.on_progress,
+                prior=checkpoints.get(plan.source_name),
+                cautious=self.cautious,
+                listing=self.listing,
+                create=plan.dest_name in self._to_create,
+            )
+            self._results[plan.source_name] = await job.run(src, dst)
+            self.progress.folders_done += 1
+
+    async def _first_worker(
+        self,
+        src: Session,
+        dst: Session,
+        todo: deque[folders.FolderPlan],
+        checkpoints: dict[str, FolderCheckpoint],
+    ) -> None:
+        """Create the pure parent folders (while the extra pairs log in), then copy folders."""
+        for name in self._parents:
+            await dst.create(name)
+            await dst.subscribe(name)
+        await self._worker(src, dst, todo, checkpoints)
+
+    async def _extra_worker(
+        self, todo: deque[folders.FolderPlan], checkpoints: dict[str, FolderCheckpoint]
+    ) -> None:
+        """A second (third, ...) connection pair taking folders from the same queue."""
+        try:
+            src, dst = await connect_pair(self.request, self.config)
+            try:
+                await self._worker(src, dst, todo, checkpoints)
+            finally:
+                await both(dst.logout(), src.logout())
+        finally:
+            self.release_pair()
+
+    async def _plan(self, src: Session, dst: Session) -> list[folders.FolderPlan]:
+        """List both sides and map every folder; note which destination folders to create."""
+        ((_src_prefix, src_delim), entries), ((dst_prefix, dst_delim), listed) = await both(
+            _namespace_and_list(src), _namespace_and_list(dst)
+        )
+        source = [folders.SourceFolder(e.name, e.delimiter, frozenset(e.flags)) for e in entries]
+        exclusions = (
+            self.config.imap.exclude_folders
+            if self.request.jobtype is JobType.EXCHANGEIMAP
+            else None
+        )
+        root = folders.root_path(self.config.imap.dest_root, dst_prefix, dst_delim or ".")
+        plans = folders.plan_folders(
+            source,
+            source_delim=src_delim,
+            dest_delim=dst_delim or ".",
+            dest_prefix_path=root,
+            dest_folder=self.request.dest_folder,
+            exclusions=exclusions,
+        )
+        existing = {e.name for e in listed}
+        # Mail folders are created by their own folder pass (beside the source read, on
+        # whichever connection pair copies them); only pure parents are created here.
+        mail_folders = {p.dest_name for p in plans if p.selectable}
+        self._to_create = set(folders.folders_to_create(plans, existing)) & mail_folders
+        self._parents = [
+            n for n in folders.folders_to_create(plans, existing) if n not in mail_folders
+        ]
+        if self.listing is not None:
+            delim = dst_delim or "."
+            top = request_top(root, self.request.dest_folder, delim)
+            self.listing.tree = selectable_under(
+                ((e.name, e.flags) for e in listed), top, delim
+            ) | {p.dest_name for p in plans if p.selectable}
+        return plans
+
+
+async def connect_pair(request: Request, config: Config) -> tuple[Session, Session]:
+    """Log in to the source, then to the destination.
+
+    The destination's TCP and TLS handshake runs while the source logs in, but its login is
+    sent only once the source accepted ours: a refused source login ends the request without
+    a login attempt on the destination account (nothing for a lockout policy to count).
+    """
+    dst_open = asyncio.ensure_future(
+        imap_session.open_unauthenticated(dest_endpoint(request, config))
+    )
+    try:
+        src = await connect(source_endpoint(request, config))
+    except BaseException:
+        dst_open.cancel()
+        with contextlib.suppress(BaseException):
+            imap_session.close_unauthenticated(await dst_open)
+        raise
+    try:
+        return src, await imap_session.authenticate(await dst_open)
+    except BaseException:
+        await src.logout()
+        raise
+
+
+async def _namespace_and_list(
+    session: Session,
+) -> tuple[tuple[str, str | None], list[ListEntry]]:
+    """The personal namespace (prefix, delimiter) and every folder of ``session``.
+
+    The source's namespace prefix is part of the listed names already; only its delimiter is
+    used.
+    """
+    return await session.namespace(), await session.list_folders()
+
+
+def _result_from_counts(plan: folders.FolderPlan, counts: dict[str, int]) -> FolderResult:
+    return FolderResult(
+        source=plan.source_display,
+        destination=plan.dest_display,
+        in_range=counts.get("in_range", 0),
+        copied=counts.get("copied", 0),
+        already_present=counts.get("already_present", 0),
+        failed=counts.get("failed", 0),
+        bytes=counts.get("bytes", 0),
+        deleted_dropped=counts.get("deleted_dropped", 0),
+        note=plan.note,
+    )
+
+
+__all__ = ["Copier", "Interrupted", "Progress"]

@@ -1,0 +1,94 @@
+"""What the copier saw of the destination, kept for the report's listing.
+
+At the end of each folder pass the copier knows the destination folder's exact content: the
+messages it read for the identity comparison plus the ones it appended. Recording them here
+(one JSON-lines file per folder, streamed, so memory stays bounded) lets the report list those
+folders without reading them from the server again — for a 20,000-message mailbox that is a
+third of all the metadata traffic of a run. Folders the copier did not pass through in this
+run (finished before a restart, or created by earlier requests) are still read by ``archive``.
+
+Must not: talk to a server.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from legacyflo_daemon.imap.syntax import utf7
+from legacyflo_daemon.transfer.headers import summarize
+
+
+@dataclass(frozen=True, slots=True)
+class ListingEntry:
+    """One message found under the destination folder (produced by the copier)."""
+
+    folder: str  # decoded display path, e.g. "INBOX.historical_data.Data.Inbox"
+    received: dt.datetime  # INTERNALDATE, timezone-aware
+    sender: str  # decoded From header
+    subject: str  # decoded Subject header
+    size: int  # RFC822.SIZE as the destination reports it
+    message_id: str
+
+
+class ListingRecorder:
+    """Per destination folder (wire name): a JSON-lines file of its messages."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.files: dict[str, Path] = {}
+        # Every selectable folder under the request's destination folder, when known: the
+        # destination's LIST before copying plus the folders the copier created.
+        self.tree: set[str] | None = None
+
+    def record(
+        self, wire_name: str, display: str, messages: Iterable[tuple[dt.datetime, bytes, int]]
+    ) -> None:
+        """The folder ``wire_name`` now holds exactly ``messages`` (INTERNALDATE, header
+        fields, size)."""
+        path = self.files.get(wire_name) or self.directory / f"folder-{len(self.files):05d}.jsonl"
+        with path.open("w", encoding="utf-8") as fh:
+            for received, header, size in messages:
+                fh.write(entry_line(display, received, header, size))
+        self.files[wire_name] = path
+
+
+def request_top(root_path: tuple[str, ...], dest_folder: str, delimiter: str) -> str:
+    """The wire name of a request's destination folder: ``<root>.<destfolder>`` (mUTF-7)."""
+    return delimiter.join([*root_path, utf7.encode(dest_folder)])
+
+
+def selectable_under(
+    listed: Iterable[tuple[str, Iterable[str]]], top: str, delimiter: str
+) -> set[str]:
+    """Names (from LIST: name, flags) of ``top`` and below it that can hold mail."""
+    return {
+        name
+        for name, flags in listed
+        if (name == top or name.startswith(top + delimiter))
+        and not {f.lower() for f in flags} & {"\\noselect", "\\nonexistent"}
+    }
+
+
+def entry_line(display: str, received: dt.datetime, header: bytes, size: int) -> str:
+    h = summarize(header)
+    row = [display, received.isoformat(), h.sender, h.subject, size, h.message_id]
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def read_entries(paths: Iterable[Path]) -> Iterator[ListingEntry]:
+    for path in paths:
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                folder, received, sender, subject, size, message_id = json.loads(line)
+                yield ListingEntry(
+                    folder=folder,
+                    received=dt.datetime.fromisoformat(received),
+                    sender=sender,
+                    subject=subject,
+                    size=int(size),
+                    message_id=message_id,
+                )

@@ -8,6 +8,8 @@ Shaped by what the caller must do, not by where the error came from:
   and ends ``partial``.
 - ``PermanentError``: the request cannot go on (TLS verification failed, plaintext refused,
   a folder the destination will not create); fail it without retrying.
+- ``InternalError``: a bug; never retried, its traceback logged once, the request fails with
+  "internal error".
 
 Foreign exceptions (aioimaplib, ssl, OSError, aiosmtplib) are translated into these at exactly
 one boundary each (``imap``, ``outbox``). No message here may ever contain a password: build
@@ -22,6 +24,15 @@ from __future__ import annotations
 
 class LegacyfloError(Exception):
     """Base of every error this package raises on purpose."""
+
+
+class InternalError(LegacyfloError):
+    """A bug in this program, not a condition of the network, a server or the input.
+
+    Never retried. Raised ``from`` the original exception so that its traceback survives; the
+    code that catches it logs that traceback once (scrubbed of secrets) and fails the one piece
+    of work it belongs to (a request, a report mail), never the daemon.
+    """
 
 
 class ConfigError(LegacyfloError):

@@ -26,6 +26,7 @@ from structlog.testing import capture_logs
 
 from legacyflo_daemon.model import JobType, RequestResult, Status
 from legacyflo_daemon.report import result as report
+from legacyflo_daemon.state.lifecycle import Lifecycle
 from legacyflo_daemon.state.store import StateStore
 from legacyflo_daemon.transfer.copier import Interrupted, Progress
 from testkit import (
@@ -409,5 +410,6 @@ async def test_passwords_never_reach_logs_errors_or_the_finished_state(
             copy_run.request_id, copy_run.request, None, res, csv_name="r.csv", dest_folder_path="x"
         )
         assert not _leaks(json.dumps(doc).encode(), forms)
-        run.state.finish_request(copy_run.request_id, res.status, doc, now, error=res.error)
+        Lifecycle(run.state).finish(copy_run.request_id, res.status, doc, now, error=res.error)
+    assert run.state.purge_freed_pages(wait=True)  # what the daemon does when idle
     assert _leaks(_state_bytes(run.state), forms) == []

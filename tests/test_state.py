@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from legacyflo_daemon.errors import StateError
+from legacyflo_daemon.errors import InternalError, StateError
 from legacyflo_daemon.model import (
     Account,
     DateRange,
@@ -18,7 +18,9 @@ from legacyflo_daemon.model import (
     Secret,
     Status,
 )
-from legacyflo_daemon.state.store import FolderCheckpoint, StateStore
+from legacyflo_daemon.state.lifecycle import TRANSITIONS, Lifecycle, Transition, allowed
+from legacyflo_daemon.state.schema import SCHEMA_VERSION
+from legacyflo_daemon.state.store import CHUNK, FolderCheckpoint, StateStore
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 PASSWORDS = ('p@ss"w0rd\\%*{} é', "dest-Secr3t,;'")
@@ -52,10 +54,10 @@ def test_requests_round_trip_with_secrets_and_fifo(tmp_path: Path) -> None:
 def test_running_requests_are_requeued_after_restart(tmp_path: Path) -> None:
     st = StateStore(tmp_path / "s.db")
     st.add_csv("a.csv", "a.csv", NOW, [("r1", make_request(2)), ("r2", make_request(3))])
-    st.mark_running("r1", NOW)
+    Lifecycle(st).start("r1", NOW)
     st.close()
     st2 = StateStore(tmp_path / "s.db")
-    assert st2.requeue_running() == 1
+    assert Lifecycle(st2).requeue_all_running() == 1
     assert [r.id for r in st2.queued()] == ["r1", "r2"]
     assert st2.request_row("r1").started_at is not None
 
@@ -84,8 +86,11 @@ def test_finished_request_leaves_no_password_in_any_file(tmp_path: Path) -> None
     # stored while queued (proves the search below can find them)
     assert PASSWORDS[1].encode() in blob
     assert json.dumps(PASSWORDS[0])[1:-1].encode() in blob
-    st.finish_request("r1", Status.SUCCEEDED, {"ok": True}, NOW)
-    st.finish_request("r2", Status.FAILED, {"ok": False}, NOW, error="authentication failed")
+    lifecycle = Lifecycle(st)
+    lifecycle.start("r1", NOW)
+    lifecycle.finish("r1", Status.SUCCEEDED, {"ok": True}, NOW)
+    lifecycle.finish("r2", Status.FAILED, {"ok": False}, NOW, error="authentication failed")
+    assert st.purge_freed_pages(wait=True)  # the daemon does this when no request runs
     with pytest.raises(StateError):
         st.load_request("r1")
     for p in tmp_path.iterdir():
@@ -100,8 +105,151 @@ def test_finished_request_leaves_no_password_in_any_file(tmp_path: Path) -> None
 
 def test_finish_requires_a_final_status(tmp_path: Path) -> None:
     st = StateStore(tmp_path / "s.db")
-    with pytest.raises(ValueError, match="not a final status"):
-        st.finish_request("x", Status.RUNNING, {}, NOW)
+    st.add_csv("a.csv", "a.csv", NOW, [("x", make_request(2))])
+    with pytest.raises(InternalError, match="cannot lead to running"):
+        Lifecycle(st).finish("x", Status.RUNNING, {}, NOW)
+    assert st.request_row("x").status is Status.QUEUED
+
+
+@pytest.mark.parametrize(
+    ("transition", "current", "new", "ok"),
+    [
+        (Transition.START, Status.QUEUED, Status.RUNNING, True),
+        (Transition.START, Status.RUNNING, Status.RUNNING, False),
+        (Transition.START, Status.SUCCEEDED, Status.RUNNING, False),
+        (Transition.REQUEUE, Status.RUNNING, Status.QUEUED, True),
+        (Transition.REQUEUE, Status.FAILED, Status.QUEUED, False),  # no revival
+        (Transition.FINISH, Status.RUNNING, Status.PARTIAL, True),
+        (Transition.FINISH, Status.QUEUED, Status.FAILED, True),  # poisoned CSV
+        (Transition.FINISH, Status.SUCCEEDED, Status.FAILED, False),  # no second finish
+        (Transition.FINISH, Status.RUNNING, Status.REJECTED, False),
+        (Transition.RECORD_REJECTION, Status.REJECTED, Status.REJECTED, True),
+        (Transition.RECORD_REJECTION, Status.QUEUED, Status.REJECTED, False),
+    ],
+)
+def test_transition_table(transition: Transition, current: Status, new: Status, ok: bool) -> None:
+    assert allowed(transition, current, new) is ok
+
+
+def test_every_status_is_reachable_and_final_ones_are_final() -> None:
+    targets = {t for _, (_, to) in TRANSITIONS.items() for t in to}
+    assert targets | {Status.QUEUED} == set(Status)
+    for sources, _ in TRANSITIONS.values():
+        assert not (sources & {Status.SUCCEEDED, Status.PARTIAL, Status.FAILED})
+
+
+def test_a_refused_transition_is_a_loud_bug_and_changes_nothing(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    st = StateStore(tmp_path / "s.db")
+    st.add_csv("a.csv", "a.csv", NOW, [("r1", make_request(2))], [("r9", 9, "t", {"message": "m"})])
+    lifecycle = Lifecycle(st)
+    lifecycle.start("r1", NOW)
+    lifecycle.finish("r1", Status.SUCCEEDED, {"n": 1}, NOW)
+    with capture_logs() as events, pytest.raises(InternalError, match="refused"):
+        lifecycle.finish("r1", Status.FAILED, {"n": 2}, NOW, error="late")  # finished twice
+    assert events == [
+        {
+            "event": "request_transition_refused",
+            "log_level": "error",
+            "request_id": "r1",
+            "transition": "finish",
+            "to": "failed",
+            "current": "succeeded",
+        }
+    ]
+    with pytest.raises(InternalError):
+        lifecycle.requeue("r1")  # revived after it finished
+    with pytest.raises(InternalError):
+        lifecycle.start("r1", NOW)
+    row = st.request_row("r1")
+    assert (row.status, row.error, st.result("r1")) == (Status.SUCCEEDED, None, {"n": 1})
+    lifecycle.finish("r9", Status.REJECTED, {"rejected": True}, NOW)
+    with pytest.raises(InternalError):  # a rejected row's result is recorded once
+        lifecycle.finish("r9", Status.REJECTED, {"rejected": 2}, NOW)
+    assert st.result("r9") == {"rejected": True}
+
+
+def test_a_large_csv_is_recorded_in_chunks_and_seen_only_when_complete(tmp_path: Path) -> None:
+    st = StateStore(tmp_path / "s.db")
+    n = CHUNK * 2 + 7
+    good = [(f"r{i}", make_request(i + 2)) for i in range(n)]
+    csv_id = st.add_csv("big.csv", "big.csv", NOW, good, [("bad", 1, "t", {"message": "m"})])
+    assert len(st.queued()) == n
+    assert [r.id for r in st.requests(csv_id)][:3] == ["bad", "r0", "r1"]
+    assert len(st.requests(csv_id)) == n + 1
+    assert st.unfinished_count(csv_id) == n
+    assert st.unfinished_counts() == {Status.QUEUED: n, Status.RUNNING: 0}
+
+
+def test_a_csv_whose_recording_was_cut_is_invisible_then_discarded(tmp_path: Path) -> None:
+    st = StateStore(tmp_path / "s.db")
+    st.add_csv("a.csv", "a.csv", NOW, [("a1", make_request(2))])
+    # What a crash between two chunks leaves: the record not loaded, some rows written.
+    with st._tx() as db:
+        db.execute("UPDATE csv_files SET loaded = 0 WHERE name = 'a.csv'")
+    assert st.queued() == [] and st.queued(per_csv=5) == []
+    assert st.discard_unloaded() == ["a.csv"]
+    assert st.requests() == [] and st.unfinished_csvs() == []
+    blob = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert st.purge_freed_pages(wait=True)
+    assert PASSWORDS[1].encode() in blob  # the search below can find it...
+    blob = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert PASSWORDS[1].encode() not in blob  # ...and the discarded rows left none behind
+
+
+def test_queued_per_csv_reads_a_window_of_each_csv_in_fifo_order(tmp_path: Path) -> None:
+    st = StateStore(tmp_path / "s.db")
+    st.add_csv("big.csv", "big.csv", NOW, [(f"b{i}", make_request(i + 2)) for i in range(50)])
+    st.add_csv("small.csv", "small.csv", NOW, [("s0", make_request(2))])
+    window = [r.id for r in st.queued(per_csv=3)]
+    assert window == ["b0", "b1", "b2", "s0"]  # the small CSV is seen behind a big one
+
+
+def test_a_version_1_store_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "s.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema', '1');
+        CREATE TABLE csv_files (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL,
+            original TEXT NOT NULL, claimed_at TEXT NOT NULL, finished_at TEXT,
+            crashes INTEGER NOT NULL DEFAULT 0, summary TEXT);
+        INSERT INTO csv_files(name, original, claimed_at) VALUES ('old.csv', 'old.csv', 'x');
+        """
+    )
+    db.close()
+    st = StateStore(path)
+    assert [c.name for c in st.unfinished_csvs()] == ["old.csv"]
+    assert st.discard_unloaded() == []  # an old record counts as loaded
+    row = st._one("SELECT value FROM meta WHERE key = 'schema'")
+    assert row is not None and int(row[0]) == SCHEMA_VERSION
+
+
+def test_a_newer_store_is_refused(tmp_path: Path) -> None:
+    st = StateStore(tmp_path / "s.db")
+    with st._tx() as db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+    st.close()
+    with pytest.raises(StateError, match="newer than this daemon"):
+        StateStore(tmp_path / "s.db")
+
+
+async def test_add_csv_from_a_worker_thread_beside_the_event_loop(tmp_path: Path) -> None:
+    import asyncio
+
+    st = StateStore(tmp_path / "s.db")
+    st.add_csv("a.csv", "a.csv", NOW, [("a1", make_request(2))])
+    good = [(f"r{i}", make_request(i + 2)) for i in range(CHUNK * 3)]
+    task = asyncio.create_task(asyncio.to_thread(st.add_csv, "b.csv", "b.csv", NOW, good))
+    while not task.done():  # the loop's own calls go on meanwhile
+        st.set_progress("a1", (1, 2), (3, 4), NOW)
+        await asyncio.sleep(0)
+    await task
+    assert len(st.queued()) == CHUNK * 3 + 1
 
 
 def test_crash_counting(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 
 def row(rid: str, status: Status, **kw: object) -> RequestRow:
     base: dict[str, object] = {
-        "id": rid, "csv_id": 1, "row": 2, "status": status, "title": "Upload John",
+        "id": rid, "csv_id": 1, "row": 2, "seq": 1, "status": status, "title": "Upload John",
         "created_at": "2026-11-26T11:00:00+00:00", "started_at": None, "finished_at": None,
         "error": None, "msgs_done": 0, "msgs_total": 0, "bytes_done": 0, "bytes_total": 0,
         "progress_at": None,

@@ -1,19 +1,25 @@
-"""Finishing a request: result JSON, report mail, outbox, then the state store.
+"""Finishing a request: its result JSON and report mail in the outbox, then its final status.
 
-Owns the order of the finishing writes, chosen for crash safety: the outbox files first, the
-state store last. A crash in between leaves the request ``running``; the next start re-runs it
-(a delta pass that copies nothing) and writes the same files again, so nothing is lost. The
-passwords are erased from the state store by its last write.
+Owns: building every request's result, whatever ended it — a copy (``copied``), a failure
+before or outside the copy (``failed``: an internal error, a poisoned CSV), a rejected row
+(``rejected``) — and the order of the finishing writes, chosen for crash safety: the outbox
+files first, the state store last. A crash in between leaves the request unfinished; the next
+start runs it again (a delta pass that copies nothing) and writes the same files again, so
+nothing is lost. The passwords are erased by that last write (``Lifecycle.finish``).
+
+Building the mail (with a listing of possibly 100,000+ messages) and writing the files run in
+a worker thread: the event loop is never blocked by them.
 
 Must not: copy mail. The listing of the destination folder tree is produced by ``archive``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import tempfile
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,7 @@ from legacyflo_daemon.model import Request, RequestResult, RowError, Status
 from legacyflo_daemon.outbox.store import Outbox
 from legacyflo_daemon.report.mail import build_mail
 from legacyflo_daemon.report.result import result_json
-from legacyflo_daemon.state.store import StateStore
+from legacyflo_daemon.state.lifecycle import Lifecycle
 from legacyflo_daemon.transfer.recorder import ListingEntry, ListingRecorder
 
 log = structlog.get_logger("legacyflo_daemon.report.finisher")
@@ -35,15 +41,47 @@ log = structlog.get_logger("legacyflo_daemon.report.finisher")
 ListingSource = Callable[[Request, Path, ListingRecorder | None], Awaitable[Iterable[ListingEntry]]]
 
 
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
 @dataclass
 class Finisher:
     config: Config
-    state: StateStore
+    lifecycle: Lifecycle
     outbox: Outbox
     listing: ListingSource
     on_mail: Callable[[], None] = lambda: None
+    outcomes: list[Status] = field(default_factory=list)  # every final status, in order
 
-    async def finish(
+    async def copied(
+        self,
+        request_id: str,
+        csv_name: str,
+        request: Request,
+        result: RequestResult,
+        recorder: ListingRecorder | None = None,
+    ) -> dict[str, Any]:
+        """Finish a request the copier ran to its end (any status). Returns the result JSON."""
+        dest_path = f"{self.config.imap.dest_root}.{request.dest_folder}"
+        return await self._finish(request_id, csv_name, request, None, result, dest_path, recorder)
+
+    async def failed(
+        self, request_id: str, csv_name: str, request: Request | None, error: str
+    ) -> dict[str, Any]:
+        """Finish a queued or running request that cannot run to its end: ``error`` says why
+        (an internal error and where to find it in the log, a poisoned CSV)."""
+        now = utcnow()
+        result = RequestResult(request_id, Status.FAILED, None, now, error=error)
+        return await self._finish(request_id, csv_name, request, None, result, "", None)
+
+    async def rejected(self, request_id: str, csv_name: str, row_error: RowError) -> dict[str, Any]:
+        """Record the result of a row the intake rejected."""
+        now = utcnow()
+        result = RequestResult(request_id, Status.REJECTED, now, now, error=row_error.message)
+        return await self._finish(request_id, csv_name, None, row_error, result, "", None)
+
+    async def _finish(
         self,
         request_id: str,
         csv_name: str,
@@ -51,10 +89,8 @@ class Finisher:
         row_error: RowError | None,
         result: RequestResult,
         dest_folder_path: str,
-        now: dt.datetime,
-        recorder: ListingRecorder | None = None,
+        recorder: ListingRecorder | None,
     ) -> dict[str, Any]:
-        """Write ``<id>.json`` and ``<id>.eml``, then record the final status. Returns the JSON."""
         doc = result_json(
             request_id,
             with_dest_port(request, self.config) if request is not None else None,
@@ -74,18 +110,32 @@ class Finisher:
                     doc.setdefault("warnings", []).append(
                         f"the listing of the destination folder could not be read: {exc}"
                     )
-            eml = build_mail(
-                doc,
-                entries,
-                from_addr=self.config.report.from_address,
-                to_addr=to_addr or None,
-                now=now,
-                compress_above=self.config.report.compress_listing_above_kb * 1024,
-                tmpdir=Path(tmp),
+            await asyncio.to_thread(
+                self._write, request_id, doc, entries, to_addr or None, Path(tmp)
             )
-        self.outbox.write_result(request_id, doc)
-        self.outbox.write_mail(request_id, eml)
-        self.state.finish_request(request_id, result.status, doc, now, error=result.error)
+        self.lifecycle.finish(request_id, result.status, doc, utcnow(), error=result.error)
+        self.outcomes.append(result.status)
         self.on_mail()
         log.info("result_written", status=result.status.value, report_to=to_addr or None)
         return doc
+
+    def _write(
+        self,
+        request_id: str,
+        doc: dict[str, Any],
+        entries: Iterable[ListingEntry],
+        to_addr: str | None,
+        tmpdir: Path,
+    ) -> None:
+        """In a worker thread: build the mail (reading the listing), write both files."""
+        eml = build_mail(
+            doc,
+            entries,
+            from_addr=self.config.report.from_address,
+            to_addr=to_addr,
+            now=utcnow(),
+            compress_above=self.config.report.compress_listing_above_kb * 1024,
+            tmpdir=tmpdir,
+        )
+        self.outbox.write_result(request_id, doc)
+        self.outbox.write_mail(request_id, eml)

@@ -1,9 +1,12 @@
 """From a claimed CSV in ``processing/`` to queued requests, and back out to ``done/``.
 
-Owns: request ids, turning a parsed file into state-store rows (one transaction), and retiring a
-CSV once every one of its requests is finished (summary first, then the redacted copy to
-``done/``, then the state record — each step idempotent, so a crash between them is repaired by
-repeating them at the next start).
+Owns: request ids, turning a parsed file into state-store rows (all or nothing, see
+``StateStore.add_csv``), and retiring a CSV once every one of its requests is finished (summary
+first, then the redacted copy to ``done/``, then the state record — each step idempotent, so a
+crash between them is repaired by repeating them at the next start).
+
+``take`` and ``complete_if_finished`` are blocking (parsing a 50,000-row file takes seconds):
+the daemon runs them in a worker thread.
 
 Must not: copy mail or render reports (rejected rows are handed back to the caller, which
 writes their results).
@@ -119,7 +122,7 @@ def complete_if_finished(
     record = state.csv(csv_id)
     if record.finished:
         return True
-    if any(not r.status.finished for r in state.requests(csv_id)):
+    if state.unfinished_count(csv_id):
         return False
     doc = summary(state, csv_id)
     outbox.write_summary(record.name, doc)

@@ -13,7 +13,16 @@ from typing import Any
 
 from legacyflo_daemon.model import Account, DateRange, JobType, Request, Secret, Status
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Schema changes an existing store needs, by the version they lead to (applied in order, each in
+# the transaction that records the new version).
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "ALTER TABLE csv_files ADD COLUMN loaded INTEGER NOT NULL DEFAULT 1",
+        "CREATE INDEX IF NOT EXISTS requests_csv ON requests(csv_id, status, seq)",
+    ),
+}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -24,7 +33,8 @@ CREATE TABLE IF NOT EXISTS csv_files (
     claimed_at TEXT NOT NULL,
     finished_at TEXT,
     crashes INTEGER NOT NULL DEFAULT 0,
-    summary TEXT                     -- JSON, once finished
+    summary TEXT,                    -- JSON, once finished
+    loaded INTEGER NOT NULL DEFAULT 1  -- 0 while its rows are being recorded (see add_csv)
 );
 CREATE TABLE IF NOT EXISTS requests (
     id TEXT PRIMARY KEY,
@@ -48,6 +58,7 @@ CREATE TABLE IF NOT EXISTS requests (
     progress_at TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_status ON requests(status, seq);
+CREATE INDEX IF NOT EXISTS requests_csv ON requests(csv_id, status, seq);
 CREATE TABLE IF NOT EXISTS folders (
     request_id TEXT NOT NULL REFERENCES requests(id),
     source TEXT NOT NULL,            -- source wire name
@@ -84,6 +95,7 @@ class RequestRow:
     id: str
     csv_id: int
     row: int
+    seq: int  # global FIFO order
     status: Status
     title: str
     created_at: str

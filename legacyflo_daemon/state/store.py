@@ -1,17 +1,26 @@
-"""The state store: an embedded SQLite file, the only writer of request status.
+"""The state store: an embedded SQLite file holding the daemon's durable state.
 
-Owns: claimed CSV files (with their crash counts), requests and their status, the passwords of
-unfinished requests, per-folder copy checkpoints, per-message failures and live progress. Kept
-behind this one class so that a shared database can later replace SQLite without touching the
-callers.
+Owns: claimed CSV files (with their crash counts), requests, the passwords of unfinished
+requests, per-folder copy checkpoints, per-message failures and live progress. Kept behind this
+one class so that a shared database can later replace SQLite without touching the callers.
+Request *status* is written only through ``apply_transition``, which only ``state.lifecycle``
+calls: that module owns the transition table.
+
+Threads: one connection, guarded by a lock, so that the few heavy operations (recording a
+50,000-row CSV, reading every row of a finished CSV for its summary) can run in a worker thread
+(``asyncio.to_thread``) while the event loop goes on. Heavy operations work in chunks and let
+go of the lock between them, so a call from the event loop never waits more than one chunk.
+
+Atomic intake: ``add_csv`` records a CSV in several transactions, the file's record marked
+``loaded = 0`` until the last one; ``queued`` never returns the rows of such a file, and
+``discard_unloaded`` (at start-up) removes what a crash left half-recorded.
 
 Secrets: a request's passwords are stored only while it is queued or running and are erased
-when it finishes. ``secure_delete`` makes SQLite overwrite freed content, and the WAL is
-checkpointed and truncated after every erasure, so no copy of a password survives in the
-database or its WAL once the requests that used it are finished.
+when it finishes. ``secure_delete`` makes SQLite overwrite freed content; ``purge_freed_pages``
+truncates the WAL (the daemon calls it when no request runs, and at exit), after which no copy
+of a finished request's password survives in the database or its WAL.
 
-Must not: do network I/O or know spool paths. Calls are short synchronous transactions (a few
-milliseconds); the daemon calls them from the event loop.
+Must not: do network I/O or know spool paths.
 """
 
 from __future__ import annotations
@@ -19,7 +28,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
-from collections.abc import Iterator
+import threading
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -27,6 +37,7 @@ from typing import Any
 from legacyflo_daemon.errors import StateError
 from legacyflo_daemon.model import MessageFailure, Request, Status
 from legacyflo_daemon.state.schema import (
+    MIGRATIONS,
     SCHEMA,
     SCHEMA_VERSION,
     CsvRecord,
@@ -39,51 +50,94 @@ from legacyflo_daemon.state.schema import (
 
 __all__ = ["CsvRecord", "FolderCheckpoint", "RequestRow", "StateStore", "request_to_json"]
 
+CHUNK = 1000  # rows per transaction (or per read) of the heavy operations
+UNFINISHED = (Status.QUEUED.value, Status.RUNNING.value)
+
+
+def _statements(script: str) -> list[str]:
+    """The SQL statements of ``script`` (comments may hold ``;``); ``executescript`` would
+    commit the transaction they must run in."""
+    out, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            out.append(current)
+            current = ""
+    return out
+
 
 class StateStore:
-    """One SQLite database. Not thread-safe: use it from the event loop thread only."""
+    """One SQLite database; safe to call from the event loop and from worker threads."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock = threading.RLock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+            self._db = sqlite3.connect(
+                path, isolation_level=None, timeout=10.0, check_same_thread=False
+            )
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA secure_delete = ON")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute("PRAGMA foreign_keys = ON")
-            self._db.executescript(SCHEMA)
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
-                self._db.execute(
-                    "INSERT INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
-                )
-            elif int(row["value"]) != SCHEMA_VERSION:
-                raise StateError(
-                    f"{path}: state schema version {row['value']}, this daemon knows "
-                    f"{SCHEMA_VERSION}; finish the running requests with the old version first"
-                )
+            self._migrate()
         except sqlite3.Error as exc:
             raise StateError(f"{path}: cannot open the state store: {exc}") from exc
         with suppress(OSError):
             path.chmod(0o600)
 
+    def _migrate(self) -> None:
+        row = None
+        with suppress(sqlite3.OperationalError):  # a new file has no meta table yet
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        found = SCHEMA_VERSION if row is None else int(row["value"])
+        if found > SCHEMA_VERSION:
+            raise StateError(
+                f"{self.path}: state schema version {found} is newer than this daemon's "
+                f"({SCHEMA_VERSION}); run the newer version, or finish its requests first"
+            )
+        with self._tx() as db:
+            for statement in _statements(SCHEMA):  # what is missing (CREATE … IF NOT EXISTS)
+                db.execute(statement)
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version]:
+                    db.execute(statement)
+            db.execute(
+                "INSERT INTO meta(key, value) VALUES ('schema', ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._lock:
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StateError(f"{self.path}: {exc}") from exc
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StateError(f"{self.path}: {exc}") from exc
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StateError(f"{self.path}: {exc}") from exc
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        rows = self._all(sql, params)
+        return rows[0] if rows else None
 
     # -- CSV files ---------------------------------------------------------------------------
 
@@ -92,38 +146,76 @@ class StateStore:
         name: str,
         original: str,
         now: dt.datetime,
-        good: list[tuple[str, Request]] | None = None,
-        rejected: list[tuple[str, int, str, dict[str, Any]]] | None = None,
+        good: Sequence[tuple[str, Request]] = (),
+        rejected: Sequence[tuple[str, int, str, Mapping[str, Any]]] = (),
     ) -> int:
-        """Record a claimed CSV and its rows in ONE transaction (a crash leaves all or nothing).
+        """Record a claimed CSV and its rows; all or nothing, whatever happens in between.
 
         ``good``: (request_id, request) queued with their passwords; ``rejected``: (request_id,
-        row, title, row_error_json) recorded as ``rejected`` at once.
+        row, title, row_error_json) recorded as ``rejected`` at once. The rows are written
+        ``CHUNK`` at a time, the file's record marked not loaded until the last chunk, so a
+        call from a worker thread holds the lock for one chunk at a time; a crash in between
+        leaves a record that ``discard_unloaded`` removes at the next start.
         """
         with self._tx() as db:
             cur = db.execute(
-                "INSERT INTO csv_files(name, original, claimed_at) VALUES (?, ?, ?)",
+                "INSERT INTO csv_files(name, original, claimed_at, loaded) VALUES (?, ?, ?, 0)",
                 (name, original, iso(now)),
             )
             assert cur.lastrowid is not None
-            self._insert_requests(db, cur.lastrowid, good or [], rejected or [], now)
-            return cur.lastrowid
+            csv_id = cur.lastrowid
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM requests").fetchone()[0]
+        rows = [self._queued_row(rid, req, now) for rid, req in good]
+        rows += [self._rejected_row(*rej, now) for rej in rejected]
+        for start in range(0, len(rows), CHUNK):
+            with self._tx() as db:
+                db.executemany(
+                    "INSERT INTO requests(id, csv_id, row, seq, status, title, request, secrets,"
+                    " row_error, created_at, finished_at, error)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (rid, csv_id, row, seq + start + i + 1, *rest)
+                        for i, (rid, row, *rest) in enumerate(rows[start : start + CHUNK])
+                    ],
+                )
+        with self._tx() as db:
+            db.execute("UPDATE csv_files SET loaded = 1 WHERE id = ?", (csv_id,))
+        return csv_id
+
+    @staticmethod
+    def _queued_row(rid: str, req: Request, now: dt.datetime) -> tuple[Any, ...]:
+        secrets = json.dumps([req.dest.password.reveal(), req.source.password.reveal()])
+        return (rid, req.row, Status.QUEUED.value, req.title, request_to_json(req), secrets,
+                None, iso(now), None, None)  # fmt: skip
+
+    @staticmethod
+    def _rejected_row(
+        rid: str, row: int, title: str, err: Mapping[str, Any], now: dt.datetime
+    ) -> tuple[Any, ...]:
+        return (rid, row, Status.REJECTED.value, title, None, None, json.dumps(dict(err)),
+                iso(now), iso(now), err.get("message"))  # fmt: skip
+
+    def discard_unloaded(self) -> list[str]:
+        """Remove the CSV records (and their rows) whose recording a crash cut short; returns
+        their file names, still in ``processing/``, to be taken again."""
+        records = self._all("SELECT id, name FROM csv_files WHERE loaded = 0")
+        for record in records:
+            with self._tx() as db:
+                db.execute("DELETE FROM requests WHERE csv_id = ?", (record["id"],))
+                db.execute("DELETE FROM csv_files WHERE id = ?", (record["id"],))
+        return [r["name"] for r in records]
 
     def csv_by_name(self, name: str) -> CsvRecord | None:
         """The unfinished record for processing/``name``, if any."""
-        row = self._db.execute(
-            "SELECT * FROM csv_files WHERE name = ? AND finished_at IS NULL", (name,)
-        ).fetchone()
+        row = self._one("SELECT * FROM csv_files WHERE name = ? AND finished_at IS NULL", (name,))
         return None if row is None else self._csv(row)
 
     def unfinished_csvs(self) -> list[CsvRecord]:
-        rows = self._db.execute(
-            "SELECT * FROM csv_files WHERE finished_at IS NULL ORDER BY id"
-        ).fetchall()
+        rows = self._all("SELECT * FROM csv_files WHERE finished_at IS NULL ORDER BY id")
         return [self._csv(r) for r in rows]
 
     def csv(self, csv_id: int) -> CsvRecord:
-        row = self._db.execute("SELECT * FROM csv_files WHERE id = ?", (csv_id,)).fetchone()
+        row = self._one("SELECT * FROM csv_files WHERE id = ?", (csv_id,))
         if row is None:
             raise StateError(f"no CSV record {csv_id}")
         return self._csv(row)
@@ -134,12 +226,20 @@ class StateStore:
             db.execute("UPDATE csv_files SET crashes = crashes + 1 WHERE id = ?", (csv_id,))
         return self.csv(csv_id).crashes
 
-    def finish_csv(self, csv_id: int, summary: dict[str, Any], now: dt.datetime) -> None:
+    def finish_csv(self, csv_id: int, summary: Mapping[str, Any], now: dt.datetime) -> None:
         with self._tx() as db:
             db.execute(
                 "UPDATE csv_files SET finished_at = ?, summary = ? WHERE id = ?",
                 (iso(now), json.dumps(summary, sort_keys=True), csv_id),
             )
+
+    def unfinished_count(self, csv_id: int) -> int:
+        """How many requests of ``csv_id`` are still queued or running (an index lookup)."""
+        row = self._one(
+            "SELECT COUNT(*) FROM requests WHERE csv_id = ? AND status IN (?, ?)",
+            (csv_id, *UNFINISHED),
+        )
+        return int(row[0]) if row is not None else 0
 
     @staticmethod
     def _csv(row: sqlite3.Row) -> CsvRecord:
@@ -147,138 +247,151 @@ class StateStore:
             row["id"], row["name"], row["original"], row["crashes"], row["finished_at"] is not None
         )
 
-    # -- requests ----------------------------------------------------------------------------
+    # -- requests: reads ---------------------------------------------------------------------
 
-    @staticmethod
-    def _insert_requests(
-        db: sqlite3.Connection,
-        csv_id: int,
-        good: list[tuple[str, Request]],
-        rejected: list[tuple[str, int, str, dict[str, Any]]],
-        now: dt.datetime,
-    ) -> None:
-        seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM requests").fetchone()[0]
-        for rid, req in good:
-            seq += 1
-            secrets = json.dumps([req.dest.password.reveal(), req.source.password.reveal()])
-            db.execute(
-                "INSERT INTO requests(id, csv_id, row, seq, status, title, request, secrets,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    rid,
-                    csv_id,
-                    req.row,
-                    seq,
-                    Status.QUEUED.value,
-                    req.title,
-                    request_to_json(req),
-                    secrets,
-                    iso(now),
-                ),
+    def queued(self, per_csv: int | None = None) -> list[RequestRow]:
+        """Queued requests in FIFO order (across CSVs), at most ``per_csv`` of each CSV (an
+        index range per CSV, however long the queue); never those of a CSV whose recording is
+        not complete."""
+        if per_csv is None:
+            rows = self._all(
+                "SELECT r.* FROM requests r JOIN csv_files c ON c.id = r.csv_id"
+                " WHERE r.status = ? AND c.loaded = 1 ORDER BY r.seq",
+                (Status.QUEUED.value,),
             )
-        for rid, row, title, err in rejected:
-            seq += 1
-            db.execute(
-                "INSERT INTO requests(id, csv_id, row, seq, status, title, row_error,"
-                " created_at, finished_at, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    rid,
-                    csv_id,
-                    row,
-                    seq,
-                    Status.REJECTED.value,
-                    title,
-                    json.dumps(err),
-                    iso(now),
-                    iso(now),
-                    err.get("message"),
-                ),
+            return [self._req(r) for r in rows]
+        csv_ids = self._all(
+            "SELECT id FROM csv_files WHERE finished_at IS NULL AND loaded = 1 ORDER BY id"
+        )
+        out: list[RequestRow] = []
+        for csv in csv_ids:
+            rows = self._all(
+                "SELECT * FROM requests WHERE csv_id = ? AND status = ? ORDER BY seq LIMIT ?",
+                (csv["id"], Status.QUEUED.value, per_csv),
             )
+            out += [self._req(r) for r in rows]
+        out.sort(key=lambda r: r.seq)
+        return out
 
-    def requeue_running(self) -> int:
-        """After a restart: every ``running`` request goes back to ``queued``. Returns the count."""
-        with self._tx() as db:
-            cur = db.execute(
-                "UPDATE requests SET status = ? WHERE status = ?",
-                (Status.QUEUED.value, Status.RUNNING.value),
-            )
-            return cur.rowcount
+    def unfinished_counts(self) -> dict[Status, int]:
+        """How many requests are queued and running (an index lookup)."""
+        rows = self._all(
+            "SELECT status, COUNT(*) FROM requests WHERE status IN (?, ?) GROUP BY status",
+            UNFINISHED,
+        )
+        counts = dict.fromkeys((Status.QUEUED, Status.RUNNING), 0)
+        counts.update({Status(r[0]): int(r[1]) for r in rows})
+        return counts
 
-    def queued(self) -> list[RequestRow]:
-        """Queued requests in FIFO order (across CSVs)."""
-        rows = self._db.execute(
-            "SELECT * FROM requests WHERE status = ? ORDER BY seq", (Status.QUEUED.value,)
-        ).fetchall()
+    def with_status(self, status: Status) -> list[RequestRow]:
+        rows = self._all("SELECT * FROM requests WHERE status = ? ORDER BY seq", (status.value,))
         return [self._req(r) for r in rows]
 
     def requests(self, csv_id: int | None = None) -> list[RequestRow]:
+        """Every request (of ``csv_id``). For a large CSV call it from a worker thread: it
+        reads ``CHUNK`` rows at a time, letting go of the lock in between."""
         if csv_id is None:
-            rows = self._db.execute("SELECT * FROM requests ORDER BY seq").fetchall()
-        else:
-            rows = self._db.execute(
-                "SELECT * FROM requests WHERE csv_id = ? ORDER BY row, seq", (csv_id,)
-            ).fetchall()
-        return [self._req(r) for r in rows]
+            return [self._req(r) for r in self._all("SELECT * FROM requests ORDER BY seq")]
+        out: list[RequestRow] = []
+        last: tuple[int, int] = (-1, -1)
+        while True:
+            rows = self._all(
+                "SELECT * FROM requests WHERE csv_id = ? AND (row, seq) > (?, ?)"
+                " ORDER BY row, seq LIMIT ?",
+                (csv_id, *last, CHUNK),
+            )
+            out += [self._req(r) for r in rows]
+            if len(rows) < CHUNK:
+                return out
+            last = (rows[-1]["row"], rows[-1]["seq"])
+
+    def rejected_without_result(self, csv_id: int) -> list[str]:
+        """Ids of the rejected rows of ``csv_id`` whose result was never written."""
+        rows = self._all(
+            "SELECT id FROM requests WHERE csv_id = ? AND status = ? AND result IS NULL"
+            " ORDER BY row, seq",
+            (csv_id, Status.REJECTED.value),
+        )
+        return [r[0] for r in rows]
 
     def request_row(self, request_id: str) -> RequestRow:
-        row = self._db.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
+        row = self._one("SELECT * FROM requests WHERE id = ?", (request_id,))
         if row is None:
             raise StateError(f"unknown request {request_id}")
         return self._req(row)
 
+    def status_of(self, request_id: str) -> Status | None:
+        row = self._one("SELECT status FROM requests WHERE id = ?", (request_id,))
+        return None if row is None else Status(row[0])
+
     def load_request(self, request_id: str) -> Request:
         """The full request with its passwords; only for queued/running requests."""
-        row = self._db.execute(
-            "SELECT request, secrets FROM requests WHERE id = ?", (request_id,)
-        ).fetchone()
+        row = self._one("SELECT request, secrets FROM requests WHERE id = ?", (request_id,))
         if row is None or row["request"] is None or row["secrets"] is None:
             raise StateError(f"request {request_id} has no stored credentials (finished?)")
         dest_pw, source_pw = json.loads(row["secrets"])
         return request_from_json(row["request"], dest_pw, source_pw)
 
     def row_error(self, request_id: str) -> dict[str, Any] | None:
-        row = self._db.execute(
-            "SELECT row_error FROM requests WHERE id = ?", (request_id,)
-        ).fetchone()
-        return None if row is None or row["row_error"] is None else dict(json.loads(row[0]))
-
-    def mark_running(self, request_id: str, now: dt.datetime) -> None:
-        with self._tx() as db:
-            db.execute(
-                "UPDATE requests SET status = ?, started_at = COALESCE(started_at, ?) WHERE id = ?",
-                (Status.RUNNING.value, iso(now), request_id),
-            )
-
-    def finish_request(
-        self,
-        request_id: str,
-        status: Status,
-        result: dict[str, Any],
-        now: dt.datetime,
-        error: str | None = None,
-    ) -> None:
-        """Record the final status and result, and erase the request's passwords for good."""
-        if not status.finished:
-            raise ValueError(f"not a final status: {status}")
-        with self._tx() as db:
-            db.execute(
-                "UPDATE requests SET status = ?, finished_at = ?, result = ?, error = ?,"
-                " secrets = NULL WHERE id = ?",
-                (status.value, iso(now), json.dumps(result, sort_keys=True), error, request_id),
-            )
-        self._purge_freed_pages()
-
-    def result(self, request_id: str) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT result FROM requests WHERE id = ?", (request_id,)).fetchone()
+        row = self._one("SELECT row_error FROM requests WHERE id = ?", (request_id,))
         return None if row is None or row[0] is None else dict(json.loads(row[0]))
 
-    def _purge_freed_pages(self) -> None:
-        # The WAL still holds the page images written before the erasure; fold them into the
-        # main file (where secure_delete zeroed the old content) and truncate the WAL to zero.
-        try:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as exc:
-            raise StateError(f"{self.path}: {exc}") from exc
+    def result(self, request_id: str) -> dict[str, Any] | None:
+        row = self._one("SELECT result FROM requests WHERE id = ?", (request_id,))
+        return None if row is None or row[0] is None else dict(json.loads(row[0]))
+
+    # -- requests: status (only state.lifecycle calls these) ------------------------------
+
+    def apply_transition(
+        self,
+        request_id: str,
+        expected: Collection[Status],
+        new: Status,
+        sets: Mapping[str, Any],
+        *,
+        without_result: bool = False,
+    ) -> bool:
+        """``UPDATE … WHERE status IN expected``: True when the one row changed.
+
+        ``sets``: other columns to write (names from this module's callers, never input);
+        ``without_result``: also require that no result is recorded yet. A transition that
+        erases the passwords (``secrets = None`` in ``sets``) is what makes a request's
+        credentials unrecoverable from the main database file (``secure_delete``)."""
+        columns = "".join(f", {name} = ?" for name in sets)
+        marks = ", ".join("?" for _ in expected)
+        extra = " AND result IS NULL" if without_result else ""
+        with self._tx() as db:
+            cur = db.execute(
+                f"UPDATE requests SET status = ?{columns}"  # noqa: S608 - column names are ours
+                f" WHERE id = ? AND status IN ({marks}){extra}",
+                (new.value, *sets.values(), request_id, *(s.value for s in expected)),
+            )
+            return cur.rowcount == 1
+
+    def apply_bulk_transition(self, expected: Status, new: Status) -> int:
+        """Every request in ``expected`` to ``new`` (the restart's running → queued)."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE requests SET status = ? WHERE status = ?", (new.value, expected.value)
+            )
+            return cur.rowcount
+
+    def purge_freed_pages(self, *, wait: bool = False) -> bool:
+        """Fold the WAL into the main file (where ``secure_delete`` zeroed freed content) and
+        truncate it to zero bytes, so no erased password survives in it. True when done.
+
+        Without ``wait`` it gives up at once when a reader (``status --watch``) or a writer is
+        busy, instead of blocking up to the busy timeout; the caller tries again later."""
+        with self._lock:
+            try:
+                if not wait:
+                    self._db.execute("PRAGMA busy_timeout = 0")
+                row = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as exc:
+                raise StateError(f"{self.path}: {exc}") from exc
+            finally:
+                self._db.execute("PRAGMA busy_timeout = 10000")
+        return row is not None and row[0] == 0
 
     @staticmethod
     def _req(r: sqlite3.Row) -> RequestRow:
@@ -286,6 +399,7 @@ class StateStore:
             id=r["id"],
             csv_id=r["csv_id"],
             row=r["row"],
+            seq=r["seq"],
             status=Status(r["status"]),
             title=r["title"],
             created_at=r["created_at"],
@@ -313,9 +427,7 @@ class StateStore:
             )
 
     def folder_checkpoints(self, request_id: str) -> dict[str, FolderCheckpoint]:
-        rows = self._db.execute(
-            "SELECT * FROM folders WHERE request_id = ?", (request_id,)
-        ).fetchall()
+        rows = self._all("SELECT * FROM folders WHERE request_id = ?", (request_id,))
         return {
             r["source"]: FolderCheckpoint(
                 r["source"], r["uidvalidity"], bool(r["done"]), dict(json.loads(r["counts"]))
@@ -355,9 +467,9 @@ class StateStore:
             )
 
     def failures(self, request_id: str) -> list[MessageFailure]:
-        rows = self._db.execute(
+        rows = self._all(
             "SELECT * FROM failures WHERE request_id = ? ORDER BY folder, uid", (request_id,)
-        ).fetchall()
+        )
         return [
             MessageFailure(r["folder"], r["uid"], r["date"], r["subject"], r["reason"])
             for r in rows

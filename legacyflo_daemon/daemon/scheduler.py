@@ -1,0 +1,237 @@
+"""The scheduler: which queued request starts when, and each request's run, behind a boundary.
+
+Owns: the running requests' tasks (created in the requests scope the daemon gives it), their
+live progress, and the per-request error boundary. A pass looks at the first ``CANDIDATES``
+queued requests of each CSV (an index range, however long the queue), orders them fairly across
+CSVs and starts what the pool's limits allow.
+
+One request's run: register its passwords with the log scrubber, copy (``transfer.copier``),
+finish (``report.finisher``), retire its CSV if it was the last one. What ends it:
+
+- the copier's result (succeeded, partial, failed): finished as such;
+- ``Interrupted`` (the daemon is stopping): re-queued, resumed at the next start;
+- any other exception is a bug (an ``InternalError`` from the IMAP boundary, or anything
+  else): logged once with its traceback as ``request_internal_error`` with an ``error_id``; the
+  request fails at once, never retried, with "internal error … see the log event
+  request_internal_error, error_id …" as its reason. No other request is touched.
+
+When no request runs, the state store's WAL is truncated (``purge_freed_pages``), so erased
+passwords do not outlive their requests there.
+
+Must not: parse CSVs or talk IMAP itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import secrets
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import structlog
+
+from legacyflo_daemon.config.schema import Config
+from legacyflo_daemon.daemon.pool import Pool, fair_order, slot_for
+from legacyflo_daemon.errors import InternalError
+from legacyflo_daemon.model import Request
+from legacyflo_daemon.report.finisher import Finisher
+from legacyflo_daemon.runtime.aio import wait_any
+from legacyflo_daemon.runtime.secrets import forget_secret, register_secret
+from legacyflo_daemon.state.lifecycle import Lifecycle
+from legacyflo_daemon.state.store import StateStore
+from legacyflo_daemon.transfer.copier import Copier, Interrupted, Progress
+from legacyflo_daemon.transfer.limits import ByteBudget
+from legacyflo_daemon.transfer.recorder import ListingRecorder
+
+log = structlog.get_logger("legacyflo_daemon.daemon.scheduler")
+
+CANDIDATES = 200  # queued requests of each CSV looked at per scheduling pass
+PROGRESS_SECONDS = 5.0
+WORK_PREFIX = ".work-"  # per-request scratch directories in outbox/ (listing data)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        cfg: Config,
+        state: StateStore,
+        lifecycle: Lifecycle,
+        pool: Pool,
+        budget: ByteBudget,
+        finisher: Finisher,
+        outbox_dir: Path,
+        *,
+        copy_stop: asyncio.Event,
+        complete_csv: Callable[[int], Awaitable[bool]],
+    ) -> None:
+        self.cfg = cfg
+        self.state = state
+        self.lifecycle = lifecycle
+        self.pool = pool
+        self.budget = budget
+        self.finisher = finisher
+        self.outbox_dir = outbox_dir
+        self.copy_stop = copy_stop
+        self.complete_csv = complete_csv
+        self.wake = asyncio.Event()  # something changed: a request ended, work arrived
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.progress: dict[str, Progress] = {}
+        self._purge_pending = False
+        self.interrupted = 0  # requests re-queued because the daemon is stopping
+
+    # -- the service ------------------------------------------------------------------------
+
+    async def run(self, requests: asyncio.TaskGroup, stop: asyncio.Event) -> None:
+        """Service: start what can start, whenever something changed (and every second)."""
+        while not stop.is_set():
+            self.wake.clear()
+            self.start_ready(requests)
+            self.purge_if_idle()
+            await wait_any((self.wake, stop), 1.0)
+
+    def start_ready(self, requests: asyncio.TaskGroup) -> None:
+        queued = self.state.queued(per_csv=CANDIDATES)
+        candidates = []
+        for rid in fair_order([(r.id, r.csv_id) for r in queued]):
+            if rid not in self.tasks:
+                candidates.append((rid, slot_for(self.state.load_request(rid))))
+        for rid in self.pool.pick(candidates):
+            self.lifecycle.start(rid, utcnow())
+            self.tasks[rid] = requests.create_task(self._run(rid), name=f"request {rid}")
+
+    def idle(self) -> bool:
+        return not self.tasks and not self.state.queued(per_csv=1)
+
+    def purge_if_idle(self) -> None:
+        if self._purge_pending and not self.tasks:
+            self._purge_pending = not self.state.purge_freed_pages()
+
+    async def drain(self, grace: float) -> None:
+        """Let every running request finish its in-flight batch (``copy_stop`` is set), up to
+        ``grace`` seconds; cancel what is left and wait for it."""
+        self.copy_stop.set()
+        pending = list(self.tasks.values())
+        if not pending:
+            return
+        _done, late = await asyncio.wait(pending, timeout=grace)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+
+    # -- one request ------------------------------------------------------------------------
+
+    async def _run(self, rid: str) -> None:
+        """One request, start to end. Never raises: this is the per-request error boundary
+        (cancellation, the daemon's last resort at stop, is the exception)."""
+        structlog.contextvars.bind_contextvars(request_id=rid)
+        csv_id: int | None = None
+        csv_name = ""
+        req: Request | None = None
+        try:
+            row = self.state.request_row(rid)
+            csv_id = row.csv_id
+            csv_name = self.state.csv(csv_id).name
+            req = self.state.load_request(rid)
+            for account in (req.source, req.dest):
+                register_secret(account.password, user=account.userid)
+            await self._copy_and_finish(rid, csv_name, req)
+        except Interrupted:
+            log.info("request_interrupted")
+            self.lifecycle.requeue(rid)
+            self.interrupted += 1
+        except Exception as exc:  # a bug: fail this request once, touch no other
+            await self._fail_internal(rid, csv_name, req, exc)
+        finally:
+            if req is not None:
+                for account in (req.source, req.dest):
+                    forget_secret(account.password, user=account.userid)
+            self.pool.release(rid)
+            self.tasks.pop(rid, None)
+            self.progress.pop(rid, None)
+            self._purge_pending = True
+            self.wake.set()
+        structlog.contextvars.unbind_contextvars("request_id")  # CSV events are not the request's
+        if csv_id is not None:
+            try:
+                await self.complete_csv(csv_id)
+            except Exception:
+                log.exception("csv_complete_failed", csv_id=csv_id)
+
+    async def _copy_and_finish(self, rid: str, csv_name: str, req: Request) -> None:
+        log.info("request_started", title=req.title, source=req.source.address,
+                 source_server=req.source.server, dest=req.dest.address,
+                 dest_server=req.dest.server, folder=req.dest_folder)  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=self.outbox_dir) as work:
+            recorder = ListingRecorder(Path(work))
+            copier = Copier(rid, req, self.cfg, self.state, self.budget, stop=self.copy_stop)
+            copier.listing = recorder
+            copier.extra_pair = lambda: self.pool.try_extend(rid)
+            copier.release_pair = lambda: self._shrink(rid)
+            self.progress[rid] = copier.progress
+            ticker = asyncio.create_task(self._tick(rid, copier.progress))
+            try:
+                result = await copier.run()
+            finally:
+                await _cancel_and_wait(ticker)
+            self._save_progress(rid, copier.progress)
+            doc = await self.finisher.copied(rid, csv_name, req, result, recorder)
+        log.info("request_finished", status=result.status.value, totals=doc.get("totals"),
+                 failures=len(result.failures), error=result.error)  # fmt: skip
+
+    async def _fail_internal(
+        self, rid: str, csv_name: str, req: Request | None, exc: Exception
+    ) -> None:
+        error_id = secrets.token_hex(4)
+        cause = exc.__cause__ if isinstance(exc, InternalError) and exc.__cause__ else exc
+        log.error("request_internal_error", error_id=error_id, exc_info=exc)
+        reason = (
+            f"internal error ({type(cause).__name__}); not retried: see the daemon log, "
+            f"event request_internal_error with error_id {error_id}"
+        )
+        try:
+            await self.finisher.failed(rid, csv_name, req, reason)
+            log.info("request_finished", status="failed", error=reason)
+        except Exception:
+            # The result could not be written: the request stays running and is re-run at the
+            # next start (its outbox files are written again then).
+            log.exception("request_finish_failed")
+
+    def _shrink(self, rid: str) -> None:
+        self.pool.shrink(rid)
+        self.wake.set()  # the freed connections may let a queued request start
+
+    def _save_progress(self, rid: str, p: Progress) -> None:
+        self.state.set_progress(rid, (p.messages_done, p.messages_total),
+                                (p.bytes_done, p.bytes_total), utcnow())  # fmt: skip
+
+    async def _tick(self, rid: str, p: Progress) -> None:
+        """Every ``PROGRESS_SECONDS``: save the request's progress and log it."""
+        start = asyncio.get_running_loop().time()
+        while True:
+            await asyncio.sleep(PROGRESS_SECONDS)
+            elapsed = asyncio.get_running_loop().time() - start
+            rate = p.bytes_done / elapsed if elapsed > 0 else 0.0
+            left = max(0, p.bytes_total - p.bytes_done)
+            self._save_progress(rid, p)
+            log.info("request_progress", messages_done=p.messages_done,
+                     messages_total=p.messages_total, bytes_done=p.bytes_done,
+                     bytes_total=p.bytes_total, rate_bytes_per_s=round(rate),
+                     eta_seconds=round(left / rate) if rate > 0 else None)  # fmt: skip
+
+
+async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancel a helper task and wait for its end, without swallowing our own cancellation."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    current = asyncio.current_task()
+    if current is not None and current.cancelling():
+        raise asyncio.CancelledError

@@ -1,0 +1,123 @@
+"""The intake service: CSVs from ``incoming/`` into the state store, and out to ``done/``.
+
+Owns: when files are taken (watchfiles wakes the intake loop; a periodic rescan is the safety
+net; a file is taken once its size stopped changing), reporting the rows rejected at intake, and
+retiring a CSV once its last request finished. Parsing, recording and retiring a file are
+blocking (seconds for a 50,000-row file) and run in a worker thread (``spool.intake`` does the
+work); the event loop only waits for them.
+
+Must not: copy mail, or decide when requests run (the scheduler does; ``wake`` tells it that
+work arrived).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+from watchfiles import awatch
+
+from legacyflo_daemon.config.schema import Config
+from legacyflo_daemon.outbox.store import Outbox
+from legacyflo_daemon.report.finisher import Finisher
+from legacyflo_daemon.runtime.aio import wait_any
+from legacyflo_daemon.spool import intake
+from legacyflo_daemon.spool.directory import Spool
+from legacyflo_daemon.state.store import StateStore
+
+log = structlog.get_logger("legacyflo_daemon.daemon.watcher")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Watcher:
+    def __init__(
+        self,
+        cfg: Config,
+        spool: Spool,
+        state: StateStore,
+        outbox: Outbox,
+        finisher: Finisher,
+        stop: asyncio.Event,
+        wake: Callable[[], None],
+    ) -> None:
+        self.cfg = cfg
+        self.spool = spool
+        self.state = state
+        self.outbox = outbox
+        self.finisher = finisher
+        self.stop = stop
+        self.wake = wake
+        self.changed = asyncio.Event()  # watchfiles saw something in incoming/
+        self.whole_file_rejections = 0  # CSVs sent to failed/ as a whole (for --once's exit)
+        self.busy = 0  # files being taken right now (claimed, requests not yet queued)
+
+    async def take(self, path: Path) -> None:
+        """Record the claimed CSV ``path`` (in ``processing/``) and report its rejected rows."""
+        self.busy += 1
+        try:
+            taken = await asyncio.to_thread(intake.take, path, self.spool, self.state, utcnow())
+            if taken is None:
+                self.whole_file_rejections += 1
+                return
+            self.wake()
+            for rid, err in taken.rejected:
+                with structlog.contextvars.bound_contextvars(request_id=rid):
+                    await self.finisher.rejected(rid, path.name, err)
+            await self.complete(taken.csv_id)
+        finally:
+            self.busy -= 1
+
+    async def complete(self, csv_id: int) -> bool:
+        """Retire ``csv_id`` if every one of its requests is finished (summary, ``done/``)."""
+        if self.state.unfinished_count(csv_id):
+            return False
+        return await asyncio.to_thread(
+            intake.complete_if_finished, csv_id, self.spool, self.state, self.outbox, utcnow()
+        )
+
+    async def take_ready(self) -> None:
+        """Claim and take every file of ``incoming/`` whose size stopped changing."""
+        stable = self.cfg.daemon.stable_seconds
+        for name in await asyncio.to_thread(self.spool.ready_files, stable_seconds=stable):
+            if self.stop.is_set():
+                return
+            path = self.spool.claim(name)
+            if path is not None:
+                await self.take(path)
+
+    async def initial(self) -> None:
+        """Take what is in ``incoming/`` before READY (files still growing are left for later)."""
+        await self.take_ready()
+        if self.spool.waiting_files():
+            await wait_any((self.stop,), self.cfg.daemon.stable_seconds)
+            await self.take_ready()
+
+    async def intake_loop(self) -> None:
+        """Service: take files whenever ``incoming/`` changed, and at least every
+        ``rescan_seconds``."""
+        stable = self.cfg.daemon.stable_seconds
+        while not self.stop.is_set():
+            await self.take_ready()
+            waiting = bool(self.spool.waiting_files())
+            timeout = max(0.1, stable / 2) if waiting else self.cfg.daemon.rescan_seconds
+            self.changed.clear()
+            await wait_any((self.changed, self.stop), timeout)
+
+    async def watch(self) -> None:
+        """Service: wake the intake loop on any change in ``incoming/`` (watchfiles)."""
+        async for _changes in awatch(
+            self.spool.incoming,
+            stop_event=self.stop,
+            recursive=False,
+            force_polling=self.cfg.daemon.force_polling or None,
+            poll_delay_ms=self.cfg.daemon.poll_delay_ms,
+            yield_on_timeout=True,
+            rust_timeout=1000,
+        ):
+            self.changed.set()

@@ -24,6 +24,7 @@ from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.outbox.store import Outbox
 from legacyflo_daemon.report.finisher import Finisher
 from legacyflo_daemon.runtime.aio import wait_any
+from legacyflo_daemon.runtime.bulk import in_thread
 from legacyflo_daemon.spool import intake
 from legacyflo_daemon.spool.directory import Spool
 from legacyflo_daemon.state.store import StateStore
@@ -61,7 +62,7 @@ class Watcher:
         """Record the claimed CSV ``path`` (in ``processing/``) and report its rejected rows."""
         self.busy += 1
         try:
-            taken = await asyncio.to_thread(intake.take, path, self.spool, self.state, utcnow())
+            taken = await in_thread(intake.take, path, self.spool, self.state, utcnow())
             if taken is None:
                 self.whole_file_rejections += 1
                 return
@@ -77,7 +78,7 @@ class Watcher:
         """Retire ``csv_id`` if every one of its requests is finished (summary, ``done/``)."""
         if self.state.unfinished_count(csv_id):
             return False
-        return await asyncio.to_thread(
+        return await in_thread(
             intake.complete_if_finished, csv_id, self.spool, self.state, self.outbox, utcnow()
         )
 

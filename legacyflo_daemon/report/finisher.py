@@ -15,7 +15,6 @@ Must not: copy mail. The listing of the destination folder tree is produced by `
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import tempfile
 from collections.abc import Awaitable, Callable, Iterable
@@ -31,6 +30,7 @@ from legacyflo_daemon.model import Request, RequestResult, RowError, Status
 from legacyflo_daemon.outbox.store import Outbox
 from legacyflo_daemon.report.mail import build_mail
 from legacyflo_daemon.report.result import result_json
+from legacyflo_daemon.runtime.bulk import cooperative, in_thread
 from legacyflo_daemon.state.lifecycle import Lifecycle
 from legacyflo_daemon.transfer.recorder import ListingEntry, ListingRecorder
 
@@ -110,9 +110,7 @@ class Finisher:
                     doc.setdefault("warnings", []).append(
                         f"the listing of the destination folder could not be read: {exc}"
                     )
-            await asyncio.to_thread(
-                self._write, request_id, doc, entries, to_addr or None, Path(tmp)
-            )
+            await in_thread(self._write, request_id, doc, entries, to_addr or None, Path(tmp))
         self.lifecycle.finish(request_id, result.status, doc, utcnow(), error=result.error)
         self.outcomes.append(result.status)
         self.on_mail()
@@ -130,7 +128,7 @@ class Finisher:
         """In a worker thread: build the mail (reading the listing), write both files."""
         eml = build_mail(
             doc,
-            entries,
+            cooperative(entries),
             from_addr=self.config.report.from_address,
             to_addr=to_addr,
             now=utcnow(),

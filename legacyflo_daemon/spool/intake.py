@@ -28,6 +28,7 @@ from legacyflo_daemon.model import RowError, Status
 from legacyflo_daemon.outbox.store import Outbox
 from legacyflo_daemon.request import csvfile
 from legacyflo_daemon.runtime import files
+from legacyflo_daemon.runtime.bulk import cooperative
 from legacyflo_daemon.spool.directory import Spool
 from legacyflo_daemon.state.store import StateStore
 
@@ -99,7 +100,7 @@ def take(path: Path, spool: Spool, state: StateStore, now: dt.datetime) -> Taken
 def summary(state: StateStore, csv_id: int) -> dict[str, Any]:
     """One line per row of the CSV: row, request id, outcome (and why, when not succeeded)."""
     rows = []
-    for r in state.requests(csv_id):
+    for r in cooperative(state.requests(csv_id)):
         entry: dict[str, Any] = {"row": r.row, "request_id": r.id, "outcome": r.status.value}
         if r.status is Status.REJECTED:
             err = state.row_error(r.id) or {}

@@ -8,8 +8,9 @@ calls: that module owns the transition table.
 
 Threads: one connection, guarded by a lock, so that the few heavy operations (recording a
 50,000-row CSV, reading every row of a finished CSV for its summary) can run in a worker thread
-(``asyncio.to_thread``) while the event loop goes on. Heavy operations work in chunks and let
-go of the lock between them, so a call from the event loop never waits more than one chunk.
+(``runtime.bulk.in_thread``) while the event loop goes on. Heavy operations work in chunks and
+let go of the lock (and of the interpreter lock) between them, so a call from the event loop
+never waits more than one chunk.
 
 Atomic intake: ``add_csv`` records a CSV in several transactions, the file's record marked
 ``loaded = 0`` until the last one; ``queued`` never returns the rows of such a file, and
@@ -36,6 +37,7 @@ from typing import Any
 
 from legacyflo_daemon.errors import StateError
 from legacyflo_daemon.model import MessageFailure, Request, Status
+from legacyflo_daemon.runtime.bulk import let_loop_run
 from legacyflo_daemon.state.schema import (
     MIGRATIONS,
     SCHEMA,
@@ -168,6 +170,7 @@ class StateStore:
         rows = [self._queued_row(rid, req, now) for rid, req in good]
         rows += [self._rejected_row(*rej, now) for rej in rejected]
         for start in range(0, len(rows), CHUNK):
+            let_loop_run()
             with self._tx() as db:
                 db.executemany(
                     "INSERT INTO requests(id, csv_id, row, seq, status, title, request, secrets,"
@@ -304,6 +307,7 @@ class StateStore:
             if len(rows) < CHUNK:
                 return out
             last = (rows[-1]["row"], rows[-1]["seq"])
+            let_loop_run()
 
     def rejected_without_result(self, csv_id: int) -> list[str]:
         """Ids of the rejected rows of ``csv_id`` whose result was never written."""

@@ -1,0 +1,160 @@
+"""Nothing blocks the event loop for more than 100 ms: a 50,000-row CSV, a 100,000-message
+listing.
+
+Each test runs the daemon's own component (the intake service, the finisher) on a running
+event loop beside a lag probe: a task that asks to wake every 5 ms and records how late it
+woke. The loop's worst lateness is what a copier mid-APPEND, the watchdog or a SIGTERM would
+have waited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import gzip
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from legacyflo_daemon.config.schema import Config, DaemonConfig
+from legacyflo_daemon.daemon.watcher import Watcher
+from legacyflo_daemon.model import (
+    Account,
+    DateRange,
+    JobType,
+    Request,
+    RequestResult,
+    Secret,
+    Status,
+)
+from legacyflo_daemon.outbox.store import Outbox
+from legacyflo_daemon.report import archive
+from legacyflo_daemon.report.finisher import Finisher
+from legacyflo_daemon.request import csvfile
+from legacyflo_daemon.spool.directory import Spool
+from legacyflo_daemon.state.lifecycle import Lifecycle
+from legacyflo_daemon.state.store import StateStore
+from legacyflo_daemon.transfer.recorder import ListingEntry, ListingRecorder
+from tests.reporthelp import parse_mail
+
+MAX_LAG = 0.100  # seconds
+NOW = dt.datetime(2026, 12, 5, 12, 0, tzinfo=dt.UTC)
+
+
+class LagProbe:
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self.ticks = 0
+
+
+@asynccontextmanager
+async def lag_probe(period: float = 0.005) -> AsyncIterator[LagProbe]:
+    probe = LagProbe()
+    loop = asyncio.get_running_loop()
+
+    async def run() -> None:
+        while True:
+            before = loop.time()
+            await asyncio.sleep(period)
+            probe.worst = max(probe.worst, loop.time() - before - period)
+            probe.ticks += 1
+
+    task = asyncio.create_task(run())
+    await asyncio.sleep(0)
+    try:
+        yield probe
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def big_csv(rows: int, bad: int) -> bytes:
+    """``rows`` good rows (distinct accounts) and ``bad`` rows with a malformed date."""
+    header = ",".join(csvfile.COLUMNS)
+    lines = [header]
+    for i in range(rows + bad):
+        since = "2017-13-45" if i < bad else "2017-09-25"
+        lines.append(
+            f"EXCHANGEIMAP,Upload {i},user{i},archive.example,dpw{i},archive.example,Data,"
+            f"admin@example.com,user{i},example.com,spw{i},mail.example.com,993,{since},"
+        )
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def components(root: Path) -> tuple[Config, Spool, StateStore, Outbox, Finisher]:
+    cfg = Config(daemon=DaemonConfig(spool=root / "spool"))
+    spool = Spool(cfg.daemon.spool)
+    spool.ensure()
+    state = StateStore(root / "state.db")
+    outbox = Outbox(spool.outbox)
+
+    async def no_listing(
+        req: Request, tmp: Path, rec: ListingRecorder | None
+    ) -> list[ListingEntry]:
+        raise AssertionError("not used by these tests")
+
+    return cfg, spool, state, outbox, Finisher(cfg, Lifecycle(state), outbox, no_listing)
+
+
+async def test_taking_and_retiring_a_50000_row_csv_never_blocks_the_loop(tmp_path: Path) -> None:
+    rows, bad = 50_000, 200
+    cfg, spool, state, outbox, finisher = components(tmp_path)
+    path = spool.processing / "big.csv"
+    path.write_bytes(big_csv(rows, bad))
+    stop = asyncio.Event()
+    watcher = Watcher(cfg, spool, state, outbox, finisher, stop, lambda: None)
+
+    async with lag_probe() as probe:
+        await watcher.take(path)
+    assert probe.worst < MAX_LAG, f"taking the CSV blocked the loop {probe.worst * 1000:.0f} ms"
+    assert probe.ticks > 20  # the probe really ran while the file was taken
+    assert len(state.queued()) == rows
+    assert len(list(outbox.dir.glob("*.eml"))) == bad  # every rejected row reported
+
+    (record,) = state.unfinished_csvs()
+    lifecycle = Lifecycle(state)
+    for r in state.queued():  # the copies, done (not what is measured here)
+        lifecycle.finish(r.id, Status.SUCCEEDED, {}, NOW)
+    async with lag_probe() as probe:
+        assert await watcher.complete(record.id)
+    assert probe.worst < MAX_LAG, f"retiring the CSV blocked the loop {probe.worst * 1000:.0f} ms"
+    summary = json.loads((outbox.dir / "big.csv.summary.json").read_text())
+    assert summary["counts"] == {"succeeded": rows, "rejected": bad}
+    assert [p.name for p in spool.done.iterdir()] == ["big.csv"]
+
+
+async def test_the_report_of_a_100000_message_listing_never_blocks_the_loop(
+    tmp_path: Path,
+) -> None:
+    cfg, _spool, state, outbox, _ = components(tmp_path)
+    req = Request(
+        row=2,
+        jobtype=JobType.EXCHANGEIMAP,
+        title="Upload",
+        source=Account("john", "example.com", Secret("s"), "mail.example.com", 993),
+        dest=Account("john", "archive.example", Secret("d"), "archive.example"),
+        dest_folder="Data",
+        report_to="admin@example.com",
+        dates=DateRange(None, None),
+    )
+    state.add_csv("a.csv", "a.csv", NOW, [("r1", req)])
+    (tmp_path / "work").mkdir()
+    recorder = ListingRecorder(tmp_path / "work")
+    header = b"From: Someone <a@example.com>\r\nSubject: Hello\r\nMessage-ID: <x@y>\r\n\r\n"
+    for folder in range(10):
+        name = f"INBOX.historical_data.{req.dest_folder}.F{folder}"
+        recorder.record(name, name, ((NOW, header, 2048) for _ in range(10_000)))
+    recorder.tree = set(recorder.files)  # the whole tree recorded: no connection is made
+    finisher = Finisher(cfg, Lifecycle(state), outbox, archive.listing_source(cfg))
+    Lifecycle(state).start("r1", NOW)
+    result = RequestResult("r1", Status.SUCCEEDED, NOW, NOW)
+    async with lag_probe() as probe:
+        doc = await finisher.copied("r1", "a.csv", req, result, recorder)
+    assert probe.worst < MAX_LAG, f"the report blocked the loop {probe.worst * 1000:.0f} ms"
+    assert doc["status"] == "succeeded"
+    mail = parse_mail((outbox.dir / "r1.eml").read_bytes())
+    (listing,) = [p for p in mail.iter_attachments() if p.get_filename() == "listing.csv.gz"]
+    rows = gzip.decompress(listing.get_content()).decode().splitlines()
+    assert len(rows) == 1 + 100_000  # the header and every message
+    assert state.request_row("r1").status is Status.SUCCEEDED

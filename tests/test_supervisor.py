@@ -32,18 +32,18 @@ async def test_a_crashing_service_is_restarted_then_given_up() -> None:
 
 
 async def test_a_service_that_recovers_keeps_running() -> None:
-    stop, gave_up, runs = asyncio.Event(), [], []
+    stop, gave_up, runs, healthy = asyncio.Event(), [], [], asyncio.Event()
 
     async def service() -> None:
         runs.append(1)
         if len(runs) < 3:
             raise ValueError("transient bug")
+        healthy.set()
         await stop.wait()
 
     sup = make(stop, gave_up, max_restarts=3)
     task = asyncio.create_task(sup.run("scheduler", service))
-    while len(runs) < 3:
-        await asyncio.sleep(0.001)
+    await asyncio.wait_for(healthy.wait(), 5.0)
     assert not task.done()
     stop.set()
     await task
@@ -51,18 +51,18 @@ async def test_a_service_that_recovers_keeps_running() -> None:
 
 
 async def test_a_long_healthy_run_starts_a_new_count() -> None:
-    stop, gave_up, runs = asyncio.Event(), [], []
+    stop, gave_up, runs, sixth = asyncio.Event(), [], [], asyncio.Event()
 
     async def service() -> None:
         runs.append(1)
         if len(runs) < 6:
             raise RuntimeError("crash after a healthy run")
+        sixth.set()
         await stop.wait()
 
     sup = make(stop, gave_up, max_restarts=1, healthy_after=0.0)  # every run counts as healthy
     task = asyncio.create_task(sup.run("status", service))
-    while len(runs) < 6:
-        await asyncio.sleep(0.001)
+    await asyncio.wait_for(sixth.wait(), 5.0)
     stop.set()
     await task
     assert gave_up == []

@@ -23,10 +23,11 @@ import structlog
 
 from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.daemon.scheduler import WORK_PREFIX
-from legacyflo_daemon.daemon.watcher import Watcher, utcnow
+from legacyflo_daemon.daemon.watcher import Watcher
 from legacyflo_daemon.model import Status
 from legacyflo_daemon.outbox.store import Outbox
 from legacyflo_daemon.report.finisher import Finisher
+from legacyflo_daemon.runtime.clock import utcnow
 from legacyflo_daemon.spool import intake
 from legacyflo_daemon.spool.directory import Spool
 from legacyflo_daemon.state.lifecycle import Lifecycle

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import secrets
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -39,6 +38,7 @@ from legacyflo_daemon.errors import InternalError
 from legacyflo_daemon.model import Request
 from legacyflo_daemon.report.finisher import Finisher
 from legacyflo_daemon.runtime.aio import wait_any
+from legacyflo_daemon.runtime.clock import utcnow
 from legacyflo_daemon.runtime.secrets import forget_secret, register_secret
 from legacyflo_daemon.state.lifecycle import Lifecycle
 from legacyflo_daemon.state.store import StateStore
@@ -51,10 +51,6 @@ log = structlog.get_logger("legacyflo_daemon.daemon.scheduler")
 CANDIDATES = 200  # queued requests of each CSV looked at per scheduling pass
 PROGRESS_SECONDS = 5.0
 WORK_PREFIX = ".work-"  # per-request scratch directories in outbox/ (listing data)
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class Scheduler:

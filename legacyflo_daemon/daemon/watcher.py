@@ -13,7 +13,6 @@ work arrived).
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,15 +24,12 @@ from legacyflo_daemon.outbox.store import Outbox
 from legacyflo_daemon.report.finisher import Finisher
 from legacyflo_daemon.runtime.aio import wait_any
 from legacyflo_daemon.runtime.bulk import in_thread
+from legacyflo_daemon.runtime.clock import utcnow
 from legacyflo_daemon.spool import intake
 from legacyflo_daemon.spool.directory import Spool
 from legacyflo_daemon.state.store import StateStore
 
 log = structlog.get_logger("legacyflo_daemon.daemon.watcher")
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class Watcher:

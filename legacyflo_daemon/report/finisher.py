@@ -15,7 +15,6 @@ Must not: copy mail. The listing of the destination folder tree is produced by `
 
 from __future__ import annotations
 
-import datetime as dt
 import tempfile
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from legacyflo_daemon.outbox.store import Outbox
 from legacyflo_daemon.report.mail import build_mail
 from legacyflo_daemon.report.result import result_json
 from legacyflo_daemon.runtime.bulk import cooperative, in_thread
+from legacyflo_daemon.runtime.clock import utcnow
 from legacyflo_daemon.state.lifecycle import Lifecycle
 from legacyflo_daemon.transfer.recorder import ListingEntry, ListingRecorder
 
@@ -39,10 +39,6 @@ log = structlog.get_logger("legacyflo_daemon.report.finisher")
 # Produces the archive listing for a request (using what the copier recorded, if anything)
 # into a temp dir; returns an iterable over it.
 ListingSource = Callable[[Request, Path, ListingRecorder | None], Awaitable[Iterable[ListingEntry]]]
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 @dataclass

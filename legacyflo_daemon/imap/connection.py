@@ -21,14 +21,14 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from legacyflo_daemon.errors import TransientError
+from legacyflo_daemon.errors import InternalError, TransientError
 from legacyflo_daemon.imap._aioimaplib.commands import (
     ContinuationCommand,
     LinearFetchCommand,
     SafeCommand,
 )
 from legacyflo_daemon.imap._aioimaplib.protocol import ImapProtocol
-from legacyflo_daemon.imap.endpoint import Endpoint, chain, translate
+from legacyflo_daemon.imap.endpoint import Endpoint, chain, is_bug, translate
 from legacyflo_daemon.imap.syntax import responses
 from legacyflo_daemon.imap.syntax.parse import capabilities
 from legacyflo_daemon.imap.syntax.wire import Arg, Chunk, decode, split_args
@@ -74,8 +74,19 @@ class Connection:
             return f"the server closed the connection: {responses.clean_text(self.proto.bye)}"
         return "the connection was lost"
 
+    def _bug(self, what: str) -> InternalError | None:
+        """An ``InternalError`` if the stream failed because of a bug in a parser (ours or the
+        library's), chained to that exception by the caller; None otherwise."""
+        cause = self.proto.failure_cause
+        if not is_bug(cause):
+            return None
+        return InternalError(f"{self.host}: {what}: internal error ({type(cause).__name__})")
+
     def check_alive(self) -> None:
         if not self.alive:
+            bug = self._bug("connection")
+            if bug is not None:
+                raise bug from self.proto.failure_cause
             reason = self._dead or self._lost_reason()
             raise TransientError(
                 f"connection no longer usable ({reason})",
@@ -147,6 +158,9 @@ class Connection:
         except TimeoutError:
             if not why:
                 raise
+            bug = self._bug(what)
+            if bug is not None:
+                raise bug from proto.failure_cause
             raise TransientError(
                 f"{what}: {why[0]}",
                 host=self.host,

@@ -5,7 +5,8 @@ and the config into the two endpoints of a copy (port 993 is implicit TLS, any o
 STARTTLS, plain LOGIN only where ``hosts."x".allow_plaintext`` says so; the destination port
 comes from the config; the login name follows the host's ``login_format``),
 ``make_ssl_context`` (the only place TLS settings are decided) and ``translate`` (foreign
-exceptions from the network, ``ssl`` and aioimaplib into ``errors.*``).
+exceptions from the network, ``ssl`` and aioimaplib into ``errors.*``; anything else is a bug,
+``InternalError``, never taken for network trouble).
 Must not: open connections or log.
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from legacyflo_daemon.config.schema import Config, HostConfig
-from legacyflo_daemon.errors import ImapError, PermanentError, TransientError
+from legacyflo_daemon.errors import ImapError, InternalError, PermanentError, TransientError
 from legacyflo_daemon.imap._aioimaplib.protocol import ProtocolError
 from legacyflo_daemon.imap.syntax.wire import WireError
 from legacyflo_daemon.model import Account, Request, Secret
@@ -120,13 +121,15 @@ def dest_endpoint(req: Request, cfg: Config) -> Endpoint:
 EXPECTED = (ImapError, OSError, ssl.SSLError, WireError, ProtocolError)
 
 
-def translate(exc: BaseException, host: str, what: str) -> ImapError:
+def translate(exc: BaseException, host: str, what: str) -> ImapError | InternalError:
     """The ``errors`` exception for a foreign one raised while doing ``what`` on ``host``.
 
-    Anything not in ``EXPECTED`` (a bug) becomes a ``TransientError`` too, so the daemon goes
-    on; callers chain it (``raise ... from exc``) so that its traceback is not lost.
+    Only the conditions of ``EXPECTED`` (network, TLS, an unreadable server response, the
+    library's protocol errors, our own ``ImapError``) are classified as transient or permanent.
+    Anything else is a bug: ``InternalError``, never retried; callers raise it ``from
+    chain(exc)`` so that the original exception and its traceback stay attached.
     """
-    if isinstance(exc, ImapError):
+    if isinstance(exc, ImapError | InternalError):
         return exc
     if isinstance(exc, ssl.SSLCertVerificationError):
         detail = exc.verify_message or exc.reason or "unknown reason"
@@ -154,10 +157,15 @@ def translate(exc: BaseException, host: str, what: str) -> ImapError:
         return TransientError(f"{what}: unreadable server response: {exc}", host=host)
     if isinstance(exc, ProtocolError):
         return TransientError(f"{what}: IMAP protocol error ({type(exc).__name__})", host=host)
-    return TransientError(f"{what}: unexpected error ({type(exc).__name__})", host=host)
+    return InternalError(f"{host}: {what}: internal error ({type(exc).__name__})")
 
 
 def chain(exc: BaseException) -> BaseException | None:
     """What to chain a translated error to: nothing for expected failures (their text is in
     the message already), the original exception for a bug."""
-    return None if isinstance(exc, EXPECTED) else exc
+    return None if isinstance(exc, (*EXPECTED, InternalError)) else exc
+
+
+def is_bug(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is none of the conditions ``translate`` classifies (a bug)."""
+    return exc is not None and not isinstance(exc, EXPECTED)

@@ -54,7 +54,7 @@ async def _greeting(conn: Connection) -> None:
             f"{where}: no greeting within {ep.connect_timeout:g} s", host=ep.host
         ) from None
     except (OSError, ssl.SSLError) as exc:
-        raise translate(exc, ep.host, where) from None
+        raise translate(exc, ep.host, where) from chain(exc)
     if not proto.greeting.done():
         raise TransientError(f"{where}: closed before the greeting", host=ep.host)
     greeting = decode(proto.greeting.result())
@@ -98,7 +98,7 @@ async def _starttls(conn: Connection) -> None:
     except TimeoutError:
         raise TransientError("STARTTLS: TLS handshake timed out", host=ep.host) from None
     except (OSError, ssl.SSLError) as exc:
-        raise translate(exc, ep.host, "STARTTLS") from None
+        raise translate(exc, ep.host, "STARTTLS") from chain(exc)
     conn.tls = True
     await conn.capability()  # RFC 3501: forget everything the server said in clear
 

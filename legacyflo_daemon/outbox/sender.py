@@ -2,8 +2,11 @@
 
 Owns: ``MailSender``: when to try which mail (periodically, on ``kick()``, after backoff), the
 in-memory attempt counts, and the ``report_sent`` / ``report_send_failed`` log events.
-Must not: talk SMTP or write files (``outbox.deliver`` and ``outbox.Outbox`` do), or ever
-stop on a failing mail: ``run`` never raises, and mails wait in ``outbox/``.
+Must not: talk SMTP or write files (``outbox.store`` does), or ever stop on a failing mail:
+``run`` never raises, and mails wait in ``outbox/``. Only ``SmtpError`` (the server or the
+network) and ``OSError`` (reading the mail) are retried; any other exception is a bug: logged
+once with its traceback (``report_send_internal_error``), that mail set aside until the next
+start.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ class MailSender:
     After ``n`` failed attempts a mail waits ``min(backoff_base * 2**(n-1), backoff_max)``
     seconds. The attempt counts live in memory only: after a restart every pending mail is
     simply tried again. With ``smtp`` None nothing is sent; mails wait in ``outbox/``.
-    Logs ``report_sent`` and ``report_send_failed`` (with ``request_id`` and ``error``).
+    Logs ``report_sent``, ``report_send_failed`` (with ``request_id`` and ``error``) and
+    ``report_send_internal_error`` (with the traceback).
     """
 
     def __init__(
@@ -52,7 +56,9 @@ class MailSender:
         self.backoff_max = backoff_max
         self.local_hostname = local_hostname
         self._attempts: dict[str, _Attempts] = {}
-        self._unaddressed: set[str] = set()  # names of mails without To: never tried
+        # Mails not tried again until the next start, and why: no recipient (never sent), or a
+        # bug met while delivering it (logged once with its traceback; the mail waits).
+        self._held: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._log = structlog.get_logger()
@@ -62,8 +68,14 @@ class MailSender:
         self._wake.set()
 
     def statistics(self) -> dict[str, int]:
-        """A snapshot: mails failing at least once, mails never tried for lack of a To."""
-        return {"retrying": len(self._attempts), "unaddressed": len(self._unaddressed)}
+        """A snapshot: mails failing at least once, mails never tried for lack of a To, mails
+        set aside after an internal error."""
+        held = list(self._held.values())
+        return {
+            "retrying": len(self._attempts),
+            "unaddressed": held.count("no recipient"),
+            "internal_error": held.count("internal error"),
+        }
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set. Never raises (except cancellation)."""
@@ -103,24 +115,29 @@ class MailSender:
     async def _try(self, path: Path, smtp: SmtpConfig) -> int:
         loop = asyncio.get_running_loop()
         attempts = self._attempts.get(path.name)
-        if path.name in self._unaddressed or (attempts and attempts.next_try > loop.time()):
+        if path.name in self._held or (attempts and attempts.next_try > loop.time()):
             return 0
         request_id = path.stem
         try:
             if not await asyncio.to_thread(_has_recipient, path):
-                self._unaddressed.add(path.name)
+                self._held[path.name] = "no recipient"
                 self._log.info("report_not_addressed", request_id=request_id)
                 return 0
             await deliver(path, smtp, local_hostname=self.local_hostname)
-        except Exception as exc:  # this task must outlive any single mail, whatever happens
+        except (SmtpError, OSError) as exc:  # the server, the network, the disk: try again later
             count = attempts.count + 1 if attempts else 1
             wait = min(self.backoff_base * 2 ** (count - 1), self.backoff_max)
             self._attempts[path.name] = _Attempts(count, loop.time() + wait)
-            error = str(exc) if isinstance(exc, SmtpError) else f"{type(exc).__name__}: {exc}"
             self._log.warning(
-                "report_send_failed", request_id=request_id, error=error, attempt=count,
+                "report_send_failed", request_id=request_id, attempt=count,
+                error=str(exc) if isinstance(exc, SmtpError) else f"cannot read: {exc.strerror}",
                 retry_in=round(wait, 3),
             )  # fmt: skip
+            return 0
+        except Exception:  # a bug: retrying cannot help; this task outlives any single mail
+            self._held[path.name] = "internal error"
+            self._attempts.pop(path.name, None)
+            self._log.exception("report_send_internal_error", request_id=request_id)
             return 0
         self._attempts.pop(path.name, None)
         self._log.info("report_sent", request_id=request_id, to_host=smtp.host)

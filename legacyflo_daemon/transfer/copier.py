@@ -9,8 +9,11 @@ re-read both sides, copy what is missing. The state store only adds speed (finis
 not re-read) and the counts of earlier runs.
 
 Errors: ``AuthenticationFailed`` and ``PermanentError`` end the request at once;
-``TransientError`` reconnects after a backoff (the server's hint honoured) until
-``imap.retries`` attempts in a row made no progress; ``MessageRejected`` is recorded per message.
+``TransientError`` reconnects after a backoff (the server's hint honoured; a stop ends the
+pause at once with ``Interrupted``) until ``imap.retries`` attempts in a row made no progress;
+``MessageRejected`` is recorded per message. Anything else — ``InternalError`` from the IMAP
+boundary, or any other exception — is a bug: it leaves ``run`` as it is, never retried, for the
+daemon's per-request boundary to log and fail the request.
 
 Must not: modify the source (EXAMINE and BODY.PEEK only, in ``imap``), log message content, or
 know about the spool.
@@ -19,7 +22,6 @@ know about the spool.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import random
 from collections import deque
@@ -40,7 +42,7 @@ from legacyflo_daemon.imap.endpoint import dest_endpoint, source_endpoint
 from legacyflo_daemon.imap.session import ListEntry, Session, connect
 from legacyflo_daemon.model import FolderResult, JobType, Request, RequestResult, Status
 from legacyflo_daemon.request import dates
-from legacyflo_daemon.runtime.aio import all_or_first_error, both
+from legacyflo_daemon.runtime.aio import all_or_first_error, both, wait_any
 from legacyflo_daemon.state.store import FolderCheckpoint, StateStore
 from legacyflo_daemon.transfer import folders
 from legacyflo_daemon.transfer.backoff import Backoff
@@ -53,7 +55,8 @@ log = structlog.get_logger("legacyflo_daemon.transfer.copier")
 
 @dataclass
 class Copier:
-    """Copies one request. ``run()`` returns its result; it never raises ImapError."""
+    """Copies one request. ``run()`` returns its result; it raises only ``Interrupted`` (a
+    stop) and bugs (``InternalError`` or any other unexpected exception), never ``ImapError``."""
 
     request_id: str
     request: Request
@@ -124,7 +127,9 @@ class Copier:
                 log.warning("request_retry", attempt=attempt + 1, delay=round(delay, 2),
                             error=str(exc))  # fmt: skip
                 attempt += 1
-                await asyncio.sleep(delay)
+                await wait_any((self.stop,), delay)  # a stop ends the pause at once
+                if self.stop.is_set():
+                    raise Interrupted from exc
 
     async def _attempt(self) -> None:
         # What is done stays done; this pass adds what it still finds missing.
@@ -274,8 +279,16 @@ async def connect_pair(request: Request, config: Config) -> tuple[Session, Sessi
         src = await connect(source_endpoint(request, config))
     except BaseException:
         dst_open.cancel()
-        with contextlib.suppress(BaseException):
-            imap_session.close_unauthenticated(await dst_open)
+        try:
+            conn = await dst_open
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # our own cancellation, not only the one we asked of dst_open
+        except Exception:  # noqa: S110 - the source's error is the one to report
+            pass
+        else:
+            imap_session.close_unauthenticated(conn)
         raise
     try:
         return src, await imap_session.authenticate(await dst_open)

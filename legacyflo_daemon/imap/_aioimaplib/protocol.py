@@ -12,7 +12,8 @@ fixes a measured defect (notes/dependencies.md §1):
   (O(lines²), 20k messages took 66 s) and counts parentheses inside quotes (issue #51).
 - ``data_received`` records activity for the boundary's watchdog, never formats received data
   for a DEBUG log (bodies), and turns any exception into ``fail()``: the transport is aborted
-  so that waiting commands fail at once instead of at their timeout.
+  so that waiting commands fail at once instead of at their timeout; the exception is kept
+  (``failure_cause``) for the boundary to classify.
 - ``connection_lost`` resolves ``lost``: the library only calls a callback and leaves pending
   commands waiting.
 - ``_handle_line`` takes the greeting itself (the library's ``welcome`` task holds a lock and
@@ -74,6 +75,7 @@ class ImapProtocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
         self.lost: asyncio.Future[None] = loop.create_future()
         self.last_receive = loop.time()
         self.failure: str | None = None  # why we declared the stream unusable
+        self.failure_cause: Exception | None = None  # the exception behind it, if any
         self.bye: str | None = None  # text of a * BYE, if the server sent one
         self.continuation_target: ContinuationCommand | None = None
         self.last_send = loop.time()  # when bytes were last handed to the transport
@@ -128,10 +130,12 @@ class ImapProtocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
         finally:
             self._writer = None
 
-    def fail(self, reason: str) -> None:
-        """Declare the stream unusable: remember why and abort the transport now."""
+    def fail(self, reason: str, cause: Exception | None = None) -> None:
+        """Declare the stream unusable: remember why (and the exception behind it) and abort
+        the transport now."""
         if self.failure is None:
             self.failure = reason
+            self.failure_cause = cause
         if self.transport is not None:
             self.transport.abort()
 
@@ -141,9 +145,11 @@ class ImapProtocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
             return
         try:
             self._consume(self.incomplete_line + data, self.current_command)
-        except Exception as exc:  # Abort, Error, a parse slip: the stream can't be trusted
-            # Only the type: the library's messages embed commands and server data.
-            self.fail(f"unexpected data from the server ({type(exc).__name__})")
+        except Exception as exc:  # Abort, Error, a parse slip, a bug: the stream can't be trusted
+            # Only the type in the text: the library's messages embed commands and server data.
+            # The exception itself is kept, so that the boundary can tell a bug (never retried,
+            # its traceback logged) from a server that sent what no parser expects.
+            self.fail(f"unexpected data from the server ({type(exc).__name__})", cause=exc)
 
     def send(self, line: str, scrub: str | None = None) -> None:
         chunks: list[Chunk] = [line.encode() + CRLF]

@@ -10,8 +10,12 @@ Rules:
 - Every command runs under a watchdog: it fails with ``TransientError`` as soon as the
   connection is lost (aioimaplib never fails pending commands itself), after ``timeout``
   seconds without a byte received or sent, or after ``20 * timeout`` (+ ``allowance``) overall.
-- After a timeout, a lost connection, a protocol surprise or a cancellation the connection is
-  dead: it is aborted and every later command raises ``TransientError`` at once.
+- What a command raises is classified by ``endpoint.translate``: network, TLS and protocol
+  trouble is ``TransientError``/``PermanentError``; a bug (any other exception) is
+  ``InternalError`` chained to the original exception, never ``TransientError``: it must not
+  be retried.
+- After a timeout, a lost connection, a protocol surprise, a bug or a cancellation the
+  connection is dead: it is aborted and every later command raises ``TransientError`` at once.
 """
 
 from __future__ import annotations
@@ -198,7 +202,9 @@ class Connection:
     ) -> Reply:
         """Send one command and wait for its tagged reply (OK, NO or BAD; anything else kills).
 
-        ``what`` names the operation in error messages (never put a password in it).
+        ``what`` names the operation in error messages (never put a password in it). Raises
+        ``TransientError``/``PermanentError`` for network and protocol trouble, ``InternalError``
+        (chained to the original exception) for a bug; either kills the connection.
         """
         self.check_alive()
         async with self._lock:
@@ -208,11 +214,12 @@ class Connection:
                 self.proto.continuation_target = command
             try:
                 response = await self.watch(self.proto.execute(command), what, allowance, silence)
-            except BaseException as exc:
+            except Exception as exc:
                 error = translate(exc, self.host, what)
                 self.kill(str(error))
-                if isinstance(exc, Exception):
-                    raise error from chain(exc)
+                raise error from chain(exc)
+            except BaseException:
+                self.kill(f"{what}: cancelled")
                 raise  # cancellation: the connection is dead, the caller goes on cancelling
             finally:
                 self.proto.continuation_target = None

@@ -1,0 +1,165 @@
+"""A bug is an ``InternalError``: never retried as network trouble, and it keeps its traceback.
+
+- ``endpoint.translate``/``chain``: only the classified network, TLS and server conditions map
+  to ``TransientError``/``PermanentError``; any other exception is an ``InternalError`` whose
+  ``__cause__`` is the original exception.
+- The session: a bug in the parsing of a reply is an ``InternalError``; an unreadable reply
+  (``WireError``) stays a ``TransientError`` (a scripted server on loopback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import traceback
+from typing import Any
+
+import pytest
+from aioimaplib import aioimaplib as lib
+
+from legacyflo_daemon.errors import (
+    AuthenticationFailed,
+    ImapError,
+    InternalError,
+    LegacyfloError,
+    PermanentError,
+    TransientError,
+)
+from legacyflo_daemon.imap import session as imap_session
+from legacyflo_daemon.imap.endpoint import chain, translate
+from legacyflo_daemon.imap.syntax.wire import WireError
+from tests.test_imap_defects import FakeImap
+
+HOST = "imap.example.test"
+
+
+def _raised(exc: Exception) -> Exception:
+    """``exc`` after it was really raised (so that it has a traceback)."""
+    try:
+        raise exc
+    except Exception as caught:
+        return caught
+
+
+def _translated(exc: Exception, what: str = "UID FETCH 1:5") -> LegacyfloError:
+    """What the boundary raises for ``exc``: ``translate(exc)`` raised from ``chain(exc)``."""
+    try:
+        raise translate(exc, HOST, what) from chain(exc)
+    except LegacyfloError as error:
+        return error
+
+
+# -- translate and chain ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bug",
+    [AttributeError("'NoneType' object has no attribute 'uid'"), KeyError("UID"), TypeError("x")],
+    ids=["AttributeError", "KeyError", "TypeError"],
+)
+def test_translate_makes_any_unclassified_exception_an_internal_error_chained_to_it(
+    bug: Exception,
+) -> None:
+    original = _raised(bug)
+    error = _translated(original)
+    assert type(error) is InternalError
+    assert not isinstance(error, ImapError)  # so no retry loop can take it for network trouble
+    assert error.__cause__ is original
+    assert original.__traceback__ is not None
+    assert traceback.extract_tb(original.__traceback__)[-1].name == "_raised"
+    assert str(error) == f"{HOST}: UID FETCH 1:5: internal error ({type(bug).__name__})"
+
+
+def test_an_internal_error_message_names_only_the_type_never_the_text() -> None:
+    error = _translated(_raised(ValueError("LOGIN user s3cret-pw")), what="login")
+    assert "s3cret" not in str(error)
+    assert str(error) == f"{HOST}: login: internal error (ValueError)"
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "text"),
+    [
+        (ConnectionRefusedError(111, "Connection refused"), TransientError, "connection refused"),
+        (TimeoutError(), TransientError, "timed out"),
+        (ConnectionResetError(104, "Connection reset by peer"), TransientError,
+         "network error: Connection reset by peer"),
+        (OSError(113, "No route to host"), TransientError, "network error: No route to host"),
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), PermanentError,
+         "unknown host name"),
+        (socket.gaierror(socket.EAI_AGAIN, "Temporary failure"), TransientError,
+         "name lookup failed: Temporary failure"),
+        (ssl.SSLEOFError(8, "EOF occurred"), TransientError, "TLS connection closed"),
+        (ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), PermanentError,
+         "TLS handshake failed"),
+        (WireError("unbalanced parenthesis"), TransientError,
+         "unreadable server response: unbalanced parenthesis"),
+        (lib.Abort("unexpected tagged response"), TransientError, "IMAP protocol error (Abort)"),
+        (lib.CommandTimeout("timeout"), TransientError, "IMAP protocol error (CommandTimeout)"),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else None,
+)  # fmt: skip
+def test_translate_keeps_classifying_network_tls_and_server_conditions(
+    exc: Exception, kind: type[ImapError], text: str
+) -> None:
+    error = _translated(_raised(exc))
+    assert type(error) is kind
+    assert text in str(error) and str(error).startswith(f"{HOST}: UID FETCH 1:5: ")
+    assert error.__cause__ is None  # the message says it all; nothing to log a traceback for
+
+
+@pytest.mark.parametrize(
+    "ours",
+    [
+        TransientError("no answer", host=HOST),
+        AuthenticationFailed("authentication failed for 'u'", host=HOST),
+        InternalError(f"{HOST}: LIST: internal error (KeyError)"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_translate_returns_our_own_errors_unchanged_with_their_cause(ours: Exception) -> None:
+    cause = _raised(KeyError("k"))
+    try:
+        raise ours from cause
+    except Exception as raised:
+        ours = raised
+    error = _translated(ours)
+    assert error is ours
+    assert error.__cause__ is cause  # neither lost nor chained to itself
+
+
+# -- the session's parsing of replies --------------------------------------------------------------
+
+
+async def _fetch_one(s: FakeImap, tag: bytes, rest: bytes, r: Any, w: asyncio.StreamWriter) -> None:
+    w.write(b"* 1 FETCH (UID 1 FLAGS (\\Seen) BODY[] {5}\r\nhello)\r\n" + tag + b" OK done\r\n")
+
+
+async def test_a_bug_while_parsing_a_reply_is_an_internal_error_and_no_wire_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sans-I/O parsers run under ``Session._parsing``: a bug there is chained, while an
+    unreadable reply (``WireError``) is still transient and kills the session."""
+    bug = AttributeError("'NoneType' object has no attribute 'uid'")
+
+    def message_from(item: object) -> object:
+        raise bug
+
+    monkeypatch.setattr(imap_session, "message_from", message_from)
+    async with (
+        FakeImap({"UID FETCH": _fetch_one}) as srv,
+        await imap_session.connect(srv.endpoint(timeout=5.0)) as session,
+    ):
+        await session.examine("INBOX")
+        with pytest.raises(InternalError) as info:
+            await session.fetch_bodies("1")
+        assert info.value.__cause__ is bug and bug.__traceback__ is not None
+        assert "UID FETCH 1: internal error (AttributeError)" in str(info.value)
+
+        def unreadable(item: object) -> object:
+            raise WireError("no UID in a FETCH response")
+
+        monkeypatch.setattr(imap_session, "message_from", unreadable)
+        with pytest.raises(TransientError, match="unreadable server response: no UID"):
+            await session.fetch_bodies("1")
+        assert not session.alive

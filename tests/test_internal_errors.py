@@ -5,6 +5,9 @@
   ``__cause__`` is the original exception.
 - The session: a bug in the parsing of a reply is an ``InternalError``; an unreadable reply
   (``WireError``) stays a ``TransientError`` (a scripted server on loopback).
+- The protocol: an exception raised while received data is handled (inside ``data_received``)
+  fails the waiting command at once, with ``InternalError`` chained to that very exception for a
+  bug, ``TransientError`` for the server's doing (a scripted server on loopback).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 import traceback
 from typing import Any
 
@@ -27,6 +31,7 @@ from legacyflo_daemon.errors import (
     TransientError,
 )
 from legacyflo_daemon.imap import session as imap_session
+from legacyflo_daemon.imap._aioimaplib.commands import LinearFetchCommand
 from legacyflo_daemon.imap.endpoint import chain, translate
 from legacyflo_daemon.imap.syntax.wire import WireError
 from tests.test_imap_defects import FakeImap
@@ -163,3 +168,67 @@ async def test_a_bug_while_parsing_a_reply_is_an_internal_error_and_no_wire_erro
         with pytest.raises(TransientError, match="unreadable server response: no UID"):
             await session.fetch_bodies("1")
         assert not session.alive
+
+
+# -- the protocol: a handler raising inside data_received ----------------------------------------
+
+
+def _raising_append_to_resp(
+    monkeypatch: pytest.MonkeyPatch, exc: Exception
+) -> list[bytes | bytearray]:
+    """Make the FETCH command's response handler (called inside ``data_received``) raise
+    ``exc``; returns the list of lines it was called with."""
+    calls: list[bytes | bytearray] = []
+
+    def append_to_resp(
+        self: LinearFetchCommand, line: bytes | bytearray, result: str = "Pending"
+    ) -> None:
+        calls.append(line)
+        raise exc
+
+    monkeypatch.setattr(LinearFetchCommand, "append_to_resp", append_to_resp)
+    return calls
+
+
+async def test_a_bug_inside_data_received_fails_the_waiting_command_with_internal_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bug = KeyError("FETCH")
+    calls = _raising_append_to_resp(monkeypatch, bug)
+    async with (
+        FakeImap({"UID FETCH": _fetch_one}) as srv,
+        await imap_session.connect(srv.endpoint(timeout=5.0)) as session,
+    ):
+        await session.examine("INBOX")
+        start = time.monotonic()
+        with pytest.raises(InternalError) as info:
+            await session.fetch_bodies("1")
+        assert time.monotonic() - start < 1.0  # at once, not at the 5 s timeout
+        assert info.value.__cause__ is bug  # the very exception, not a summary of it
+        assert bug.__traceback__ is not None
+        assert traceback.extract_tb(bug.__traceback__)[-1].name == "append_to_resp"
+        frames = {f.name for f in traceback.extract_tb(bug.__traceback__)}
+        assert "data_received" in frames
+        assert str(info.value) == "127.0.0.1: UID FETCH 1: internal error (KeyError)"
+        assert len(calls) == 1
+        # The stream cannot be trusted any more: the connection is dead, and the next command
+        # says why at once, as the bug it was.
+        assert not session.alive
+        with pytest.raises(InternalError) as again:
+            await session.examine("INBOX")
+        assert again.value.__cause__ is bug
+
+
+async def test_the_servers_doing_inside_data_received_stays_a_transient_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _raising_append_to_resp(monkeypatch, lib.Abort("unexpected tagged response"))
+    async with (
+        FakeImap({"UID FETCH": _fetch_one}) as srv,
+        await imap_session.connect(srv.endpoint(timeout=5.0)) as session,
+    ):
+        await session.examine("INBOX")
+        with pytest.raises(TransientError, match=r"unexpected data from the server \(Abort\)"):
+            await session.fetch_bodies("1")
+        with pytest.raises(TransientError, match="no longer usable"):
+            await session.examine("INBOX")

@@ -11,11 +11,12 @@ Rules:
   connection is lost (aioimaplib never fails pending commands itself), after ``timeout``
   seconds without a byte received or sent, or after ``20 * timeout`` (+ ``allowance``) overall.
 - What a command raises is classified by ``endpoint.translate``: network, TLS and protocol
-  trouble is ``TransientError``/``PermanentError``; a bug (any other exception) is
-  ``InternalError`` chained to the original exception, never ``TransientError``: it must not
-  be retried.
+  trouble is ``TransientError``/``PermanentError``; a bug (any other exception, also one raised
+  while the protocol handled received data, ``ImapProtocol.error``) is ``InternalError``
+  chained to the original exception, never ``TransientError``: it must not be retried.
 - After a timeout, a lost connection, a protocol surprise, a bug or a cancellation the
-  connection is dead: it is aborted and every later command raises ``TransientError`` at once.
+  connection is dead: it is aborted and every later command raises at once (``TransientError``,
+  or ``InternalError`` again when a bug killed it).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from legacyflo_daemon.imap._aioimaplib.commands import (
     SafeCommand,
 )
 from legacyflo_daemon.imap._aioimaplib.protocol import ImapProtocol
-from legacyflo_daemon.imap.endpoint import Endpoint, chain, translate
+from legacyflo_daemon.imap.endpoint import Endpoint, chain, is_bug, translate
 from legacyflo_daemon.imap.syntax import responses
 from legacyflo_daemon.imap.syntax.parse import capabilities
 from legacyflo_daemon.imap.syntax.wire import Arg, Chunk, decode, split_args
@@ -71,7 +72,16 @@ class Connection:
     def alive(self) -> bool:
         return self._dead is None and not self.proto.lost.done()
 
+    def _bug(self) -> Exception | None:
+        """The exception that killed the connection while data was handled, if it is a bug."""
+        error = self.proto.error
+        return error if error is not None and is_bug(error) else None
+
     def _lost_reason(self) -> str:
+        if (bug := self._bug()) is not None:
+            return f"internal error while handling a response ({type(bug).__name__})"
+        if self.proto.error is not None:  # aioimaplib's Abort, an unreadable response
+            return f"unexpected data from the server ({type(self.proto.error).__name__})"
         if self.proto.failure is not None:
             return self.proto.failure
         if self.proto.bye:
@@ -79,7 +89,11 @@ class Connection:
         return "the connection was lost"
 
     def check_alive(self) -> None:
+        """Raise at once if the connection is dead: ``InternalError`` (chained to the bug)
+        when a bug killed it, ``TransientError`` otherwise."""
         if not self.alive:
+            if (bug := self._bug()) is not None:
+                raise translate(bug, self.host, "connection no longer usable") from bug
             reason = self._dead or self._lost_reason()
             raise TransientError(
                 f"connection no longer usable ({reason})",
@@ -104,7 +118,9 @@ class Connection:
     async def watch(
         self, aw: Awaitable[T], what: str, allowance: float = 0.0, silence: float | None = None
     ) -> T:
-        """Await ``aw`` under the watchdog (module docstring); ``TransientError`` if it fires.
+        """Await ``aw`` under the watchdog (module docstring); ``TransientError`` if it fires,
+        ``InternalError`` (chained to it) if the connection was lost to a bug in the handling
+        of received data.
 
         ``silence`` overrides the endpoint's ``timeout`` for this one wait.
         """
@@ -151,6 +167,8 @@ class Connection:
         except TimeoutError:
             if not why:
                 raise
+            if (bug := self._bug()) is not None:
+                raise translate(bug, self.host, what) from bug
             raise TransientError(
                 f"{what}: {why[0]}",
                 host=self.host,

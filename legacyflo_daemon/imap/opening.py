@@ -3,8 +3,8 @@
 Owns: the order of these steps and their rules. ``start()`` gives an unauthenticated connection
 (TLS decided), ``login()`` makes exactly one authentication attempt; ``open_connection()`` is
 both. Must not: retry anything (a second wrong password counts against lockout) or log.
-Errors are classified by ``endpoint.translate``: a bug anywhere in these steps is
-``InternalError`` chained to the original exception.
+Errors are classified by ``endpoint.translate``: a bug anywhere in these steps (also in the
+protocol's handling of the greeting) is ``InternalError`` chained to the original exception.
 
 Rules:
 - ``implicit``: TLS from the first byte. ``starttls``: STARTTLS required (aioimaplib has no
@@ -58,6 +58,8 @@ async def _greeting(conn: Connection) -> None:
     except (OSError, ssl.SSLError) as exc:
         raise translate(exc, ep.host, where) from chain(exc)
     if not proto.greeting.done():
+        if proto.error is not None:  # the greeting could not be handled: a bug or garbage
+            raise translate(proto.error, ep.host, where) from chain(proto.error)
         raise TransientError(f"{where}: closed before the greeting", host=ep.host)
     greeting = decode(proto.greeting.result())
     if proto.state == LOGOUT:  # "* BYE Too many connections" and the like

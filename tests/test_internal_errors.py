@@ -8,6 +8,8 @@
 - The protocol: an exception raised while received data is handled (inside ``data_received``)
   fails the waiting command at once, with ``InternalError`` chained to that very exception for a
   bug, ``TransientError`` for the server's doing (a scripted server on loopback).
+- The copier (acceptance, real Dovecot): a parser bug while copying propagates out of
+  ``Copier.run`` as ``InternalError`` after exactly one call, no retry and no reconnection.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import socket
 import ssl
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aioimaplib import aioimaplib as lib
+from structlog.testing import capture_logs
 
 from legacyflo_daemon.errors import (
     AuthenticationFailed,
@@ -34,6 +38,10 @@ from legacyflo_daemon.imap import session as imap_session
 from legacyflo_daemon.imap._aioimaplib.commands import LinearFetchCommand
 from legacyflo_daemon.imap.endpoint import chain, translate
 from legacyflo_daemon.imap.syntax.wire import WireError
+from legacyflo_daemon.model import JobType
+from testkit import DovecotServer, MailSpec, ServerAccount, load_messages, snapshot_mailbox
+from testkit.mailgen import make_message, utc
+from tests.copyhelp import dest_snapshot, direct_run
 from tests.test_imap_defects import FakeImap
 
 HOST = "imap.example.test"
@@ -232,3 +240,58 @@ async def test_the_servers_doing_inside_data_received_stays_a_transient_error(
             await session.fetch_bodies("1")
         with pytest.raises(TransientError, match="no longer usable"):
             await session.examine("INBOX")
+
+
+# -- the copier on the real servers (acceptance) ---------------------------------------------------
+
+
+def _load_small(server: DovecotServer, user: str) -> None:
+    for folder in ("INBOX", "Archive"):
+        specs = []
+        for i in range(3):
+            when = utc(2021, 3, 1 + i, 12)
+            data = make_message(
+                subject=f"{folder} {i}", date=when, message_id=f"<{folder}-{i}@bug.example>"
+            )
+            specs.append(MailSpec(data, frozenset() if i else frozenset({"\\Seen"}), when))
+        load_messages(server, user, folder, specs)
+
+
+async def test_a_parser_bug_while_copying_is_raised_once_as_internal_error_never_retried(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    source_account: ServerAccount,
+    dest_account: ServerAccount,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _load_small(source_server, source_account.user)
+    source_before = snapshot_mailbox(source_server, source_account.user)
+    calls: list[object] = []
+
+    def meta_from(item: object) -> object:  # MessageMeta from a FETCH response: broken
+        calls.append(item)
+        raise AttributeError("'NoneType' object has no attribute 'uid'")
+
+    monkeypatch.setattr(imap_session, "meta_from", meta_from)  # where the session looks it up
+    run = direct_run(
+        tmp_path, source_account, dest_account, jobtype=JobType.IMAP, retries=6,
+        backoff_base=0.01, backoff_max=0.01,
+    )  # fmt: skip
+    with capture_logs() as events, pytest.raises(InternalError) as info:
+        await run.copier().run()
+
+    cause = info.value.__cause__
+    assert isinstance(cause, AttributeError)
+    assert cause.__traceback__ is not None
+    assert traceback.extract_tb(cause.__traceback__)[-1].name == "meta_from"
+    assert "internal error (AttributeError)" in str(info.value)
+    assert source_account.password not in str(info.value)
+    assert len(calls) == 1  # no retry, no second connection pair reading the folder again
+    assert [e for e in events if e["event"] == "request_retry"] == []
+    await asyncio.to_thread(
+        source_server.wait_for_log, lambda _t: source_server.open_sessions(source_account.user) == 0
+    )
+    assert source_server.count_logins(source_account.user).attempts == 1  # no reconnection
+    assert snapshot_mailbox(source_server, source_account.user) == source_before
+    assert sum(c.total() for c in dest_snapshot(dest_server, dest_account.user).values()) == 0

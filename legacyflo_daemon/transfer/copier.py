@@ -8,12 +8,15 @@ after the server stored it, a changed UIDVALIDITY) is healed by the same step: r
 re-read both sides, copy what is missing. The state store only adds speed (finished folders are
 not re-read) and the counts of earlier runs.
 
-Errors: ``AuthenticationFailed`` and ``PermanentError`` end the request at once;
-``TransientError`` reconnects after a backoff (the server's hint honoured) until
+Errors: ``AuthenticationFailed`` and ``PermanentError`` end the request at once (a ``failed``
+result); ``TransientError`` reconnects after a backoff (the server's hint honoured) until
 ``imap.retries`` attempts in a row made no progress; ``MessageRejected`` is recorded per message.
+``InternalError`` (a bug) is not a result: it propagates out of ``Copier.run`` at once, never
+retried, its cause and traceback intact, for the daemon's per-request error boundary to log once
+and fail the request with "internal error".
 
-Must not: modify the source (EXAMINE and BODY.PEEK only, in ``imap``), log message content, or
-know about the spool.
+Must not: modify the source (EXAMINE and BODY.PEEK only, in ``imap``), log message content,
+know about the spool, or retry anything but ``TransientError``.
 """
 
 from __future__ import annotations
@@ -53,7 +56,11 @@ log = structlog.get_logger("legacyflo_daemon.transfer.copier")
 
 @dataclass
 class Copier:
-    """Copies one request. ``run()`` returns its result; it never raises ImapError."""
+    """Copies one request. ``run()`` returns its result; it never raises ImapError.
+
+    It raises ``Interrupted`` when ``stop`` was set, and ``InternalError`` (or, for a bug
+    outside the IMAP boundary, the original exception) for a bug: neither is a result.
+    """
 
     request_id: str
     request: Request

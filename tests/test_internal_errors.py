@@ -10,6 +10,7 @@
   bug, ``TransientError`` for the server's doing (a scripted server on loopback).
 - The copier (acceptance, real Dovecot): a parser bug while copying propagates out of
   ``Copier.run`` as ``InternalError`` after exactly one call, no retry and no reconnection.
+- The copier's waits honour a stop request and never swallow a cancellation.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pytest
 from aioimaplib import aioimaplib as lib
 from structlog.testing import capture_logs
 
+from legacyflo_daemon.config.schema import HostConfig
 from legacyflo_daemon.errors import (
     AuthenticationFailed,
     ImapError,
@@ -39,9 +41,11 @@ from legacyflo_daemon.imap._aioimaplib.commands import LinearFetchCommand
 from legacyflo_daemon.imap.endpoint import chain, translate
 from legacyflo_daemon.imap.syntax.wire import WireError
 from legacyflo_daemon.model import JobType
+from legacyflo_daemon.transfer import copier as copier_module
+from legacyflo_daemon.transfer.copier import Interrupted, connect_pair
 from testkit import DovecotServer, MailSpec, ServerAccount, load_messages, snapshot_mailbox
 from testkit.mailgen import make_message, utc
-from tests.copyhelp import dest_snapshot, direct_run
+from tests.copyhelp import CopyRun, Login, dest_snapshot, direct_run, make_config, make_request
 from tests.test_imap_defects import FakeImap
 
 HOST = "imap.example.test"
@@ -61,6 +65,13 @@ def _translated(exc: Exception, what: str = "UID FETCH 1:5") -> LegacyfloError:
         raise translate(exc, HOST, what) from chain(exc)
     except LegacyfloError as error:
         return error
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 # -- translate and chain ---------------------------------------------------------------------------
@@ -295,3 +306,83 @@ async def test_a_parser_bug_while_copying_is_raised_once_as_internal_error_never
     assert source_server.count_logins(source_account.user).attempts == 1  # no reconnection
     assert snapshot_mailbox(source_server, source_account.user) == source_before
     assert sum(c.total() for c in dest_snapshot(dest_server, dest_account.user).values()) == 0
+
+
+# -- the copier's waits: stop and cancellation ----------------------------------------------------
+
+
+class _AlwaysOne:
+    """Stands in for ``random`` in the copier: full jitter always draws the longest wait."""
+
+    @staticmethod
+    def random() -> float:
+        return 1.0
+
+
+async def test_a_stop_ends_the_back_off_wait_at_once_with_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = _free_port()  # nothing listens: every connection attempt is refused
+    config = make_config(
+        {"127.0.0.1": HostConfig(tls="implicit")}, dest_port=port, backoff_base=600.0,
+        backoff_max=600.0, retries=5, connect_timeout=2.0,
+    )  # fmt: skip
+    request = make_request(
+        Login("src", "pw-src", "127.0.0.1", port), Login("dst", "pw-dst", "127.0.0.1")
+    )
+    run = CopyRun.create(tmp_path, request, config)
+    monkeypatch.setattr(copier_module, "random", _AlwaysOne)
+    stop = asyncio.Event()
+    with capture_logs() as events:
+        task = asyncio.create_task(run.copier(stop=stop).run())
+        async with asyncio.timeout(10):
+            # Polled: the only sign that the copier is in its back-off wait is this log event.
+            while not any(e["event"] == "request_retry" for e in events):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        (retry,) = [e for e in events if e["event"] == "request_retry"]
+        assert retry["delay"] == 600.0 and "connection refused" in retry["error"]
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        start = time.monotonic()
+        stop.set()
+        with pytest.raises(Interrupted):
+            await asyncio.wait_for(task, 5)
+        assert time.monotonic() - start < 1.0
+
+
+async def test_connect_pair_never_swallows_a_cancellation_during_its_cleanup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The source fails while the destination's handshake is still ending: a cancellation that
+    arrives during that cleanup wait is raised, not swallowed in favour of the source's error
+    (which would make the copier retry a request that was cancelled)."""
+    ended = asyncio.Event()
+
+    async def slow_open(_ep: object) -> object:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            try:
+                await asyncio.sleep(0.5)  # a handshake that takes its time to wind down
+            finally:
+                ended.set()
+        raise AssertionError("unreachable")
+
+    async def refused(_ep: object) -> object:
+        await asyncio.sleep(0)
+        raise TransientError("connect to port 993: connection refused", host="127.0.0.1")
+
+    monkeypatch.setattr(imap_session, "open_unauthenticated", slow_open)
+    monkeypatch.setattr(copier_module, "connect", refused)
+    port = _free_port()
+    config = make_config({"127.0.0.1": HostConfig(tls="implicit")}, dest_port=port)
+    request = make_request(
+        Login("src", "pw-src", "127.0.0.1", port), Login("dst", "pw-dst", "127.0.0.1")
+    )
+    task = asyncio.create_task(connect_pair(request, config))
+    await asyncio.sleep(0.1)  # the source has failed; the cleanup waits for the handshake
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(ended.wait(), 5)

@@ -13,16 +13,16 @@ result); ``TransientError`` reconnects after a backoff (the server's hint honour
 ``imap.retries`` attempts in a row made no progress; ``MessageRejected`` is recorded per message.
 ``InternalError`` (a bug) is not a result: it propagates out of ``Copier.run`` at once, never
 retried, its cause and traceback intact, for the daemon's per-request error boundary to log once
-and fail the request with "internal error".
+and fail the request with "internal error". A stop request (``stop``) ends the run with
+``Interrupted`` after the in-flight batch, and at once during a back-off wait.
 
 Must not: modify the source (EXAMINE and BODY.PEEK only, in ``imap``), log message content,
-know about the spool, or retry anything but ``TransientError``.
+know about the spool, retry anything but ``TransientError``, or swallow a cancellation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import random
 from collections import deque
@@ -43,7 +43,7 @@ from legacyflo_daemon.imap.endpoint import dest_endpoint, source_endpoint
 from legacyflo_daemon.imap.session import ListEntry, Session, connect
 from legacyflo_daemon.model import FolderResult, JobType, Request, RequestResult, Status
 from legacyflo_daemon.request import dates
-from legacyflo_daemon.runtime.aio import all_or_first_error, both
+from legacyflo_daemon.runtime.aio import all_or_first_error, both, wait_any
 from legacyflo_daemon.state.store import FolderCheckpoint, StateStore
 from legacyflo_daemon.transfer import folders
 from legacyflo_daemon.transfer.backoff import Backoff
@@ -131,7 +131,9 @@ class Copier:
                 log.warning("request_retry", attempt=attempt + 1, delay=round(delay, 2),
                             error=str(exc))  # fmt: skip
                 attempt += 1
-                await asyncio.sleep(delay)
+                await wait_any((self.stop,), delay)  # a stop ends the wait at once
+                if self.stop.is_set():
+                    raise Interrupted from exc
 
     async def _attempt(self) -> None:
         # What is done stays done; this pass adds what it still finds missing.
@@ -273,6 +275,8 @@ async def connect_pair(request: Request, config: Config) -> tuple[Session, Sessi
     The destination's TCP and TLS handshake runs while the source logs in, but its login is
     sent only once the source accepted ours: a refused source login ends the request without
     a login attempt on the destination account (nothing for a lockout policy to count).
+    When the source fails, the destination's handshake is cancelled and whatever it opened or
+    raised is dropped; the source's error (or our own cancellation) is what propagates.
     """
     dst_open = asyncio.ensure_future(
         imap_session.open_unauthenticated(dest_endpoint(request, config))
@@ -281,8 +285,11 @@ async def connect_pair(request: Request, config: Config) -> tuple[Session, Sessi
         src = await connect(source_endpoint(request, config))
     except BaseException:
         dst_open.cancel()
-        with contextlib.suppress(BaseException):
-            imap_session.close_unauthenticated(await dst_open)
+        # Waits for the handshake task to end without raising its outcome; a cancellation of
+        # this task during the wait propagates (it replaces the source's error).
+        await asyncio.wait((dst_open,))
+        if not dst_open.cancelled() and dst_open.exception() is None:
+            imap_session.close_unauthenticated(dst_open.result())
         raise
     try:
         return src, await imap_session.authenticate(await dst_open)

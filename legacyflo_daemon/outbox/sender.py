@@ -1,9 +1,14 @@
 """The task that delivers pending report mails from the outbox, with per-mail backoff.
 
 Owns: ``MailSender``: when to try which mail (periodically, on ``kick()``, after backoff), the
-in-memory attempt counts, and the ``report_sent`` / ``report_send_failed`` log events.
-Must not: talk SMTP or write files (``outbox.deliver`` and ``outbox.Outbox`` do), or ever
-stop on a failing mail: ``run`` never raises, and mails wait in ``outbox/``.
+in-memory attempt counts and set-aside mails, and the ``report_sent`` / ``report_send_failed``
+/ ``report_send_internal_error`` log events.
+Errors: only ``SmtpError`` (what ``deliver`` makes of every SMTP, TLS, network and timeout
+failure, and a mail file that cannot be read) is delivery trouble, retried with backoff. Any
+other exception is a bug: logged once with its traceback, and that mail is set aside (it stays
+in ``outbox/`` and is not tried again until the next start) while the others go on.
+Must not: talk SMTP or write files (``outbox.deliver`` and ``outbox.Outbox`` do), retry a bug,
+or ever stop on a failing mail: ``run`` never raises, and mails wait in ``outbox/``.
 """
 
 from __future__ import annotations
@@ -29,10 +34,13 @@ class _Attempts:
 class MailSender:
     """Delivers pending report mails, periodically and on ``kick()``, with per-mail backoff.
 
-    After ``n`` failed attempts a mail waits ``min(backoff_base * 2**(n-1), backoff_max)``
-    seconds. The attempt counts live in memory only: after a restart every pending mail is
-    simply tried again. With ``smtp`` None nothing is sent; mails wait in ``outbox/``.
-    Logs ``report_sent`` and ``report_send_failed`` (with ``request_id`` and ``error``).
+    After ``n`` failed attempts (``SmtpError``) a mail waits
+    ``min(backoff_base * 2**(n-1), backoff_max)`` seconds. A mail whose attempt raised anything
+    else (a bug) is set aside: not tried again by this process. The attempt counts and the
+    set-aside mails live in memory only: after a restart every pending mail is simply tried
+    again. With ``smtp`` None nothing is sent; mails wait in ``outbox/``.
+    Logs ``report_sent``, ``report_send_failed`` (with ``request_id`` and ``error``) and, once
+    per set-aside mail, ``report_send_internal_error`` (``request_id``, with the traceback).
     """
 
     def __init__(
@@ -53,6 +61,7 @@ class MailSender:
         self.local_hostname = local_hostname
         self._attempts: dict[str, _Attempts] = {}
         self._unaddressed: set[str] = set()  # names of mails without To: never tried
+        self._set_aside: set[str] = set()  # names of mails whose attempt hit a bug: not retried
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._log = structlog.get_logger()
@@ -62,8 +71,13 @@ class MailSender:
         self._wake.set()
 
     def statistics(self) -> dict[str, int]:
-        """A snapshot: mails failing at least once, mails never tried for lack of a To."""
-        return {"retrying": len(self._attempts), "unaddressed": len(self._unaddressed)}
+        """A snapshot: mails failing at least once, mails never tried for lack of a To, and
+        pending mails set aside after an internal error."""
+        return {
+            "retrying": len(self._attempts),
+            "unaddressed": len(self._unaddressed),
+            "set_aside": len(self._set_aside),
+        }
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set. Never raises (except cancellation)."""
@@ -93,6 +107,7 @@ class MailSender:
             names = {p.name for p in pending}
             for gone in set(self._attempts) - names:
                 del self._attempts[gone]
+            self._set_aside &= names
             sent = 0
             for path in pending:
                 if stop is not None and stop.is_set():
@@ -103,7 +118,9 @@ class MailSender:
     async def _try(self, path: Path, smtp: SmtpConfig) -> int:
         loop = asyncio.get_running_loop()
         attempts = self._attempts.get(path.name)
-        if path.name in self._unaddressed or (attempts and attempts.next_try > loop.time()):
+        if path.name in self._unaddressed or path.name in self._set_aside:
+            return 0
+        if attempts and attempts.next_try > loop.time():
             return 0
         request_id = path.stem
         try:
@@ -112,15 +129,19 @@ class MailSender:
                 self._log.info("report_not_addressed", request_id=request_id)
                 return 0
             await deliver(path, smtp, local_hostname=self.local_hostname)
-        except Exception as exc:  # this task must outlive any single mail, whatever happens
+        except SmtpError as exc:  # delivery trouble: try again after a while
             count = attempts.count + 1 if attempts else 1
             wait = min(self.backoff_base * 2 ** (count - 1), self.backoff_max)
             self._attempts[path.name] = _Attempts(count, loop.time() + wait)
-            error = str(exc) if isinstance(exc, SmtpError) else f"{type(exc).__name__}: {exc}"
             self._log.warning(
-                "report_send_failed", request_id=request_id, error=error, attempt=count,
+                "report_send_failed", request_id=request_id, error=str(exc), attempt=count,
                 retry_in=round(wait, 3),
             )  # fmt: skip
+            return 0
+        except Exception:  # a bug: retrying cannot help; this task outlives it
+            self._attempts.pop(path.name, None)
+            self._set_aside.add(path.name)
+            self._log.exception("report_send_internal_error", request_id=request_id)
             return 0
         self._attempts.pop(path.name, None)
         self._log.info("report_sent", request_id=request_id, to_host=smtp.host)
@@ -128,5 +149,11 @@ class MailSender:
 
 
 def _has_recipient(path: Path) -> bool:
-    with path.open("rb") as f:
-        return bool(envelope(f.read(64 * 1024)).recipients)  # our headers are far smaller
+    """Whether the mail has a ``To`` address; ``SmtpError`` when it cannot be read (as in
+    ``deliver``: the file may be gone or unreadable for now, which is no bug)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(64 * 1024)  # our headers are far smaller
+    except OSError as exc:
+        raise SmtpError(f"{path.name}: cannot read: {exc.strerror or exc}") from None
+    return bool(envelope(head).recipients)

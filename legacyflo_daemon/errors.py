@@ -8,12 +8,14 @@ Shaped by what the caller must do, not by where the error came from:
   and ends ``partial``.
 - ``PermanentError``: the request cannot go on (TLS verification failed, plaintext refused,
   a folder the destination will not create); fail it without retrying.
-- ``InternalError``: a bug; never retried, its traceback logged once, the request fails with
-  "internal error".
+- ``InternalError``: a bug in this program. Never retried, never mistaken for network trouble;
+  it is chained (``raise InternalError(...) from exc``) to the exception that revealed the bug,
+  so that its traceback survives until it is logged once (the daemon's per-request boundary).
 
 Foreign exceptions (aioimaplib, ssl, OSError, aiosmtplib) are translated into these at exactly
-one boundary each (``imap``, ``outbox``). No message here may ever contain a password: build
-messages from host names, user ids and server text only.
+one boundary each (``imap``, ``outbox``); only the conditions a boundary classifies (network,
+TLS, server replies) become the errors above, anything else is an ``InternalError``. No message
+here may ever contain a password: build messages from host names, user ids and server text only.
 
 A bad CSV row is a value (``model.RowError``), not an exception; ``CsvFileError`` is for a file
 that cannot be read as a request CSV at all.
@@ -27,11 +29,10 @@ class LegacyfloError(Exception):
 
 
 class InternalError(LegacyfloError):
-    """A bug in this program, not a condition of the network, a server or the input.
+    """A bug in this program: never retried; its traceback is logged once.
 
-    Never retried. Raised ``from`` the original exception so that its traceback survives; the
-    code that catches it logs that traceback once (scrubbed of secrets) and fails the one piece
-    of work it belongs to (a request, a report mail), never the daemon.
+    The message says briefly what was being done (host, command; never a password or message
+    content) and names the type of the original exception, which is its ``__cause__``.
     """
 
 

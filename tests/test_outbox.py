@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import socket
 import ssl
@@ -21,12 +22,13 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from structlog.testing import capture_logs
 
-from legacyflo_daemon.config.schema import SmtpConfig
+from legacyflo_daemon.config.schema import LogConfig, SmtpConfig
 from legacyflo_daemon.errors import SmtpError
 from legacyflo_daemon.model import Status
 from legacyflo_daemon.outbox.sender import MailSender
 from legacyflo_daemon.outbox.store import Outbox, deliver, envelope, smtp_password
 from legacyflo_daemon.report.result import build_mail
+from legacyflo_daemon.runtime.log import configure_logging, reset_logging
 from tests.test_report import NOW, attachment, entries, make_json
 
 PASSWORD = 'sm"tp p@ss\\wörd'
@@ -391,3 +393,54 @@ async def test_without_smtp_nothing_is_sent(outbox: Outbox) -> None:
         await asyncio.sleep(0.1)
         stop.set()
     assert path.exists()
+
+
+async def test_a_bug_while_sending_is_logged_once_and_that_mail_set_aside(
+    server: Server, outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anything but ``SmtpError`` from a delivery is a bug: logged once with its traceback, the
+    mail stays in outbox/ and is not tried again by this process; the others still go out."""
+    rec, port = server("plain", auth=False)
+    calls: list[str] = []
+
+    async def broken_for_r1(path: Path, smtp: SmtpConfig, **kw: Any) -> Path:
+        calls.append(path.stem)
+        if path.stem == "r1":
+            raise KeyError("Message-ID")  # e.g. a slip in building the envelope
+        return await deliver(path, smtp, **kw)
+
+    monkeypatch.setattr("legacyflo_daemon.outbox.sender.deliver", broken_for_r1)
+    out = io.BytesIO()
+    configure_logging(LogConfig(format="json"), stream=out)
+    try:
+        r1 = outbox.write_mail("r1", eml(subject="bug"))
+        outbox.write_mail("r2", eml(subject="second"))
+        sender = MailSender(outbox, config(port, "none", None, None), interval=0.02,
+                            backoff_base=0.01, backoff_max=0.01)  # fmt: skip
+        stop = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(sender.run(stop))
+            await wait_for(lambda: len(rec.messages) == 1)
+            outbox.write_mail("r3", eml(subject="third"))  # the loop still runs after the bug
+            sender.kick()
+            await wait_for(lambda: len(rec.messages) == 2)
+            await asyncio.sleep(0.2)  # several more passes: r1 is not tried again
+            stop.set()
+    finally:
+        reset_logging()
+    assert calls.count("r1") == 1 and sorted(set(calls)) == ["r1", "r2", "r3"]
+    assert r1.exists() and outbox.pending_mails() == [r1]  # kept for the next start
+    assert sender.statistics() == {"retrying": 0, "unaddressed": 0, "set_aside": 1}
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    (bug,) = [r for r in records if r["event"] == "report_send_internal_error"]
+    assert bug["request_id"] == "r1" and bug["level"] == "error"
+    (exc,) = bug["exception"]
+    assert exc["exc_type"] == "KeyError"
+    assert exc["frames"][-1]["name"] == "broken_for_r1"  # the traceback, down to the bug
+    assert not [r for r in records if r["event"] == "report_send_failed"]
+    assert [r["request_id"] for r in records if r["event"] == "report_sent"] == ["r2", "r3"]
+
+    # A new process (memory lost) tries the mail again.
+    monkeypatch.setattr("legacyflo_daemon.outbox.sender.deliver", deliver)
+    assert await MailSender(outbox, config(port, "none", None, None)).send_pending() == 1
+    assert not r1.exists() and len(rec.messages) == 3

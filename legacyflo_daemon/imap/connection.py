@@ -10,8 +10,13 @@ Rules:
 - Every command runs under a watchdog: it fails with ``TransientError`` as soon as the
   connection is lost (aioimaplib never fails pending commands itself), after ``timeout``
   seconds without a byte received or sent, or after ``20 * timeout`` (+ ``allowance``) overall.
-- After a timeout, a lost connection, a protocol surprise or a cancellation the connection is
-  dead: it is aborted and every later command raises ``TransientError`` at once.
+- What a command raises is classified by ``endpoint.translate``: network, TLS and protocol
+  trouble is ``TransientError``/``PermanentError``; a bug (any other exception, also one raised
+  while the protocol handled received data, ``ImapProtocol.error``) is ``InternalError``
+  chained to the original exception, never ``TransientError``: it must not be retried.
+- After a timeout, a lost connection, a protocol surprise, a bug or a cancellation the
+  connection is dead: it is aborted and every later command raises at once (``TransientError``,
+  or ``InternalError`` again when a bug killed it).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from legacyflo_daemon.errors import InternalError, TransientError
+from legacyflo_daemon.errors import TransientError
 from legacyflo_daemon.imap._aioimaplib.commands import (
     ContinuationCommand,
     LinearFetchCommand,
@@ -67,26 +72,28 @@ class Connection:
     def alive(self) -> bool:
         return self._dead is None and not self.proto.lost.done()
 
+    def _bug(self) -> Exception | None:
+        """The exception that killed the connection while data was handled, if it is a bug."""
+        error = self.proto.error
+        return error if error is not None and is_bug(error) else None
+
     def _lost_reason(self) -> str:
+        if (bug := self._bug()) is not None:
+            return f"internal error while handling a response ({type(bug).__name__})"
+        if self.proto.error is not None:  # aioimaplib's Abort, an unreadable response
+            return f"unexpected data from the server ({type(self.proto.error).__name__})"
         if self.proto.failure is not None:
             return self.proto.failure
         if self.proto.bye:
             return f"the server closed the connection: {responses.clean_text(self.proto.bye)}"
         return "the connection was lost"
 
-    def _bug(self, what: str) -> InternalError | None:
-        """An ``InternalError`` if the stream failed because of a bug in a parser (ours or the
-        library's), chained to that exception by the caller; None otherwise."""
-        cause = self.proto.failure_cause
-        if not is_bug(cause):
-            return None
-        return InternalError(f"{self.host}: {what}: internal error ({type(cause).__name__})")
-
     def check_alive(self) -> None:
+        """Raise at once if the connection is dead: ``InternalError`` (chained to the bug)
+        when a bug killed it, ``TransientError`` otherwise."""
         if not self.alive:
-            bug = self._bug("connection")
-            if bug is not None:
-                raise bug from self.proto.failure_cause
+            if (bug := self._bug()) is not None:
+                raise translate(bug, self.host, "connection no longer usable") from bug
             reason = self._dead or self._lost_reason()
             raise TransientError(
                 f"connection no longer usable ({reason})",
@@ -111,7 +118,9 @@ class Connection:
     async def watch(
         self, aw: Awaitable[T], what: str, allowance: float = 0.0, silence: float | None = None
     ) -> T:
-        """Await ``aw`` under the watchdog (module docstring); ``TransientError`` if it fires.
+        """Await ``aw`` under the watchdog (module docstring); ``TransientError`` if it fires,
+        ``InternalError`` (chained to it) if the connection was lost to a bug in the handling
+        of received data.
 
         ``silence`` overrides the endpoint's ``timeout`` for this one wait.
         """
@@ -158,9 +167,8 @@ class Connection:
         except TimeoutError:
             if not why:
                 raise
-            bug = self._bug(what)
-            if bug is not None:
-                raise bug from proto.failure_cause
+            if (bug := self._bug()) is not None:
+                raise translate(bug, self.host, what) from bug
             raise TransientError(
                 f"{what}: {why[0]}",
                 host=self.host,
@@ -212,7 +220,9 @@ class Connection:
     ) -> Reply:
         """Send one command and wait for its tagged reply (OK, NO or BAD; anything else kills).
 
-        ``what`` names the operation in error messages (never put a password in it).
+        ``what`` names the operation in error messages (never put a password in it). Raises
+        ``TransientError``/``PermanentError`` for network and protocol trouble, ``InternalError``
+        (chained to the original exception) for a bug; either kills the connection.
         """
         self.check_alive()
         async with self._lock:
@@ -222,11 +232,12 @@ class Connection:
                 self.proto.continuation_target = command
             try:
                 response = await self.watch(self.proto.execute(command), what, allowance, silence)
-            except BaseException as exc:
+            except Exception as exc:
                 error = translate(exc, self.host, what)
                 self.kill(str(error))
-                if isinstance(exc, Exception):
-                    raise error from chain(exc)
+                raise error from chain(exc)
+            except BaseException:
+                self.kill(f"{what}: cancelled")
                 raise  # cancellation: the connection is dead, the caller goes on cancelling
             finally:
                 self.proto.continuation_target = None

@@ -4,10 +4,11 @@ Owns: ``Endpoint`` (host, port, TLS mode, credentials, timeouts), the rules that
 and the config into the two endpoints of a copy (port 993 is implicit TLS, any other source port
 STARTTLS, plain LOGIN only where ``hosts."x".allow_plaintext`` says so; the destination port
 comes from the config; the login name follows the host's ``login_format``),
-``make_ssl_context`` (the only place TLS settings are decided) and ``translate`` (foreign
-exceptions from the network, ``ssl`` and aioimaplib into ``errors.*``; anything else is a bug,
-``InternalError``, never taken for network trouble).
-Must not: open connections or log.
+``make_ssl_context`` (the only place TLS settings are decided) and ``translate``/``chain``: the
+one classification of foreign exceptions. Network, ``ssl``, unreadable-response and aioimaplib
+protocol errors become ``TransientError``/``PermanentError``; any other exception is a bug and
+becomes ``InternalError``, chained to the original so that its traceback survives.
+Must not: open connections, log, or let a bug pass for network trouble (it would be retried).
 """
 
 from __future__ import annotations
@@ -118,28 +119,35 @@ def dest_endpoint(req: Request, cfg: Config) -> Endpoint:
     return endpoint(req.dest, dest_port(req, cfg), cfg.host(req.dest.server), cfg)
 
 
-EXPECTED = (ImapError, OSError, ssl.SSLError, WireError, ProtocolError)
+# What a network, TLS or server problem can raise here; ``translate`` classifies exactly these.
+CLASSIFIED = (ImapError, OSError, ssl.SSLError, WireError, ProtocolError)
 
 
-def translate(exc: BaseException, host: str, what: str) -> ImapError | InternalError:
-    """The ``errors`` exception for a foreign one raised while doing ``what`` on ``host``.
+def translate(exc: Exception, host: str, what: str) -> ImapError | InternalError:
+    """The ``errors`` exception for ``exc``, raised while doing ``what`` on ``host``.
 
-    Only the conditions of ``EXPECTED`` (network, TLS, an unreadable server response, the
-    library's protocol errors, our own ``ImapError``) are classified as transient or permanent.
-    Anything else is a bug: ``InternalError``, never retried; callers raise it ``from
-    chain(exc)`` so that the original exception and its traceback stay attached.
+    - an error of ours (``ImapError``, ``InternalError``) is returned as it is;
+    - the classified conditions (``CLASSIFIED``: the ``OSError`` family with timeouts and
+      ``ssl`` errors, ``WireError`` = an unreadable server response, aioimaplib's
+      ``ProtocolError``) become ``TransientError`` or ``PermanentError``;
+    - anything else is a bug: ``InternalError`` naming ``what`` and the exception's type.
+
+    Raise the result ``from chain(exc)``. Never raises itself. Cancellation (``BaseException``)
+    is never translated.
     """
     if isinstance(exc, ImapError | InternalError):
         return exc
     if isinstance(exc, ssl.SSLCertVerificationError):
-        detail = exc.verify_message or exc.reason or "unknown reason"
+        # getattr: an error made outside the ssl module lacks these, and translate must not fail.
+        detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
+        detail = detail or "unknown reason"
         return PermanentError(f"{what}: certificate verify failed: {detail}", host=host)
     if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError):
         return TransientError(f"{what}: TLS connection closed during the handshake", host=host)
     if isinstance(exc, ssl.SSLError):
         text = str(exc).upper()
         hint = " (legacy_tls allows TLS 1.0)" if "VERSION" in text or "PROTOCOL" in text else ""
-        reason = exc.reason or exc.__class__.__name__
+        reason = getattr(exc, "reason", None) or exc.__class__.__name__
         return PermanentError(f"{what}: TLS handshake failed: {reason}{hint}", host=host)
     if isinstance(exc, socket.gaierror):
         if exc.errno == socket.EAI_NONAME:
@@ -157,15 +165,20 @@ def translate(exc: BaseException, host: str, what: str) -> ImapError | InternalE
         return TransientError(f"{what}: unreadable server response: {exc}", host=host)
     if isinstance(exc, ProtocolError):
         return TransientError(f"{what}: IMAP protocol error ({type(exc).__name__})", host=host)
-    return InternalError(f"{host}: {what}: internal error ({type(exc).__name__})")
+    # Only the type: the text of an arbitrary exception may quote data (commands, arguments).
+    where = f"{host}: " if host else ""
+    return InternalError(f"{where}{what}: internal error ({type(exc).__name__})")
 
 
-def chain(exc: BaseException) -> BaseException | None:
-    """What to chain a translated error to: nothing for expected failures (their text is in
-    the message already), the original exception for a bug."""
-    return None if isinstance(exc, (*EXPECTED, InternalError)) else exc
+def chain(exc: Exception) -> BaseException | None:
+    """What to raise ``translate(exc)`` from: nothing for a classified condition (its text is
+    in the message already), the original exception for a bug (so that its traceback
+    survives), and for an error of ours the cause it already has."""
+    if isinstance(exc, ImapError | InternalError):
+        return exc.__cause__
+    return None if isinstance(exc, CLASSIFIED) else exc
 
 
-def is_bug(exc: BaseException | None) -> bool:
-    """Whether ``exc`` is none of the conditions ``translate`` classifies (a bug)."""
-    return exc is not None and not isinstance(exc, EXPECTED)
+def is_bug(exc: BaseException) -> bool:
+    """True when ``exc`` is neither a classified condition nor an error of ours."""
+    return not isinstance(exc, (*CLASSIFIED, InternalError))

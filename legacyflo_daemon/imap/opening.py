@@ -3,6 +3,8 @@
 Owns: the order of these steps and their rules. ``start()`` gives an unauthenticated connection
 (TLS decided), ``login()`` makes exactly one authentication attempt; ``open_connection()`` is
 both. Must not: retry anything (a second wrong password counts against lockout) or log.
+Errors are classified by ``endpoint.translate``: a bug anywhere in these steps (also in the
+protocol's handling of the greeting) is ``InternalError`` chained to the original exception.
 
 Rules:
 - ``implicit``: TLS from the first byte. ``starttls``: STARTTLS required (aioimaplib has no
@@ -56,6 +58,8 @@ async def _greeting(conn: Connection) -> None:
     except (OSError, ssl.SSLError) as exc:
         raise translate(exc, ep.host, where) from chain(exc)
     if not proto.greeting.done():
+        if proto.error is not None:  # the greeting could not be handled: a bug or garbage
+            raise translate(proto.error, ep.host, where) from chain(proto.error)
         raise TransientError(f"{where}: closed before the greeting", host=ep.host)
     greeting = decode(proto.greeting.result())
     if proto.state == LOGOUT:  # "* BYE Too many connections" and the like
@@ -112,10 +116,11 @@ async def start(ep: Endpoint) -> Connection:
     try:
         await _greeting(conn)
         await _starttls(conn)
-    except BaseException as exc:
+    except Exception as exc:
         conn.kill("connect failed")
-        if isinstance(exc, Exception):
-            raise translate(exc, ep.host, "connect") from chain(exc)
+        raise translate(exc, ep.host, "connect") from chain(exc)
+    except BaseException:
+        conn.kill("connect cancelled")
         raise
     return conn
 
@@ -167,10 +172,11 @@ async def login(conn: Connection) -> None:
             )
         proto.state = AUTH
         conn.capabilities = code_capabilities(reply.text) or await conn.capability()
-    except BaseException as exc:
+    except Exception as exc:
         conn.kill("login failed")
-        if isinstance(exc, Exception):
-            raise translate(exc, ep.host, "login") from chain(exc)
+        raise translate(exc, ep.host, "login") from chain(exc)
+    except BaseException:
+        conn.kill("login cancelled")
         raise
 
 
@@ -179,8 +185,9 @@ async def open_connection(ep: Endpoint) -> Connection:
 
     Raises ``AuthenticationFailed`` (wrong credentials; never retry), ``PermanentError``
     (certificate verify failed, TLS handshake failure, no STARTTLS where required,
-    LOGINDISABLED, NUL in credentials, unknown host) or ``TransientError`` (network, timeouts,
-    greeting ``BYE``, throttling with ``retry_after``). On failure nothing is left open.
+    LOGINDISABLED, NUL in credentials, unknown host), ``TransientError`` (network, timeouts,
+    greeting ``BYE``, throttling with ``retry_after``) or ``InternalError`` (a bug, chained to
+    the original exception). On failure nothing is left open.
     """
     conn = await start(ep)
     await login(conn)

@@ -4,8 +4,11 @@ Owns: ``connect()`` and ``Session``, the only way the rest of the daemon talks I
 foreign exception and every NO/BAD/BYE leaves here as one of ``errors``:
 ``AuthenticationFailed`` (never retry), ``TransientError`` (retry later, ``retry_after`` from
 "Suggested Backoff Time"), ``MessageRejected`` (one message; the request goes on),
-``PermanentError`` (the request cannot go on). Classification of tagged replies is
-``responses.classify_response``.
+``PermanentError`` (the request cannot go on), ``InternalError`` (a bug, e.g. in the parsing of
+a reply; chained to the original exception, never retried). Classification of tagged replies
+is ``responses.classify_response``, of exceptions ``endpoint.translate``; every reply is parsed
+under ``_parsing``, where a ``WireError`` (unreadable reply) kills the session and is a
+``TransientError`` and anything else is an ``InternalError``.
 
 Must not: log (no password, body or header ever reaches a log from here), modify the source
 (``examine`` is read-only and fetches use ``BODY.PEEK``), or decide about folders/identities.
@@ -15,15 +18,15 @@ them (quoted string, or a literal for 8-bit). Batches: one FETCH asks for at mos
 ``BODY_BATCH`` (bodies) or ``META_BATCH`` (metadata) UIDs, and at most ~8,000 characters of
 UID set (Exchange's MaxCommandSize); larger requests are split here.
 
-Dead sessions: after a timeout, a lost connection or a protocol surprise the session is dead
-and every later call raises ``TransientError`` at once; reconnect. A ``NO``/``BAD`` reply does
-not kill a session.
+Dead sessions: after a timeout, a lost connection, a protocol surprise or an unreadable reply
+the session is dead and every later call raises ``TransientError`` at once; reconnect. A
+``NO``/``BAD`` reply does not kill a session.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -32,10 +35,9 @@ from legacyflo_daemon.errors import (
     ImapError,
     MessageRejected,
     PermanentError,
-    TransientError,
 )
 from legacyflo_daemon.imap.connection import Connection, Kind
-from legacyflo_daemon.imap.endpoint import Endpoint, TlsMode, make_ssl_context
+from legacyflo_daemon.imap.endpoint import Endpoint, TlsMode, chain, make_ssl_context, translate
 from legacyflo_daemon.imap.opening import login, open_connection, start
 from legacyflo_daemon.imap.syntax import responses
 from legacyflo_daemon.imap.syntax.parse import (
@@ -159,9 +161,17 @@ class Session:
     def _check(self, kind: Kind, result: str, text: str, what: str) -> None:
         responses.check(kind, result, text, host=self.host, what=what)
 
-    def _parse_failed(self, what: str, exc: WireError) -> TransientError:
-        self._conn.kill(f"unreadable reply to {what}")
-        return TransientError(f"{what}: unreadable server response: {exc}", host=self.host)
+    @contextlib.contextmanager
+    def _parsing(self, what: str) -> Iterator[None]:
+        """Around the parsing of the reply to ``what``: a ``WireError`` (the reply is unreadable)
+        kills the session and becomes ``TransientError``; any other exception is a bug and
+        becomes ``InternalError`` chained to it (``endpoint.translate``)."""
+        try:
+            yield
+        except Exception as exc:
+            if isinstance(exc, WireError):
+                self._conn.kill(f"unreadable reply to {what}")
+            raise translate(exc, self.host, what) from chain(exc)
 
     # -- folders -------------------------------------------------------------------------------
 
@@ -196,7 +206,8 @@ class Session:
         if nonsync and reply.result == "BAD":
             self._desync(what, reply.text)
         self._check("append", reply.result, reply.text, what)
-        return appenduid(reply.text)
+        with self._parsing(what):
+            return appenduid(reply.text)
 
     def _desync(self, what: str, text: str) -> None:
         reason = f"{what}: BAD after streamed data ({responses.clean_text(text)})"
@@ -290,17 +301,13 @@ class Session:
             if "NAMESPACE" in self.capabilities:
                 reply = await self._conn.run("NAMESPACE", what="NAMESPACE")
                 self._check("other", reply.result, reply.text, "NAMESPACE")
-                try:
+                with self._parsing("NAMESPACE"):
                     self._namespace = parse_namespace(reply.lines)
-                except WireError as exc:
-                    raise self._parse_failed("NAMESPACE", exc) from None
             else:
                 reply = await self._conn.run("LIST", ['""', '""'], what="LIST")
                 self._check("other", reply.result, reply.text, "LIST")
-                try:
+                with self._parsing("LIST"):
                     entries = parse_list(reply.lines)
-                except WireError as exc:
-                    raise self._parse_failed("LIST", exc) from None
                 self._namespace = ("", entries[0].delimiter if entries else None)
         return self._namespace
 
@@ -308,10 +315,8 @@ class Session:
         """Every folder (``LIST "" "*"``), names as on the wire, in the server's order."""
         reply = await self._conn.run("LIST", ['""', '"*"'], what="LIST")
         self._check("other", reply.result, reply.text, "LIST")
-        try:
+        with self._parsing("LIST"):
             return parse_list(reply.lines)
-        except WireError as exc:
-            raise self._parse_failed("LIST", exc) from None
 
     async def _open_mailbox(self, command: str, name: str) -> MailboxInfo:
         what = f"{command} {name!r}"
@@ -321,7 +326,8 @@ class Session:
             self._check("select", reply.result, reply.text, what)
         # aioimaplib leaves its state at AUTH after EXAMINE, then refuses FETCH/SEARCH.
         self._conn.proto.state = "SELECTED"
-        return parse_mailbox(name, reply.lines, reply.text)
+        with self._parsing(what):
+            return parse_mailbox(name, reply.lines, reply.text)
 
     async def examine(self, name: str) -> MailboxInfo:
         """Open ``name`` read-only (nothing in it can change, not even ``\\Seen``)."""
@@ -351,7 +357,8 @@ class Session:
             raise PermanentError(f"UID SEARCH: {exc}", host=self.host) from None
         reply = await self._conn.run("SEARCH", args, prefix="UID", what="UID SEARCH")
         self._check("other", reply.result, reply.text, "UID SEARCH")
-        return sorted(set(parse_search(reply.lines)))
+        with self._parsing("UID SEARCH"):
+            return sorted(set(parse_search(reply.lines)))
 
     async def _fetch(
         self, uid_set: str, items: str, *, by_uid: bool = True
@@ -360,10 +367,8 @@ class Session:
         reply = await self._conn.run(
             "FETCH", [uid_set, items], prefix="UID" if by_uid else None, fetch=True, what=what
         )
-        try:
+        with self._parsing(what):
             parsed = fetch_items(reply.lines)
-        except WireError as exc:
-            raise self._parse_failed(what, exc) from None
         return reply.result, parsed, reply.text
 
     async def fetch_meta(self, uids: str | Iterable[int]) -> list[MessageMeta]:
@@ -374,10 +379,8 @@ class Session:
         for uid_set in self._batches(uids, META_BATCH):
             result, items, text = await self._fetch(uid_set, META_ITEMS)
             self._check("other", result, text, f"UID FETCH {uid_set}")
-            try:
+            with self._parsing(f"UID FETCH {uid_set}"):
                 out += [meta_from(i) for i in items]
-            except WireError as exc:
-                raise self._parse_failed(f"UID FETCH {uid_set}", exc) from None
         out.sort(key=lambda m: m.uid)
         return out
 
@@ -390,10 +393,8 @@ class Session:
             seq = f"{first}:{min(exists, first + META_BATCH - 1)}"
             result, items, text = await self._fetch(seq, META_ITEMS, by_uid=False)
             self._check("other", result, text, f"FETCH {seq}")
-            try:
+            with self._parsing(f"FETCH {seq}"):
                 out += [meta_from(i) for i in items]
-            except WireError as exc:
-                raise self._parse_failed(f"FETCH {seq}", exc) from None
         return out
 
     async def fetch_bodies(self, uids: str | Iterable[int]) -> list[FetchedMessage]:
@@ -420,7 +421,8 @@ class Session:
             reason = f"the server refused to deliver it: {responses.clean_text(text)}"
             return [FetchedMessage(uid, (), "", None, None, reason) for uid in uids]
         self._check("fetch", result, text, f"UID FETCH {uid_set}")
-        return [message_from(i) for i in items]
+        with self._parsing(f"UID FETCH {uid_set}"):
+            return [message_from(i) for i in items]
 
     async def logout(self) -> None:
         """Say goodbye and close. Never raises ``ImapError``; a dead session is just aborted."""

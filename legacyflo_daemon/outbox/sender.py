@@ -1,12 +1,14 @@
 """The task that delivers pending report mails from the outbox, with per-mail backoff.
 
 Owns: ``MailSender``: when to try which mail (periodically, on ``kick()``, after backoff), the
-in-memory attempt counts, and the ``report_sent`` / ``report_send_failed`` log events.
-Must not: talk SMTP or write files (``outbox.store`` does), or ever stop on a failing mail:
-``run`` never raises, and mails wait in ``outbox/``. Only ``SmtpError`` (the server or the
-network) and ``OSError`` (reading the mail) are retried; any other exception is a bug: logged
-once with its traceback (``report_send_internal_error``), that mail set aside until the next
-start.
+in-memory attempt counts and set-aside mails, and the ``report_sent`` / ``report_send_failed``
+/ ``report_send_internal_error`` log events.
+Errors: only ``SmtpError`` (what ``deliver`` makes of every SMTP, TLS, network and timeout
+failure, and a mail file that cannot be read) is delivery trouble, retried with backoff. Any
+other exception is a bug: logged once with its traceback, and that mail is set aside (it stays
+in ``outbox/`` and is not tried again until the next start) while the others go on.
+Must not: talk SMTP or write files (``outbox.deliver`` and ``outbox.Outbox`` do), retry a bug,
+or ever stop on a failing mail: ``run`` never raises, and mails wait in ``outbox/``.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ class _Attempts:
 class MailSender:
     """Delivers pending report mails, periodically and on ``kick()``, with per-mail backoff.
 
-    After ``n`` failed attempts a mail waits ``min(backoff_base * 2**(n-1), backoff_max)``
-    seconds. The attempt counts live in memory only: after a restart every pending mail is
-    simply tried again. With ``smtp`` None nothing is sent; mails wait in ``outbox/``.
-    Logs ``report_sent``, ``report_send_failed`` (with ``request_id`` and ``error``) and
-    ``report_send_internal_error`` (with the traceback).
+    After ``n`` failed attempts (``SmtpError``) a mail waits
+    ``min(backoff_base * 2**(n-1), backoff_max)`` seconds. A mail whose attempt raised anything
+    else (a bug) is set aside: not tried again by this process. The attempt counts and the
+    set-aside mails live in memory only: after a restart every pending mail is simply tried
+    again. With ``smtp`` None nothing is sent; mails wait in ``outbox/``.
+    Logs ``report_sent``, ``report_send_failed`` (with ``request_id`` and ``error``) and, once
+    per set-aside mail, ``report_send_internal_error`` (``request_id``, with the traceback).
     """
 
     def __init__(
@@ -56,9 +60,8 @@ class MailSender:
         self.backoff_max = backoff_max
         self.local_hostname = local_hostname
         self._attempts: dict[str, _Attempts] = {}
-        # Mails not tried again until the next start, and why: no recipient (never sent), or a
-        # bug met while delivering it (logged once with its traceback; the mail waits).
-        self._held: dict[str, str] = {}
+        self._unaddressed: set[str] = set()  # names of mails without To: never tried
+        self._set_aside: set[str] = set()  # names of mails whose attempt hit a bug: not retried
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._log = structlog.get_logger()
@@ -68,13 +71,12 @@ class MailSender:
         self._wake.set()
 
     def statistics(self) -> dict[str, int]:
-        """A snapshot: mails failing at least once, mails never tried for lack of a To, mails
-        set aside after an internal error."""
-        held = list(self._held.values())
+        """A snapshot: mails failing at least once, mails never tried for lack of a To, and
+        pending mails set aside after an internal error."""
         return {
             "retrying": len(self._attempts),
-            "unaddressed": held.count("no recipient"),
-            "internal_error": held.count("internal error"),
+            "unaddressed": len(self._unaddressed),
+            "set_aside": len(self._set_aside),
         }
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -105,6 +107,7 @@ class MailSender:
             names = {p.name for p in pending}
             for gone in set(self._attempts) - names:
                 del self._attempts[gone]
+            self._set_aside &= names
             sent = 0
             for path in pending:
                 if stop is not None and stop.is_set():
@@ -115,28 +118,29 @@ class MailSender:
     async def _try(self, path: Path, smtp: SmtpConfig) -> int:
         loop = asyncio.get_running_loop()
         attempts = self._attempts.get(path.name)
-        if path.name in self._held or (attempts and attempts.next_try > loop.time()):
+        if path.name in self._unaddressed or path.name in self._set_aside:
+            return 0
+        if attempts and attempts.next_try > loop.time():
             return 0
         request_id = path.stem
         try:
             if not await asyncio.to_thread(_has_recipient, path):
-                self._held[path.name] = "no recipient"
+                self._unaddressed.add(path.name)
                 self._log.info("report_not_addressed", request_id=request_id)
                 return 0
             await deliver(path, smtp, local_hostname=self.local_hostname)
-        except (SmtpError, OSError) as exc:  # the server, the network, the disk: try again later
+        except SmtpError as exc:  # delivery trouble: try again after a while
             count = attempts.count + 1 if attempts else 1
             wait = min(self.backoff_base * 2 ** (count - 1), self.backoff_max)
             self._attempts[path.name] = _Attempts(count, loop.time() + wait)
             self._log.warning(
-                "report_send_failed", request_id=request_id, attempt=count,
-                error=str(exc) if isinstance(exc, SmtpError) else f"cannot read: {exc.strerror}",
+                "report_send_failed", request_id=request_id, error=str(exc), attempt=count,
                 retry_in=round(wait, 3),
             )  # fmt: skip
             return 0
-        except Exception:  # a bug: retrying cannot help; this task outlives any single mail
-            self._held[path.name] = "internal error"
+        except Exception:  # a bug: retrying cannot help; this task outlives it
             self._attempts.pop(path.name, None)
+            self._set_aside.add(path.name)
             self._log.exception("report_send_internal_error", request_id=request_id)
             return 0
         self._attempts.pop(path.name, None)
@@ -145,5 +149,11 @@ class MailSender:
 
 
 def _has_recipient(path: Path) -> bool:
-    with path.open("rb") as f:
-        return bool(envelope(f.read(64 * 1024)).recipients)  # our headers are far smaller
+    """Whether the mail has a ``To`` address; ``SmtpError`` when it cannot be read (as in
+    ``deliver``: the file may be gone or unreadable for now, which is no bug)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(64 * 1024)  # our headers are far smaller
+    except OSError as exc:
+        raise SmtpError(f"{path.name}: cannot read: {exc.strerror or exc}") from None
+    return bool(envelope(head).recipients)

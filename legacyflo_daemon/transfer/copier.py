@@ -8,15 +8,16 @@ after the server stored it, a changed UIDVALIDITY) is healed by the same step: r
 re-read both sides, copy what is missing. The state store only adds speed (finished folders are
 not re-read) and the counts of earlier runs.
 
-Errors: ``AuthenticationFailed`` and ``PermanentError`` end the request at once;
-``TransientError`` reconnects after a backoff (the server's hint honoured; a stop ends the
-pause at once with ``Interrupted``) until ``imap.retries`` attempts in a row made no progress;
-``MessageRejected`` is recorded per message. Anything else — ``InternalError`` from the IMAP
-boundary, or any other exception — is a bug: it leaves ``run`` as it is, never retried, for the
-daemon's per-request boundary to log and fail the request.
+Errors: ``AuthenticationFailed`` and ``PermanentError`` end the request at once (a ``failed``
+result); ``TransientError`` reconnects after a backoff (the server's hint honoured) until
+``imap.retries`` attempts in a row made no progress; ``MessageRejected`` is recorded per message.
+``InternalError`` (a bug) is not a result: it propagates out of ``Copier.run`` at once, never
+retried, its cause and traceback intact, for the daemon's per-request error boundary to log once
+and fail the request with "internal error". A stop request (``stop``) ends the run with
+``Interrupted`` after the in-flight batch, and at once during a back-off wait.
 
-Must not: modify the source (EXAMINE and BODY.PEEK only, in ``imap``), log message content, or
-know about the spool.
+Must not: modify the source (EXAMINE and BODY.PEEK only, in ``imap``), log message content,
+know about the spool, retry anything but ``TransientError``, or swallow a cancellation.
 """
 
 from __future__ import annotations
@@ -55,8 +56,11 @@ log = structlog.get_logger("legacyflo_daemon.transfer.copier")
 
 @dataclass
 class Copier:
-    """Copies one request. ``run()`` returns its result; it raises only ``Interrupted`` (a
-    stop) and bugs (``InternalError`` or any other unexpected exception), never ``ImapError``."""
+    """Copies one request. ``run()`` returns its result; it never raises ImapError.
+
+    It raises ``Interrupted`` when ``stop`` was set, and ``InternalError`` (or, for a bug
+    outside the IMAP boundary, the original exception) for a bug: neither is a result.
+    """
 
     request_id: str
     request: Request
@@ -127,7 +131,7 @@ class Copier:
                 log.warning("request_retry", attempt=attempt + 1, delay=round(delay, 2),
                             error=str(exc))  # fmt: skip
                 attempt += 1
-                await wait_any((self.stop,), delay)  # a stop ends the pause at once
+                await wait_any((self.stop,), delay)  # a stop ends the wait at once
                 if self.stop.is_set():
                     raise Interrupted from exc
 
@@ -271,6 +275,8 @@ async def connect_pair(request: Request, config: Config) -> tuple[Session, Sessi
     The destination's TCP and TLS handshake runs while the source logs in, but its login is
     sent only once the source accepted ours: a refused source login ends the request without
     a login attempt on the destination account (nothing for a lockout policy to count).
+    When the source fails, the destination's handshake is cancelled and whatever it opened or
+    raised is dropped; the source's error (or our own cancellation) is what propagates.
     """
     dst_open = asyncio.ensure_future(
         imap_session.open_unauthenticated(dest_endpoint(request, config))
@@ -279,16 +285,11 @@ async def connect_pair(request: Request, config: Config) -> tuple[Session, Sessi
         src = await connect(source_endpoint(request, config))
     except BaseException:
         dst_open.cancel()
-        try:
-            conn = await dst_open
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # our own cancellation, not only the one we asked of dst_open
-        except Exception:  # noqa: S110 - the source's error is the one to report
-            pass
-        else:
-            imap_session.close_unauthenticated(conn)
+        # Waits for the handshake task to end without raising its outcome; a cancellation of
+        # this task during the wait propagates (it replaces the source's error).
+        await asyncio.wait((dst_open,))
+        if not dst_open.cancelled() and dst_open.exception() is None:
+            imap_session.close_unauthenticated(dst_open.result())
         raise
     try:
         return src, await imap_session.authenticate(await dst_open)

@@ -11,9 +11,11 @@ fixes a measured defect (notes/dependencies.md §1):
   strings; ``FetchCommand.wait_data`` rescans every line of the response after each new line
   (O(lines²), 20k messages took 66 s) and counts parentheses inside quotes (issue #51).
 - ``data_received`` records activity for the boundary's watchdog, never formats received data
-  for a DEBUG log (bodies), and turns any exception into ``fail()``: the transport is aborted
-  so that waiting commands fail at once instead of at their timeout; the exception is kept
-  (``failure_cause``) for the boundary to classify.
+  for a DEBUG log (bodies), and turns any exception into ``fail()``: the exception object
+  itself is kept in ``error`` (traceback intact) and the transport is aborted, so that the
+  waiting command fails at once instead of at its timeout (asyncio would only log it and
+  close the transport). Whether it was the server's doing (aioimaplib's ``Abort``, a
+  ``WireError``) or a bug is for ``connection`` to decide.
 - ``connection_lost`` resolves ``lost``: the library only calls a callback and leaves pending
   commands waiting.
 - ``_handle_line`` takes the greeting itself (the library's ``welcome`` task holds a lock and
@@ -29,7 +31,7 @@ fixes a measured defect (notes/dependencies.md §1):
   (``pause_writing``/``resume_writing``); the library writes a whole message at once, which
   over TLS held ~3.6 times the message in memory (measured: +116 MB for a 31 MB APPEND).
 
-Must not: classify errors or log anything (``imap_conn`` does the former, nobody the latter).
+Must not: classify errors or log anything (``connection`` does the former, nobody the latter).
 Importing it sets the ``aioimaplib`` loggers to WARNING.
 The overridden methods are internals of aioimaplib 2.0.3, pinned in pyproject.toml; the test
 ``test_imap_defects.py`` checks that the library still has them.
@@ -75,7 +77,7 @@ class ImapProtocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
         self.lost: asyncio.Future[None] = loop.create_future()
         self.last_receive = loop.time()
         self.failure: str | None = None  # why we declared the stream unusable
-        self.failure_cause: Exception | None = None  # the exception behind it, if any
+        self.error: Exception | None = None  # what raised while handling received data
         self.bye: str | None = None  # text of a * BYE, if the server sent one
         self.continuation_target: ContinuationCommand | None = None
         self.last_send = loop.time()  # when bytes were last handed to the transport
@@ -130,12 +132,12 @@ class ImapProtocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
         finally:
             self._writer = None
 
-    def fail(self, reason: str, cause: Exception | None = None) -> None:
-        """Declare the stream unusable: remember why (and the exception behind it) and abort
-        the transport now."""
+    def fail(self, reason: str, error: Exception | None = None) -> None:
+        """Declare the stream unusable: remember why (and ``error``, the exception that made
+        it so, if any) and abort the transport now. Only the first failure is kept."""
         if self.failure is None:
             self.failure = reason
-            self.failure_cause = cause
+            self.error = error
         if self.transport is not None:
             self.transport.abort()
 
@@ -145,11 +147,10 @@ class ImapProtocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
             return
         try:
             self._consume(self.incomplete_line + data, self.current_command)
-        except Exception as exc:  # Abort, Error, a parse slip, a bug: the stream can't be trusted
-            # Only the type in the text: the library's messages embed commands and server data.
-            # The exception itself is kept, so that the boundary can tell a bug (never retried,
-            # its traceback logged) from a server that sent what no parser expects.
-            self.fail(f"unexpected data from the server ({type(exc).__name__})", cause=exc)
+        except Exception as exc:  # Abort, a WireError, a bug: the stream can't be trusted
+            # The reason names only the type: the library's messages embed commands and server
+            # data. The exception itself, traceback and all, is kept for the waiting command.
+            self.fail(f"a received response could not be handled ({type(exc).__name__})", exc)
 
     def send(self, line: str, scrub: str | None = None) -> None:
         chunks: list[Chunk] = [line.encode() + CRLF]

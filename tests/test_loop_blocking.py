@@ -2,9 +2,12 @@
 listing.
 
 Each test runs the daemon's own component (the intake service, the finisher) on a running
-event loop beside a lag probe: a task that asks to wake every 5 ms and records how late it
-woke. The loop's worst lateness is what a copier mid-APPEND, the watchdog or a SIGTERM would
-have waited.
+event loop beside a lag probe: a task that asks to wake every 5 ms. Between two wake-ups the
+probe measures the CPU time the event loop's thread spent (``time.thread_time``): that is work
+done on the loop, which must stay under 100 ms, whatever else the machine is doing. It also
+records how late it woke (wall clock), which includes the scheduling noise of a shared machine:
+that figure is only checked against a gross bound here (a regression such as parsing on the loop
+shows as seconds), and measured with a quiet machine by ``bench/bench_loop.py``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import datetime as dt
 import gzip
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -38,14 +42,23 @@ from legacyflo_daemon.state.store import StateStore
 from legacyflo_daemon.transfer.recorder import ListingEntry, ListingRecorder
 from tests.reporthelp import parse_mail
 
-MAX_LAG = 0.100  # seconds
+MAX_LOOP_CPU = 0.100  # seconds of work on the loop's thread between two wake-ups
+MAX_LAG = 1.0  # seconds late at worst (wall clock, noise of a shared machine included)
 NOW = dt.datetime(2026, 12, 5, 12, 0, tzinfo=dt.UTC)
 
 
 class LagProbe:
     def __init__(self) -> None:
-        self.worst = 0.0
+        self.worst = 0.0  # wall-clock lateness
+        self.worst_cpu = 0.0  # CPU time of the loop's thread in one interval
         self.ticks = 0
+
+    def check(self, what: str) -> None:
+        assert self.ticks > 20, "the probe did not run beside the work"
+        assert self.worst_cpu < MAX_LOOP_CPU, (
+            f"{what}: {self.worst_cpu * 1000:.0f} ms of work on the event loop at once"
+        )
+        assert self.worst < MAX_LAG, f"{what}: the loop woke {self.worst * 1000:.0f} ms late"
 
 
 @asynccontextmanager
@@ -55,9 +68,10 @@ async def lag_probe(period: float = 0.005) -> AsyncIterator[LagProbe]:
 
     async def run() -> None:
         while True:
-            before = loop.time()
+            before, cpu = loop.time(), time.thread_time()
             await asyncio.sleep(period)
             probe.worst = max(probe.worst, loop.time() - before - period)
+            probe.worst_cpu = max(probe.worst_cpu, time.thread_time() - cpu)
             probe.ticks += 1
 
     task = asyncio.create_task(run())
@@ -107,8 +121,7 @@ async def test_taking_and_retiring_a_50000_row_csv_never_blocks_the_loop(tmp_pat
 
     async with lag_probe() as probe:
         await watcher.take(path)
-    assert probe.worst < MAX_LAG, f"taking the CSV blocked the loop {probe.worst * 1000:.0f} ms"
-    assert probe.ticks > 20  # the probe really ran while the file was taken
+    probe.check("taking the CSV")
     assert len(state.queued()) == rows
     assert len(list(outbox.dir.glob("*.eml"))) == bad  # every rejected row reported
 
@@ -118,7 +131,7 @@ async def test_taking_and_retiring_a_50000_row_csv_never_blocks_the_loop(tmp_pat
         lifecycle.finish(r.id, Status.SUCCEEDED, {}, NOW)
     async with lag_probe() as probe:
         assert await watcher.complete(record.id)
-    assert probe.worst < MAX_LAG, f"retiring the CSV blocked the loop {probe.worst * 1000:.0f} ms"
+    probe.check("retiring the CSV")
     summary = json.loads((outbox.dir / "big.csv.summary.json").read_text())
     assert summary["counts"] == {"succeeded": rows, "rejected": bad}
     assert [p.name for p in spool.done.iterdir()] == ["big.csv"]
@@ -151,7 +164,7 @@ async def test_the_report_of_a_100000_message_listing_never_blocks_the_loop(
     result = RequestResult("r1", Status.SUCCEEDED, NOW, NOW)
     async with lag_probe() as probe:
         doc = await finisher.copied("r1", "a.csv", req, result, recorder)
-    assert probe.worst < MAX_LAG, f"the report blocked the loop {probe.worst * 1000:.0f} ms"
+    probe.check("the report")
     assert doc["status"] == "succeeded"
     mail = parse_mail((outbox.dir / "r1.eml").read_bytes())
     (listing,) = [p for p in mail.iter_attachments() if p.get_filename() == "listing.csv.gz"]

@@ -7,10 +7,15 @@ reason when Dovecot is not installed.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from testkit.dovecot import DovecotServer
 from testkit.dovecot_conf import ServerKind
@@ -29,6 +34,62 @@ _SERVER_FIXTURES = {
     "new_dest_account",
     "dovecot_factory",
 }
+
+
+# Hypothesis: the same examples on every CI run (CI sets CI=true), no example database between
+# runs there; developers keep random exploration and the local database.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+# -- the event loop is never blocked ---------------------------------------------------------
+#
+# Every callback the event loop runs, in every test, is timed like asyncio's debug mode does
+# (``slow_callback_duration``), but in CPU time of the loop's own thread: a callback that worked
+# 100 ms or more on the loop fails the test, whatever else the machine was doing. (Debug mode
+# itself is not turned on: it slows the whole suite, and its wall-clock timing would make a
+# busy machine fail tests that block nothing.) Daemons started as subprocesses are checked by
+# their own tests (tests/test_loop_blocking.py covers the heavy paths in-process).
+
+SLOW_CALLBACK = 0.100  # seconds of CPU on the loop's thread in one callback
+_slow: list[str] = []
+_handle_run = asyncio.events.Handle._run
+
+
+def _timed_run(self: asyncio.Handle) -> Any:
+    start = time.thread_time()
+    try:
+        return _handle_run(self)
+    finally:
+        took = time.thread_time() - start
+        if took >= SLOW_CALLBACK:
+            _slow.append(f"{self!r} took {took * 1000:.0f} ms of CPU on the event loop")
+
+
+asyncio.events.Handle._run = _timed_run  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def event_loop_never_blocked(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails a test in which a loop callback worked ``SLOW_CALLBACK`` or more, unless the test
+    is marked ``blocks_loop(reason)``: the tests that show a defect of the bare library (the
+    one our adapter exists to avoid) block the loop on purpose."""
+    _slow.clear()
+    yield
+    if _slow and request.node.get_closest_marker("blocks_loop") is not None:
+        _slow.clear()
+    if _slow:
+        found = "\n".join(_slow)
+        _slow.clear()
+        pytest.fail(f"the event loop was blocked:\n{found}", pytrace=False)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

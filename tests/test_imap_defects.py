@@ -227,6 +227,7 @@ def _list_lines(n: int) -> bytes:
     return b"".join(b'* LIST () "/" f%05d\r\n' % i for i in range(n))
 
 
+@pytest.mark.blocks_loop("the bare library recurses once per line inside data_received")
 async def test_bare_recursion_error_on_a_chunk_of_2000_lines() -> None:
     proto = lib.IMAP4ClientProtocol(asyncio.get_running_loop())
     proto.state = lib.SELECTED
@@ -248,6 +249,7 @@ async def test_boundary_parses_a_chunk_of_8000_lines_without_recursion() -> None
     assert proto.failure is None
 
 
+@pytest.mark.blocks_loop("the bare library copies the rest of a chunk at every line")
 async def test_bare_chunk_parsing_copies_the_rest_of_the_chunk_at_every_line() -> None:
     # With the recursion limit raised (the usual advice), the recursion keeps a copy of the
     # remaining chunk per line alive: 66 KB of 3,000 LIST lines peak at ~100 MB.
@@ -332,6 +334,7 @@ async def _many(s: FakeImap, tag: bytes, rest: bytes, r: Any, w: asyncio.StreamW
     w.write(_fetch_lines(4000, tag))
 
 
+@pytest.mark.blocks_loop("the bare library rescans every line of a FETCH after each new one")
 async def test_bare_fetch_of_4000_lines_hangs_past_its_timeout() -> None:
     async with FakeImap({"UID FETCH": _many}) as srv:
         c = await bare_connect(srv.port, limit=0.5)

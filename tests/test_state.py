@@ -241,10 +241,12 @@ def test_a_newer_store_is_refused(tmp_path: Path) -> None:
 async def test_add_csv_from_a_worker_thread_beside_the_event_loop(tmp_path: Path) -> None:
     import asyncio
 
+    from legacyflo_daemon.runtime.bulk import in_thread
+
     st = StateStore(tmp_path / "s.db")
     st.add_csv("a.csv", "a.csv", NOW, [("a1", make_request(2))])
     good = [(f"r{i}", make_request(i + 2)) for i in range(CHUNK * 3)]
-    task = asyncio.create_task(asyncio.to_thread(st.add_csv, "b.csv", "b.csv", NOW, good))
+    task = asyncio.create_task(in_thread(st.add_csv, "b.csv", "b.csv", NOW, good))
     while not task.done():  # the loop's own calls go on meanwhile
         st.set_progress("a1", (1, 2), (3, 4), NOW)
         await asyncio.sleep(0)

@@ -113,7 +113,7 @@ def components(root: Path) -> tuple[Config, Spool, StateStore, Outbox, Finisher]
 
 
 async def test_taking_and_retiring_a_50000_row_csv_never_blocks_the_loop(tmp_path: Path) -> None:
-    rows, bad = 50_000, 200
+    rows, bad = 50_000, 20
     cfg, spool, state, outbox, finisher = components(tmp_path)
     path = spool.processing / "big.csv"
     path.write_bytes(big_csv(rows, bad))
@@ -127,11 +127,12 @@ async def test_taking_and_retiring_a_50000_row_csv_never_blocks_the_loop(tmp_pat
     assert len(list(outbox.dir.glob("*.eml"))) == bad  # every rejected row reported
 
     (record,) = state.unfinished_csvs()
-    lifecycle = Lifecycle(state)
 
-    def copies_done() -> None:  # not what is measured here; off the loop like all bulk work
-        for r in state.queued():
-            lifecycle.finish(r.id, Status.SUCCEEDED, {}, NOW)
+    def copies_done() -> None:  # a shortcut (not what is measured here), off the loop
+        with state._tx() as db:
+            db.execute(
+                "UPDATE requests SET status = 'succeeded', secrets = NULL WHERE status = 'queued'"
+            )
 
     await in_thread(copies_done)
     async with lag_probe() as probe:

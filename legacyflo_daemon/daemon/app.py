@@ -25,6 +25,7 @@ Nothing imports this module except the CLI.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 
 import structlog
@@ -103,6 +104,10 @@ class Daemon:
         await recover(cfg, self.state, self.lifecycle, self.spool, self.outbox, self.finisher,
                       self.watcher)  # fmt: skip
         await self.watcher.initial()
+        # Everything loaded and built so far lives as long as the process: keep it out of full
+        # garbage collections, which would walk it every time (a pause of the event loop that
+        # grows with the heap).
+        gc.freeze()
         self.notifier.ready()
         log.info("daemon_ready", spool=str(self.spool.root), once=self.once,
                  queued=self.state.unfinished_counts()[Status.QUEUED])  # fmt: skip

@@ -295,8 +295,8 @@ class CyrusServer(PrivateImapServer):
     # -- wire logs -----------------------------------------------------------------------------
 
     def wire_log(self, user: str) -> str:
-        """Everything Cyrus recorded of ``user``'s authenticated sessions (files in start
-        order)."""
+        """Everything Cyrus recorded of ``user``'s authenticated sessions (one file per imapd
+        process, in order of their last write)."""
         log_dir = self.config_dir / "log" / user
         if not log_dir.is_dir():
             return ""

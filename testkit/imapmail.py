@@ -303,6 +303,8 @@ def _folder_state(conn: imaplib.IMAP4, name: str) -> FolderState:
             conn.uid("FETCH", "1:*", "(UID FLAGS INTERNALDATE BODY.PEEK[])"), f"FETCH {name}"
         )
         for rec in parse_fetch(fetched):
+            if "BODY[]" not in rec:
+                continue  # an unsolicited FETCH (a flag change by another session)
             body = rec["BODY[]"]
             assert isinstance(body, bytes)
             flags = rec["FLAGS"]

@@ -2,6 +2,8 @@
 #   make test   install everything the tests need (Debian packages as root, Python packages into
 #               the project's virtual environment .venv), then ruff, mypy --strict, the import
 #               rules (lint-imports) and the whole pytest suite. CI runs exactly this (.ci/run).
+#               Cyrus IMAP and Courier-IMAP, which conflict with Dovecot as packages, are
+#               unpacked into .servers/ by testkit/install-servers.sh (see there).
 #   make demo   start two local IMAP servers, drop a sample CSV, run the daemon, show the results.
 #   make bench  the performance benchmark (not part of the test suite).
 #
@@ -10,6 +12,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+SERVERS_DIR := .servers
 APT_PACKAGES := dovecot-imapd openssl systemd procps
 SOURCES := legacyflo_daemon tests testkit bench demo
 
@@ -23,6 +26,7 @@ deps: venv
 		echo "installing Debian packages: $(APT_PACKAGES)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
 	fi
+	sh testkit/install-servers.sh $(SERVERS_DIR)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
 venv:

@@ -1,7 +1,10 @@
-"""Real servers for the tests: two private Dovecot 2.3 instances, test mail, faults, snapshots.
+"""Real servers for the tests: private Dovecot 2.3, Cyrus IMAP 3.6 and Courier-IMAP 5.0
+instances on loopback, test mail, faults, snapshots.
 
-Fixtures (``tests/conftest.py``; tests using them are auto-marked ``servers`` and skipped with
-the reason only when ``dovecot`` is not installed):
+``make deps`` installs all three (Cyrus and Courier conflict with Dovecot as packages:
+``testkit/install-servers.sh`` installs their dependencies and unpacks the two packages into
+``.servers/``). Fixtures (``tests/conftest.py``; tests using them are auto-marked ``servers``
+and skipped with the reason only when that server is not installed):
 
 - ``source_server`` / ``dest_server`` (session): ``DovecotServer``. Source is Exchange-like
   (separator ``/``, no prefix, ``LAYOUT=fs`` so ``Mr. Smith`` is legal) on 127.0.0.1; dest is
@@ -21,7 +24,35 @@ the reason only when ``dovecot`` is not installed):
   test (e.g. an Exchange-like per-user connection limit; refusals show in ``count_logins``).
 - ``fault_proxy(host, port)``: a started ``FaultProxy`` (latency, cut/stall after N bytes, after
   a pattern, connection counts); byte-level, so TLS goes through it untouched.
-- ``tls_ca``: the CA; ``tls_ca.client_context()`` verifies the servers.
+- ``tls_ca``: the CA; ``tls_ca.client_context()`` verifies the servers (all three kinds use it,
+  so ``ca_file`` works for the daemon).
+
+Cyrus and Courier (``cyrus.py``, ``courier.py``; shared base ``imapserver.PrivateImapServer``):
+- ``cyrus_server`` (session): ``CyrusServer`` on 127.0.0.2 as Cyrus ships (separator ``.``,
+  ``INBOX.`` personal, ``user.`` other users, ``""`` shared namespace; munge8bit on), with
+  ``port_tls`` (implicit TLS) and ``port_plain`` (STARTTLS, ``LOGINDISABLED`` before it).
+  ``cyrus_factory(separator="/", munge8bit=False, maxlogins_per_user=2, extra_conf="...")``
+  for one test. ``cyrus_account`` / ``new_cyrus_account(password)``: fresh users (empty INBOX,
+  password ``HOSTILE_PASSWORD`` by default). The admin: ``share_folder(owner, folder, user,
+  rights)`` (returns ``user.owner.folder``, the name the grantee lists), ``create_shared_folder
+  (name, {user: rights})``, ``grant``, ``set_quota(user, kib)``, ``admin()`` (a connection),
+  ``mailbox_of(user, folder)``. Wire logs: ``sessions(user)`` -> transcripts of the user's
+  authenticated sessions, the kit's own left out (``include_testkit=True`` keeps them).
+- ``courier_server`` (session): ``CourierServer`` on 127.0.0.3, ``port_plain`` only (STARTTLS
+  required; ``port_tls`` raises), authdaemond + userdb in a private mount namespace, Maildir
+  per user. ``courier_factory(maxperip=2, env={...})`` for one test. ``courier_account`` /
+  ``new_courier_account(password)``; ``account.imap()`` uses STARTTLS there by itself. Log:
+  ``logins(user)`` (``CourierLogin``: client port, ended), ``max_concurrent_sessions(user)``,
+  ``failed_logins()``, ``limit_refusals()`` (``-maxperip``), ``wait_for_log(predicate)``.
+- Both: ``new_user(password, prefix)``, ``account(user)``, ``connect(user)`` (logged-in
+  imaplib), ``create_folder(user, "INBOX.a.b")``, ``load_messages(user, folder, [MailSpec])``
+  (APPEND as the user, one per message, flags and INTERNALDATE kept, UIDs in order),
+  ``snapshot(user)`` -> the same ``MailboxSnapshot`` as Dovecot's (EXAMINE + BODY.PEEK as the
+  user: nothing changes; only the personal namespace), ``start_seconds``, ``stop()``/``start()``
+  (same ports, users and mail), ``remove()``.
+- What differs from Dovecot and from the notes is in the module docstrings (e.g. Debian's Cyrus
+  defaults to ``altnamespace``/``unixhierarchysep`` on; a failed Courier login is answered after
+  5 s; Cyrus's munge8bit turns each 8-bit header byte into ``X``).
 
 Mail:
 - ``load_exchange_corpus(source_server, user, scale=1)`` -> ``Manifest`` (folder -> loaded
@@ -44,6 +75,8 @@ Checking:
 """
 
 from testkit.corpus import Manifest, exchange_corpus, load_exchange_corpus
+from testkit.courier import CourierServer, missing_courier
+from testkit.cyrus import CyrusServer, missing_cyrus
 from testkit.dovecot import DovecotServer
 from testkit.dovecot_conf import ServerKind
 from testkit.dovelog import LoginCounts
@@ -59,6 +92,8 @@ __all__ = [
     "DEST_PASSWORD",
     "HOSTILE_PASSWORD",
     "Attachment",
+    "CourierServer",
+    "CyrusServer",
     "DovecotServer",
     "FaultProxy",
     "LoadedMessage",
@@ -78,6 +113,8 @@ __all__ = [
     "make_big_message",
     "make_message",
     "make_tls_ca",
+    "missing_courier",
+    "missing_cyrus",
     "missing_dovecot",
     "snapshot_mailbox",
 ]

@@ -15,9 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
 
 from legacyflo_daemon.model import Account, Secret
-from testkit.dovecot import DovecotServer
+from testkit.tlsca import TlsCa
 
 # Every character the reference document forbids and more: quote, backslash, IMAP wildcards,
 # literal braces, space, non-ASCII. Every ``source_account`` logs in with it.
@@ -55,11 +57,27 @@ def login(conn: imaplib.IMAP4, user: str, password: str) -> None:
     conn.authenticate("PLAIN", lambda _challenge: token)
 
 
+class AccountServer(Protocol):
+    """What an account needs of its server: ``DovecotServer``, ``CyrusServer``,
+    ``CourierServer``."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port_tls(self) -> int: ...
+    @property
+    def port_plain(self) -> int: ...
+    @property
+    def ca_file(self) -> Path: ...
+    @property
+    def tls(self) -> TlsCa: ...
+
+
 @dataclass(frozen=True)
 class ServerAccount:
     """A user created for one test on one of the test servers."""
 
-    server: DovecotServer
+    server: AccountServer
     user: str
     password: str = field(repr=False)
     domain: str = "example.test"
@@ -86,9 +104,12 @@ class ServerAccount:
 
     @contextmanager
     def imap(
-        self, security: Security = Security.TLS, host: str | None = None
+        self, security: Security | None = None, host: str | None = None
     ) -> Iterator[imaplib.IMAP4]:
-        """A logged-in imaplib connection, logged out at the end."""
+        """A logged-in imaplib connection, logged out at the end. ``security`` defaults to the
+        server's ``default_security`` (TLS; STARTTLS on Courier, which has no TLS port)."""
+        if security is None:
+            security = getattr(self.server, "default_security", Security.TLS)
         port = self.port_tls if security is Security.TLS else self.port_plain
         conn = connect(host or self.host, port, security, self.server.tls.client_context())
         try:

@@ -1,8 +1,9 @@
-"""Shared fixtures: the real test servers (Dovecot), fresh accounts, fault proxies.
+"""Shared fixtures: the real test servers (Dovecot, Cyrus, Courier), fresh accounts, fault
+proxies.
 
 See ``testkit/__init__.py`` for how to use them. Every test that uses a server fixture is
 marked ``servers`` automatically (``-m "not servers"`` runs the rest), and is skipped with the
-reason when Dovecot is not installed.
+reason when the server is not installed (``make deps`` installs all three).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
+from testkit.courier import CourierServer, missing_courier
+from testkit.cyrus import CyrusServer, missing_cyrus
 from testkit.dovecot import DovecotServer
 from testkit.dovecot_conf import ServerKind
 from testkit.imap import DEST_PASSWORD, HOSTILE_PASSWORD, ServerAccount
@@ -34,7 +37,20 @@ _SERVER_FIXTURES = {
     "new_source_account",
     "new_dest_account",
     "dovecot_factory",
+    "cyrus_server",
+    "cyrus_factory",
+    "cyrus_account",
+    "new_cyrus_account",
+    "courier_server",
+    "courier_factory",
+    "courier_account",
+    "new_courier_account",
 }
+
+# Loopback addresses of the session's Cyrus and Courier servers: apart from the Dovecot source
+# (127.0.0.1) and destination (127.0.0.4), so per-host settings never mix two servers up.
+CYRUS_HOST = "127.0.0.2"
+COURIER_HOST = "127.0.0.3"
 
 
 # Hypothesis: the same examples on every CI run (CI sets CI=true), no example database between
@@ -201,6 +217,112 @@ def dovecot_factory(tls_ca: TlsCa) -> Iterator[Callable[..., DovecotServer]]:
         server.terminate()
     for server in made:
         server.remove()
+
+
+@pytest.fixture(scope="session")
+def cyrus_server(tls_ca: TlsCa) -> Iterator[CyrusServer]:
+    """Cyrus IMAP 3.6 as configured by default (separator '.', ``INBOX.`` prefix, munge8bit
+    on, no login limit) on 127.0.0.2: ``port_tls`` (implicit TLS) and ``port_plain``
+    (STARTTLS required before login)."""
+    reason = missing_cyrus()
+    if reason is not None:
+        pytest.skip(reason)
+    server = CyrusServer(tls_ca, host=CYRUS_HOST)
+    try:
+        yield server.start()
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def cyrus_factory(tls_ca: TlsCa) -> Iterator[Callable[..., CyrusServer]]:
+    """Factory for a private Cyrus with other settings for one test, e.g.
+    ``cyrus_factory(separator="/", munge8bit=False, maxlogins_per_user=2)``; started, removed
+    after."""
+    reason = missing_cyrus()
+    if reason is not None:
+        pytest.skip(reason)
+    made: list[CyrusServer] = []
+
+    def make(**options: object) -> CyrusServer:
+        options.setdefault("host", CYRUS_HOST)
+        server = CyrusServer(tls_ca, **options)  # type: ignore[arg-type]
+        made.append(server)
+        return server.start()
+
+    yield make
+    for server in made:
+        server.terminate()
+    for server in made:
+        server.remove()
+
+
+@pytest.fixture
+def new_cyrus_account(cyrus_server: CyrusServer) -> Callable[..., ServerAccount]:
+    """Factory: ``new_cyrus_account(password)`` -> a fresh user (empty INBOX) on Cyrus."""
+
+    def make(password: str = HOSTILE_PASSWORD) -> ServerAccount:
+        return cyrus_server.account(cyrus_server.new_user(password, "cyr"))
+
+    return make
+
+
+@pytest.fixture
+def cyrus_account(new_cyrus_account: Callable[..., ServerAccount]) -> ServerAccount:
+    """A fresh, empty Cyrus user whose password is ``HOSTILE_PASSWORD``."""
+    return new_cyrus_account(HOSTILE_PASSWORD)
+
+
+@pytest.fixture(scope="session")
+def courier_server(tls_ca: TlsCa) -> Iterator[CourierServer]:
+    """Courier-IMAP 5.0 on 127.0.0.3: ``port_plain`` only, STARTTLS required before login."""
+    reason = missing_courier()
+    if reason is not None:
+        pytest.skip(reason)
+    server = CourierServer(tls_ca, host=COURIER_HOST)
+    try:
+        yield server.start()
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def courier_factory(tls_ca: TlsCa) -> Iterator[Callable[..., CourierServer]]:
+    """Factory for a private Courier with other settings for one test, e.g.
+    ``courier_factory(maxperip=2)``; started, removed after."""
+    reason = missing_courier()
+    if reason is not None:
+        pytest.skip(reason)
+    made: list[CourierServer] = []
+
+    def make(**options: object) -> CourierServer:
+        options.setdefault("host", COURIER_HOST)
+        server = CourierServer(tls_ca, **options)  # type: ignore[arg-type]
+        made.append(server)
+        return server.start()
+
+    yield make
+    for server in made:
+        server.terminate()
+    for server in made:
+        server.remove()
+
+
+@pytest.fixture
+def new_courier_account(courier_server: CourierServer) -> Callable[..., ServerAccount]:
+    """Factory: ``new_courier_account(password)`` -> a fresh user (empty Maildir) on Courier;
+    its ``.imap()`` needs ``Security.STARTTLS``."""
+
+    def make(password: str = HOSTILE_PASSWORD) -> ServerAccount:
+        return courier_server.account(courier_server.new_user(password, "cou"))
+
+    return make
+
+
+@pytest.fixture
+def courier_account(new_courier_account: Callable[..., ServerAccount]) -> ServerAccount:
+    """A fresh, empty Courier user whose password is ``HOSTILE_PASSWORD``."""
+    return new_courier_account(HOSTILE_PASSWORD)
 
 
 @pytest.fixture

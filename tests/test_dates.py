@@ -89,6 +89,45 @@ def test_month_names_are_english_whatever_the_locale(monkeypatch: pytest.MonkeyP
     assert " ".join(months) == "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec"
 
 
+@pytest.mark.parametrize(
+    ("name", "number"), [("Jan", 1), ("sep", 9), ("DEC", 12), ("Sept", None), ("", None)]
+)
+def test_month_number(name: str, number: int | None) -> None:
+    assert dates.month_number(name) == number
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("26-Nov-2025 17:30:22 +0000", dt.datetime(2025, 11, 26, 17, 30, 22, tzinfo=dt.UTC)),
+        ('"26-Nov-2025 17:30:22 +0000"', dt.datetime(2025, 11, 26, 17, 30, 22, tzinfo=dt.UTC)),
+        (" 6-Jan-2015 09:30:00 -0700", dt.datetime(2015, 1, 6, 16, 30, tzinfo=dt.UTC)),
+        ("24-sep-2018 23:59:59 +0530", dt.datetime(2018, 9, 24, 18, 29, 59, tzinfo=dt.UTC)),
+    ],
+)
+def test_parse_date_time(raw: str, expected: dt.datetime) -> None:
+    parsed = dates.parse_date_time(raw)
+    assert parsed == expected
+    assert parsed.utcoffset() is not None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "26-Nov-2025",
+        "32-Foo-2025 17:30:22 +0000",
+        "2025-11-26",
+        "31-Feb-2025 17:30:22 +0000",  # no such day
+        "26-Nov-2025 17:30:22 +9900",  # no such offset
+        "26-Nov-2025 17:30:22 +0000 ",
+    ],
+)
+def test_parse_date_time_refuses(raw: str) -> None:
+    with pytest.raises(ValueError):
+        dates.parse_date_time(raw)
+
+
 def _at(text: str) -> dt.datetime:
     return dt.datetime.strptime(text, "%d-%b-%Y %H:%M:%S %z")
 

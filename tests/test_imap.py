@@ -23,9 +23,9 @@ from legacyflo_daemon.errors import AuthenticationFailed, PermanentError, Transi
 from legacyflo_daemon.imap import opening as imap_open
 from legacyflo_daemon.imap import session as imap
 from legacyflo_daemon.imap.session import Endpoint, Session, make_ssl_context
-from legacyflo_daemon.imap.syntax.parse import parse_internaldate
 from legacyflo_daemon.imap.syntax.utf7 import encode as mutf7
 from legacyflo_daemon.model import Secret
+from legacyflo_daemon.request.dates import parse_date_time
 from testkit.corpus import MAIL_FOLDERS, load_exchange_corpus
 from testkit.imap import ServerAccount
 from testkit.maildir import MailSpec, create_folder, load_messages
@@ -383,7 +383,7 @@ async def test_append_round_trip(dest_account: ServerAccount) -> None:
     assert set(msg.flags) - {"\\Recent"} == set(flags) - {"\\Recent"}
     assert (
         msg.internaldate
-        == parse_internaldate(date)
+        == parse_date_time(date)
         == dt.datetime(2018, 9, 25, 6, 59, 59, tzinfo=dt.UTC)
     )
 

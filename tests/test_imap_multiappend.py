@@ -11,8 +11,8 @@ import pytest
 
 from legacyflo_daemon.errors import AppendDesync
 from legacyflo_daemon.imap import session as imap
-from legacyflo_daemon.imap.syntax.parse import parse_internaldate
 from legacyflo_daemon.imap.syntax.utf7 import encode as mutf7
+from legacyflo_daemon.request.dates import parse_date_time
 from testkit.corpus import MAIL_FOLDERS, load_exchange_corpus
 from testkit.imap import ServerAccount
 from testkit.mailgen import make_message, utc
@@ -61,7 +61,7 @@ async def test_a_batch_costs_one_round_trip(
     assert [hashlib.sha256(b).hexdigest() for _, b in got] == [
         hashlib.sha256(m[0]).hexdigest() for m in messages
     ]
-    assert [parse_internaldate(d) for d, _ in got] == [parse_internaldate(m[2]) for m in messages]
+    assert [parse_date_time(d) for d, _ in got] == [parse_date_time(m[2]) for m in messages]
 
 
 async def test_without_multiappend_each_message_is_appended(dest_account: ServerAccount) -> None:

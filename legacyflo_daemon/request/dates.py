@@ -1,9 +1,14 @@
-"""Received-date ranges: the CSV's day formats, IMAP SEARCH criteria, and the range in words.
+"""Dates as text: the CSV's day formats, RFC 3501 dates and date-times, ranges in words.
 
 Owns the meaning of ``model.DateRange``: both ``since`` and ``before`` are *inclusive* days, as
 the reference document's examples say (since=2017-09-25, before=2018-09-24 copies mail received
 25 Sep 2017 through 24 Sep 2018). IMAP's ``BEFORE`` is exclusive, so the criteria say
 ``BEFORE 25-Sep-2018``.
+
+Also owns the one table of month names (``MONTHS``) and the RFC 3501 ``date-time`` grammar
+(INTERNALDATE, ``26-Nov-2025 17:30:22 +0000``), which ``imap.syntax`` uses to read what servers
+send and to check what it sends back. It lives here, in the lowest layer that needs it, so that
+the CSV reader and the IMAP code share it.
 
 Pure: no clock, no I/O, no locale. Month names are spelled out here because ``strftime("%b")``
 follows the process locale and IMAP requires English.
@@ -23,6 +28,17 @@ _MONTH_NUMBER = {name.lower(): number for number, name in enumerate(MONTHS, star
 # [0-9], not \d: \d also matches other scripts' digits, which int() would then accept.
 _ISO_DAY = re.compile(r"([0-9]{4})-([0-9]{1,2})-([0-9]{1,2})")
 _IMAP_DAY = re.compile(r"([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4})")
+# RFC 3501 date-time: date-day-fixed (" 6" or "06"; "6" is tolerated) "-" month "-" year SP
+# time SP zone.
+_IMAP_DATE_TIME = re.compile(
+    r" ?([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4}) "
+    r"([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{2})([0-9]{2})"
+)
+
+
+def month_number(name: str) -> int | None:
+    """1 to 12 for an English three-letter month name in any case (``Sep``, ``SEP``), else None."""
+    return _MONTH_NUMBER.get(name.lower())
 
 
 def parse_day(text: str) -> dt.date:
@@ -34,8 +50,8 @@ def parse_day(text: str) -> dt.date:
     value = text.strip()
     if match := _ISO_DAY.fullmatch(value):
         year, month, day = (int(part) for part in match.groups())
-    elif (match := _IMAP_DAY.fullmatch(value)) and match[2].lower() in _MONTH_NUMBER:
-        year, month, day = int(match[3]), _MONTH_NUMBER[match[2].lower()], int(match[1])
+    elif (match := _IMAP_DAY.fullmatch(value)) and (number := month_number(match[2])):
+        year, month, day = int(match[3]), number, int(match[1])
     else:
         raise ValueError(f"not a date in an accepted format: write {ACCEPTED_FORMATS}")
     try:
@@ -49,6 +65,24 @@ def parse_day(text: str) -> dt.date:
 def imap_day(day: dt.date) -> str:
     """RFC 3501 ``date`` text, e.g. ``25-Sep-2017`` (English month whatever the locale)."""
     return f"{day.day:02d}-{MONTHS[day.month - 1]}-{day.year:04d}"
+
+
+def parse_date_time(raw: str) -> dt.datetime:
+    """An RFC 3501 date-time (``"26-Nov-2025 17:30:22 +0000"``, quotes optional), timezone-aware.
+
+    Raises ``ValueError`` for anything else, including a day or an offset that does not exist
+    (``31-Feb-2025``, ``+9900``).
+    """
+    m = _IMAP_DATE_TIME.fullmatch(raw.strip('"'))
+    month = month_number(m[2]) if m else None
+    if m is None or month is None:
+        raise ValueError(f"not an IMAP date-time: {raw!r}")
+    offset = dt.timedelta(hours=int(m[8]), minutes=int(m[9]))
+    try:
+        tz = dt.timezone(-offset if m[7] == "-" else offset)
+        return dt.datetime(int(m[3]), month, int(m[1]), int(m[4]), int(m[5]), int(m[6]), tzinfo=tz)
+    except ValueError:
+        raise ValueError(f"not a real IMAP date-time: {raw!r}") from None
 
 
 def imap_criteria(r: DateRange) -> list[str]:

@@ -19,18 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from legacyflo_daemon.imap.syntax.wire import Value, WireError, decode, responses
+from legacyflo_daemon.request.dates import parse_date_time
 
 Parts = Sequence[bytes | bytearray]
 
 NO_BODY = "the server returned no body"
 EMPTY_BODY = "the server returned an empty body"
 EXCHANGE_FAILED = "the server could not deliver it (Exchange: Retrieval using IMAP4 failed)"
-_MONTHS = {m: i for i, m in enumerate(("JAN", "FEB", "MAR", "APR", "MAY", "JUN",
-                                       "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"), 1)}  # fmt: skip
-_DATE_TIME = re.compile(
-    r"\s*([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4}) "
-    r"([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{2})([0-9]{2})"
-)
 _EXCHANGE_SUBSTITUTE = re.compile(
     rb"(?im)^subject:[ \t]*retrieval using the imap4 protocol failed for the following message"
 )
@@ -93,17 +88,6 @@ class FetchedMessage:
     internaldate: dt.datetime | None
     body: bytearray | None
     error: str | None = None
-
-
-def parse_internaldate(raw: str) -> dt.datetime:
-    """``"26-Nov-2025 17:30:22 +0000"`` (quotes optional) as an aware datetime."""
-    m = _DATE_TIME.fullmatch(raw.strip('"'))
-    if m is None or m[2].upper() not in _MONTHS:
-        raise ValueError(f"not an IMAP date-time: {raw!r}")
-    offset = dt.timedelta(hours=int(m[8]), minutes=int(m[9]))
-    tz = dt.timezone(-offset if m[7] == "-" else offset)
-    return dt.datetime(int(m[3]), _MONTHS[m[2].upper()], int(m[1]),
-                       int(m[4]), int(m[5]), int(m[6]), tzinfo=tz)  # fmt: skip
 
 
 def capabilities(text: str) -> frozenset[str]:
@@ -269,7 +253,7 @@ def meta_from(item: dict[str, Value]) -> MessageMeta:
     if not isinstance(raw, str):
         raise WireError(f"FETCH response for UID {_uid(item)} without INTERNALDATE")
     try:
-        when = parse_internaldate(raw)
+        when = parse_date_time(raw)
     except ValueError as exc:
         raise WireError(str(exc)) from None
     size = item.get("RFC822.SIZE")
@@ -295,7 +279,7 @@ def message_from(item: dict[str, Value]) -> FetchedMessage:
     raw = item.get("INTERNALDATE")
     raw_text = raw if isinstance(raw, str) else ""
     try:
-        when = parse_internaldate(raw_text) if raw_text else None
+        when = parse_date_time(raw_text) if raw_text else None
     except ValueError:
         when = None
     body = _bytes(item.get("BODY[]", item.get("RFC822")))

@@ -16,6 +16,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from legacyflo_daemon.request.dates import parse_date_time
+
 CRLF = b"\r\n"
 
 
@@ -46,11 +48,6 @@ _ATOM = re.compile(r"[\x21\x23-\x24\x26-\x27\x2b-\x5b\x5e-\x7a\x7c-\x7e]+")
 _FLAG = re.compile(r"\\?[\x21\x23-\x24\x26-\x27\x2b-\x5b\x5e-\x7a\x7c-\x7e]+")
 # SEARCH tokens sent as they are: atoms plus '*' (sequence sets like 1:*).
 _SEARCH_TOKEN = re.compile(r"[\x21\x23-\x27\x2a-\x5b\x5d-\x7a\x7c\x7e]+")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_DATE_TIME = re.compile(
-    r"(?P<day>[ 0-9]?[0-9])-(?P<mon>[A-Za-z]{3})-(?P<year>[0-9]{4}) "
-    r"(?P<h>[0-9]{2}):(?P<m>[0-9]{2}):(?P<s>[0-9]{2}) (?P<zone>[+-][0-9]{4})"
-)
 
 
 def quoted(text: str) -> str:
@@ -105,13 +102,10 @@ def flag_list(flags: Iterable[str]) -> str | None:
 def date_time_arg(raw: str) -> str:
     """INTERNALDATE as the server sent it (``26-Nov-2025 17:30:21 +0000``), quoted again.
 
-    Raises ``ValueError`` when ``raw`` is not an RFC 3501 date-time.
+    Raises ``ValueError`` when ``raw`` is not an RFC 3501 date-time (``dates.parse_date_time``).
     """
-    text = raw.strip('"')
-    m = _DATE_TIME.fullmatch(text)
-    if m is None or m["mon"].capitalize() not in _MONTHS:
-        raise ValueError(f"not an IMAP date-time: {raw!r}")
-    return '"' + text + '"'
+    parse_date_time(raw)
+    return '"' + raw.strip('"') + '"'
 
 
 Chunk = bytes | bytearray | memoryview

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from legacyflo_daemon.imap.syntax.uidset import MAX_UID, uid_batches
 from legacyflo_daemon.transfer.identity import batches, header_fields, identity, missing, uid_sets
 
 UTC = dt.UTC
@@ -261,67 +262,10 @@ def test_missing_copies_exactly_the_multiset_difference(
 # --- uid_sets -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("uids", "max_len", "expected"),
-    [
-        ([], 8000, []),
-        ([5], 8000, ["5"]),
-        ([1, 2, 3, 4, 5, 7, 9, 10, 11, 12], 8000, ["1:5,7,9:12"]),
-        ([12, 1, 3, 2, 3, 11], 8000, ["1:3,11:12"]),  # unsorted, duplicates
-        ([1, 3], 8000, ["1,3"]),
-        ([1, 3, 5, 7], 3, ["1,3", "5,7"]),  # exactly max_len fits
-        ([1, 3, 5, 7], 4, ["1,3", "5,7"]),
-        ([1, 2, 3, 10], 3, ["1:3", "10"]),
-        ([4294967294, 4294967295], 21, ["4294967294:4294967295"]),
-    ],
-)
-def test_uid_sets(uids: list[int], max_len: int, expected: list[str]) -> None:
-    assert uid_sets(uids, max_len) == expected
-
-
-@pytest.mark.parametrize(
-    ("uids", "max_len", "message"),
-    [
-        ([0, 1], 8000, "out of range"),
-        ([2**32], 8000, "out of range"),
-        ([-1], 8000, "out of range"),
-        ([100, 102], 2, "too small"),
-    ],
-)
-def test_uid_sets_errors(uids: list[int], max_len: int, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        uid_sets(uids, max_len)
-
-
-def test_uid_sets_default_fits_exchange_command_limit() -> None:
-    uids = list(range(1_000_000, 1_040_000, 2))  # 20,000 UIDs, no two consecutive
-    sets = uid_sets(uids)
-    assert len(sets) > 1
-    assert all(len(s) <= 8000 for s in sets)
-    # "UID FETCH <set> (UID FLAGS INTERNALDATE RFC822.SIZE)" stays under MaxCommandSize 10240.
-    assert all(
-        len(f"A001 UID FETCH {s} (UID FLAGS INTERNALDATE RFC822.SIZE)\r\n") < 10240 for s in sets
-    )
-
-
-def _expand(sets: list[str]) -> list[int]:
-    out: list[int] = []
-    for s in sets:
-        for piece in s.split(","):
-            lo, _, hi = piece.partition(":")
-            out.extend(range(int(lo), int(hi or lo) + 1))
-    return out
-
-
-@given(
-    st.lists(st.integers(min_value=1, max_value=2000), max_size=300),
-    st.integers(min_value=9, max_value=200),
-)
-def test_uid_sets_cover_exactly_and_respect_max_len(uids: list[int], max_len: int) -> None:
-    sets = uid_sets(uids, max_len)
-    assert all(len(s) <= max_len for s in sets)
-    assert all(re.fullmatch(r"\d+(:\d+)?(,\d+(:\d+)?)*", s) for s in sets)
-    assert _expand(sets) == sorted(set(uids))
+@pytest.mark.parametrize("max_len", [21, 30, 8000])
+def test_uid_sets_is_uid_batches_without_a_count_limit(max_len: int) -> None:
+    uids = [12, 1, 3, 2, 3, 11, 4294967294, 4294967295, *range(100, 3000, 2)]
+    assert uid_sets(uids, max_len) == uid_batches(uids, MAX_UID, max_len)
 
 
 # --- batches ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -26,7 +27,7 @@ from legacyflo_daemon.imap.syntax.parse import (
     parse_namespace,
     parse_search,
 )
-from legacyflo_daemon.imap.syntax.uidset import expand_uid_set, uid_batches
+from legacyflo_daemon.imap.syntax.uidset import MAX_UID, expand_uid_set, uid_batches
 from legacyflo_daemon.imap.syntax.wire import (
     Literal,
     WireError,
@@ -233,6 +234,72 @@ def test_uid_batches_cover_every_uid_once_within_limits(
         again = uid_batches(text, cap)
         assert sorted(u for b in again for u in expand_uid_set(b)) == sorted(set(uids))
         assert all(len(expand_uid_set(b)) <= cap for b in again)
+
+
+# -- UID sets without a count limit (what identity.uid_sets asks for) --------------------------
+
+
+@pytest.mark.parametrize(
+    ("uids", "max_len", "expected"),
+    [
+        ([], 8000, []),
+        ([5], 8000, ["5"]),
+        ([1, 2, 3, 4, 5, 7, 9, 10, 11, 12], 8000, ["1:5,7,9:12"]),
+        ([12, 1, 3, 2, 3, 11], 8000, ["1:3,11:12"]),  # unsorted, duplicates
+        ([1, 3], 8000, ["1,3"]),
+        ([1, 3, 5, 7], 3, ["1,3", "5,7"]),  # exactly max_len fits
+        ([1, 3, 5, 7], 4, ["1,3", "5,7"]),
+        ([1, 2, 3, 10], 3, ["1:3", "10"]),
+        ([4294967294, 4294967295], 21, ["4294967294:4294967295"]),
+    ],
+)
+def test_uid_batches_by_length(uids: list[int], max_len: int, expected: list[str]) -> None:
+    assert uid_batches(uids, MAX_UID, max_len) == expected
+
+
+@pytest.mark.parametrize(
+    ("uids", "max_len", "message"),
+    [
+        ([0, 1], 8000, "out of range"),
+        ([2**32], 8000, "out of range"),
+        ([-1], 8000, "out of range"),
+        ([100, 102], 2, "too small"),
+    ],
+)
+def test_uid_batches_errors(uids: list[int], max_len: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        uid_batches(uids, MAX_UID, max_len)
+
+
+def test_uid_batches_default_fits_exchange_command_limit() -> None:
+    uids = list(range(1_000_000, 1_040_000, 2))  # 20,000 UIDs, no two consecutive
+    sets = uid_batches(uids, MAX_UID)
+    assert len(sets) > 1
+    assert all(len(s) <= 8000 for s in sets)
+    # "UID FETCH <set> (UID FLAGS INTERNALDATE RFC822.SIZE)" stays under MaxCommandSize 10240.
+    assert all(
+        len(f"A001 UID FETCH {s} (UID FLAGS INTERNALDATE RFC822.SIZE)\r\n") < 10240 for s in sets
+    )
+
+
+def _expand(sets: list[str]) -> list[int]:
+    out: list[int] = []
+    for s in sets:
+        for piece in s.split(","):
+            lo, _, hi = piece.partition(":")
+            out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+@given(
+    st.lists(st.integers(min_value=1, max_value=2000), max_size=300),
+    st.integers(min_value=9, max_value=200),
+)
+def test_uid_batches_by_length_cover_exactly(uids: list[int], max_len: int) -> None:
+    sets = uid_batches(uids, MAX_UID, max_len)
+    assert all(len(s) <= max_len for s in sets)
+    assert all(re.fullmatch(r"\d+(:\d+)?(,\d+(:\d+)?)*", s) for s in sets)
+    assert _expand(sets) == sorted(set(uids))
 
 
 # -- generic response values -------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Owns: the identity key of a message (Message-ID + INTERNALDATE, or a hash of Date/From/To/
 Subject + INTERNALDATE), the multiset comparison that decides which source UIDs still have to
-be copied, compression of UIDs into IMAP sequence sets short enough for Exchange, and batching
-by count and bytes.
+be copied, and batching them by count and bytes (writing UIDs as IMAP sets is
+``imap.syntax.uidset``'s).
 Must not: fetch anything, look at the clock, or use RFC822.SIZE as identity (Exchange reports
 estimates; sizes are only used to bound memory per batch).
 
@@ -27,11 +27,12 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
+from legacyflo_daemon.imap.syntax.uidset import MAX_SET_LEN, MAX_UID, uid_batches
+
 _HASHED_FIELDS = (b"date", b"from", b"to", b"subject")
 _WANTED = frozenset((b"message-id", *_HASHED_FIELDS))
 _WSP_RUN = re.compile(rb"[ \t\r\n]+")
 _FIELD = re.compile(rb"([^\x00-\x20\x7f:]+)[ \t]*:(.*)", re.DOTALL)
-_MAX_UID = 2**32 - 1
 
 
 def _header_block(data: bytes | bytearray) -> bytes:
@@ -122,46 +123,14 @@ def missing(source: list[tuple[int, str]], dest_keys: Iterable[str]) -> list[int
     return out
 
 
-def _runs(uids: list[int]) -> list[str]:
-    pieces: list[str] = []
-    start = prev = uids[0]
-    for uid in uids[1:]:
-        if uid == prev + 1:
-            prev = uid
-            continue
-        pieces.append(f"{start}:{prev}" if prev != start else str(start))
-        start = prev = uid
-    pieces.append(f"{start}:{prev}" if prev != start else str(start))
-    return pieces
+def uid_sets(uids: list[int], max_len: int = MAX_SET_LEN) -> list[str]:
+    """IMAP UID sets (``1:5,7,9:12``) covering ``uids``, each at most ``max_len`` characters.
 
-
-def uid_sets(uids: list[int], max_len: int = 8000) -> list[str]:
-    """IMAP sequence sets (``1:5,7,9:12``) covering ``uids``, each at most ``max_len`` bytes.
-
-    Duplicates are dropped and order does not matter; consecutive UIDs become ranges. Exchange
-    refuses commands longer than its MaxCommandSize (10,240 bytes by default), hence the split;
-    the default leaves room for the rest of the command. Raises ``ValueError`` for a UID outside
-    1..2**32-1 or a ``max_len`` too small for one range.
+    ``uidset.uid_batches`` without a count limit: the one UID-set writer. Superfluous for a
+    batch handed to ``Session.fetch_bodies``, which cuts its UIDs itself; kept only until
+    ``folder_copy`` passes its batches there directly.
     """
-    if not uids:
-        return []
-    ordered = sorted(set(uids))
-    if ordered[0] < 1 or ordered[-1] > _MAX_UID:
-        raise ValueError(f"UID out of range 1..{_MAX_UID}: {ordered[0]}..{ordered[-1]}")
-    sets: list[str] = []
-    current: list[str] = []
-    length = 0
-    for piece in _runs(ordered):
-        if len(piece) > max_len:
-            raise ValueError(f"max_len={max_len} is too small for the range {piece!r}")
-        added = len(piece) + (1 if current else 0)
-        if current and length + added > max_len:
-            sets.append(",".join(current))
-            current, length, added = [], 0, len(piece)
-        current.append(piece)
-        length += added
-    sets.append(",".join(current))
-    return sets
+    return uid_batches(uids, MAX_UID, max_len)
 
 
 def batches(items: list[tuple[int, int]], max_count: int, max_bytes: int) -> list[list[int]]:

@@ -1,8 +1,9 @@
-"""UID-set arithmetic: cutting what we fetch into small commands. Pure.
+"""UID sets: the one place that writes UIDs as IMAP sets and cuts them into small commands. Pure.
 
-Owns: turning UIDs or a UID-set string into sets of at most ``cap`` UIDs and ``max_len``
-characters each. Exchange refuses commands longer than its MaxCommandSize (10,240 bytes by
-default), and aioimaplib keeps a whole FETCH response in memory, so both limits matter.
+Owns: compressing UIDs into sets (``1:5,7,9:12``), reading ``*``-free sets back, and cutting
+them into batches of at most ``cap`` UIDs and ``max_len`` characters each. Exchange refuses
+commands longer than its MaxCommandSize (10,240 bytes by default), and aioimaplib keeps a whole
+FETCH response in memory and parses it in O(lines²), so both limits matter.
 Must not: know about sessions or servers.
 """
 
@@ -29,56 +30,54 @@ def _ranges(uid_set: str) -> list[tuple[int, int]]:
     return out
 
 
-def _compact(uids: list[int]) -> list[str]:
-    pieces: list[str] = []
-    start = prev = uids[0]
-    for uid in [*uids[1:], 0]:
-        if uid == prev + 1:
-            prev = uid
-            continue
-        pieces.append(str(start) if start == prev else f"{start}:{prev}")
-        start = prev = uid
-    return pieces
+def _runs(uids: Iterable[int]) -> list[tuple[int, int]]:
+    """Consecutive runs of the distinct ``uids``, ascending: ``[1, 2, 3, 7]`` → (1, 3), (7, 7)."""
+    ordered = sorted(set(uids))
+    if ordered and (ordered[0] < 1 or ordered[-1] > MAX_UID):
+        raise ValueError(f"UID out of range 1..{MAX_UID}: {ordered[0]}..{ordered[-1]}")
+    runs: list[tuple[int, int]] = []
+    for uid in ordered:
+        if runs and uid == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], uid)
+        else:
+            runs.append((uid, uid))
+    return runs
 
 
 def uid_batches(uids: str | Iterable[int], cap: int, max_len: int = MAX_SET_LEN) -> list[str]:
     """UID sets of at most ``cap`` UIDs and ``max_len`` characters each, covering ``uids``.
 
     ``uids`` is a UID set string (``1:500,700``; ``*`` is refused because its size is unknown)
-    or integers. A range wider than ``cap`` is cut, so no command can ask for more than ``cap``
-    messages: aioimaplib keeps a whole response in memory and parses it in O(lines²).
+    or integers (duplicates dropped, any order; consecutive UIDs become ranges). Each batch is
+    filled up to ``cap``, cutting a range where needed, so no command asks for more than
+    ``cap`` messages. Raises ``ValueError`` for a UID outside 1..2**32-1, ``cap`` below 1, or a
+    ``max_len`` too small for a single range.
     """
     if cap < 1:
         raise ValueError("cap must be at least 1")
-    pieces: list[tuple[int, int]] = []
-    if isinstance(uids, str):
-        for lo, hi in _ranges(uids):
-            pieces += [(a, min(a + cap - 1, hi)) for a in range(lo, hi + 1, cap)]
-    else:
-        ordered = sorted(set(uids))
-        if ordered and (ordered[0] < 1 or ordered[-1] > MAX_UID):
-            raise ValueError("UID out of range")
-        for i in range(0, len(ordered), cap):
-            chunk = ordered[i : i + cap]
-            for p in _compact(chunk):
-                lo_s, _, hi_s = p.partition(":")
-                pieces.append((int(lo_s), int(hi_s or lo_s)))
-            pieces.append((0, 0))  # batch boundary
+    ranges = _ranges(uids) if isinstance(uids, str) else _runs(uids)
     batches: list[str] = []
     current: list[str] = []
     count = length = 0
-    for lo, hi in [*pieces, (0, 0)]:
-        text = str(lo) if lo == hi else f"{lo}:{hi}"
-        width = hi - lo + 1
-        if lo == 0 or (current and (count + width > cap or length + len(text) + 1 > max_len)):
-            if current:
+    for lo, hi in ranges:
+        while lo <= hi:
+            end = min(hi, lo + (cap - count) - 1)
+            text = str(lo) if lo == end else f"{lo}:{end}"
+            if len(text) > max_len:
+                raise ValueError(f"max_len={max_len} is too small for the range {text!r}")
+            if current and length + 1 + len(text) > max_len:
                 batches.append(",".join(current))
-            current, count, length = [], 0, 0
-            if lo == 0:
-                continue
-        current.append(text)
-        count += width
-        length += len(text) + 1
+                current, count, length = [], 0, 0
+                continue  # the same range again, now against an empty batch
+            length += len(text) + (1 if current else 0)
+            current.append(text)
+            count += end - lo + 1
+            lo = end + 1
+            if count == cap:
+                batches.append(",".join(current))
+                current, count, length = [], 0, 0
+    if current:
+        batches.append(",".join(current))
     return batches
 
 

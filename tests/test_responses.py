@@ -27,8 +27,8 @@ from legacyflo_daemon.imap.syntax.responses import (
     classify_login,
     classify_response,
     classify_select,
-    clean_text,
     error_for,
+    one_line,
     response_code,
     suggested_backoff,
 )
@@ -375,12 +375,12 @@ def test_transient_error_carries_the_server_hint() -> None:
         ("", ""),
     ],
 )
-def test_clean_text(text: str, expected: str) -> None:
-    assert clean_text(text) == expected
+def test_one_line(text: str, expected: str) -> None:
+    assert one_line(text) == expected
 
 
-def test_clean_text_truncates() -> None:
-    out = clean_text("x" * 1000)
+def test_one_line_truncates() -> None:
+    out = one_line("x" * 1000)
     assert len(out) <= 300
     assert out.endswith("…")
 

@@ -31,10 +31,10 @@ __all__ = [
     "RESULT_VERSION",
     "ListingEntry",
     "build_mail",
-    "clean_text",
     "iso_time",
     "result_json",
     "summary_json",
+    "utf8_safe",
 ]
 
 RESULT_VERSION = 1
@@ -42,8 +42,9 @@ RESULT_VERSION = 1
 _COUNTS = ("in_range", "copied", "already_present", "failed", "bytes", "deleted_dropped")
 
 
-def clean_text(value: str) -> str:
-    """``value`` with lone surrogates (from undecodable headers) replaced: it encodes as UTF-8."""
+def utf8_safe(value: str) -> str:
+    """``value`` with lone surrogates (from undecodable headers) replaced by ``?``, so that it
+    encodes as UTF-8 (the outbox writes JSON as UTF-8 bytes)."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -80,21 +81,21 @@ def _date_range(dates: DateRange) -> dict[str, Any]:
 
 def _folder(folder: FolderResult) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "source": clean_text(folder.source),
-        "destination": clean_text(folder.destination),
+        "source": utf8_safe(folder.source),
+        "destination": utf8_safe(folder.destination),
     }
     out.update({name: getattr(folder, name) for name in _COUNTS})
-    out["note"] = clean_text(folder.note)
+    out["note"] = utf8_safe(folder.note)
     return out
 
 
 def _failure(failure: MessageFailure) -> dict[str, Any]:
     return {
-        "folder": clean_text(failure.folder),
+        "folder": utf8_safe(failure.folder),
         "uid": failure.uid,
         "date": failure.date,
-        "subject": clean_text(failure.subject),
-        "reason": clean_text(failure.reason),
+        "subject": utf8_safe(failure.subject),
+        "reason": utf8_safe(failure.reason),
     }
 
 
@@ -133,7 +134,7 @@ def result_json(
         "request_id": request_id,
         "csv": {"name": csv_name, "row": row},
         "jobtype": str(request.jobtype) if request else None,
-        "jobtitle": clean_text(title),
+        "jobtitle": utf8_safe(title),
         "report_to": report_to,
         "source": _account(request.source) if request else None,
         "destination": _account(request.dest) if request else None,
@@ -145,13 +146,13 @@ def result_json(
         "folders": [_folder(f) for f in result.folders],
         "totals": _totals(result.folders),
         "failures": [_failure(f) for f in result.failures],
-        "error": clean_text(result.error) if result.error is not None else None,
+        "error": utf8_safe(result.error) if result.error is not None else None,
         "rejection": (
-            {"field": row_error.field, "message": clean_text(row_error.message)}
+            {"field": row_error.field, "message": utf8_safe(row_error.message)}
             if row_error
             else None
         ),
-        "warnings": [clean_text(w) for w in result.warnings],
+        "warnings": [utf8_safe(w) for w in result.warnings],
     }
 
 
@@ -173,13 +174,13 @@ def summary_json(
         entry: dict[str, Any] = {
             "row": item.row,
             "request_id": result.request_id if result else None,
-            "jobtitle": clean_text(item.title),
+            "jobtitle": utf8_safe(item.title),
         }
         if isinstance(item, RowError):
             entry |= {
                 "outcome": str(Status.REJECTED),
                 "field": item.field,
-                "reason": clean_text(item.message),
+                "reason": utf8_safe(item.message),
             }
         else:
             status = result.status if result else Status.QUEUED
@@ -187,7 +188,7 @@ def summary_json(
             entry |= {
                 "outcome": str(status),
                 "field": None,
-                "reason": clean_text(error) if error is not None else None,
+                "reason": utf8_safe(error) if error is not None else None,
             }
         entries.append(entry)
     entries.sort(key=lambda e: int(e["row"]))
@@ -199,5 +200,5 @@ def summary_json(
         "csv": csv_name,
         "rows": entries,
         "counts": counts,
-        "warnings": [clean_text(w) for w in warnings],
+        "warnings": [utf8_safe(w) for w in warnings],
     }

@@ -161,8 +161,9 @@ def classify_fetch(result: str, text: str) -> Outcome:
     return classify_response("fetch", result, text)
 
 
-def clean_text(text: str, secrets: Iterable[Secret] = ()) -> str:
-    """Server text for a message: secrets scrubbed, one line, at most ``MAX_TEXT`` chars."""
+def one_line(text: str, secrets: Iterable[Secret] = ()) -> str:
+    """Server text made fit for an error message: ``secrets`` replaced by ``********``, every
+    non-printable character a space, runs of spaces one, at most ``MAX_TEXT`` characters."""
     for secret in secrets:
         value = secret.reveal()
         if value:
@@ -171,6 +172,11 @@ def clean_text(text: str, secrets: Iterable[Secret] = ()) -> str:
     if len(text) > MAX_TEXT:
         text = text[: MAX_TEXT - 1].rstrip() + "…"
     return text
+
+
+# The old name, still used by imap.opening, imap.connection and imap.session; remove it once they
+# call ``one_line``.
+clean_text = one_line
 
 
 def error_for(
@@ -187,7 +193,7 @@ def error_for(
     contain a password. A transient error carries ``retry_after`` from the server's
     "Suggested Backoff Time", if any. Raises ``ValueError`` for ``"ok"``.
     """
-    said = clean_text(text, secrets) or "(no text from the server)"
+    said = one_line(text, secrets) or "(no text from the server)"
     message = f"{what}: {said}" if what else said
     if outcome == "auth":
         return AuthenticationFailed(message, host=host)

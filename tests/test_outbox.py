@@ -27,7 +27,7 @@ from legacyflo_daemon.errors import SmtpError
 from legacyflo_daemon.model import Status
 from legacyflo_daemon.outbox.sender import MailSender
 from legacyflo_daemon.outbox.store import Outbox, deliver, envelope, smtp_password
-from legacyflo_daemon.report.result import build_mail
+from legacyflo_daemon.report.mail import build_mail
 from legacyflo_daemon.runtime.log import configure_logging, reset_logging
 from tests.test_report import NOW, attachment, entries, make_json
 

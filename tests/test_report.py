@@ -36,7 +36,7 @@ from legacyflo_daemon.model import (
 )
 from legacyflo_daemon.report import result as report
 from legacyflo_daemon.report.listing import COLUMNS, neutralise
-from legacyflo_daemon.report.mail import header_text, human_size, subject
+from legacyflo_daemon.report.mail import build_mail, header_text, human_size, subject
 from legacyflo_daemon.transfer.recorder import ListingEntry
 
 SRC_PW = "src-S3cr3t=\"é'pw"
@@ -137,7 +137,7 @@ def mail(result: dict[str, Any], tmp_path: Path, **kw: Any) -> EmailMessage:
     }
     args.update(kw)
     listing = args.pop("listing", entries(3))
-    raw = report.build_mail(result, listing, **args)
+    raw = build_mail(result, listing, **args)
     parsed = message_from_bytes(raw, policy=default)
     assert isinstance(parsed, EmailMessage)
     return parsed
@@ -273,36 +273,6 @@ def test_undecodable_text_still_encodes_as_utf8() -> None:
     assert doc["failures"][0]["subject"].startswith("bad ")
 
 
-def test_summary_has_one_entry_per_row_in_order() -> None:
-    ok, failed = make_request(row=2), make_request(row=4)
-    rows: list[tuple[Request | RowError, RequestResult | None]] = [
-        (failed, make_result(Status.FAILED)),
-        (ROW_ERROR, None),
-        (ok, make_result(Status.SUCCEEDED)),
-        (make_request(row=5), None),
-    ]
-    doc = report.summary_json("b.csv", rows, warnings=["unknown column 'x'"])
-    assert [(r["row"], r["outcome"]) for r in doc["rows"]] == [
-        (2, "succeeded"),
-        (3, "rejected"),
-        (4, "failed"),
-        (5, "queued"),
-    ]
-    assert doc["rows"][1] == {
-        "row": 3,
-        "request_id": None,
-        "jobtitle": "Bad Row",
-        "outcome": "rejected",
-        "field": "since",
-        "reason": ROW_ERROR.message,
-    }
-    assert doc["rows"][2]["reason"] == "baya.com: authentication failed"
-    assert doc["rows"][0]["request_id"] == "req-1"
-    assert doc["counts"]["rejected"] == 1 and doc["counts"]["succeeded"] == 1
-    assert doc["warnings"] == ["unknown column 'x'"]
-    assert SRC_PW not in json.dumps(doc)
-
-
 # --- listing CSV ------------------------------------------------------------------------------
 
 
@@ -340,7 +310,7 @@ def test_neutralised_cells_never_start_a_formula(value: str) -> None:
 
 
 def test_mail_structure_and_headers(tmp_path: Path) -> None:
-    raw = report.build_mail(
+    raw = build_mail(
         make_json(Status.SUCCEEDED),
         entries(3),
         from_addr=FROM,
@@ -488,7 +458,7 @@ def test_rejected_mail_names_the_field_and_why(tmp_path: Path) -> None:
     "status", [Status.SUCCEEDED, Status.PARTIAL, Status.FAILED, Status.REJECTED]
 )
 def test_no_password_in_any_mail(status: Status, tmp_path: Path) -> None:
-    raw = report.build_mail(
+    raw = build_mail(
         make_json(status), entries(2), from_addr=FROM, to_addr="a@b.example", now=NOW,
         compress_above=0, tmpdir=tmp_path,
     )  # fmt: skip
@@ -507,7 +477,7 @@ def test_non_ascii_title_survives(tmp_path: Path) -> None:
 
 
 def build_large(tmp_path: Path, count: int) -> bytes:
-    return report.build_mail(
+    return build_mail(
         make_json(Status.SUCCEEDED), entries(count), from_addr=FROM, to_addr=None, now=NOW,
         compress_above=1 << 20, tmpdir=tmp_path,
     )  # fmt: skip
@@ -564,7 +534,7 @@ def test_human_size(size: int, text: str) -> None:
 def test_any_title_round_trips_into_the_subject(title: str) -> None:
     doc = dict(make_json(Status.REJECTED))
     doc["jobtitle"] = title
-    raw = report.build_mail(
+    raw = build_mail(
         doc,
         iter(()),
         from_addr=FROM,

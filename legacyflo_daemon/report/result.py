@@ -1,16 +1,16 @@
-"""Rendering of request outcomes: the result JSON, the per-CSV summary, the report mail.
+"""The result document of one request: ``outbox/<request_id>.json``.
 
-Owns: the shape of ``outbox/<request_id>.json`` (described exactly by ``result.schema.json``)
-and of ``outbox/<csv name>.summary.json``. The mail itself is built in ``report_mail`` and the
-listing attachment in ``listing``; both are re-exported here so callers import one module.
-Must not: do I/O (the outbox module writes files), read the clock (callers pass ``now``), or
-ever put a password in its output — accounts are rendered field by field, never as a whole.
+Owns: its shape (described exactly by ``legacyflo_daemon/result.schema.json``) and making every
+text in it encodable as UTF-8. The report mail is built from this document by ``report.mail``;
+the per-CSV summary (``outbox/<csv name>.summary.json``) is ``spool.intake``'s.
+Must not: do I/O (``outbox.store`` writes the file), read the clock (callers pass the times in
+``RequestResult``), or ever put a password in its output — accounts are rendered field by
+field, never as a whole.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
 from typing import Any
 
 from legacyflo_daemon.model import (
@@ -23,19 +23,7 @@ from legacyflo_daemon.model import (
     RowError,
     Status,
 )
-from legacyflo_daemon.report.mail import build_mail
 from legacyflo_daemon.request.dates import describe
-from legacyflo_daemon.transfer.recorder import ListingEntry
-
-__all__ = [
-    "RESULT_VERSION",
-    "ListingEntry",
-    "build_mail",
-    "iso_time",
-    "result_json",
-    "summary_json",
-    "utf8_safe",
-]
 
 RESULT_VERSION = 1
 
@@ -153,52 +141,4 @@ def result_json(
             else None
         ),
         "warnings": [utf8_safe(w) for w in result.warnings],
-    }
-
-
-def summary_json(
-    csv_name: str,
-    rows: Iterable[tuple[Request | RowError, RequestResult | None]],
-    *,
-    warnings: Iterable[str] = (),
-) -> dict[str, Any]:
-    """The per-CSV summary: one entry per row, in row order, plus counts per outcome.
-
-    Each item pairs a row (a ``Request`` or a ``RowError``) with its result, or ``None`` when no
-    result exists (a rejected row that got no request id; a request not finished yet, shown as
-    its status ``queued``). ``outcome`` is the result status, or ``rejected`` with ``field`` and
-    ``reason`` for a rejected row; ``reason`` of a failed request is its error.
-    """
-    entries: list[dict[str, Any]] = []
-    for item, result in rows:
-        entry: dict[str, Any] = {
-            "row": item.row,
-            "request_id": result.request_id if result else None,
-            "jobtitle": utf8_safe(item.title),
-        }
-        if isinstance(item, RowError):
-            entry |= {
-                "outcome": str(Status.REJECTED),
-                "field": item.field,
-                "reason": utf8_safe(item.message),
-            }
-        else:
-            status = result.status if result else Status.QUEUED
-            error = result.error if result else None
-            entry |= {
-                "outcome": str(status),
-                "field": None,
-                "reason": utf8_safe(error) if error is not None else None,
-            }
-        entries.append(entry)
-    entries.sort(key=lambda e: int(e["row"]))
-    counts = {str(s): 0 for s in Status}
-    for entry in entries:
-        counts[entry["outcome"]] += 1
-    return {
-        "version": RESULT_VERSION,
-        "csv": csv_name,
-        "rows": entries,
-        "counts": counts,
-        "warnings": [utf8_safe(w) for w in warnings],
     }

@@ -26,7 +26,8 @@ from legacyflo_daemon.config.schema import LogConfig, SmtpConfig
 from legacyflo_daemon.errors import SmtpError
 from legacyflo_daemon.model import Status
 from legacyflo_daemon.outbox.sender import MailSender
-from legacyflo_daemon.outbox.store import Outbox, deliver, envelope, smtp_password
+from legacyflo_daemon.outbox.smtp import deliver, envelope, smtp_password
+from legacyflo_daemon.outbox.store import Outbox, move_to_sent
 from legacyflo_daemon.report.mail import build_mail
 from legacyflo_daemon.runtime.log import configure_logging, reset_logging
 from tests.test_report import NOW, attachment, entries, make_json
@@ -162,7 +163,7 @@ def test_outbox_files(outbox: Outbox) -> None:
     (outbox.dir / ".lfd-r3.eml.1234.tmp").write_bytes(b"half")
     (outbox.dir / ".r4.eml").write_bytes(b"hidden")
     assert outbox.pending_mails() == [m2, m1]
-    moved = outbox.mark_sent(m2)
+    moved = move_to_sent(m2)
     assert moved == outbox.sent_dir / "r1.eml" and moved.read_bytes() == eml()
     assert outbox.pending_mails() == [m1]
     outbox.write_mail("r1", eml())  # re-written after delivery: never sent twice

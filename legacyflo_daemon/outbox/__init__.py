@@ -1,1 +1,2 @@
-"""The outbox: result and report-mail files (``store``), SMTP delivery and the sender task."""
+"""The outbox: its files (``store``), SMTP delivery of one mail (``smtp``), the sender task
+(``sender``)."""

@@ -7,8 +7,8 @@ Errors: only ``SmtpError`` (what ``deliver`` makes of every SMTP, TLS, network a
 failure, and a mail file that cannot be read) is delivery trouble, retried with backoff. Any
 other exception is a bug: logged once with its traceback, and that mail is set aside (it stays
 in ``outbox/`` and is not tried again until the next start) while the others go on.
-Must not: talk SMTP or write files (``outbox.deliver`` and ``outbox.Outbox`` do), retry a bug,
-or ever stop on a failing mail: ``run`` never raises, and mails wait in ``outbox/``.
+Must not: talk SMTP or write files (``outbox.smtp.deliver``, ``outbox.store.Outbox``), retry a
+bug, or ever stop on a failing mail: ``run`` never raises, and mails wait in ``outbox/``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import structlog
 
 from legacyflo_daemon.config.schema import SmtpConfig
 from legacyflo_daemon.errors import SmtpError
-from legacyflo_daemon.outbox.store import Outbox, deliver, envelope
+from legacyflo_daemon.outbox.smtp import deliver, envelope
+from legacyflo_daemon.outbox.store import Outbox
 from legacyflo_daemon.runtime.aio import wait_any
 
 

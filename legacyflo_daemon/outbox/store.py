@@ -1,43 +1,25 @@
-"""The outbox: result, summary and report-mail files, and the delivery of the mails over SMTP.
+"""The outbox files: results, per-CSV summaries and report mails, pending or sent.
 
-Owns: ``outbox/`` and ``outbox/sent/`` (every file appears atomically, 0600), and ``deliver``:
-the translation of aiosmtplib/ssl/OSError/timeouts into ``errors.SmtpError`` (the one SMTP
-boundary). The ``MailSender`` task that retries pending mails with backoff is ``mailsender``'s
-(still importable from here).
-Must not: render anything (``report`` does), block or fail copying (``MailSender.run`` never
-raises; mails wait in ``outbox/``), or let the SMTP password reach a message, log or file.
+Owns: ``outbox/`` and ``outbox/sent/`` (created 0700; every file appears atomically, 0600), the
+file names, which mails are pending, and the move of a delivered mail into ``sent/``.
+Must not: render anything (``report`` does), talk SMTP (``outbox.smtp`` does) or decide when to
+send (``outbox.sender``'s ``MailSender`` does).
 
-Exactly once: a mail is moved to ``sent/`` right after the server's 250 reply to DATA, before
-QUIT. A crash (or the rename failing) in the microseconds between that 250 and the rename makes
-the mail be sent once more after the restart; SMTP itself cannot close that window (RFC 1047).
-A mail whose ``.eml`` has a namesake in ``sent/`` is never sent again.
-Mails without a ``To`` header (no ``sendreportid``) are written for the record only: they stay
-in ``outbox/`` and are never tried.
+A mail whose ``.eml`` has a namesake in ``sent/`` is never pending again, even when its ``.eml``
+is written anew (a request reported twice after a crash); see ``outbox.smtp`` for why a mail
+may still, in one narrow window, be sent twice.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import socket
-import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
-from email.parser import BytesHeaderParser
-from email.policy import default
 from pathlib import Path
 from typing import Any
 
-import aiosmtplib
-
-from legacyflo_daemon.config.schema import SmtpConfig
-from legacyflo_daemon.errors import ConfigError, SmtpError
-from legacyflo_daemon.model import REDACTED, Secret
-from legacyflo_daemon.runtime.files import atomic_write, move, read_regular
+from legacyflo_daemon.runtime.files import atomic_write, move
 
 SENT = "sent"
-_MIN_RATE = 100_000  # bytes/s: below this a DATA transfer counts as stuck (outer deadline)
 
 
 def _checked_name(name: str) -> str:
@@ -51,7 +33,9 @@ def _json_bytes(data: Mapping[str, Any]) -> bytes:
     return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
 
 
-def _move_to_sent(path: Path) -> Path:
+def move_to_sent(path: Path) -> Path:
+    """Move the mail ``path`` of an outbox into its ``sent/`` (atomic rename, both directories
+    fsynced); the new path."""
     target = path.parent / SENT / path.name
     move(path, target)
     return target
@@ -92,114 +76,3 @@ class Outbox:
             for p in self.dir.iterdir()
             if p.suffix == ".eml" and not p.name.startswith(".") and p.name not in sent
         )
-
-    def mark_sent(self, path: Path) -> Path:
-        """Move a delivered mail into ``sent/`` (atomic rename, both directories fsynced)."""
-        if path.parent != self.dir:
-            raise ValueError(f"{path} is not in {self.dir}")
-        return _move_to_sent(path)
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    sender: str
-    recipients: tuple[str, ...]
-
-
-def envelope(eml: bytes) -> Envelope:
-    """MAIL FROM and RCPT TO of a mail: the address of ``From`` and those of ``To``."""
-    headers = BytesHeaderParser(policy=default).parsebytes(eml)
-    sender = headers["From"]
-    senders = getattr(sender, "addresses", ()) if sender is not None else ()
-    to = headers["To"]
-    recipients = tuple(a.addr_spec for a in getattr(to, "addresses", ()) if a.addr_spec)
-    return Envelope(senders[0].addr_spec if senders else "", recipients)
-
-
-def smtp_password(smtp: SmtpConfig) -> Secret | None:
-    """``SmtpConfig.password()`` (file or environment variable), its ``ConfigError`` as an
-    ``SmtpError``: at send time a missing password is a delivery failure, retried later.
-    Errors name the file or the variable, never the value."""
-    try:
-        return smtp.password()
-    except ConfigError as exc:
-        raise SmtpError(str(exc)) from None
-
-
-def _tls_options(smtp: SmtpConfig) -> dict[str, Any]:
-    if smtp.tls == "none":
-        return {"use_tls": False, "start_tls": False}
-    if smtp.tls not in ("starttls", "implicit"):
-        raise SmtpError(f"smtp.tls: unknown mode {smtp.tls!r}")
-    cafile = str(smtp.ca_file) if smtp.ca_file is not None else None
-    try:
-        context = ssl.create_default_context(cafile=cafile)
-    except (OSError, ssl.SSLError) as exc:
-        raise SmtpError(f"smtp.ca_file {smtp.ca_file}: {exc}") from None
-    return {"use_tls": smtp.tls == "implicit", "start_tls": smtp.tls == "starttls",
-            "tls_context": context}  # fmt: skip
-
-
-def _helo_name(sender: str) -> str:
-    # Never socket.getfqdn(): it can hang on DNS. The sender's domain is what relays expect.
-    domain = sender.rpartition("@")[2]
-    return domain if "." in domain else socket.gethostname()
-
-
-async def deliver(path: Path, smtp: SmtpConfig, *, local_hostname: str | None = None) -> Path:
-    """Send the mail ``path`` to the addresses of its ``To`` header; move it to ``sent/``.
-
-    Returns the new path in ``sent/``. Raises ``SmtpError`` (message without the password) for
-    every failure; the file then stays where it is. If the server accepts DATA but has refused
-    some recipients, the mail still moves to ``sent/`` (resending would duplicate it for the
-    others) and ``SmtpError`` names the refused ones.
-    """
-    try:
-        eml = await asyncio.to_thread(read_regular, path)
-    except OSError as exc:
-        raise SmtpError(f"{path.name}: cannot read: {exc.strerror or exc}") from None
-    env = envelope(eml)
-    if not env.recipients:
-        raise SmtpError(f"{path.name}: no To address; the mail is kept for the record only")
-    password = smtp_password(smtp) if smtp.username else None
-    if smtp.username and not password:
-        raise SmtpError("smtp.username is set but neither password_file nor password_env is")
-    where = f"{smtp.host}:{smtp.port}"
-    client = aiosmtplib.SMTP(
-        hostname=smtp.host,
-        port=smtp.port,
-        username=smtp.username,
-        password=password.reveal() if password else None,
-        local_hostname=local_hostname or _helo_name(env.sender),
-        timeout=smtp.timeout,
-        **_tls_options(smtp),
-    )
-    delivered = False
-    try:
-        async with asyncio.timeout(smtp.timeout * 3 + len(eml) / _MIN_RATE):
-            await client.connect()
-            refused, _ = await client.sendmail(env.sender, list(env.recipients), eml)
-        delivered = True
-        # 250 to DATA received: the mail is the server's now. Record that before anything else
-        # (QUIT included) so that no later failure can make us send it twice.
-        sent = _move_to_sent(path)
-    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-        what = "delivered, but not moved to sent/" if delivered else type(exc).__name__
-        raise SmtpError(_scrub(f"{where}: {what}: {exc}", password)) from None
-    finally:
-        if delivered:
-            with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
-                async with asyncio.timeout(smtp.timeout):
-                    await client.quit()
-        client.close()
-    if refused:
-        detail = ", ".join(f"{rcpt}: {resp.code} {resp.message}" for rcpt, resp in refused.items())
-        raise SmtpError(_scrub(f"{where}: delivered, but recipients refused: {detail}", password))
-    return sent
-
-
-def _scrub(message: str, password: Secret | None) -> str:
-    # Belt and braces: no known aiosmtplib error quotes the password, but a server reply might.
-    if password and password.reveal() in message:
-        return message.replace(password.reveal(), REDACTED)
-    return message

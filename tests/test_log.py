@@ -7,6 +7,7 @@ import datetime as dt
 import io
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,22 +19,18 @@ from hypothesis import strategies as st
 
 from legacyflo_daemon.config.schema import LogConfig
 from legacyflo_daemon.model import REDACTED, Secret
-from legacyflo_daemon.runtime.log import (
-    configure_logging,
-    forget_secret,
-    register_secret,
-    reset_logging,
-    scrub,
-    set_level,
-)
+from legacyflo_daemon.runtime.log import configure_logging, reset_logging, set_level
+from legacyflo_daemon.runtime.secrets import forget_secret, forms, redact, register_secret, scrub
 
 NASTY_PASSWORD = "p\"a\\ss w'o%r*d{5}):é"
+OWNER = "test-request"
 
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
     yield
     reset_logging()
+    forget_secret(owner=OWNER)
 
 
 def start(**options: Any) -> io.BytesIO:
@@ -131,7 +128,7 @@ def test_secret_objects_are_redacted_wherever_they_are() -> None:
 
 def test_a_registered_password_never_appears_even_inside_an_exception() -> None:
     out = start()
-    register_secret(NASTY_PASSWORD)
+    register_secret(NASTY_PASSWORD, owner=OWNER)
     quoted = NASTY_PASSWORD.replace("\\", "\\\\").replace('"', '\\"')
     try:
         raise RuntimeError(
@@ -154,12 +151,12 @@ def test_a_registered_password_never_appears_even_inside_an_exception() -> None:
 
 def test_a_stdlib_record_with_exc_info_is_rendered_and_scrubbed() -> None:
     out = start()
-    register_secret("stdlib-pw-77")
+    register_secret("stdlib-pw-77", owner=OWNER)
     try:
         raise ConnectionError("LOGIN rejected: stdlib-pw-77")
     except ConnectionError as exc:
         logging.getLogger("asyncio").error("Task exception was never retrieved", exc_info=exc)
-    forget_secret("stdlib-pw-77")
+    forget_secret(owner=OWNER)
     (record,) = lines(out)
     assert record["logger"] == "asyncio" and record["level"] == "error"
     assert record["exception"][0]["exc_type"] == "ConnectionError"
@@ -182,28 +179,159 @@ def test_exception_frames_carry_no_locals() -> None:
     assert frames and all("locals" not in f for f in frames)
 
 
-def test_forget_secret_is_counted() -> None:
+def test_two_owners_of_one_password_do_not_unregister_each_other() -> None:
     out = start()
     log = structlog.get_logger()
-    register_secret("shared-password-1")
-    register_secret(Secret("shared-password-1"))  # a second request with the same password
-    forget_secret("shared-password-1")
+    register_secret("shared-password-1", owner="csv-r2", user="john")
+    register_secret(Secret("shared-password-1"), owner="csv-r3")  # another request, same password
+    forget_secret(owner="csv-r2")
     log.info("still secret shared-password-1")
-    forget_secret(Secret("shared-password-1"))
+    forget_secret(owner="csv-r2")  # a second finish of the same request changes nothing
+    log.info("still secret shared-password-1")
+    forget_secret(owner="csv-r3")
     log.info("forgotten shared-password-1")
     assert [r["event"] for r in lines(out)] == [
+        f"still secret {REDACTED}",
         f"still secret {REDACTED}",
         "forgotten shared-password-1",
     ]
 
 
-def test_the_sasl_plain_response_is_scrubbed_when_the_user_is_given() -> None:
+def test_registering_again_is_idempotent_and_forgetting_unknown_owners_is_harmless() -> None:
     out = start()
-    b64 = base64.b64encode(b"\0john\0pw-12345").decode()
-    register_secret("pw-12345", user="john")
-    structlog.get_logger().info(f"AUTHENTICATE PLAIN {b64}")
-    forget_secret("pw-12345", user="john")
-    assert lines(out)[0]["event"] == f"AUTHENTICATE PLAIN {REDACTED}"
+    forget_secret(owner="never-registered")
+    register_secret("twice-registered-1", owner=OWNER)
+    register_secret("twice-registered-1", owner=OWNER)  # e.g. credentials loaded again on resume
+    register_secret("", owner=OWNER)  # an empty password registers nothing
+    forget_secret(owner=OWNER)  # one forget undoes both
+    structlog.get_logger().info("visible twice-registered-1 again")
+    assert lines(out)[0]["event"] == "visible twice-registered-1 again"
+
+
+PW, USER = "pw-12345-long", "john@baya.com"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        PW,
+        b64(b"\0" + USER.encode() + b"\0" + PW.encode()),  # SASL PLAIN (SASL-IR or after "+")
+        b64(USER.encode() + b"\0" + USER.encode() + b"\0" + PW.encode()),  # PLAIN with authzid
+        b64(PW.encode()),  # SASL LOGIN answers the password prompt with it alone
+    ],
+)
+def test_sasl_forms_are_scrubbed_whole(form: str) -> None:
+    out = start()
+    register_secret(PW, owner=OWNER, user=USER)
+    structlog.get_logger().info(f"C: A1 AUTHENTICATE PLAIN {form}")
+    assert lines(out)[0]["event"] == f"C: A1 AUTHENTICATE PLAIN {REDACTED}"
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        b"\0john\0" + PW.encode(),  # PLAIN for a login spelled differently (login_format)
+        b"\0BAYA\\john\0" + PW.encode(),
+        b"user=john\x01auth=Bearer " + PW.encode() + b"\x01\x01",  # XOAUTH2 with a token
+    ],
+)
+def test_the_password_inside_other_base64_is_scrubbed(blob: bytes) -> None:
+    out = start()
+    register_secret(PW, owner=OWNER, user=USER)
+    structlog.get_logger().info("sent", line=f"AUTHENTICATE X {b64(blob)}")
+    line = lines(out)[0]["line"]
+    assert REDACTED in line
+    # What is left around the ******** gives away at most the password's first and last bytes.
+    left = [piece[shift:] for piece in line.split(REDACTED) for shift in range(4)]
+    decoded = b"".join(base64.b64decode(p[: len(p) // 4 * 4]) + b"|" for p in left if p.isalnum())
+    assert not any(PW.encode()[i : i + 3] in decoded for i in range(1, len(PW) - 3))
+
+
+def test_short_base64_runs_are_not_searched() -> None:
+    # A 3-byte password has too few base64 characters of its own to be looked for inside other
+    # base64 (they would match by chance): only its whole forms count.
+    assert forms("abc") == {"abc", b64(b"abc")}
+    assert forms("abc", user="u") == {"abc", b64(b"abc"), b64(b"\0u\0abc"), b64(b"u\0u\0abc")}
+    assert forms("") == set()
+
+
+def test_every_form_is_scrubbed_from_exception_text_chains_and_tracebacks() -> None:
+    json_out = start()
+    register_secret(NASTY_PASSWORD, owner=OWNER, user=USER)
+    quoted = NASTY_PASSWORD.replace("\\", "\\\\").replace('"', '\\"')
+    plain = b64(b"\0" + USER.encode() + b"\0" + NASTY_PASSWORD.encode())
+
+    def fail() -> None:
+        try:
+            raise OSError(f'LOGIN {USER} "{quoted}"')
+        except OSError as exc:
+            raise RuntimeError(f"AUTHENTICATE PLAIN {plain} {NASTY_PASSWORD!r}") from exc
+
+    try:
+        fail()
+    except RuntimeError:
+        structlog.get_logger().exception("login_failed")
+    text = io.StringIO()
+    configure_logging(LogConfig(format="console"), stream=text)
+    try:
+        fail()
+    except RuntimeError:
+        structlog.get_logger().exception("login_failed")
+    record = lines(json_out)[0]
+    assert [e["exc_type"] for e in record["exception"]] == ["RuntimeError", "OSError"]
+    rendered = json.dumps(record, ensure_ascii=False) + text.getvalue()
+    assert "Traceback" in text.getvalue() and "OSError" in text.getvalue()
+    for form in (NASTY_PASSWORD, quoted, plain, "o%r*d{5}", "ss w\\'o"):
+        assert form not in rendered, form
+        assert form not in text.getvalue(), form
+
+
+def test_a_password_used_as_a_key_is_scrubbed_too() -> None:
+    out = start()
+    register_secret("key-hunter2-9", owner=OWNER)
+    structlog.get_logger().info("e", mapping={"key-hunter2-9": 1})
+    assert lines(out)[0]["mapping"] == {REDACTED: 1}
+
+
+def test_register_and_forget_are_thread_safe() -> None:
+    out = start()
+    register_secret("held-throughout-1", owner="main")
+    try:
+
+        def churn(n: int) -> None:
+            for i in range(200):
+                register_secret(f"thread-{n}-pw-{i % 7}", owner=f"t{n}-{i % 5}", user="u")
+                structlog.get_logger().info(f"held-throughout-1 {n} {i}")
+                forget_secret(owner=f"t{n}-{(i + 2) % 5}")
+
+        threads = [threading.Thread(target=churn, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for n in range(4):
+            for k in range(5):
+                forget_secret(owner=f"t{n}-{k}")
+        structlog.get_logger().info("thread-0-pw-1 held-throughout-1")
+    finally:
+        forget_secret(owner="main")
+    events = [r["event"] for r in lines(out)]
+    assert len(events) == 4 * 200 + 1
+    assert all(e.startswith(f"{REDACTED} ") for e in events[:-1])
+    assert events[-1] == f"thread-0-pw-1 {REDACTED}"  # every thread's password forgotten
+
+
+def test_redact_replaces_every_form_of_one_password() -> None:
+    auth = b64(b"\0reporter\0" + NASTY_PASSWORD.encode())
+    text = f"535 auth failed for {auth}; pw {NASTY_PASSWORD!r}"
+    assert redact(text, Secret(NASTY_PASSWORD), user="reporter") == (
+        f"535 auth failed for {REDACTED}; pw '{REDACTED}'"
+    )
+    assert redact(text, None) == text
 
 
 PASSWORDS = st.text(
@@ -218,7 +346,7 @@ PASSWORDS = st.text(
 def test_property_no_registered_password_survives(password: str) -> None:
     assume(password.strip("*") != "")
     out = start()
-    register_secret(password)
+    register_secret(password, owner=OWNER)
     try:
         quoted = password.replace("\\", "\\\\").replace('"', '\\"')
         try:
@@ -230,7 +358,7 @@ def test_property_no_registered_password_survives(password: str) -> None:
             for form in forms:
                 assert form not in s
     finally:
-        forget_secret(password)
+        forget_secret(owner=OWNER)
 
 
 def test_scrub_makes_values_json_safe() -> None:
@@ -272,12 +400,12 @@ def test_format_choice_on_a_non_tty(fmt: str, json_expected: bool) -> None:
 def test_console_renders_a_scrubbed_traceback() -> None:
     text = io.StringIO()
     configure_logging(LogConfig(format="console"), stream=text)
-    register_secret("console-pw-1")
+    register_secret("console-pw-1", owner=OWNER)
     try:
         raise KeyError("console-pw-1")
     except KeyError:
         structlog.get_logger().exception("failed")
-    forget_secret("console-pw-1")
+    forget_secret(owner=OWNER)
     output = text.getvalue()
     assert "Traceback" in output and "KeyError" in output
     assert "console-pw-1" not in output

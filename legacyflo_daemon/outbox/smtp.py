@@ -30,9 +30,10 @@ import aiosmtplib
 
 from legacyflo_daemon.config.schema import SmtpConfig
 from legacyflo_daemon.errors import ConfigError, SmtpError
-from legacyflo_daemon.model import REDACTED, Secret
+from legacyflo_daemon.model import Secret
 from legacyflo_daemon.outbox.store import move_to_sent
 from legacyflo_daemon.runtime.files import read_regular
+from legacyflo_daemon.runtime.secrets import redact
 
 _MIN_RATE = 100_000  # bytes/s: below this a DATA transfer counts as stuck (outer deadline)
 
@@ -122,7 +123,10 @@ async def deliver(path: Path, smtp: SmtpConfig, *, local_hostname: str | None = 
         sent = move_to_sent(path)
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
         what = "delivered, but not moved to sent/" if delivered else type(exc).__name__
-        raise SmtpError(_scrub(f"{where}: {what}: {exc}", password)) from None
+        # No known aiosmtplib error quotes the password, but a server reply might (also as
+        # the base64 of AUTH PLAIN/LOGIN): belt and braces.
+        message = redact(f"{where}: {what}: {exc}", password, user=smtp.username)
+        raise SmtpError(message) from None
     finally:
         if delivered:
             with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
@@ -131,12 +135,6 @@ async def deliver(path: Path, smtp: SmtpConfig, *, local_hostname: str | None = 
         client.close()
     if refused:
         detail = ", ".join(f"{rcpt}: {resp.code} {resp.message}" for rcpt, resp in refused.items())
-        raise SmtpError(_scrub(f"{where}: delivered, but recipients refused: {detail}", password))
+        message = f"{where}: delivered, but recipients refused: {detail}"
+        raise SmtpError(redact(message, password, user=smtp.username))
     return sent
-
-
-def _scrub(message: str, password: Secret | None) -> str:
-    # Belt and braces: no known aiosmtplib error quotes the password, but a server reply might.
-    if password and password.reveal() in message:
-        return message.replace(password.reveal(), REDACTED)
-    return message

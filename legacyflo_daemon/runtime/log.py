@@ -3,14 +3,18 @@
 Owns: the one structlog configuration, the routing of stdlib loggers (aioimaplib, asyncio,
 aiosmtplib, watchfiles) into the same lines, the level (``set_level`` for a SIGHUP reload), the
 optional file sink (``O_APPEND``, one ``write`` per line, rotation by logrotate
-``copytruncate``), and the last line of defence against leaked passwords: every line goes
-through ``secrets_registry.scrub`` (re-exported here with ``register_secret`` and
-``forget_secret``), so that
+``copytruncate``), and the last line of defence against leaked passwords: every event, after its
+exception has been rendered (JSON frames or, on a console, the traceback text), goes through
+``runtime.secrets.scrub``, so that
 
 - values under keys that look secret (``pass``, ``secret``, ``token``, ``authorization``, ...)
   and every ``model.Secret`` become ``********``;
-- every password currently registered with ``register_secret`` is replaced inside every string,
-  in its plain, IMAP-quoted and Python-repr forms (how aioimaplib and exceptions show it).
+- every password currently registered with ``runtime.secrets.register_secret`` is replaced
+  inside every string, in every form listed there: plain, IMAP-quoted, Python-repr'd (how
+  aioimaplib and exceptions show it) and base64 (SASL PLAIN and LOGIN).
+
+Exception frames never carry local variables. The ``aioimaplib`` logger is held at WARNING
+(at DEBUG it logs whole message bodies and every command line).
 
 Must not: decide what to log (callers do: stable snake_case events, ``request_id`` bound with
 ``structlog.contextvars``). Everything is configured through module state that the processors
@@ -34,16 +38,9 @@ from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, WrappedLogger
 
 from legacyflo_daemon.config.schema import LogConfig
-from legacyflo_daemon.runtime.secrets import forget_secret, register_secret, scrub
+from legacyflo_daemon.runtime.secrets import scrub
 
-__all__ = [
-    "configure_logging",
-    "forget_secret",
-    "register_secret",
-    "reset_logging",
-    "scrub",
-    "set_level",
-]
+__all__ = ["configure_logging", "reset_logging", "set_level"]
 
 NOISY_LOGGERS = ("aioimaplib",)  # DEBUG logs whole message bodies and escaped passwords
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
@@ -210,7 +207,7 @@ def set_level(level: str) -> None:
 
 
 def reset_logging() -> None:
-    """Undo ``configure_logging``: structlog defaults, no bridge, no file (tests, exit)."""
+    """Undo ``configure_logging``: structlog defaults, no bridge, no file (between tests)."""
     with _SINKS.lock:
         fd, _SINKS.file_fd = _SINKS.file_fd, None
         _SINKS.stream, _SINKS.text, _SINKS.binary, _SINKS.console = sys.stdout, None, False, False

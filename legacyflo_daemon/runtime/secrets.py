@@ -1,109 +1,157 @@
 """The secret registry: passwords in use, and ``scrub``, which takes them out of any value.
 
-Owns: the reference-counted set of passwords currently in use (``register_secret`` /
-``forget_secret``; one password may serve many requests), the forms in which a password can
-appear in text (plain, IMAP-quoted, Python-repr'd, SASL PLAIN base64), the key names that look
-secret, and ``scrub``: a value made JSON-safe with all of them replaced by ``********``.
-Must not: log, or keep a password after its last ``forget_secret``. ``log`` applies ``scrub`` to
-every line; anything else that writes server text may use it too.
+Owns: the set of passwords currently in use, each held by one or more owners
+(``register_secret`` / ``forget_secret``); the forms in which a password can appear in text;
+the key names that look secret; ``scrub`` (a log event made JSON-safe with all of them replaced
+by ``********``) and ``redact`` (one known password out of one text).
+Must not: log, or keep a password after the last owner forgot it. ``runtime.log`` applies
+``scrub`` to every event, exception text and traceback included.
+
+The forms of a password ``pw`` (of login ``user``, when given):
+
+- ``pw`` itself, and as an IMAP quoted string writes it (``\\`` and ``"`` escaped);
+- both as Python's ``repr`` writes them, of ``str`` and of UTF-8 ``bytes`` (exception texts);
+- base64 as SASL sends it: ``LOGIN`` (``pw`` alone) and, with ``user``, ``PLAIN``
+  (``\\0user\\0pw``, also with ``user`` as the authorization id);
+- inside any other base64 (``PLAIN`` with another spelling of the user, ``XOAUTH2`` with a
+  token as ``pw``): the run of base64 characters that only ``pw``'s bytes determine, for each of
+  the three alignments, when that run is long enough (``_MIN_CORE``) not to hit by chance.
+
+Usage: the daemon registers a request's two passwords when it loads them and forgets them when
+the request finishes, with the request id as ``owner``. Registering is idempotent per owner and
+forgetting is idempotent, so a retried load or a second finish is harmless; two requests that
+share a password each hold it, and it is scrubbed until both have forgotten it. All of it is
+thread-safe (the aioimaplib and asyncio loggers may run in other threads).
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import math
 import re
 import threading
-from collections import Counter
 from typing import Any
 
 from legacyflo_daemon.model import REDACTED, Secret
-
-__all__ = ["SECRET_KEY", "forget_secret", "register_secret", "scrub"]
 
 SECRET_KEY = re.compile(
     r"pass(wd|word)?|secret|token|authori[sz]ation|api[_-]?key|credential", re.I
 )
 _MAX_DEPTH = 8
+_MIN_CORE = 8  # base64 characters: shorter runs of a password inside base64 are not searched
+
+_Registration = tuple[str, str | None]  # (password, login user)
 
 
-class _Secrets:
-    """Known passwords (reference-counted: one password may serve many requests)."""
+class _Registry:
+    """Who holds which password; the compiled pattern of all their forms."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts: Counter[str] = Counter()
-        self.pattern: re.Pattern[str] | None = None
+        self._held: dict[str, set[_Registration]] = {}
+        self.pattern: re.Pattern[str] | None = None  # replaced whole, read without the lock
 
-    def add(self, value: str) -> None:
-        if value:
-            with self._lock:
-                self._counts[value] += 1
+    def add(self, owner: str, registration: _Registration) -> None:
+        with self._lock:
+            held = self._held.setdefault(owner, set())
+            if registration not in held:
+                held.add(registration)
                 self._compile()
 
-    def remove(self, value: str) -> None:
+    def drop(self, owner: str) -> None:
         with self._lock:
-            if self._counts[value] > 1:
-                self._counts[value] -= 1
-            else:
-                self._counts.pop(value, None)
+            if self._held.pop(owner, None):
                 self._compile()
 
     def _compile(self) -> None:
-        forms = {form for value in self._counts for form in _forms(value) if form}
-        # Longest first, so that an escaped form is replaced whole, not just its plain prefix.
-        alternatives = sorted(forms, key=len, reverse=True)
-        self.pattern = re.compile("|".join(map(re.escape, alternatives))) if forms else None
+        every = {r for held in self._held.values() for r in held}
+        self.pattern = _pattern(form for value, user in every for form in forms(value, user))
 
 
-def _forms(value: str) -> set[str]:
-    """How ``value`` can appear in text: plain, IMAP-quoted, Python-repr'd (str and bytes)."""
+def _pattern(forms: Any) -> re.Pattern[str] | None:
+    # Longest first, so that an escaped or encoded form is replaced whole, not just a part of it.
+    alternatives = sorted({f for f in forms if f}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, alternatives))) if alternatives else None
+
+
+_REGISTRY = _Registry()
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8", "surrogateescape")  # as imap.opening sends it
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _base64_cores(raw: bytes) -> set[str]:
+    """The base64 characters determined by ``raw`` alone, for each alignment of ``raw``."""
+    cores = set()
+    for offset in range(3):
+        text = _b64(bytes(offset) + raw + bytes(2))
+        first = math.ceil(offset * 8 / 6)
+        end = (offset + len(raw)) * 8 // 6
+        if end - first >= _MIN_CORE:
+            cores.add(text[first:end])
+    return cores
+
+
+def forms(value: str, user: str | None = None) -> set[str]:
+    """Every form of the password ``value`` this module scrubs (see the module docstring)."""
+    if not value:
+        return set()
     imap = value.replace("\\", "\\\\").replace('"', '\\"')
-    forms = {value, imap}
+    out = {value, imap}
     for base in (value, imap):
         escaped = repr(base + "'\"")[1:-1][:-3]  # repr escaping with "'" escaped
-        forms |= {escaped, escaped.replace("\\'", "'")}
-        raw = base.encode("utf-8", "surrogatepass")
-        escaped_b = repr(raw + b"'\"")[2:-1][:-3]
-        forms |= {escaped_b, escaped_b.replace("\\'", "'")}
-    return forms
+        out |= {escaped, escaped.replace("\\'", "'")}
+        escaped_b = repr(_utf8(base) + b"'\"")[2:-1][:-3]
+        out |= {escaped_b, escaped_b.replace("\\'", "'")}
+    raw = _utf8(value)
+    out.add(_b64(raw))  # SASL LOGIN
+    if user is not None:
+        login = _utf8(user)
+        out |= {_b64(b"\0" + login + b"\0" + raw), _b64(login + b"\0" + login + b"\0" + raw)}
+    return out | _base64_cores(raw)
 
 
-_SECRETS = _Secrets()
+def register_secret(value: str | Secret, *, owner: str, user: str | None = None) -> None:
+    """Scrub every form of ``value`` (and of its SASL PLAIN response for ``user``) from every log
+    event until ``owner`` calls ``forget_secret``. Registering the same again is a no-op."""
+    plain = value.reveal() if isinstance(value, Secret) else value
+    if plain:
+        _REGISTRY.add(owner, (plain, user))
 
 
-def register_secret(value: str | Secret, *, user: str | None = None) -> None:
-    """Scrub ``value`` from every log line until ``forget_secret``; calls are counted.
+def forget_secret(*, owner: str) -> None:
+    """Stop scrubbing what ``owner`` registered, unless another owner still holds it.
 
-    With ``user``, the base64 of its SASL PLAIN response (``\\0user\\0password``) is scrubbed too.
+    Idempotent: forgetting an owner that holds nothing does nothing.
     """
+    _REGISTRY.drop(owner)
+
+
+def redact(text: str, value: str | Secret | None, *, user: str | None = None) -> str:
+    """``text`` with every form of the one password ``value`` replaced by ``********``."""
     plain = value.reveal() if isinstance(value, Secret) else value
-    _SECRETS.add(plain)
-    if user is not None and plain:
-        _SECRETS.add(_sasl_plain(user, plain))
-
-
-def forget_secret(value: str | Secret, *, user: str | None = None) -> None:
-    """Undo one ``register_secret`` call (the same arguments)."""
-    plain = value.reveal() if isinstance(value, Secret) else value
-    _SECRETS.remove(plain)
-    if user is not None and plain:
-        _SECRETS.remove(_sasl_plain(user, plain))
-
-
-def _sasl_plain(user: str, password: str) -> str:
-    return base64.b64encode(f"\0{user}\0{password}".encode()).decode("ascii")
+    pattern = _pattern(forms(plain, user)) if plain else None
+    return pattern.sub(REDACTED, text) if pattern is not None else text
 
 
 def scrub(value: object, depth: int = 0) -> Any:
     """``value`` made JSON-safe with secrets replaced by ``********``.
 
     Every ``model.Secret``, every value under a key matching ``SECRET_KEY`` and every form of
-    every registered password inside any string is replaced; nesting deeper than a few levels
-    is flattened to its (scrubbed) repr.
+    every registered password inside any string (keys included) is replaced; nesting deeper
+    than a few levels is flattened to its (scrubbed) repr.
     """
     if isinstance(value, str):
-        pattern = _SECRETS.pattern
+        pattern = _REGISTRY.pattern
         return pattern.sub(REDACTED, value) if pattern is not None else value
     if value is None or isinstance(value, bool | int | float):
         return value
@@ -113,7 +161,7 @@ def scrub(value: object, depth: int = 0) -> Any:
         return scrub(repr(value))
     if isinstance(value, dict):
         return {
-            str(k): REDACTED if SECRET_KEY.search(str(k)) else scrub(v, depth + 1)
+            scrub(str(k)): REDACTED if SECRET_KEY.search(str(k)) else scrub(v, depth + 1)
             for k, v in value.items()
         }
     if isinstance(value, list | tuple | set | frozenset):

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from legacyflo_daemon.imap.syntax.uidset import MAX_UID, uid_batches
-from legacyflo_daemon.transfer.identity import batches, header_fields, identity, missing, uid_sets
+from legacyflo_daemon.transfer.identity import batches, identity, missing, uid_sets
 
 UTC = dt.UTC
 T0 = dt.datetime(2020, 1, 1, 0, 0, 0, tzinfo=UTC)  # epoch 1577836800
@@ -174,14 +174,6 @@ def test_header_hash_takes_eight_bit_and_encoded_words() -> None:
     assert key_of(raw).startswith("hdr ")
     assert key_of(raw) != key_of(latin)  # raw bytes, not a guessed decoding
     assert key_of(raw) == key_of(raw.replace(b"\r\n", b"\n"))
-
-
-def test_header_fields_parse() -> None:
-    data = (
-        b"From x\r\nSubject: a\r\n\tb\r\nTo: t\r\nto: second\r\n"
-        b"X-Folded: x\r\n y\r\n\r\nDate: in body\r\n"
-    )
-    assert header_fields(data) == {b"subject": b" a\tb", b"to": b" t"}
 
 
 _FIELD_NAMES = st.sampled_from(

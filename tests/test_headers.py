@@ -1,4 +1,4 @@
-"""Header summaries for failures and report listings: decoded, printable, never failing."""
+"""Header fields read raw (for identity) and summarised (for failures and report listings)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from legacyflo_daemon.transfer.headers import HeaderSummary, decode_text, summarize
+from legacyflo_daemon.transfer.headers import HeaderSummary, decode_text, header_fields, summarize
+
+
+def test_header_fields_parse() -> None:
+    data = (
+        b"From x\r\nSubject: a\r\n\tb\r\nTo: t\r\nto: second\r\n"
+        b"X-Folded: x\r\n y\r\n\r\nDate: in body\r\n"
+    )
+    assert header_fields(data) == {b"subject": b" a\tb", b"to": b" t"}
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,10 @@
-"""Human-readable summaries of raw header fields, for failures, progress and report listings.
+"""The header fields a copy looks at: read raw, and summarised for people. Pure.
 
-Pure. Input is the raw bytes of ``BODY.PEEK[HEADER.FIELDS (...)]`` (or a whole message); output
-is decoded text (RFC 2047 words and raw 8-bit UTF-8 both handled; undecodable bytes replaced).
+Owns: the one reader of header fields (``header_fields``: Message-ID, Date, From, To, Subject,
+unfolded, raw bytes), which message identity (``identity``) hashes as they are, and the
+human-readable summary of them for failures, progress and report listings (``summarize``:
+RFC 2047 words and raw 8-bit UTF-8 both decoded; undecodable bytes replaced).
+Input is the raw bytes of ``BODY.PEEK[HEADER.FIELDS (...)]`` or a whole message.
 Never raises: a header we cannot read is shown as best we can, never fails a copy.
 """
 
@@ -10,9 +13,12 @@ from __future__ import annotations
 import email.errors
 import email.header
 import email.utils
+import re
 from dataclasses import dataclass
 
 _MAX_TEXT = 300
+_WANTED = frozenset((b"message-id", b"date", b"from", b"to", b"subject"))
+_FIELD = re.compile(rb"([^\x00-\x20\x7f:]+)[ \t]*:(.*)", re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,30 +29,37 @@ class HeaderSummary:
     date: str  # the Date: field as written (decoded), "" when absent
 
 
-def _fields(raw: bytes) -> dict[str, bytes]:
-    """First occurrence of each field in the header block, unfolded, keyed lower-case."""
-    end = len(raw)
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        i = raw.find(sep)
-        if i != -1:
-            end = min(end, i)
-    out: dict[str, bytes] = {}
-    name: str | None = None
-    value = b""
-    for line in raw[:end].splitlines():
-        if line[:1] in (b" ", b"\t") and name is not None:
-            value += b" " + line.strip()
+def _header_block(data: bytes | bytearray) -> bytes:
+    """The header of ``data``: everything before the first empty line (CRLF or LF)."""
+    if data[:2] == b"\r\n" or data[:1] == b"\n":
+        return b""
+    ends = [i for i in (data.find(b"\n\r\n"), data.find(b"\n\n")) if i >= 0]
+    # Only the header is copied, never a whole (possibly 50 MB) message.
+    return bytes(data[: min(ends) + 1]) if ends else bytes(data)
+
+
+def header_fields(data: bytes | bytearray) -> dict[bytes, bytes]:
+    """Unfolded raw values of Message-ID, Date, From, To, Subject (lower-cased names).
+
+    The first occurrence of a field wins. Lines that are neither a field nor a continuation
+    (an mbox ``From `` line, garbage) are ignored, and so are their continuations.
+    """
+    parts: dict[bytes, list[bytes]] = {}
+    current: list[bytes] | None = None
+    for raw_line in _header_block(data).split(b"\n"):
+        line = raw_line.removesuffix(b"\r")
+        if line[:1] in (b" ", b"\t"):
+            if current is not None:
+                current.append(line)  # unfolding removes only the line break
             continue
-        if name is not None and name not in out:
-            out[name] = value.strip()
-        head, colon, rest = line.partition(b":")
-        if colon and head and b" " not in head.strip():
-            name, value = head.strip().decode("ascii", "replace").lower(), rest
-        else:
-            name = None
-    if name is not None and name not in out:
-        out[name] = value.strip()
-    return out
+        current = None
+        m = _FIELD.fullmatch(line)
+        if m is None:
+            continue
+        name = m.group(1).lower()
+        if name in _WANTED and name not in parts:
+            current = parts[name] = [m.group(2)]
+    return {name: b"".join(chunks) for name, chunks in parts.items()}
 
 
 def decode_text(value: bytes) -> str:
@@ -66,11 +79,12 @@ def decode_text(value: bytes) -> str:
     return " ".join(decoded.split())[:_MAX_TEXT]
 
 
-def summarize(raw: bytes) -> HeaderSummary:
-    f = _fields(raw)
+def summarize(raw: bytes | bytearray) -> HeaderSummary:
+    """Subject, From, Message-ID and Date of ``raw``, decoded for people; never raises."""
+    f = header_fields(raw)
     return HeaderSummary(
-        subject=decode_text(f.get("subject", b"")),
-        sender=decode_text(f.get("from", b"")),
-        message_id=decode_text(f.get("message-id", b"")),
-        date=decode_text(f.get("date", b"")),
+        subject=decode_text(f.get(b"subject", b"")),
+        sender=decode_text(f.get(b"from", b"")),
+        message_id=decode_text(f.get(b"message-id", b"")),
+        date=decode_text(f.get(b"date", b"")),
     )

@@ -16,6 +16,8 @@ Keys are plain ASCII strings (safe to store in SQLite and to log), one of::
 ``<epoch>`` is INTERNALDATE as whole UTC seconds, so the same instant written with different
 zones is one key. The Message-ID is compared exactly (case-sensitive, as RFC 5322 gives no
 case rule for it) after unfolding and removing whitespace, which folding may have inserted.
+Field values are the raw bytes ``headers.header_fields`` finds: keys must never change between
+runs, so that parser's behaviour is part of the key format.
 """
 
 from __future__ import annotations
@@ -28,44 +30,10 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 from legacyflo_daemon.imap.syntax.uidset import MAX_SET_LEN, MAX_UID, uid_batches
+from legacyflo_daemon.transfer.headers import header_fields
 
 _HASHED_FIELDS = (b"date", b"from", b"to", b"subject")
-_WANTED = frozenset((b"message-id", *_HASHED_FIELDS))
 _WSP_RUN = re.compile(rb"[ \t\r\n]+")
-_FIELD = re.compile(rb"([^\x00-\x20\x7f:]+)[ \t]*:(.*)", re.DOTALL)
-
-
-def _header_block(data: bytes | bytearray) -> bytes:
-    """The header of ``data``: everything before the first empty line (CRLF or LF)."""
-    if data[:2] == b"\r\n" or data[:1] == b"\n":
-        return b""
-    ends = [i for i in (data.find(b"\n\r\n"), data.find(b"\n\n")) if i >= 0]
-    # Only the header is copied, never a whole (possibly 50 MB) message.
-    return bytes(data[: min(ends) + 1]) if ends else bytes(data)
-
-
-def header_fields(data: bytes | bytearray) -> dict[bytes, bytes]:
-    """Unfolded raw values of Message-ID, Date, From, To, Subject (lower-cased names).
-
-    The first occurrence of a field wins. Lines that are neither a field nor a continuation
-    (an mbox ``From `` line, garbage) are ignored, and so are their continuations.
-    """
-    parts: dict[bytes, list[bytes]] = {}
-    current: list[bytes] | None = None
-    for raw_line in _header_block(data).split(b"\n"):
-        line = raw_line.removesuffix(b"\r")
-        if line[:1] in (b" ", b"\t"):
-            if current is not None:
-                current.append(line)  # unfolding removes only the line break
-            continue
-        current = None
-        m = _FIELD.fullmatch(line)
-        if m is None:
-            continue
-        name = m.group(1).lower()
-        if name in _WANTED and name not in parts:
-            current = parts[name] = [m.group(2)]
-    return {name: b"".join(chunks) for name, chunks in parts.items()}
 
 
 def _normalise(value: bytes) -> bytes:

@@ -14,7 +14,6 @@ from legacyflo_daemon.transfer.folders import (
     excluded_folders,
     folders_to_create,
     is_excluded,
-    parents_to_create,
     plan_folders,
     root_path,
     source_path,
@@ -334,7 +333,7 @@ def test_empty_destination_delimiter_is_an_error() -> None:
         plan(["x"], dest_delim="")
 
 
-def test_parents_to_create() -> None:
+def test_folders_to_create_has_parents_first_and_no_noselect_leaf() -> None:
     plans = plan(
         [
             sf("INBOX"),
@@ -345,11 +344,6 @@ def test_parents_to_create() -> None:
         ]
     )
     existing = {"INBOX", "INBOX.historical_data"}
-    assert parents_to_create(plans, existing) == [
-        "INBOX.historical_data.Data",
-        D + "Projects",
-        D + "Projects.2024",
-    ]
     assert folders_to_create(plans, existing) == [
         "INBOX.historical_data.Data",
         D + "Inbox",
@@ -359,27 +353,30 @@ def test_parents_to_create() -> None:
     ]
 
 
-def test_parents_to_create_skips_existing_and_inbox() -> None:
+def test_folders_to_create_skips_existing_and_inbox() -> None:
     plans = plan(["a/b/c"])
-    assert parents_to_create(plans, set()) == [
+    assert folders_to_create(plans, set()) == [
         "INBOX.historical_data",
         "INBOX.historical_data.Data",
         D + "a",
         D + "a.b",
+        D + "a.b.c",
     ]
-    assert parents_to_create(plans, {"INBOX.historical_data", D + "a"}) == [
+    assert folders_to_create(plans, {"INBOX.historical_data", D + "a"}) == [
         "INBOX.historical_data.Data",
         D + "a.b",
+        D + "a.b.c",
     ]
     assert folders_to_create(plans, set(folders_to_create(plans, set()))) == []
 
 
 def test_create_names_are_encoded() -> None:
     plans = plan(["Caf&AOk-/&ANw-nter"], prefix=("INBOX", "Archivé"))
-    assert parents_to_create(plans, {"INBOX"}) == [
+    assert folders_to_create(plans, {"INBOX"}) == [
         "INBOX.Archiv&AOk-",
         "INBOX.Archiv&AOk-.Data",
         "INBOX.Archiv&AOk-.Data.Caf&AOk-",
+        "INBOX.Archiv&AOk-.Data.Caf&AOk-.&ANw-nter",
     ]
 
 

@@ -292,20 +292,12 @@ def _missing(names: Iterable[str], existing: set[str]) -> list[str]:
     return out
 
 
-def parents_to_create(plans: list[FolderPlan], existing: set[str]) -> list[str]:
-    """Ancestors of the selectable plans that are not in ``existing``, parents first.
-
-    ``existing`` holds destination wire names (from LIST). The plans' own names are not
-    included unless they are the parent of another selectable plan: see ``folders_to_create``.
-    """
-    return _missing((p for plan in plans if plan.selectable for p in plan.dest_parents), existing)
-
-
 def folders_to_create(plans: list[FolderPlan], existing: set[str]) -> list[str]:
     """Every destination folder that must exist before copying, parents first.
 
     The ancestors of the selectable plans and the selectable plans themselves; a
     ``\\Noselect`` source folder appears only when it is a parent of a selectable one.
+    ``existing`` holds destination wire names (from LIST); INBOX is never in the list.
     """
     names = (
         name for plan in plans if plan.selectable for name in (*plan.dest_parents, plan.dest_name)

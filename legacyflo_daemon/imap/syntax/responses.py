@@ -141,16 +141,6 @@ def classify_login(result: str, text: str) -> Outcome:
     return classify_response("login", result, text)
 
 
-def classify_select(result: str, text: str) -> Outcome:
-    """SELECT or EXAMINE."""
-    return classify_response("select", result, text)
-
-
-def classify_create(result: str, text: str) -> Outcome:
-    """CREATE: a folder that already exists is ok."""
-    return classify_response("create", result, text)
-
-
 def classify_append(result: str, text: str) -> Outcome:
     """APPEND of one message: "rejected" means skip this message, record it, go on."""
     return classify_response("append", result, text)

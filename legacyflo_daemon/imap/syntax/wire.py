@@ -43,8 +43,8 @@ Value = str | bytearray | None | list["Value"]
 # -- arguments ---------------------------------------------------------------------------------
 
 _QUOTABLE = re.compile(r"[\x01-\x09\x0b\x0c\x0e-\x7f]*")  # TEXT-CHAR: 7-bit, no NUL/CR/LF
-# ATOM-CHAR: printable ASCII except atom-specials ( ) { SP % * " \ ]
-_ATOM = re.compile(r"[\x21\x23-\x24\x26-\x27\x2b-\x5b\x5e-\x7a\x7c-\x7e]+")
+# A flag: an atom (ATOM-CHAR: printable ASCII except atom-specials ( ) { SP % * " \ ]),
+# "\" first for a system flag.
 _FLAG = re.compile(r"\\?[\x21\x23-\x24\x26-\x27\x2b-\x5b\x5e-\x7a\x7c-\x7e]+")
 # SEARCH tokens sent as they are: atoms plus '*' (sequence sets like 1:*).
 _SEARCH_TOKEN = re.compile(r"[\x21\x23-\x27\x2a-\x5b\x5d-\x7a\x7c\x7e]+")
@@ -68,10 +68,6 @@ def astring(text: str) -> Arg:
         return quoted(text)
     except ValueError:
         return Literal(text.encode("utf-8", "surrogateescape"))
-
-
-def is_atom(text: str) -> bool:
-    return bool(_ATOM.fullmatch(text))
 
 
 def search_args(criteria: Iterable[str]) -> list[str]:

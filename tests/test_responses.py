@@ -186,6 +186,9 @@ LOGIN = [
         "connections.",
         "permanent",
     ),  # Dovecot
+    ("NO", "Too many open connections (4 of 4 for user)", "transient"),  # Cyrus, no code
+    ("NO", "Maximum number of connections from user+IP exceeded", "transient"),
+    ("NO", "Too many simultaneous connections, try later", "transient"),
     ("BAD", "Command received in Invalid state.", "permanent"),  # Exchange TLS/login mismatch
     ("BAD", "Command Argument Error. 12", "permanent"),  # a quoting bug, not a bad password
 ]

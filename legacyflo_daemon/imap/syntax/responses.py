@@ -13,7 +13,8 @@ Classification (first matching rule wins):
    transient: reconnect and go on.
 3. A response code (RFC 3501/5530) with a meaning for this operation, see ``_CODES``.
 4. Text: throttling/unavailability (Exchange "Server Unavailable. 15", O365 "Request is
-   throttled. Suggested Backoff Time: N milliseconds", also sent as ``BAD``) → transient;
+   throttled. Suggested Backoff Time: N milliseconds", also sent as ``BAD``) and too many
+   connections (Cyrus "Too many open connections", no code) → transient;
    Exchange's "User is authenticated but not connected" after LOGIN → auth (it means a wrong
    password or no mailbox; retrying locks the account); quota texts on APPEND → permanent.
 5. The default for the operation: LOGIN ``NO`` → auth, ``BAD`` → permanent (e.g. Exchange
@@ -99,6 +100,13 @@ _TRANSIENT_TEXT = (
     "temporarily unavailable",
     "temporary authentication failure",
 )
+# "Too many connections" without a response code (Cyrus: "Too many open connections (4 of 4 for
+# user)"): a pace, never a wrong password.
+_TOO_MANY = re.compile(
+    r"too many (?:open |simultaneous |concurrent )?(?:connections|sessions|logins)"
+    r"|maximum number of (?:connections|sessions)",
+    re.IGNORECASE,
+)
 _NOT_CONNECTED = "authenticated but not connected"
 _QUOTA_TEXT = ("quota", "mailbox is full", "mailbox full", "storage limit")
 
@@ -123,7 +131,7 @@ def classify_response(kind: Kind, result: str, text: str) -> Outcome:
     if code in _CODES:
         table = _CODES[code]
         return table.get(kind, table["*"])
-    if any(t in low for t in _TRANSIENT_TEXT):
+    if any(t in low for t in _TRANSIENT_TEXT) or _TOO_MANY.search(text):
         return "transient"
     if kind != "login" and _NOT_CONNECTED in low:
         return "auth"

@@ -5,7 +5,7 @@ One source and one destination connection per mailbox: LOGIN, LIST, then every f
 ``EXAMINE`` + ``UID FETCH 1:* (FLAGS INTERNALDATE BODY.PEEK[])`` sent at once (the whole source
 side is one pipeline), every fetched message streamed straight into a LITERAL+ ``APPEND`` on the
 destination (``{n+}``, no round trip per message), then a NOOP as the sentinel that all APPENDs
-were answered. Folders land where the daemon puts them (SPEC §4:
+were answered. Folders land where the daemon puts them (docs/contract.md §4:
 ``<root>.<destfolder>.<folder>``, ``INBOX`` -> ``Inbox``), so both produce the same content.
 
 Must not: be used by the product, retry, resume or de-duplicate. Any unexpected reply ends the

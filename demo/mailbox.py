@@ -143,7 +143,7 @@ def is_mail_folder(folder: str) -> bool:
 
 
 def dest_folder_name(source_folder: str, dest_root: str, dest_folder: str) -> str:
-    """Where SPEC §4 puts a source folder on the archive: ``INBOX/Projects`` ->
+    """Where docs/contract.md §4 puts a source folder on the archive: ``INBOX/Projects`` ->
     ``<root>.<dest_folder>.Inbox.Projects`` (INBOX becomes Inbox, ``/`` becomes ``.``)."""
     parts = source_folder.split("/")
     if parts[0].upper() == "INBOX":

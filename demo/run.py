@@ -79,7 +79,8 @@ class Demo:
         print(show.heading("1. Two local IMAP servers and an SMTP server"))
         source.add_user(a.source_user, a.source_password)
         dest.add_user(a.dest_user, a.dest_password)
-        # Not port 993, so the daemon uses STARTTLS on both (SPEC §3: only 993 is implicit TLS).
+        # Not port 993, so the daemon uses STARTTLS on both (docs/contract.md §3.5: only 993 is
+        # implicit TLS).
         for label, server, user in (("source (Exchange-like)", source, a.source_user),
                                     ("destination (archive)", dest, a.dest_user)):  # fmt: skip
             print(f"  {label:<23} {server.host}:{server.port_plain}  STARTTLS, user {user}")

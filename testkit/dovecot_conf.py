@@ -4,7 +4,7 @@ Owns: the two server kinds (Exchange-like SOURCE, Vaultastic-like DEST), the loo
 each kind listens on and what each address means, and the config text. Must not: start
 processes or touch the filesystem (``dovecot.py`` does that).
 
-Why each unusual setting is there (measured, see notes/dependencies.md §2):
+Why each unusual setting is there (measured, see docs/imap-interop.md §4):
 - ``instance_name``/``base_dir``/``state_dir``/``log_path`` private, so instances run side by side;
   ``base_dir`` must be fresh for every start, or a stale anvil socket stalls the first login 5 s.
 - ``auth_failure_delay = 0`` and the ``anvil-auth-penalty`` listener with ``mode = 0``: without

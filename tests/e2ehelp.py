@@ -46,7 +46,7 @@ HEADER = (
     "destfolder", "sendreportid", "sourceuserid", "sourcedomainname", "sourceuserpassword",
     "sourceserver", "sourceserverport", "since", "before",
 )  # fmt: skip
-# Events emitted inside a request's task: each must carry that request's id (SPEC §7).
+# Events emitted inside a request's task: each must carry that request's id (docs/contract.md §7.4).
 REQUEST_EVENTS = frozenset({
     "request_started", "folder_started", "folder_copied", "request_progress",
     "request_finished", "message_failed", "result_written", "request_retry",
@@ -488,7 +488,8 @@ def load_mailbox(server: DovecotServer, user: str, specs: Mapping[str, list[Mail
 
 
 def dest_name(source_folder: str, dest_folder: str, source_sep: str = "/") -> str:
-    """SPEC §4 for our two servers: ``INBOX/Sub`` -> ``<root>.<dest_folder>.Inbox.Sub``."""
+    """docs/contract.md §4.2 for our two servers:
+    ``INBOX/Sub`` -> ``<root>.<dest_folder>.Inbox.Sub``."""
     parts = source_folder.split(source_sep)
     if parts[0].upper() == "INBOX":
         parts[0] = "Inbox"

@@ -205,7 +205,7 @@ def body_text(msg: EmailMessage, subtype: str) -> str:
 
 
 def mail_problems(msg: EmailMessage, *, to: str) -> list[str]:
-    """What is wrong with a report mail against SPEC §6 and issue 5: defects, Date,
+    """What is wrong with a report mail against docs/contract.md §6.3 and issue 5: defects, Date,
     Message-ID, From = ``FROM_ADDRESS``, To = ``to``, and a multipart/alternative holding
     exactly text/plain then text/html."""
     problems = [f"{p.get_content_type()}: defects {p.defects}" for p in msg.walk() if p.defects]
@@ -262,7 +262,8 @@ def _header(data: bytes, name: bytes) -> str:
 def expected_listing(
     specs: Mapping[str, Sequence[MailSpec]], dest_folder: str
 ) -> Counter[tuple[str, str, str]]:
-    """(destination folder, subject, Message-ID) of every loaded message, as SPEC §4 places it."""
+    """(destination folder, subject, Message-ID) of every loaded message, placed as
+    docs/contract.md §4 says."""
     return Counter(
         (
             dest_name(folder, dest_folder),

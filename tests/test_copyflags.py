@@ -1,5 +1,5 @@
-"""Which flags a copy gets (SPEC §5): never \\Recent or \\Deleted, no unknown system flags,
-keywords only where the destination's PERMANENTFLAGS accept them."""
+"""Which flags a copy gets (docs/contract.md §5.2): never \\Recent or \\Deleted, no unknown
+system flags, keywords only where the destination's PERMANENTFLAGS accept them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""csvfile (and its tokenizer): SPEC §3 rule by rule, redaction, and round-trip properties."""
+"""request.csvfile (with rows and tokens): docs/contract.md §3 rule by rule, redaction, and
+round-trip properties."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 Each test drops request CSVs into a fresh spool, runs the daemon, and checks real outcomes:
 the archive (read with doveadm) holds every source message exactly once, the spool and the
-outbox hold what SPEC §2 says, the servers' own logs show the concurrency limits kept, the log
-is JSON lines with request ids, and no file the daemon wrote holds a password.
+outbox hold what docs/contract.md §2 says, the servers' own logs show the concurrency limits
+kept, the log is JSON lines with request ids, and no file the daemon wrote holds a password.
 Signals, crashes and systemd notification are in ``test_daemon_signals.py``.
 """
 

@@ -1,4 +1,4 @@
-"""Message identity, the multiset copy plan, UID sets and batches (SPEC §5)."""
+"""Message identity, the multiset copy plan, UID sets and batches (docs/contract.md §5.3)."""
 
 from __future__ import annotations
 

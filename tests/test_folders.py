@@ -1,4 +1,5 @@
-"""Folder mapping rules of SPEC §4: one table row per rule, plus properties of the plan."""
+"""Folder mapping rules of docs/contract.md §4: one table row per rule, plus properties of the
+plan."""
 
 from __future__ import annotations
 

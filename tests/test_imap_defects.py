@@ -1,4 +1,4 @@
-"""aioimaplib 2.0.3 defects (notes/dependencies.md §1), each shown twice.
+"""aioimaplib 2.0.3 defects (docs/imap-interop.md §1), each shown twice.
 
 For every defect one test asserts that the BARE library still misbehaves (so we learn when
 upstream fixes it: such a test then fails and the workaround can go) and one shows that the

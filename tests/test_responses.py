@@ -157,7 +157,7 @@ def test_response_code(text: str, code: str | None) -> None:
 
 
 # --- Classification: strings seen from real servers ---------------------------------------
-# Exchange/O365 strings from /work/shared/notes/exchange.md and imapsync's FAQ; Dovecot 2.3.19
+# Exchange/O365 strings from docs/imap-interop.md §2 and imapsync's FAQ; Dovecot 2.3.19
 # strings captured from a local instance (LOGIN, SELECT, CREATE, APPEND with quota/size limits).
 
 LOGIN = [

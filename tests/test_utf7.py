@@ -1,4 +1,5 @@
-"""IMAP modified UTF-7: the examples of RFC 3501 and the SPEC, malformed input, properties."""
+"""IMAP modified UTF-7: the examples of RFC 3501 and docs/contract.md §4.2, malformed input,
+properties."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ EXAMPLES = [
     ("", ""),
     ("INBOX", "INBOX"),
     ("Sent Items", "Sent Items"),
-    ("Café & Co", "Caf&AOk- &- Co"),  # SPEC §4
+    ("Café & Co", "Caf&AOk- &- Co"),  # docs/contract.md §4.2
     ("03_März", "03_M&AOQ-rz"),  # imapsync#451, done right
     ("Réunions", "R&AOk-unions"),
     ("&", "&-"),

@@ -1,4 +1,4 @@
-"""``check --connect``: try both logins of every good row before submitting (SPEC §7).
+"""``check --connect``: try both logins of every good row before submitting (docs/contract.md §7.1).
 
 One login attempt per account (never retried: a lockout policy counts failures), at most
 ``CONCURRENCY`` at once, each logged out at once. Reports one line per account; nothing is

@@ -1,4 +1,4 @@
-"""The daemon: composition root, supervision scopes and signals.
+"""The daemon: composition root, supervision scopes and signals (docs/contract.md §7).
 
 Start-up order matters: open the state store, recover (``daemon.recovery``), take what is
 already in ``incoming/``, and only then tell systemd READY=1. Then, until a stop:

@@ -1,12 +1,12 @@
 """One IMAP connection: running one command at a time, safely.
 
 Owns: the per-connection lock, the watchdog that bounds every command, and the "dead
-connection" rule (``imap_open`` opens connections and logs in). Must not: interpret command
+connection" rule (``imap.opening`` opens connections and logs in). Must not: interpret command
 results beyond OK/NO/BAD (``imap`` does) or log anything (passwords and bodies pass here).
 
 Rules:
 - Every command holds the connection's ``asyncio.Lock``: aioimaplib mixes up concurrent
-  commands on one connection (notes §1.3).
+  commands on one connection (docs/imap-interop.md §1.1).
 - Every command runs under a watchdog: it fails with ``TransientError`` as soon as the
   connection is lost (aioimaplib never fails pending commands itself), after ``timeout``
   seconds without a byte received or sent, or after ``20 * timeout`` (+ ``allowance``) overall.

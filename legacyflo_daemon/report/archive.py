@@ -1,11 +1,12 @@
 """The listing of everything now under a request's destination folder, for its report.
 
-SPEC §6 and the reference document promise that the report lists every message under the
-destination folder tree, including mail imported there by earlier requests. This module logs
-in to the destination, walks ``<root>.<destfolder>`` and its subfolders read-only (EXAMINE),
-and streams one ``ListingEntry`` per message into JSON-lines files under a temp directory,
-so memory stays bounded for folders of 100,000+ messages; folders the copier recorded during
-the run (``listingrec``) are not read again. The report reads the files back lazily.
+docs/contract.md §6.3 and the reference document promise that the report lists every message
+under the destination folder tree, including mail imported there by earlier requests. This
+module logs in to the destination, walks ``<root>.<destfolder>`` and its subfolders read-only
+(EXAMINE), and streams one ``ListingEntry`` per message into JSON-lines files under a temp
+directory, so memory stays bounded for folders of 100,000+ messages; folders the copier
+recorded during the run (``transfer.recorder``) are not read again. The report reads the files
+back lazily.
 
 Must not: change anything on the destination.
 """

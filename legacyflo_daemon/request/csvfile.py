@@ -1,4 +1,6 @@
-"""The request CSV file (SPEC §3): bytes in, ``Request`` values and row errors out; redaction.
+"""The request CSV file: bytes in, ``Request`` values and row errors out; redaction.
+
+The rules are docs/contract.md §3.
 
 Owns: the header, duplicate rows, the file's warnings, and ``redact`` (what a CSV looks like once
 its passwords are gone). One row's fields and their messages are ``csvrow``'s (which also names

@@ -1,4 +1,4 @@
-"""The spool directory: the only module that knows its layout (SPEC §2).
+"""The spool directory: the only module that knows its layout (docs/contract.md §2).
 
 Owns: the sub-directory names, which names in ``incoming/`` are taken (plain regular ``*.csv``
 files whose size and mtime stopped changing), claiming by atomic rename into ``processing/``, and

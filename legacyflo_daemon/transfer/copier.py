@@ -1,12 +1,12 @@
 """The copier: one request's mailbox from the source to the destination, exactly once.
 
-Owns the copy algorithm of SPEC §5. For each planned folder it reads the source's in-range
-messages' identities (Message-ID/header hash + INTERNALDATE) and the destination folder's, and
-appends only the multiset difference. Because the destination itself is the record of what has
-been copied, every interruption (cancel, ``kill -9``, a cut connection, an APPEND that timed out
-after the server stored it, a changed UIDVALIDITY) is healed by the same step: reconnect,
-re-read both sides, copy what is missing. The state store only adds speed (finished folders are
-not re-read) and the counts of earlier runs.
+Owns the copy algorithm of docs/contract.md §5. For each planned folder it reads the source's
+in-range messages' identities (Message-ID/header hash + INTERNALDATE) and the destination
+folder's, and appends only the multiset difference. Because the destination itself is the record
+of what has been copied, every interruption (cancel, ``kill -9``, a cut connection, an APPEND
+that timed out after the server stored it, a changed UIDVALIDITY) is healed by the same step:
+reconnect, re-read both sides, copy what is missing. The state store only adds speed (finished
+folders are not re-read) and the counts of earlier runs.
 
 Errors: ``AuthenticationFailed`` and ``PermanentError`` end the request at once (a ``failed``
 result); ``TransientError`` reconnects after a backoff (the server's hint honoured) until

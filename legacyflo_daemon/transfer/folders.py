@@ -1,4 +1,4 @@
-"""Folder mapping: which source folders are copied, and where each one lands (SPEC §4).
+"""Folder mapping: which source folders are copied, and where each one lands (docs/contract.md §4).
 
 Owns: splitting wire names on the source delimiter, modified UTF-7 decoding/encoding per path
 segment, ``INBOX`` → ``Inbox``, the destination delimiter inside a name → ``_``, Exchange

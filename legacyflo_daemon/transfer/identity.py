@@ -1,4 +1,4 @@
-"""Message identity and the copy plan: what is missing, and how to fetch it (SPEC §5).
+"""Message identity and the copy plan: what is missing, and how to fetch it (docs/contract.md §5.3).
 
 Owns: the identity key of a message (Message-ID + INTERNALDATE, or a hash of Date/From/To/
 Subject + INTERNALDATE), the multiset comparison that decides which source UIDs still have to

@@ -5,7 +5,7 @@ or an exception message through it), ``ContinuationCommand`` (literals and SASL 
 after the command line or on ``+`` continuations) and ``LinearFetchCommand`` (O(1) per line
 "is this FETCH response complete?" check, parentheses inside quoted strings ignored; the
 library rescans the whole response after every line and counts quoted parentheses, issue #51).
-Must not: write to the network (``imap_proto`` does) or interpret responses.
+Must not: write to the network (``protocol`` does) or interpret responses.
 """
 
 from __future__ import annotations

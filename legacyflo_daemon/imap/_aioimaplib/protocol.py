@@ -1,13 +1,13 @@
 """aioimaplib 2.0.3's protocol with its I/O defects fixed, for one command at a time.
 
 Owns: ``ImapProtocol`` (a subclass of ``aioimaplib.IMAP4ClientProtocol``). Each override
-fixes a measured defect (notes/dependencies.md §1):
+fixes a measured defect (docs/imap-interop.md §1):
 
 - ``_consume`` replaces the recursive ``_handle_responses``, which recursed once per line (more
   than ~1000 lines in one chunk raised ``RecursionError`` inside ``data_received`` and the
   command then hung forever, issue #118) and copied the rest of the chunk at every line (with
   a raised recursion limit, one 256 KiB chunk of 6,800 short lines peaked at 855 MB).
-- ``imap_commands.LinearFetchCommand`` counts parentheses incrementally and outside quoted
+- ``commands.LinearFetchCommand`` counts parentheses incrementally and outside quoted
   strings; ``FetchCommand.wait_data`` rescans every line of the response after each new line
   (O(lines²), 20k messages took 66 s) and counts parentheses inside quotes (issue #51).
 - ``data_received`` records activity for the boundary's watchdog, never formats received data

@@ -1,5 +1,5 @@
-"""IMAP wire syntax, UID sets and response parsing (``imap_wire``, ``imap_uidset``,
-``imap_parse``): pure, no server."""
+"""IMAP wire syntax, UID sets and response parsing (``imap.syntax.wire``, ``.uidset``,
+``.parse``): pure, no server."""
 
 from __future__ import annotations
 

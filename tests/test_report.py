@@ -1,4 +1,4 @@
-"""Tests for report, report_mail and listing: result JSON, summary, report mail, listing CSV."""
+"""report.result, report.mail and report.listing: result JSON, report mail, listing CSV."""
 
 from __future__ import annotations
 

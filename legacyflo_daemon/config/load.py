@@ -1,9 +1,9 @@
-"""Loading the configuration: a TOML file read and validated into ``config``'s dataclasses.
+"""Loading the configuration: a TOML file read and validated into ``config.schema``'s dataclasses.
 
-Owns: reading the file, the conversion of each table into its dataclass by field name and
-annotation, the value checks (ranges, choices, formats), the cross-key checks and the one-line
-``ConfigError`` messages naming the file and the key. Call it as ``config.load_config``.
-Must not: define the schema or the defaults (the dataclasses in ``config`` do), touch the
+Owns: ``load_config``: reading the file, the conversion of each table into its dataclass by
+field name and annotation, the value checks (ranges, choices, formats), the cross-key checks and
+the one-line ``ConfigError`` messages naming the file and the key.
+Must not: define the schema or the defaults (the dataclasses in ``config.schema`` do), touch the
 network or the spool.
 """
 

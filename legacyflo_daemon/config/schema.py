@@ -1,9 +1,9 @@
 """Configuration: a TOML file into typed, frozen objects.
 
 Owns: the schema and the defaults (which work on a fresh checkout: ``./spool``, state under the
-spool). ``load_config`` (its reader and validation live in ``config_load``) raises
-``ConfigError`` for a bad file, whose one-line message names the file and the key
-(``hosts."x".port: expected an integer``); the CLI prints it without a traceback.
+spool). ``config.load.load_config`` reads a file into it and raises ``ConfigError`` for a bad
+one, whose one-line message names the file and the key (``hosts."x".port: expected an
+integer``); the CLI prints it without a traceback.
 Must not: touch the network or the spool.
 
 The schema *is* the dataclasses below: ``load_config`` reads each table into its dataclass by

@@ -68,7 +68,7 @@ from legacyflo_daemon.imap.syntax.wire import (
 
 BODY_BATCH = 500  # UIDs per body FETCH (the caller also bounds a batch's bytes)
 META_BATCH = 1000  # UIDs per metadata FETCH (responses are parsed in linear time here)
-HEADER_FIELDS = "MESSAGE-ID DATE FROM TO SUBJECT"  # what dedupe.identity reads
+HEADER_FIELDS = "MESSAGE-ID DATE FROM TO SUBJECT"  # what transfer.identity reads
 META_ITEMS = f"(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS ({HEADER_FIELDS})])"
 BODY_ITEMS = "(UID FLAGS INTERNALDATE BODY.PEEK[])"
 AppendItem = tuple[bytes | bytearray | memoryview, Iterable[str], str | None]

@@ -1,7 +1,8 @@
 """The listing CSV attached to a report mail: every message now under the destination folder.
 
-Owns: the ``ListingEntry`` value, the CSV columns, spreadsheet-formula neutralisation, and
-writing the CSV (gzip-compressed when large) into a private temporary directory.
+Owns: the CSV columns, spreadsheet-formula neutralisation, and writing the CSV (gzip-compressed
+when large) into a private temporary directory. The entries are ``transfer.recorder``'s
+``ListingEntry`` values, read back from what the copier and ``report.archive`` recorded.
 Must not: hold the whole listing in memory (a mailbox may have 100,000+ messages; entries are
 consumed one at a time from an iterator), talk to any server, or read the clock.
 """

@@ -1,9 +1,11 @@
 """The report mail of one request: a MIME message built from its result JSON and the listing.
 
 Owns: the mail's headers (Subject wording, header-injection safety), its plain-text and HTML
-bodies (HTML-escaped), and attaching the listing CSV.
-Must not: read the clock (``now`` is passed), send anything (``outbox`` does), or take data from
-anywhere but the result document — so a mail can always be rebuilt from ``<request_id>.json``.
+bodies (HTML-escaped), and attaching the listing CSV that ``report.listing`` writes
+(docs/contract.md §6.3).
+Must not: read the clock (``now`` is passed), send anything (``outbox.smtp`` does), or take data
+from anywhere but the result document and the listing entries — so a mail can always be rebuilt
+from ``<request_id>.json``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ The rules are docs/contract.md §3.3 to §3.6.
 Owns: the column names, which of them are required or passwords, the meaning and validation of
 every field of a row, and the row's messages (what is wrong and how to fix it). The file as a
 whole (header, duplicate rows, warnings, redaction) is ``csvfile``'s; byte-level splitting is
-``csvtoken``'s, day formats are ``dates``'.
+``tokens``', day formats are ``dates``'.
 Must not: do I/O, log, or put any value of a row into a message: with shifted columns any field
 may hold a password, so messages name the row, the field and the fix, never the content.
 """

@@ -2,7 +2,7 @@
 
 Owns: the byte-level CSV grammar (RFC 4180 plus what Excel and hand editing produce), blank-line
 skipping, physical line numbers, the 17-for-15 alignment rule, and decoding field bytes to text.
-Must not: know column names or what a field means (``csvfile`` does), do I/O, or raise on any
+Must not: know column names or what a field means (``rows`` does), do I/O, or raise on any
 input: malformed quoting is reported on the record, never as an exception.
 
 It works on bytes, not text. The structural characters (``"`` ``,`` CR LF) are ASCII and never

@@ -1,5 +1,8 @@
 """Retry pacing: exponential backoff with full jitter, honouring a server's own hint. Pure.
 
+The rules are docs/contract.md §5.5; the hint is Exchange's "Suggested Backoff Time"
+(``imap.syntax.responses.suggested_backoff``).
+
 Must not: sleep, read the clock or draw random numbers (callers pass ``rand``).
 """
 

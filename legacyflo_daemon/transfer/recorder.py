@@ -1,12 +1,16 @@
-"""What the copier saw of the destination, kept for the report's listing.
+"""What the copier saw of the destination, kept for the report's listing; the destination tree.
 
 At the end of each folder pass the copier knows the destination folder's exact content: the
 messages it read for the identity comparison plus the ones it appended. Recording them here
 (one JSON-lines file per folder, streamed, so memory stays bounded) lets the report list those
 folders without reading them from the server again — for a 20,000-message mailbox that is a
 third of all the metadata traffic of a run. Folders the copier did not pass through in this
-run (finished before a restart, or created by earlier requests) are still read by ``archive``.
+run (finished before a restart, or created by earlier requests) are still read by
+``report.archive``.
 
+Also owns the one definition of a request's destination tree (``request_top``,
+``selectable_under``), which the copier and ``report.archive`` share, and ``ListingEntry``, the
+value every listing line becomes.
 Must not: talk to a server.
 """
 

@@ -8,7 +8,8 @@ responses for one message are merged. Must not: do I/O or raise anything but ``W
 
 Per-message trouble is a value, not an exception: ``FetchedMessage.error`` says why a message
 cannot be copied (no body, empty body, Exchange's substitute "Retrieval using the IMAP4
-protocol failed" message), so one bad message never hides the others of its batch.
+protocol failed" message; docs/imap-interop.md §2.5), so one bad message never hides the others
+of its batch. INTERNALDATE is read with ``request.dates.parse_date_time``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Owns: parsing Exchange's "Suggested Backoff Time", the classification of tagged 
 operation into ok / auth / transient / rejected / permanent, and building the matching
 ``errors`` exception with a one-line, truncated, password-free message.
 Must not: talk to a server. It never sees a password unless the caller passes ``secrets`` to
-scrub.
+scrub. The server texts behind these rules: docs/imap-interop.md §2.3 and §3.
 
 Classification (first matching rule wins):
 

@@ -3,7 +3,7 @@
 Owns: compressing UIDs into sets (``1:5,7,9:12``), reading ``*``-free sets back, and cutting
 them into batches of at most ``cap`` UIDs and ``max_len`` characters each. Exchange refuses
 commands longer than its MaxCommandSize (10,240 bytes by default), and aioimaplib keeps a whole
-FETCH response in memory and parses it in O(lines²), so both limits matter.
+FETCH response in memory, so both limits matter (docs/imap-interop.md §2.2, §1.11).
 Must not: know about sessions or servers.
 """
 

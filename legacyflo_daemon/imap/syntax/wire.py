@@ -1,10 +1,11 @@
 """IMAP wire syntax (RFC 3501): command arguments out, generic response values in. Pure.
 
-Owns: how every argument we send is written (quoted string, atom or literal), and a
-tokenizer/parser for response data that reads
+Owns: how every argument we send is written (quoted string, atom or literal; an INTERNALDATE
+checked with ``request.dates``), and a tokenizer/parser for response data that reads
 aioimaplib's raw response lines (``bytes`` text lines, ``bytearray`` literal payloads) in any
-item order. Must not: do I/O, know about sessions or classify errors (``imap_parse`` turns the
-generic values into typed results, ``imap`` talks to servers).
+item order. Must not: do I/O, know about sessions or classify errors (``parse`` turns the
+generic values into typed results, ``imap.session`` talks to servers). Why the library's own
+argument handling is not used: docs/imap-interop.md §1.8.
 
 Text is decoded as UTF-8 with ``surrogateescape``, so an 8-bit name a server sends comes back
 to it byte for byte when we send it as a literal.

@@ -139,7 +139,7 @@ def test_empty_prefix_and_flat_names() -> None:
         (frozenset(), True),
         (frozenset({"\\haschildren"}), True),
         (frozenset({"\\noselect"}), False),
-        (frozenset({"\\NoSelect"}), False),  # lower-cased by the caller, but be tolerant
+        (frozenset({"\\NoSelect"}), False),  # any case
         (frozenset({"\\nonexistent"}), False),
         (frozenset({"\\marked", "\\noinferiors"}), True),
     ],

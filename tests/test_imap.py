@@ -244,7 +244,7 @@ async def test_namespace_and_list_on_the_source(source_account: ServerAccount) -
         entries = {e.name: e for e in await session.list_folders()}
         for folder in MAIL_FOLDERS:
             assert mutf7(folder) in entries, folder
-        assert entries["INBOX/Projects"].noselect and not entries["INBOX"].noselect
+        assert not entries["INBOX/Projects"].selectable and entries["INBOX"].selectable
         assert {e.delimiter for e in entries.values()} == {"/"}
         assert "Caf&AOk- &- R&AOk-unions" in entries
 

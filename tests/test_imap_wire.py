@@ -478,7 +478,7 @@ def test_parse_list() -> None:
         ListEntry("x* y", "/", frozenset({"\\HasNoChildren"})),
         ListEntry("Caf&AOk-", "/", frozenset({"\\HasNoChildren"})),
     ]
-    assert parse_list(lines)[1].noselect and not parse_list(lines)[0].noselect
+    assert not parse_list(lines)[1].selectable and parse_list(lines)[0].selectable
 
 
 @pytest.mark.parametrize("lines", [[b'"/" INBOX'], [b"(\\Noselect) NIL NIL"], [b"()"]])

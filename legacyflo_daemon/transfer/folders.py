@@ -28,23 +28,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from legacyflo_daemon.imap.syntax import utf7
+from legacyflo_daemon.imap.syntax.parse import ListEntry, selectable
 
 INBOX = "INBOX"
 INBOX_DEST = "Inbox"
-_NOT_SELECTABLE = frozenset({"\\noselect", "\\nonexistent"})
 
-
-@dataclass(frozen=True, slots=True)
-class SourceFolder:
-    """One LIST entry of the source: ``name`` as on the wire (mUTF-7), flags lower-cased."""
-
-    name: str
-    delimiter: str | None
-    flags: frozenset[str]
-
-    @property
-    def selectable(self) -> bool:
-        return not any(f.lower() in _NOT_SELECTABLE for f in self.flags)
+# One LIST entry of the source: ``name`` as on the wire (mUTF-7), its delimiter and attributes.
+SourceFolder = ListEntry
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +247,7 @@ def plan_folders(
             source_display="/".join(source_path(folder.name, folder.delimiter or source_delim)),
             dest_name=dest_delim.join(wire),
             dest_display=dest_delim.join(dest),
-            selectable=folder.selectable,
+            selectable=selectable(folder.flags),
             note="; ".join(notes),
             dest_parents=tuple(dest_delim.join(wire[:d]) for d in range(1, len(wire))),
         )

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from legacyflo_daemon.imap.syntax import utf7
+from legacyflo_daemon.imap.syntax.parse import selectable
 from legacyflo_daemon.transfer.headers import summarize
 
 
@@ -72,8 +73,7 @@ def selectable_under(
     return {
         name
         for name, flags in listed
-        if (name == top or name.startswith(top + delimiter))
-        and not {f.lower() for f in flags} & {"\\noselect", "\\nonexistent"}
+        if (name == top or name.startswith(top + delimiter)) and selectable(flags)
     }
 
 

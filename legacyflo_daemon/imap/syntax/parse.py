@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from legacyflo_daemon.imap.syntax.wire import Value, WireError, decode, responses
@@ -32,6 +32,15 @@ _EXCHANGE_SUBSTITUTE = re.compile(
 )
 
 
+# LIST attributes of a name that holds no mail (RFC 3501 \Noselect, RFC 5258 \NonExistent).
+NOT_SELECTABLE = frozenset({"\\noselect", "\\nonexistent"})
+
+
+def selectable(flags: Iterable[str]) -> bool:
+    """Whether a folder with these LIST attributes (any case) can hold mail."""
+    return not any(f.lower() in NOT_SELECTABLE for f in flags)
+
+
 @dataclass(frozen=True, slots=True)
 class ListEntry:
     """One LIST answer: the wire name (modified UTF-7, unquoted), delimiter, attributes."""
@@ -41,8 +50,9 @@ class ListEntry:
     flags: frozenset[str]
 
     @property
-    def noselect(self) -> bool:
-        return any(f.lower() in ("\\noselect", "\\nonexistent") for f in self.flags)
+    def selectable(self) -> bool:
+        """False for a name that holds no mail (``\\Noselect``, ``\\NonExistent``)."""
+        return selectable(self.flags)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,18 @@ OWNER = "test-request"
 def _restore_logging() -> Iterator[None]:
     yield
     reset_logging()
-    forget_secret(owner=OWNER)
+    while _HELD:
+        value, user = _HELD.pop()
+        forget_secret(value, user=user, owner=OWNER)
+
+
+_HELD: list[tuple[str, str | None]] = []
+
+
+def hold(value: str, user: str | None = None) -> None:
+    """``register_secret`` for the rest of the test (the fixture forgets it)."""
+    register_secret(value, user=user, owner=OWNER)
+    _HELD.append((value, user))
 
 
 def start(**options: Any) -> io.BytesIO:
@@ -128,7 +139,7 @@ def test_secret_objects_are_redacted_wherever_they_are() -> None:
 
 def test_a_registered_password_never_appears_even_inside_an_exception() -> None:
     out = start()
-    register_secret(NASTY_PASSWORD, owner=OWNER)
+    hold(NASTY_PASSWORD)
     quoted = NASTY_PASSWORD.replace("\\", "\\\\").replace('"', '\\"')
     try:
         raise RuntimeError(
@@ -151,12 +162,11 @@ def test_a_registered_password_never_appears_even_inside_an_exception() -> None:
 
 def test_a_stdlib_record_with_exc_info_is_rendered_and_scrubbed() -> None:
     out = start()
-    register_secret("stdlib-pw-77", owner=OWNER)
+    hold("stdlib-pw-77")
     try:
         raise ConnectionError("LOGIN rejected: stdlib-pw-77")
     except ConnectionError as exc:
         logging.getLogger("asyncio").error("Task exception was never retrieved", exc_info=exc)
-    forget_secret(owner=OWNER)
     (record,) = lines(out)
     assert record["logger"] == "asyncio" and record["level"] == "error"
     assert record["exception"][0]["exc_type"] == "ConnectionError"
@@ -179,33 +189,47 @@ def test_exception_frames_carry_no_locals() -> None:
     assert frames and all("locals" not in f for f in frames)
 
 
-def test_two_owners_of_one_password_do_not_unregister_each_other() -> None:
+def test_two_requests_sharing_a_password_do_not_unregister_each_other() -> None:
     out = start()
     log = structlog.get_logger()
-    register_secret("shared-password-1", owner="csv-r2", user="john")
-    register_secret(Secret("shared-password-1"), owner="csv-r3")  # another request, same password
-    forget_secret(owner="csv-r2")
+    # The scheduler's calls: register when a request's credentials are loaded, forget when it
+    # finishes, with the same arguments.
+    register_secret("shared-password-1", user="john")
+    register_secret(Secret("shared-password-1"), user="john")  # a second request, same account
+    forget_secret("shared-password-1", user="john")
     log.info("still secret shared-password-1")
-    forget_secret(owner="csv-r2")  # a second finish of the same request changes nothing
-    log.info("still secret shared-password-1")
-    forget_secret(owner="csv-r3")
+    forget_secret(Secret("shared-password-1"), user="john")
     log.info("forgotten shared-password-1")
+    forget_secret("shared-password-1", user="john")  # nothing left to forget: nothing happens
+    register_secret("shared-password-1", user="john")
+    log.info("secret again shared-password-1")
+    forget_secret("shared-password-1", user="john")
     assert [r["event"] for r in lines(out)] == [
         f"still secret {REDACTED}",
-        f"still secret {REDACTED}",
         "forgotten shared-password-1",
+        f"secret again {REDACTED}",
     ]
 
 
-def test_registering_again_is_idempotent_and_forgetting_unknown_owners_is_harmless() -> None:
+def test_an_owner_holds_a_password_once() -> None:
     out = start()
-    forget_secret(owner="never-registered")
-    register_secret("twice-registered-1", owner=OWNER)
-    register_secret("twice-registered-1", owner=OWNER)  # e.g. credentials loaded again on resume
-    register_secret("", owner=OWNER)  # an empty password registers nothing
-    forget_secret(owner=OWNER)  # one forget undoes both
-    structlog.get_logger().info("visible twice-registered-1 again")
-    assert lines(out)[0]["event"] == "visible twice-registered-1 again"
+    log = structlog.get_logger()
+    forget_secret("never-registered", owner="csv-r9")  # harmless
+    register_secret("owned-password-1", owner="csv-r2")
+    register_secret("owned-password-1", owner="csv-r2")  # credentials loaded again: no-op
+    register_secret("owned-password-1", owner="csv-r3")  # another request, same password
+    register_secret("", owner="csv-r2")  # an empty password registers nothing
+    forget_secret("owned-password-1", owner="csv-r2")
+    log.info("still secret owned-password-1")
+    forget_secret("owned-password-1", owner="csv-r2")  # a second finish changes nothing
+    log.info("still secret owned-password-1")
+    forget_secret("owned-password-1", owner="csv-r3")
+    log.info("forgotten owned-password-1")
+    assert [r["event"] for r in lines(out)] == [
+        f"still secret {REDACTED}",
+        f"still secret {REDACTED}",
+        "forgotten owned-password-1",
+    ]
 
 
 PW, USER = "pw-12345-long", "john@baya.com"
@@ -226,7 +250,7 @@ def b64(data: bytes) -> str:
 )
 def test_sasl_forms_are_scrubbed_whole(form: str) -> None:
     out = start()
-    register_secret(PW, owner=OWNER, user=USER)
+    hold(PW, user=USER)
     structlog.get_logger().info(f"C: A1 AUTHENTICATE PLAIN {form}")
     assert lines(out)[0]["event"] == f"C: A1 AUTHENTICATE PLAIN {REDACTED}"
 
@@ -241,7 +265,7 @@ def test_sasl_forms_are_scrubbed_whole(form: str) -> None:
 )
 def test_the_password_inside_other_base64_is_scrubbed(blob: bytes) -> None:
     out = start()
-    register_secret(PW, owner=OWNER, user=USER)
+    hold(PW, user=USER)
     structlog.get_logger().info("sent", line=f"AUTHENTICATE X {b64(blob)}")
     line = lines(out)[0]["line"]
     assert REDACTED in line
@@ -261,7 +285,7 @@ def test_short_base64_runs_are_not_searched() -> None:
 
 def test_every_form_is_scrubbed_from_exception_text_chains_and_tracebacks() -> None:
     json_out = start()
-    register_secret(NASTY_PASSWORD, owner=OWNER, user=USER)
+    hold(NASTY_PASSWORD, user=USER)
     quoted = NASTY_PASSWORD.replace("\\", "\\\\").replace('"', '\\"')
     plain = b64(b"\0" + USER.encode() + b"\0" + NASTY_PASSWORD.encode())
 
@@ -292,37 +316,34 @@ def test_every_form_is_scrubbed_from_exception_text_chains_and_tracebacks() -> N
 
 def test_a_password_used_as_a_key_is_scrubbed_too() -> None:
     out = start()
-    register_secret("key-hunter2-9", owner=OWNER)
+    hold("key-hunter2-9")
     structlog.get_logger().info("e", mapping={"key-hunter2-9": 1})
     assert lines(out)[0]["mapping"] == {REDACTED: 1}
 
 
 def test_register_and_forget_are_thread_safe() -> None:
     out = start()
-    register_secret("held-throughout-1", owner="main")
+    register_secret("held-throughout-1")
     try:
 
         def churn(n: int) -> None:
             for i in range(200):
-                register_secret(f"thread-{n}-pw-{i % 7}", owner=f"t{n}-{i % 5}", user="u")
+                register_secret(f"thread-pw-{i % 7}", user="u")  # shared across the threads
                 structlog.get_logger().info(f"held-throughout-1 {n} {i}")
-                forget_secret(owner=f"t{n}-{(i + 2) % 5}")
+                forget_secret(f"thread-pw-{i % 7}", user="u")
 
         threads = [threading.Thread(target=churn, args=(n,)) for n in range(4)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        for n in range(4):
-            for k in range(5):
-                forget_secret(owner=f"t{n}-{k}")
-        structlog.get_logger().info("thread-0-pw-1 held-throughout-1")
+        structlog.get_logger().info("thread-pw-1 held-throughout-1")
     finally:
-        forget_secret(owner="main")
+        forget_secret("held-throughout-1")
     events = [r["event"] for r in lines(out)]
     assert len(events) == 4 * 200 + 1
     assert all(e.startswith(f"{REDACTED} ") for e in events[:-1])
-    assert events[-1] == f"thread-0-pw-1 {REDACTED}"  # every thread's password forgotten
+    assert events[-1] == f"thread-pw-1 {REDACTED}"  # every count given back: forgotten
 
 
 def test_redact_replaces_every_form_of_one_password() -> None:
@@ -346,7 +367,7 @@ PASSWORDS = st.text(
 def test_property_no_registered_password_survives(password: str) -> None:
     assume(password.strip("*") != "")
     out = start()
-    register_secret(password, owner=OWNER)
+    register_secret(password)
     try:
         quoted = password.replace("\\", "\\\\").replace('"', '\\"')
         try:
@@ -358,7 +379,7 @@ def test_property_no_registered_password_survives(password: str) -> None:
             for form in forms:
                 assert form not in s
     finally:
-        forget_secret(owner=OWNER)
+        forget_secret(password)
 
 
 def test_scrub_makes_values_json_safe() -> None:
@@ -400,12 +421,11 @@ def test_format_choice_on_a_non_tty(fmt: str, json_expected: bool) -> None:
 def test_console_renders_a_scrubbed_traceback() -> None:
     text = io.StringIO()
     configure_logging(LogConfig(format="console"), stream=text)
-    register_secret("console-pw-1", owner=OWNER)
+    hold("console-pw-1")
     try:
         raise KeyError("console-pw-1")
     except KeyError:
         structlog.get_logger().exception("failed")
-    forget_secret(owner=OWNER)
     output = text.getvalue()
     assert "Traceback" in output and "KeyError" in output
     assert "console-pw-1" not in output

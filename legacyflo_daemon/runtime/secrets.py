@@ -1,11 +1,11 @@
 """The secret registry: passwords in use, and ``scrub``, which takes them out of any value.
 
-Owns: the set of passwords currently in use, each held by one or more owners
-(``register_secret`` / ``forget_secret``); the forms in which a password can appear in text;
-the key names that look secret; ``scrub`` (a log event made JSON-safe with all of them replaced
-by ``********``) and ``redact`` (one known password out of one text).
-Must not: log, or keep a password after the last owner forgot it. ``runtime.log`` applies
-``scrub`` to every event, exception text and traceback included.
+Owns: the passwords currently in use (``register_secret`` / ``forget_secret``, counted); the
+forms in which a password can appear in text; the key names that look secret; ``scrub`` (a log
+event made JSON-safe with all of them replaced by ``********``) and ``redact`` (one known
+password out of one text).
+Must not: log, or keep a password after its last registration is forgotten. ``runtime.log``
+applies ``scrub`` to every event, exception text and traceback included.
 
 The forms of a password ``pw`` (of login ``user``, when given):
 
@@ -17,11 +17,13 @@ The forms of a password ``pw`` (of login ``user``, when given):
   token as ``pw``): the run of base64 characters that only ``pw``'s bytes determine, for each of
   the three alignments, when that run is long enough (``_MIN_CORE``) not to hit by chance.
 
-Usage: the daemon registers a request's two passwords when it loads them and forgets them when
-the request finishes, with the request id as ``owner``. Registering is idempotent per owner and
-forgetting is idempotent, so a retried load or a second finish is harmless; two requests that
-share a password each hold it, and it is scrubbed until both have forgotten it. All of it is
-thread-safe (the aioimaplib and asyncio loggers may run in other threads).
+Usage: the daemon registers each account's password with its user when it loads a request's
+credentials, and forgets it with the same arguments when the request finishes. Registrations are
+counted: two requests that share a password each hold it, and it is scrubbed until both have
+forgotten it. Forgetting what is not registered does nothing. With ``owner`` (the request id)
+a registration is held at most once per owner, so registering again (credentials loaded twice)
+is a no-op and one forget ends it. Everything is thread-safe (the aioimaplib and asyncio loggers
+may run in other threads).
 """
 
 from __future__ import annotations
@@ -41,32 +43,36 @@ SECRET_KEY = re.compile(
 _MAX_DEPTH = 8
 _MIN_CORE = 8  # base64 characters: shorter runs of a password inside base64 are not searched
 
-_Registration = tuple[str, str | None]  # (password, login user)
+_Key = tuple[str | None, str, str | None]  # (owner, password, login user)
 
 
 class _Registry:
-    """Who holds which password; the compiled pattern of all their forms."""
+    """Registrations and the compiled pattern of the forms of every password they hold."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._held: dict[str, set[_Registration]] = {}
+        self._counts: dict[_Key, int] = {}
+        self._held: frozenset[tuple[str, str | None]] = frozenset()
         self.pattern: re.Pattern[str] | None = None  # replaced whole, read without the lock
 
-    def add(self, owner: str, registration: _Registration) -> None:
+    def add(self, key: _Key) -> None:
         with self._lock:
-            held = self._held.setdefault(owner, set())
-            if registration not in held:
-                held.add(registration)
-                self._compile()
+            owned = key[0] is not None  # an owner holds a password once, however often it asks
+            self._counts[key] = 1 if owned else self._counts.get(key, 0) + 1
+            self._compile()
 
-    def drop(self, owner: str) -> None:
+    def drop(self, key: _Key) -> None:
         with self._lock:
-            if self._held.pop(owner, None):
-                self._compile()
+            count = self._counts.pop(key, 0)
+            if count > 1:
+                self._counts[key] = count - 1
+            self._compile()
 
     def _compile(self) -> None:
-        every = {r for held in self._held.values() for r in held}
-        self.pattern = _pattern(form for value, user in every for form in forms(value, user))
+        held = frozenset((value, user) for _, value, user in self._counts)
+        if held != self._held:
+            self._held = held
+            self.pattern = _pattern(form for value, user in held for form in forms(value, user))
 
 
 def _pattern(forms: Any) -> re.Pattern[str] | None:
@@ -120,20 +126,30 @@ def forms(value: str, user: str | None = None) -> set[str]:
     return out | _base64_cores(raw)
 
 
-def register_secret(value: str | Secret, *, owner: str, user: str | None = None) -> None:
-    """Scrub every form of ``value`` (and of its SASL PLAIN response for ``user``) from every log
-    event until ``owner`` calls ``forget_secret``. Registering the same again is a no-op."""
+def register_secret(
+    value: str | Secret, *, user: str | None = None, owner: str | None = None
+) -> None:
+    """Scrub every form of ``value`` (with ``user``: also its SASL PLAIN response) from every log
+    event until the matching ``forget_secret``.
+
+    Calls are counted; with ``owner``, that owner holds the registration at most once.
+    """
     plain = value.reveal() if isinstance(value, Secret) else value
     if plain:
-        _REGISTRY.add(owner, (plain, user))
+        _REGISTRY.add((owner, plain, user))
 
 
-def forget_secret(*, owner: str) -> None:
-    """Stop scrubbing what ``owner`` registered, unless another owner still holds it.
+def forget_secret(
+    value: str | Secret, *, user: str | None = None, owner: str | None = None
+) -> None:
+    """Undo ``register_secret`` with the same arguments (one count, or the owner's hold).
 
-    Idempotent: forgetting an owner that holds nothing does nothing.
+    The password stays scrubbed while any other registration holds it; forgetting what is not
+    registered does nothing.
     """
-    _REGISTRY.drop(owner)
+    plain = value.reveal() if isinstance(value, Secret) else value
+    if plain:
+        _REGISTRY.drop((owner, plain, user))
 
 
 def redact(text: str, value: str | Secret | None, *, user: str | None = None) -> str:

@@ -1,5 +1,5 @@
 """The Cyrus IMAP and Courier-IMAP test servers behave as measured (testkit/cyrus.py,
-testkit/courier.py, shared/notes/servers.md): pure helpers first, then the live servers."""
+testkit/courier.py, docs/imap-interop.md §3): pure helpers first, then the live servers."""
 
 from __future__ import annotations
 

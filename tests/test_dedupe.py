@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from legacyflo_daemon.imap.syntax.uidset import MAX_UID, uid_batches
-from legacyflo_daemon.transfer.identity import batches, identity, missing, uid_sets
+from legacyflo_daemon.transfer.identity import batches, identity, missing
 
 UTC = dt.UTC
 T0 = dt.datetime(2020, 1, 1, 0, 0, 0, tzinfo=UTC)  # epoch 1577836800
@@ -249,15 +248,6 @@ def test_missing_copies_exactly_the_multiset_difference(
     assert added == want
     # After copying them, a re-run finds nothing.
     assert missing(source, dest + [by_uid[u] for u in todo]) == []
-
-
-# --- uid_sets -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("max_len", [21, 30, 8000])
-def test_uid_sets_is_uid_batches_without_a_count_limit(max_len: int) -> None:
-    uids = [12, 1, 3, 2, 3, 11, 4294967294, 4294967295, *range(100, 3000, 2)]
-    assert uid_sets(uids, max_len) == uid_batches(uids, MAX_UID, max_len)
 
 
 # --- batches ------------------------------------------------------------------------------

@@ -137,7 +137,7 @@ class Scheduler:
             csv_name = self.state.csv(csv_id).name
             req = self.state.load_request(rid)
             for account in (req.source, req.dest):
-                register_secret(account.password, user=account.userid)
+                register_secret(account.password, user=account.userid, owner=rid)
             await self._copy_and_finish(rid, csv_name, req)
         except Interrupted:
             log.info("request_interrupted")
@@ -148,7 +148,7 @@ class Scheduler:
         finally:
             if req is not None:
                 for account in (req.source, req.dest):
-                    forget_secret(account.password, user=account.userid)
+                    forget_secret(account.password, user=account.userid, owner=rid)
             self.pool.release(rid)
             self.tasks.pop(rid, None)
             self.progress.pop(rid, None)

@@ -85,7 +85,7 @@ class Connection:
         if self.proto.failure is not None:
             return self.proto.failure
         if self.proto.bye:
-            return f"the server closed the connection: {responses.clean_text(self.proto.bye)}"
+            return f"the server closed the connection: {responses.one_line(self.proto.bye)}"
         return "the connection was lost"
 
     def check_alive(self) -> None:

@@ -64,7 +64,7 @@ async def _greeting(conn: Connection) -> None:
     greeting = decode(proto.greeting.result())
     if proto.state == LOGOUT:  # "* BYE Too many connections" and the like
         raise TransientError(
-            f"{where}: refused: {responses.clean_text(greeting)}",
+            f"{where}: refused: {responses.one_line(greeting)}",
             host=ep.host,
             retry_after=responses.suggested_backoff(greeting),
         )
@@ -87,7 +87,7 @@ async def _starttls(conn: Connection) -> None:
         raise PermanentError("the server logged us in before STARTTLS (PREAUTH)", host=ep.host)
     reply = await conn.run("STARTTLS", what="STARTTLS")
     if reply.result != "OK":
-        raise PermanentError(f"STARTTLS refused: {responses.clean_text(reply.text)}", host=ep.host)
+        raise PermanentError(f"STARTTLS refused: {responses.one_line(reply.text)}", host=ep.host)
     if proto.incomplete_line:  # bytes after the OK would be injected into the TLS session
         raise PermanentError("the server sent data right after STARTTLS", host=ep.host)
     try:

@@ -213,7 +213,7 @@ class Session:
             return appenduid(reply.text)
 
     def _desync(self, what: str, text: str) -> None:
-        reason = f"{what}: BAD after streamed data ({responses.clean_text(text)})"
+        reason = f"{what}: BAD after streamed data ({responses.one_line(text)})"
         self._conn.kill(reason)
         raise AppendDesync(f"{reason}; retrying with one message at a time", host=self.host)
 
@@ -419,7 +419,7 @@ class Session:
                 return [
                     m for uid in uids for m in await self._fetch_bodies(str(uid), split_on_no=False)
                 ]
-            reason = f"the server refused to deliver it: {responses.clean_text(text)}"
+            reason = f"the server refused to deliver it: {responses.one_line(text)}"
             return [FetchedMessage(uid, (), "", None, None, reason) for uid in uids]
         self._check("fetch", result, text, f"UID FETCH {uid_set}")
         return await self._convert(items, message_from, f"UID FETCH {uid_set}")

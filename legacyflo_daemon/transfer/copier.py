@@ -237,7 +237,7 @@ class Copier:
         ((_src_prefix, src_delim), entries), ((dst_prefix, dst_delim), listed) = await both(
             _namespace_and_list(src), _namespace_and_list(dst)
         )
-        source = [folders.SourceFolder(e.name, e.delimiter, frozenset(e.flags)) for e in entries]
+        source = entries
         exclusions = (
             self.config.imap.exclude_folders
             if self.request.jobtype is JobType.EXCHANGEIMAP

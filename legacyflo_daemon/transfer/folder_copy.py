@@ -172,8 +172,7 @@ class FolderCopy:
                     hold = self.budget.reserve(sum(metas[u].size for u in batch))
                     await hold.__aenter__()
                     holds.append(hold)
-                    fetched = {m.uid: m for uid_set in identity.uid_sets(batch)
-                               for m in await src.fetch_bodies(uid_set)}  # fmt: skip
+                    fetched = {m.uid: m for m in await src.fetch_bodies(batch)}
                     await queue.put((batch, fetched, hold))
                 await queue.put(None)
             except Exception as exc:  # handed to the consumer, which raises it

@@ -29,7 +29,6 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
-from legacyflo_daemon.imap.syntax.uidset import MAX_SET_LEN, MAX_UID, uid_batches
 from legacyflo_daemon.transfer.headers import header_fields
 
 _HASHED_FIELDS = (b"date", b"from", b"to", b"subject")
@@ -89,16 +88,6 @@ def missing(source: list[tuple[int, str]], dest_keys: Iterable[str]) -> list[int
             out.extend(uids[j:])
     out.sort()
     return out
-
-
-def uid_sets(uids: list[int], max_len: int = MAX_SET_LEN) -> list[str]:
-    """IMAP UID sets (``1:5,7,9:12``) covering ``uids``, each at most ``max_len`` characters.
-
-    ``uidset.uid_batches`` without a count limit: the one UID-set writer. Superfluous for a
-    batch handed to ``Session.fetch_bodies``, which cuts its UIDs itself; kept only until
-    ``folder_copy`` passes its batches there directly.
-    """
-    return uid_batches(uids, MAX_UID, max_len)
 
 
 def batches(items: list[tuple[int, int]], max_count: int, max_bytes: int) -> list[list[int]]:

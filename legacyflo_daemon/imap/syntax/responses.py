@@ -172,11 +172,6 @@ def one_line(text: str, secrets: Iterable[Secret] = ()) -> str:
     return text
 
 
-# The old name, still used by imap.opening, imap.connection and imap.session; remove it once they
-# call ``one_line``.
-clean_text = one_line
-
-
 def error_for(
     outcome: Outcome,
     host: str,

@@ -27,6 +27,7 @@ from testkit.imap import DEST_PASSWORD, HOSTILE_PASSWORD, ServerAccount
 from testkit.master import missing_dovecot
 from testkit.proxy import FaultProxy
 from testkit.tlsca import TlsCa, make_tls_ca
+from tests.e2ehelp import Work
 
 _SERVER_FIXTURES = {
     "source_server",
@@ -338,3 +339,19 @@ def fault_proxy() -> Iterator[Callable[[str, int], FaultProxy]]:
     yield make
     for proxy in made:
         proxy.stop()
+
+
+@pytest.fixture
+def work(tmp_path: Path, source_server: DovecotServer, dest_server: DovecotServer) -> Work:
+    """A daemon's working directory (config, spool, logs) on the two Dovecot servers."""
+    return Work(tmp_path, source_server, dest_server)
+
+
+@pytest.fixture
+def slow_source(
+    source_server: DovecotServer, fault_proxy: Callable[[str, int], FaultProxy]
+) -> FaultProxy:
+    """The source's implicit-TLS port behind 20 ms of latency each way per chunk."""
+    proxy = fault_proxy(source_server.host, source_server.port_tls)
+    proxy.latency = 0.02
+    return proxy

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
-from testkit.dovecot import DovecotServer
 from testkit.imap import ServerAccount
 from testkit.snapshot import snapshot_mailbox
 from tests.e2ehelp import (
@@ -42,11 +41,6 @@ from tests.e2ehelp import (
 )
 
 NewAccount = Callable[..., ServerAccount]
-
-
-@pytest.fixture
-def work(tmp_path: Path, source_server: DovecotServer, dest_server: DovecotServer) -> Work:
-    return Work(tmp_path, source_server, dest_server)
 
 
 def _accounts(

@@ -17,11 +17,9 @@ from __future__ import annotations
 import json
 import textwrap
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
-from testkit.dovecot import DovecotServer
 from testkit.imap import ServerAccount
 from testkit.proxy import FaultProxy
 from testkit.snapshot import snapshot_mailbox
@@ -41,20 +39,6 @@ from tests.e2ehelp import (
 from tests.test_daemon_signals import BIG, assert_all_done_exactly_once, big_rows, copied_so_far
 
 NewAccount = Callable[..., ServerAccount]
-
-
-@pytest.fixture
-def work(tmp_path: Path, source_server: DovecotServer, dest_server: DovecotServer) -> Work:
-    return Work(tmp_path, source_server, dest_server)
-
-
-@pytest.fixture
-def slow_source(
-    source_server: DovecotServer, fault_proxy: Callable[[str, int], FaultProxy]
-) -> FaultProxy:
-    proxy = fault_proxy(source_server.host, source_server.port_tls)
-    proxy.latency = 0.02
-    return proxy
 
 
 def injected(work: Work, code: str) -> dict[str, str]:

@@ -15,11 +15,9 @@ import struct
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-from testkit.dovecot import DovecotServer
 from testkit.imap import ServerAccount
 from testkit.proxy import FaultProxy
 from tests.e2ehelp import (
@@ -45,21 +43,6 @@ from tests.e2ehelp import (
 NewAccount = Callable[..., ServerAccount]
 BIG = {"INBOX": 240, "Sent Items": 60}  # 300 messages per source account
 CREDS = struct.Struct("iII")  # struct ucred: pid, uid, gid
-
-
-@pytest.fixture
-def work(tmp_path: Path, source_server: DovecotServer, dest_server: DovecotServer) -> Work:
-    return Work(tmp_path, source_server, dest_server)
-
-
-@pytest.fixture
-def slow_source(
-    source_server: DovecotServer, fault_proxy: Callable[[str, int], FaultProxy]
-) -> FaultProxy:
-    """The source's implicit-TLS port behind 20 ms of latency each way per chunk."""
-    proxy = fault_proxy(source_server.host, source_server.port_tls)
-    proxy.latency = 0.02
-    return proxy
 
 
 def big_rows(

@@ -4,20 +4,32 @@ proxies.
 See ``testkit/__init__.py`` for how to use them. Every test that uses a server fixture is
 marked ``servers`` automatically (``-m "not servers"`` runs the rest), and is skipped with the
 reason when the server is not installed (``make deps`` installs all three).
+
+Hypothesis: the ``ci`` profile (loaded when ``CI`` is set, as ``.ci/run`` runs) is derandomized
+and uses no examples database, so a CI run tests the same examples every time whatever
+``.hypothesis/`` holds; the ``dev`` profile (the default) explores randomly and remembers
+failures in ``.hypothesis/``. ``HYPOTHESIS_PROFILE=ci`` reproduces CI locally.
+
+An asyncio test ends only when the connections it closed are really closed (``tests/closing.py``),
+and fails when one event-loop callback worked 100 ms or more (below).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import gc
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
+from pytest_asyncio import is_async_test
 
 from testkit.courier import CourierServer, missing_courier
 from testkit.cyrus import CyrusServer, missing_cyrus
@@ -27,6 +39,7 @@ from testkit.imap import DEST_PASSWORD, HOSTILE_PASSWORD, ServerAccount
 from testkit.master import missing_dovecot
 from testkit.proxy import FaultProxy
 from testkit.tlsca import TlsCa, make_tls_ca
+from tests import closing
 from tests.e2ehelp import Work
 
 _SERVER_FIXTURES = {
@@ -54,18 +67,56 @@ CYRUS_HOST = "127.0.0.2"
 COURIER_HOST = "127.0.0.3"
 
 
-# Hypothesis: the same examples on every CI run (CI sets CI=true), no example database between
-# runs there; developers keep random exploration and the local database.
+# -- Hypothesis profiles ------------------------------------------------------------------------
+
 settings.register_profile(
     "ci",
-    derandomize=True,
+    derandomize=True,  # the same examples on every run (implies database=None: no .hypothesis/)
     database=None,
-    print_blob=True,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,  # a failure prints the @reproduce_failure blob
+    # Generous: catches a hang or a quadratic blow-up, not the jitter of a loaded CI machine.
+    deadline=timedelta(seconds=2),
+    suppress_health_check=[HealthCheck.too_slow],  # timing-dependent, so not deterministic
 )
-settings.register_profile("dev", deadline=None)
-settings.load_profile("ci" if os.environ.get("CI") else "dev")
+settings.register_profile("dev", print_blob=True)  # random exploration, failures remembered
+_IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if _IN_CI else "dev"))
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [
+        f"hypothesis profile: {settings.get_current_profile_name()} "
+        f"(derandomize={settings().derandomize}, database={settings().database!r})"
+    ]
+
+
+# -- connections left closing (tests/closing.py) -------------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    """An asyncio test ends only when the connections it closed are closed (tests/closing.py),
+    while its loop still runs. pytest-asyncio wraps ``item.obj`` after this hook wrapper."""
+    if not (isinstance(item, pytest.Function) and is_async_test(item)):
+        return (yield)
+    test = item.obj
+
+    @functools.wraps(test)
+    async def settled(*args: object, **kwargs: object) -> object:
+        try:
+            result = await test(*args, **kwargs)
+        except BaseException:
+            with contextlib.suppress(AssertionError):
+                await closing.settle()  # the test's own failure is the one to report
+            raise
+        await closing.settle()
+        return result
+
+    item.obj = settled
+    try:
+        return (yield)
+    finally:
+        item.obj = test
 
 
 # -- the event loop is never blocked ---------------------------------------------------------

@@ -15,6 +15,7 @@ that they do not disturb the session counts they measure.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -366,6 +367,21 @@ def wait_until(
             detail = f"\n{daemon.describe()}" if daemon is not None else ""
             raise AssertionError(f"no {what} within {timeout} s{detail}")
         time.sleep(interval)
+
+
+async def wait_until_async(
+    probe: Callable[[], T | None], seconds: float, what: str, interval: float = 0.01
+) -> T:
+    """``wait_until`` for a coroutine: the event loop keeps running between the probes (a
+    blocking ``wait_until`` there would stall the very thing being waited for)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = probe()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {seconds} s")
+        await asyncio.sleep(interval)
 
 
 def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:

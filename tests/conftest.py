@@ -147,6 +147,18 @@ asyncio.events.Handle._run = _timed_run  # type: ignore[method-assign]
 
 
 @pytest.fixture(autouse=True)
+def garbage_collected_per_test() -> Iterator[None]:
+    """A full collection after every test, so that an object a test left behind (a transport it
+    never closed: ``ResourceWarning``, an error here) is reported in that test, not in whichever
+    later test happened to trigger a collection. Seen twice in 10 runs: an "unclosed transport"
+    (an IMAP TLS client socket) failing ``test_servers.py::test_source_list_and_corpus``, which
+    holds no such connection; with this fixture 1,386 tests ran without one. Which test leaked it
+    is not established yet (see the closing note of the session that added this)."""
+    yield
+    gc.collect()
+
+
+@pytest.fixture(autouse=True)
 def event_loop_never_blocked(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fails a test in which a loop callback worked ``SLOW_CALLBACK`` or more, unless the test
     is marked ``blocks_loop(reason)``: the tests that show a defect of the bare library (the

@@ -1,7 +1,8 @@
 """The intake service: CSVs from ``incoming/`` into the state store, and out to ``done/``.
 
 Owns: when files are taken (watchfiles wakes the intake loop; a periodic rescan is the safety
-net; a file is taken once its size stopped changing), reporting the rows rejected at intake, and
+net; a file is taken once its size stopped changing), reporting the rows rejected at intake,
+setting aside a file on which taking it met a bug (``failed/``, logged once, never retried), and
 retiring a CSV once its last request finished. Parsing, recording and retiring a file are
 blocking (seconds for a 50,000-row file) and run in a worker thread (``spool.intake`` does the
 work); the event loop only waits for them.
@@ -13,6 +14,7 @@ work arrived).
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,7 +60,11 @@ class Watcher:
         """Record the claimed CSV ``path`` (in ``processing/``) and report its rejected rows."""
         self.busy += 1
         try:
-            taken = await in_thread(intake.take, path, self.spool, self.state, utcnow())
+            try:
+                taken = await in_thread(intake.take, path, self.spool, self.state, utcnow())
+            except Exception as exc:  # a bug: set the file aside, never take it again by itself
+                await self._set_aside(path, exc)
+                return
             if taken is None:
                 self.whole_file_rejections += 1
                 return
@@ -69,6 +75,19 @@ class Watcher:
             await self.complete(taken.csv_id)
         finally:
             self.busy -= 1
+
+    async def _set_aside(self, path: Path, exc: Exception) -> None:
+        """A bug met while taking ``path``: logged once with its traceback, the file moved to
+        ``failed/`` (redacted) with the reason, so that neither this run nor the next start's
+        recovery meets it again."""
+        error_id = secrets.token_hex(4)
+        log.error("csv_internal_error", file=path.name, error_id=error_id, exc_info=exc)
+        reason = (
+            f"{path.name}: internal error while taking it ({type(exc).__name__}); not retried: "
+            f"see the daemon log, event csv_internal_error with error_id {error_id}"
+        )
+        await in_thread(self.spool.reject_unusable, path, reason)
+        self.whole_file_rejections += 1
 
     async def complete(self, csv_id: int) -> bool:
         """Retire ``csv_id`` if every one of its requests is finished (summary, ``done/``)."""

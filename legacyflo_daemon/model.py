@@ -139,6 +139,8 @@ class MessageFailure:
     date: str | None  # INTERNALDATE as ISO 8601, if known
     subject: str
     reason: str
+    # "failed": not copied; "altered": stored, but the destination changed it (readback).
+    kind: str = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +156,8 @@ class FolderResult:
     bytes: int = 0
     deleted_dropped: int = 0  # messages whose \Deleted flag was not carried over
     note: str = ""  # e.g. "'.' in a name became '_'"
+    altered: int = 0  # stored (so also in copied/already_present), but changed by the server
+    error: str | None = None  # why this folder could not be copied (the others were)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,16 +9,19 @@ from hypothesis import strategies as st
 
 from legacyflo_daemon.config.schema import DEFAULT_EXCLUDED_FOLDERS
 from legacyflo_daemon.imap.syntax import utf7
+from legacyflo_daemon.imap.syntax.parse import Namespaces
 from legacyflo_daemon.transfer.folders import (
     FolderPlan,
     SourceFolder,
     excluded_folders,
     folders_to_create,
     is_excluded,
+    personal_only,
     plan_folders,
     root_path,
     source_path,
     split_wire,
+    strip_prefix,
 )
 
 ROOT = ("INBOX", "historical_data")
@@ -460,3 +463,95 @@ def test_plan_properties(paths: list[list[str]]) -> None:
         for parent in p.dest_parents:
             later = [q.dest_name for q in plans[i + 1 :]]
             assert parent not in later
+
+
+# -- personal namespace only, prefix stripped (issue 10: other people's mail, INBOX. prefix) ---
+
+CYRUS_NS = Namespaces(
+    personal=(("INBOX.", "."),), other_users=(("user.", "."),), shared=(("", "."),)
+)
+
+
+def test_personal_only_keeps_the_owners_folders_and_drops_other_users_and_shared() -> None:
+    listed = [
+        sf(n, ".")
+        for n in [
+            "INBOX",
+            "INBOX.Sent Items",
+            "INBOX.Projects.2024",
+            "user.bob",
+            "user.bob.Sent",
+            "user",
+            "Announcements",
+            "inbox.lower",
+        ]
+    ]
+    kept, left_out = personal_only(listed, CYRUS_NS)
+    assert [e.name for e, _ in kept] == [
+        "INBOX",
+        "INBOX.Sent Items",
+        "INBOX.Projects.2024",
+        "inbox.lower",
+    ]
+    assert left_out == ["user.bob", "user.bob.Sent", "user", "Announcements"]
+
+
+def test_personal_only_with_an_empty_personal_prefix_drops_prefixed_namespaces() -> None:
+    # Dovecot: personal "" with "shared/" and "users/" namespaces listed by "*".
+    ns = Namespaces(personal=(("", "/"),), other_users=(("users/", "/"),),
+                    shared=(("shared/", "/"),))  # fmt: skip
+    kept, left_out = personal_only(
+        [sf("INBOX"), sf("Sent"), sf("shared/Team"), sf("users/bob/x"), sf("sharedness")], ns
+    )
+    assert [e.name for e, _ in kept] == ["INBOX", "Sent", "sharedness"]
+    assert left_out == ["shared/Team", "users/bob/x"]
+
+
+def test_inbox_prefix_is_stripped_so_folders_land_beside_inbox() -> None:
+    listed = [sf(n, ".") for n in ["INBOX", "INBOX.Sent Items", "INBOX.Mr. Smith", "INBOX.a.b"]]
+    kept, _ = personal_only(listed, CYRUS_NS)
+    plans = plan_folders(
+        [e for e, _ in kept],
+        source_delim=".",
+        dest_delim="/",
+        dest_prefix_path=("INBOX", "historical_data"),
+        dest_folder="Data",
+        exclusions=DEFAULT_EXCLUDED_FOLDERS,
+        prefixes={e.name: p for e, p in kept},
+    )
+    shown = {p.source_name: p.dest_display for p in plans}
+    assert shown["INBOX"] == "INBOX/historical_data/Data/Inbox"
+    assert shown["INBOX.Sent Items"] == "INBOX/historical_data/Data/Sent Items"
+    assert shown["INBOX.a.b"] == "INBOX/historical_data/Data/a/b"
+    assert shown["INBOX.Mr. Smith"] == "INBOX/historical_data/Data/Mr/ Smith"
+
+
+def test_a_folder_named_inbox_inside_the_prefix_is_not_merged_into_inbox() -> None:
+    listed = [sf(n, ".") for n in ["INBOX", "INBOX.INBOX", "INBOX.Calendar"]]
+    kept, _ = personal_only(listed, CYRUS_NS)
+    plans = plan_folders(
+        [e for e, _ in kept],
+        source_delim=".",
+        dest_delim=".",
+        dest_prefix_path=(),
+        dest_folder="Data",
+        exclusions=DEFAULT_EXCLUDED_FOLDERS,
+        prefixes={e.name: p for e, p in kept},
+    )
+    shown = {p.source_name: p.dest_display for p in plans}
+    assert shown == {"INBOX": "Data.Inbox", "INBOX.INBOX": "Data.INBOX (2)"}
+
+
+@pytest.mark.parametrize(
+    ("name", "prefix", "expected"),
+    [
+        ("INBOX.Sent", "INBOX.", "Sent"),
+        ("inbox.Sent", "INBOX.", "Sent"),
+        ("INBOX", "INBOX.", "INBOX"),
+        ("Other", "INBOX.", "Other"),
+        ("Sent", "", "Sent"),
+        ("Mail/a/b", "Mail/", "a/b"),
+    ],
+)
+def test_strip_prefix(name: str, prefix: str, expected: str) -> None:
+    assert strip_prefix(name, prefix, "." if "." in prefix else "/") == expected

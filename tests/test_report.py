@@ -220,6 +220,8 @@ def test_result_fields() -> None:
         "failed": 0,
         "bytes": 6_000_000,
         "deleted_dropped": 2,
+        "altered": 0,
+        "folders_failed": 0,
     }
     assert doc["folders"][1]["note"] == "note"
     assert doc["rejection"] is None

@@ -46,13 +46,14 @@ from legacyflo_daemon.imap.syntax.parse import (
     ListEntry,
     MailboxInfo,
     MessageMeta,
+    Namespaces,
     appenduid,
     fetch_items,
     message_from,
     meta_from,
     parse_list,
     parse_mailbox,
-    parse_namespace,
+    parse_namespaces,
     parse_search,
 )
 from legacyflo_daemon.imap.syntax.uidset import expand_uid_set, uid_batches
@@ -86,6 +87,7 @@ __all__ = [
     "ListEntry",
     "MailboxInfo",
     "MessageMeta",
+    "Namespaces",
     "Session",
     "TlsMode",
     "connect",
@@ -130,7 +132,7 @@ class Session:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self.host = conn.host
-        self._namespace: tuple[str, str | None] | None = None
+        self._namespaces: Namespaces | None = None
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -295,28 +297,35 @@ class Session:
     ) -> None:
         await self.logout()
 
-    async def namespace(self) -> tuple[str, str | None]:
-        """The personal namespace ``(prefix, delimiter)``: ``("", "/")``, ``("INBOX.", ".")``.
+    async def namespaces(self) -> Namespaces:
+        """The server's namespaces (personal, other users', shared); asked once per session.
 
-        Without the NAMESPACE capability: prefix ``""`` and the delimiter from ``LIST "" ""``.
+        Without the NAMESPACE capability: one personal namespace, prefix ``""``, with the
+        delimiter from ``LIST "" ""``.
         """
-        if self._namespace is None:
+        if self._namespaces is None:
             if "NAMESPACE" in self.capabilities:
                 reply = await self._conn.run("NAMESPACE", what="NAMESPACE")
                 self._check("other", reply.result, reply.text, "NAMESPACE")
                 with self._parsing("NAMESPACE"):
-                    self._namespace = parse_namespace(reply.lines)
+                    self._namespaces = parse_namespaces(reply.lines)
             else:
                 reply = await self._conn.run("LIST", ['""', '""'], what="LIST")
                 self._check("other", reply.result, reply.text, "LIST")
                 with self._parsing("LIST"):
                     entries = parse_list(reply.lines)
-                self._namespace = ("", entries[0].delimiter if entries else None)
-        return self._namespace
+                self._namespaces = Namespaces((("", entries[0].delimiter if entries else None),))
+        return self._namespaces
 
-    async def list_folders(self) -> list[ListEntry]:
-        """Every folder (``LIST "" "*"``), names as on the wire, in the server's order."""
-        reply = await self._conn.run("LIST", ['""', '"*"'], what="LIST")
+    async def namespace(self) -> tuple[str, str | None]:
+        """The personal namespace ``(prefix, delimiter)``: ``("", "/")``, ``("INBOX.", ".")``."""
+        ns = await self.namespaces()
+        return ns.prefix, ns.delimiter
+
+    async def list_folders(self, pattern: str = "*") -> list[ListEntry]:
+        """The folders matching ``pattern`` (``LIST "" pattern``; default: every folder), names
+        as on the wire, in the server's order. ``pattern`` is sent quoted (mUTF-7 already)."""
+        reply = await self._conn.run("LIST", ['""', self._mailbox(pattern)], what="LIST")
         self._check("other", reply.result, reply.text, "LIST")
         with self._parsing("LIST"):
             return parse_list(reply.lines)
@@ -384,6 +393,43 @@ class Session:
             self._check("other", result, text, f"UID FETCH {uid_set}")
             out += await self._convert(items, meta_from, f"UID FETCH {uid_set}")
         out.sort(key=lambda m: m.uid)
+        return out
+
+    async def fetch_meta_from(self, first_uid: int) -> list[MessageMeta]:
+        """``fetch_meta`` of every message of the open mailbox with a UID of at least
+        ``first_uid`` (``UID FETCH first:*``; one command whatever the count), by ascending UID.
+        Used to read back what an APPEND stored; RFC 3501 answers ``n:*`` with the last message
+        even when its UID is below ``n``, so that one is dropped here."""
+        if first_uid < 1:
+            raise ValueError(f"first_uid must be at least 1, got {first_uid}")
+        what = f"UID FETCH {first_uid}:*"
+        result, items, text = await self._fetch(f"{first_uid}:*", META_ITEMS)
+        self._check("other", result, text, what)
+        out = [m for m in await self._convert(items, meta_from, what) if m.uid >= first_uid]
+        out.sort(key=lambda m: m.uid)
+        return out
+
+    async def noop(self) -> None:
+        """NOOP: lets the server report changes of the open mailbox (Courier shows messages
+        appended to the selected mailbox only after one)."""
+        reply = await self._conn.run("NOOP", what="NOOP")
+        self._check("other", reply.result, reply.text, "NOOP")
+
+    async def fetch_header_blocks(self, uids: Iterable[int]) -> dict[int, bytes]:
+        """UID → the whole header block (``BODY.PEEK[HEADER]``) of messages of the open
+        mailbox; UIDs that do not exist are absent."""
+        out: dict[int, bytes] = {}
+        for uid_set in self._batches(uids, META_BATCH):
+            what = f"UID FETCH {uid_set} header"
+            result, items, text = await self._fetch(uid_set, "(UID BODY.PEEK[HEADER])")
+            self._check("other", result, text, what)
+            with self._parsing(what):
+                for item in items:
+                    uid, block = item.get("UID"), item.get("BODY[HEADER]")
+                    if isinstance(block, str):  # a quoted string instead of a literal
+                        block = bytearray(block.encode("utf-8", "surrogateescape"))
+                    if isinstance(uid, str) and uid.isdigit() and isinstance(block, bytearray):
+                        out[int(uid)] = bytes(block)
         return out
 
     async def fetch_meta_all(self, exists: int) -> list[MessageMeta]:

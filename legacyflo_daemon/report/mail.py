@@ -94,7 +94,13 @@ def subject(result: Mapping[str, Any]) -> str:
     if status == "succeeded":
         detail = f" ({_messages(result):,} messages)"
     elif status == "partial":
-        detail = f" ({_messages(result):,} messages, {result['totals']['failed']:,} failed)"
+        t = result["totals"]
+        problems = [f"{t['failed']:,} failed"]
+        if t.get("altered"):
+            problems.append(f"{t['altered']:,} altered")
+        if t.get("folders_failed"):
+            problems.append(f"{t['folders_failed']:,} folders failed")
+        detail = f" ({_messages(result):,} messages, {', '.join(problems)})"
     elif status == "rejected" and result["rejection"]:
         field = result["rejection"]["field"]
         detail = f" (row {result['csv']['row']}" + (f", field {field})" if field else ")")
@@ -128,7 +134,8 @@ def _facts(result: Mapping[str, Any]) -> list[tuple[str, str]]:
                 "Messages",
                 f"{t['in_range']:,} in range, {t['copied']:,} copied, "
                 f"{t['already_present']:,} already present, {t['failed']:,} failed, "
-                f"{human_size(t['bytes'])} copied",
+                f"{human_size(t['bytes'])} copied"
+                + (f", {t['altered']:,} stored altered" if t.get("altered") else ""),
             )
         )
     return facts
@@ -177,6 +184,39 @@ def _failure_line(f: Mapping[str, Any]) -> str:
     return f'{f["folder"]}, UID {f["uid"]}, {date}, "{subject}": {f["reason"]}'
 
 
+def _problem_sections(result: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    """(heading, items) of what went wrong, shared by the text and HTML bodies: folders that
+    failed alone, messages not copied, messages the destination stored altered."""
+    sections: list[tuple[str, list[str]]] = []
+    failed_folders = [f for f in result["folders"] if f.get("error")]
+    if failed_folders:
+        sections.append(
+            (
+                f"Folders that could not be copied ({len(failed_folders):,}); the other "
+                "folders were copied",
+                [f"{f['source']} → {f['destination']}: {f['error']}" for f in failed_folders],
+            )
+        )
+    failed = [f for f in result["failures"] if f.get("kind", "failed") == "failed"]
+    if failed:
+        sections.append(
+            (
+                f"Messages that could not be copied ({len(failed):,})",
+                [_failure_line(f) for f in failed],
+            )
+        )
+    altered = [f for f in result["failures"] if f.get("kind") == "altered"]
+    if altered:
+        sections.append(
+            (
+                f"Messages the destination stored altered ({len(altered):,}); they are in the "
+                "archive, not byte-identical, and will not be copied again",
+                [_failure_line(f) for f in altered],
+            )
+        )
+    return sections
+
+
 def _rejection_lines(result: Mapping[str, Any]) -> list[str]:
     rej = result["rejection"] or {"field": None, "message": result["error"] or "rejected"}
     where = f"field '{rej['field']}'" if rej["field"] else "the row as a whole"
@@ -211,9 +251,8 @@ def text_body(result: Mapping[str, Any], listing: ListingFile | None) -> str:
         lines += ["", f"Error: {result['error']}"]
     if result["folders"]:
         lines += ["", "Folders:", *_text_table(result["folders"])]
-    if result["failures"]:
-        lines += ["", f"Messages that could not be copied ({len(result['failures']):,}):"]
-        lines += [f"  - {_failure_line(f)}" for f in result["failures"]]
+    for heading, items in _problem_sections(result):
+        lines += ["", f"{heading}:", *[f"  - {item}" for item in items]]
     if result["warnings"]:
         lines += ["", "Warnings:", *[f"  - {w}" for w in result["warnings"]]]
     if listing is not None:
@@ -243,12 +282,8 @@ def html_body(result: Mapping[str, Any], listing: ListingFile | None) -> str:
             cells = "".join(f"<td>{e(c)}</td>" for c in _folder_cells(folder))
             parts.append(f"<tr>{cells}</tr>")
         parts.append("</table>")
-    if result["failures"]:
-        parts.append(
-            f"<h3>Messages that could not be copied ({len(result['failures']):,})</h3><ul>"
-        )
-        parts += [f"<li>{e(_failure_line(f))}</li>" for f in result["failures"]]
-        parts.append("</ul>")
+    for heading, items in _problem_sections(result):
+        parts += [f"<h3>{e(heading)}</h3><ul>", *[f"<li>{e(i)}</li>" for i in items], "</ul>"]
     if result["warnings"]:
         parts += [
             "<h3>Warnings</h3><ul>",

@@ -27,7 +27,15 @@ from legacyflo_daemon.request.dates import describe
 
 RESULT_VERSION = 1
 
-_COUNTS = ("in_range", "copied", "already_present", "failed", "bytes", "deleted_dropped")
+_COUNTS = (
+    "in_range",
+    "copied",
+    "already_present",
+    "failed",
+    "bytes",
+    "deleted_dropped",
+    "altered",
+)
 
 
 def utf8_safe(value: str) -> str:
@@ -74,6 +82,7 @@ def _folder(folder: FolderResult) -> dict[str, Any]:
     }
     out.update({name: getattr(folder, name) for name in _COUNTS})
     out["note"] = utf8_safe(folder.note)
+    out["error"] = utf8_safe(folder.error) if folder.error is not None else None
     return out
 
 
@@ -84,12 +93,14 @@ def _failure(failure: MessageFailure) -> dict[str, Any]:
         "date": failure.date,
         "subject": utf8_safe(failure.subject),
         "reason": utf8_safe(failure.reason),
+        "kind": failure.kind,
     }
 
 
 def _totals(folders: tuple[FolderResult, ...]) -> dict[str, int]:
     totals = {name: sum(getattr(f, name) for f in folders) for name in _COUNTS}
     totals["folders"] = len(folders)
+    totals["folders_failed"] = sum(1 for f in folders if f.error is not None)
     return totals
 
 

@@ -13,7 +13,18 @@ from typing import Any
 
 from legacyflo_daemon.model import Account, DateRange, JobType, Request, Secret, Status
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+# Messages a destination stored altered (readback): the stored identity stands for the source's
+# in every later comparison of that destination folder, by any request (no re-append).
+ALTERED_TABLE = """CREATE TABLE IF NOT EXISTS altered_copies (
+    dest TEXT NOT NULL,              -- "user@server" of the destination account, lower-case
+    folder TEXT NOT NULL,            -- destination wire name
+    stored_key TEXT NOT NULL,        -- identity of the copy the destination holds
+    source_key TEXT NOT NULL,        -- identity of the source message it is a copy of
+    reason TEXT NOT NULL,            -- what differs, for people
+    PRIMARY KEY (dest, folder, stored_key, source_key)
+)"""
 
 # Schema changes an existing store needs, by the version they lead to (applied in order, each in
 # the transaction that records the new version).
@@ -22,9 +33,14 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE csv_files ADD COLUMN loaded INTEGER NOT NULL DEFAULT 1",
         "CREATE INDEX IF NOT EXISTS requests_csv ON requests(csv_id, status, seq)",
     ),
+    3: (
+        "ALTER TABLE failures ADD COLUMN kind TEXT NOT NULL DEFAULT 'failed'",
+        ALTERED_TABLE,
+    ),
 }
 
-SCHEMA = """
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS csv_files (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -74,9 +90,13 @@ CREATE TABLE IF NOT EXISTS failures (
     date TEXT,
     subject TEXT NOT NULL,
     reason TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'failed',  -- "failed" or "altered" (stored, but not exactly)
     PRIMARY KEY (request_id, folder, uid)
 );
 """
+    + ALTERED_TABLE
+    + ";\n"
+)
 
 
 @dataclass(frozen=True, slots=True)

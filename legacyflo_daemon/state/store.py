@@ -105,7 +105,12 @@ class StateStore:
                 db.execute(statement)
             for version in range(found + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[version]:
-                    db.execute(statement)
+                    try:
+                        db.execute(statement)
+                    except sqlite3.OperationalError as exc:
+                        # The table was missing and has just been made whole from SCHEMA.
+                        if "duplicate column name" not in str(exc):
+                            raise
             db.execute(
                 "INSERT INTO meta(key, value) VALUES ('schema', ?)"
                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -458,10 +463,35 @@ class StateStore:
     def add_failure(self, request_id: str, f: MessageFailure) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO failures(request_id, folder, uid, date, subject, reason)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (request_id, f.folder, f.uid, f.date, f.subject, f.reason),
+                "INSERT OR REPLACE INTO failures(request_id, folder, uid, date, subject, reason,"
+                " kind) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (request_id, f.folder, f.uid, f.date, f.subject, f.reason, f.kind),
             )
+
+    def add_altered_copy(
+        self, dest: str, folder: str, stored_key: str, source_key: str, reason: str
+    ) -> None:
+        """Remember that ``dest``'s folder holds, under identity ``stored_key``, an altered copy
+        of the source message ``source_key`` (``dest``: "user@server", any case)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO altered_copies(dest, folder, stored_key, source_key,"
+                " reason) VALUES (?, ?, ?, ?, ?)",
+                (dest.lower(), folder, stored_key, source_key, reason),
+            )
+
+    def altered_copies(self, dest: str, folder: str) -> dict[str, list[tuple[str, str]]]:
+        """``stored_key -> [(source_key, reason), ...]`` of the altered copies in ``dest``'s
+        folder (several source messages may have been altered into one identity)."""
+        rows = self._all(
+            "SELECT stored_key, source_key, reason FROM altered_copies"
+            " WHERE dest = ? AND folder = ? ORDER BY stored_key, source_key",
+            (dest.lower(), folder),
+        )
+        out: dict[str, list[tuple[str, str]]] = {}
+        for r in rows:
+            out.setdefault(r["stored_key"], []).append((r["source_key"], r["reason"]))
+        return out
 
     def clear_failures(self, request_id: str, folder: str) -> None:
         """Forget a folder's failures before it is copied again (they are re-detected)."""
@@ -475,6 +505,6 @@ class StateStore:
             "SELECT * FROM failures WHERE request_id = ? ORDER BY folder, uid", (request_id,)
         )
         return [
-            MessageFailure(r["folder"], r["uid"], r["date"], r["subject"], r["reason"])
+            MessageFailure(r["folder"], r["uid"], r["date"], r["subject"], r["reason"], r["kind"])
             for r in rows
         ]

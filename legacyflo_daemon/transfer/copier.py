@@ -40,7 +40,7 @@ from legacyflo_daemon.errors import (
 )
 from legacyflo_daemon.imap import session as imap_session
 from legacyflo_daemon.imap.endpoint import dest_endpoint, source_endpoint
-from legacyflo_daemon.imap.session import ListEntry, Session, connect
+from legacyflo_daemon.imap.session import ListEntry, Namespaces, Session, connect
 from legacyflo_daemon.model import FolderResult, JobType, Request, RequestResult, Status
 from legacyflo_daemon.request import dates
 from legacyflo_daemon.runtime.aio import all_or_first_error, both, wait_any
@@ -80,6 +80,8 @@ class Copier:
     _plans: list[folders.FolderPlan] = field(default_factory=list)
     _to_create: set[str] = field(default_factory=set)  # mail folders their pass creates
     _parents: list[str] = field(default_factory=list)  # pure parents, created first
+    _existing: frozenset[str] = frozenset()  # destination wire names listed at the start
+    _failed_folders: set[str] = field(default_factory=set)  # refused folders: not retried
 
     async def run(self) -> RequestResult:
         started = self.now()
@@ -91,16 +93,24 @@ class Copier:
         except (PermanentError, TransientError) as exc:
             status, error = Status.FAILED, str(exc)
         failures = tuple(self.state.failures(self.request_id))
-        if status is Status.SUCCEEDED and failures:
+        checkpoints = self.state.folder_checkpoints(self.request_id)
+        ordered = []
+        for plan in self._plans:
+            if plan.source_name in self._results:
+                ordered.append(self._results[plan.source_name])
+            elif plan.selectable and plan.source_name in checkpoints:
+                # Not finished in this run (the request failed meanwhile): what its batches
+                # stored still counts, so the result equals what the destination holds.
+                counts = checkpoints[plan.source_name].counts
+                ordered.append(_result_from_counts(plan, counts, self._destination(plan)[1]))
+        if status is Status.SUCCEEDED and (failures or any(f.error for f in ordered)):
             status = Status.PARTIAL
-        ordered = tuple(self._results[p.source_name] for p in self._plans if p.selectable
-                        and p.source_name in self._results)  # fmt: skip
         return RequestResult(
             request_id=self.request_id,
             status=status,
             started=started,
             finished=self.now(),
-            folders=ordered,
+            folders=tuple(ordered),
             failures=failures,
             error=error,
         )
@@ -154,8 +164,12 @@ class Copier:
         todo: deque[folders.FolderPlan] = deque()
         for plan in self._plans:
             cp = checkpoints.get(plan.source_name)
+            if plan.source_name in self._failed_folders:
+                continue  # failed alone in an earlier attempt of this run: its result stands
             if plan.selectable and cp is not None and cp.done:
-                self._results[plan.source_name] = _result_from_counts(plan, cp.counts)
+                if plan.source_name not in self._results:  # finished in an earlier run
+                    display = self._destination(plan)[1]
+                    self._results[plan.source_name] = _result_from_counts(plan, cp.counts, display)
             elif plan.selectable:
                 todo.append(plan)
         workers = [self._first_worker(src, dst, todo, checkpoints)]
@@ -188,6 +202,7 @@ class Copier:
             if self.stop.is_set():
                 raise Interrupted
             plan = todo.popleft()
+            dest_name, dest_display, create = self._destination(plan)
             job = FolderCopy(
                 request_id=self.request_id,
                 plan=plan,
@@ -201,10 +216,31 @@ class Copier:
                 prior=checkpoints.get(plan.source_name),
                 cautious=self.cautious,
                 listing=self.listing,
-                create=plan.dest_name in self._to_create,
+                create=create,
+                dest_account=f"{self.request.dest.userid}@{self.request.dest.server}",
+                existing=self._existing,
+                dest_name=dest_name,
+                dest_display=dest_display,
             )
-            self._results[plan.source_name] = await job.run(src, dst)
+            try:
+                self._results[plan.source_name] = await job.run(src, dst)
+            except PermanentError as exc:
+                # The destination (or the source) refused this folder: CREATE, SELECT,
+                # EXAMINE or a whole APPEND answered NO. It fails alone; the others go on.
+                log.warning("folder_failed", folder=plan.source_display, error=str(exc))
+                self._results[plan.source_name] = job.failed_result(str(exc))
+                self._failed_folders.add(plan.source_name)
             self.progress.folders_done += 1
+
+    def _destination(self, plan: folders.FolderPlan) -> tuple[str, str, bool]:
+        """Where ``plan`` is copied to (wire name, display name) and whether to create it: its
+        planned name, or the safe mapping when an earlier run had to use that."""
+        if plan.dest_name not in self._to_create:
+            return plan.dest_name, plan.dest_display, False
+        safe_name, safe_display = folders.safe_mapping(plan)
+        if safe_name != plan.dest_name and safe_name in self._existing:
+            return safe_name, safe_display, False
+        return plan.dest_name, plan.dest_display, True
 
     async def _first_worker(
         self,
@@ -215,8 +251,13 @@ class Copier:
     ) -> None:
         """Create the pure parent folders (while the extra pairs log in), then copy folders."""
         for name in self._parents:
-            await dst.create(name)
-            await dst.subscribe(name)
+            try:
+                await dst.create(name)
+                await dst.subscribe(name)
+            except PermanentError as exc:
+                # A refused parent name: its mail folders are created under their safe
+                # mapping (or fail alone), so this is not the end of the request.
+                log.warning("parent_folder_refused", folder=name, error=str(exc))
         await self._worker(src, dst, todo, checkpoints)
 
     async def _extra_worker(
@@ -234,10 +275,16 @@ class Copier:
 
     async def _plan(self, src: Session, dst: Session) -> list[folders.FolderPlan]:
         """List both sides and map every folder; note which destination folders to create."""
-        ((_src_prefix, src_delim), entries), ((dst_prefix, dst_delim), listed) = await both(
+        (src_ns, entries), (dst_ns, listed) = await both(
             _namespace_and_list(src), _namespace_and_list(dst)
         )
-        source = entries
+        src_delim, dst_prefix, dst_delim = src_ns.delimiter, dst_ns.prefix, dst_ns.delimiter
+        personal, foreign = folders.personal_only(entries, src_ns)
+        if foreign:
+            # Other users' and shared folders are never copied into this person's archive.
+            log.info("folders_not_personal", count=len(foreign), folders=foreign[:20])
+        source = [entry for entry, _ in personal]
+        prefixes = {entry.name: prefix for entry, prefix in personal}
         exclusions = (
             self.config.imap.exclude_folders
             if self.request.jobtype is JobType.EXCHANGEIMAP
@@ -251,8 +298,10 @@ class Copier:
             dest_prefix_path=root,
             dest_folder=self.request.dest_folder,
             exclusions=exclusions,
+            prefixes=prefixes,
         )
         existing = {e.name for e in listed}
+        self._existing = frozenset(existing)
         # Mail folders are created by their own folder pass (beside the source read, on
         # whichever connection pair copies them); only pure parents are created here.
         mail_folders = {p.dest_name for p in plans if p.selectable}
@@ -298,27 +347,24 @@ async def connect_pair(request: Request, config: Config) -> tuple[Session, Sessi
         raise
 
 
-async def _namespace_and_list(
-    session: Session,
-) -> tuple[tuple[str, str | None], list[ListEntry]]:
-    """The personal namespace (prefix, delimiter) and every folder of ``session``.
-
-    The source's namespace prefix is part of the listed names already; only its delimiter is
-    used.
-    """
-    return await session.namespace(), await session.list_folders()
+async def _namespace_and_list(session: Session) -> tuple[Namespaces, list[ListEntry]]:
+    """The namespaces and every listed folder of ``session`` (names include their prefix)."""
+    return await session.namespaces(), await session.list_folders()
 
 
-def _result_from_counts(plan: folders.FolderPlan, counts: dict[str, int]) -> FolderResult:
+def _result_from_counts(
+    plan: folders.FolderPlan, counts: dict[str, int], destination: str
+) -> FolderResult:
     return FolderResult(
         source=plan.source_display,
-        destination=plan.dest_display,
+        destination=destination,
         in_range=counts.get("in_range", 0),
         copied=counts.get("copied", 0),
         already_present=counts.get("already_present", 0),
         failed=counts.get("failed", 0),
         bytes=counts.get("bytes", 0),
         deleted_dropped=counts.get("deleted_dropped", 0),
+        altered=counts.get("altered", 0),
         note=plan.note,
     )
 

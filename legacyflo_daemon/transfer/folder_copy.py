@@ -16,16 +16,17 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
 from legacyflo_daemon.config.schema import ImapConfig
+from legacyflo_daemon.errors import PermanentError
 from legacyflo_daemon.imap.session import FetchedMessage, MailboxInfo, MessageMeta, Session
 from legacyflo_daemon.model import FolderResult, MessageFailure
 from legacyflo_daemon.runtime.aio import both
 from legacyflo_daemon.state.store import FolderCheckpoint, StateStore
-from legacyflo_daemon.transfer import folders, identity
+from legacyflo_daemon.transfer import folders, identity, readback
 from legacyflo_daemon.transfer.headers import summarize
 from legacyflo_daemon.transfer.limits import ByteBudget
 from legacyflo_daemon.transfer.recorder import ListingRecorder
@@ -38,7 +39,15 @@ _NEVER_COPIED = {"\\recent"}
 _SYSTEM_FLAGS = {"\\seen", "\\answered", "\\flagged", "\\draft"}
 _Hold = AbstractAsyncContextManager[None, bool | None]
 _Fetched = tuple[list[int], dict[int, FetchedMessage], _Hold]
-_COUNTERS = ("in_range", "copied", "already_present", "failed", "bytes", "deleted_dropped")
+_COUNTERS = (
+    "in_range",
+    "copied",
+    "already_present",
+    "failed",
+    "bytes",
+    "deleted_dropped",
+    "altered",
+)
 
 
 class Interrupted(Exception):
@@ -89,35 +98,51 @@ class FolderCopy:
     cautious: bool = False  # one synchronized APPEND per message (after an AppendDesync)
     listing: ListingRecorder | None = None
     create: bool = False  # the destination folder does not exist yet: CREATE + SUBSCRIBE it
+    dest_account: str = ""  # "user@server" of the destination (altered copies are kept per it)
+    existing: frozenset[str] = frozenset()  # destination wire names listed before the copy
     _appended: list[tuple[MessageMeta, int]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     _uidvalidity: int = 0
+    _next_uid: int = 1  # the destination folder's UIDNEXT: where the next batch is read back
+    dest_name: str = ""  # where this folder is copied to (the plan's, or its safe mapping)
+    dest_display: str = ""
+    _note: str = ""
+
+    def __post_init__(self) -> None:
+        self.dest_name = self.dest_name or self.plan.dest_name
+        self.dest_display = self.dest_display or self.plan.dest_display
+        self._note = self.plan.note
 
     async def run(self, src: Session, dst: Session) -> FolderResult:
         # Both sides are read at the same time (two connections): a folder costs the round
         # trips of the slower side, not of both.
         (info, metas), (dinfo, dest_metas) = await both(
             self._read_side(src, self.plan.source_name, self.criteria, examine=True),
-            self._read_side(dst, self.plan.dest_name, ["ALL"], examine=False, create=self.create),
+            self._open_dest(dst),
         )
         self._uidvalidity = info.uidvalidity
-        dest_keys = [identity.identity(m.header, m.internaldate) for m in dest_metas]
-        by_uid = {m.uid: m for m in metas}
-        missing = identity.missing(
-            [(m.uid, identity.identity(m.header, m.internaldate)) for m in metas], dest_keys
+        self._next_uid = max(dinfo.uidnext or 1, max((m.uid for m in dest_metas), default=0) + 1)
+        aliases = self.state.altered_copies(self.dest_account, self.dest_name)
+        dest_keys = _unalias(
+            [identity.identity(m.header, m.internaldate) for m in dest_metas], aliases
         )
+        by_uid = {m.uid: m for m in metas}
+        source_keys = [(m.uid, identity.identity(m.header, m.internaldate)) for m in metas]
+        missing = identity.missing(source_keys, (key for key, _ in dest_keys))
         prior = dict(self.prior.counts) if self.prior is not None else {}
         self.counts = {k: prior.get(k, 0) for k in _COUNTERS}
         self.counts["in_range"] = len(metas)
         self.counts["failed"] = 0
+        self.counts["altered"] = 0
         present = len(metas) - len(missing)
         self.counts["already_present"] = max(0, present - self.counts["copied"])
         self.state.clear_failures(self.request_id, self.plan.source_display)
+        self._report_altered_copies(source_keys, set(missing), dest_keys, by_uid)
         self._checkpoint(done=False)
         self.progress.messages_total += len(missing)
         self.progress.bytes_total += sum(by_uid[u].size for u in missing)
         log.info("folder_started", folder=self.plan.source_display, in_range=len(metas),
-                 missing=len(missing), dest=self.plan.dest_display)  # fmt: skip
+                 missing=len(missing), dest=self.dest_display)  # fmt: skip
         sized = [(u, by_uid[u].size) for u in missing]
         batches = identity.batches(sized, self.config.fetch_batch, self.config.fetch_batch_bytes)
         await self._pipeline(src, dst, batches, by_uid, dinfo.permanent_flags)
@@ -125,19 +150,68 @@ class FolderCopy:
         if self.listing is not None:
             now_there = [(m.internaldate, m.header, m.size) for m in dest_metas]
             now_there += [(m.internaldate, m.header, size) for m, size in self._appended]
-            self.listing.record(self.plan.dest_name, self.plan.dest_display, now_there)
+            self.listing.record(self.dest_name, self.dest_display, now_there)
         log.info("folder_copied", folder=self.plan.source_display, **self.counts)
         return self._result()
 
+    def _report_altered_copies(
+        self,
+        source_keys: list[tuple[int, str]],
+        missing: set[int],
+        dest_keys: list[tuple[str, str | None]],
+        by_uid: dict[int, MessageMeta],
+    ) -> None:
+        """Record, as altered, the source messages present only as altered copies (stored so
+        by an earlier pass or request): they are not appended again, and still reported."""
+        reasons: dict[str, list[str]] = {}
+        for key, why in dest_keys:
+            if why is not None:
+                reasons.setdefault(key, []).append(why)
+        for uid, key in source_keys:
+            if uid in missing or not reasons.get(key):
+                continue
+            why = reasons[key].pop(0)
+            self.counts["altered"] += 1
+            self._record(by_uid[uid], f"stored earlier, {why}", kind="altered")
+
+    async def _open_dest(self, dst: Session) -> tuple[MailboxInfo, list[MessageMeta]]:
+        """Create the destination folder if needed and read it. A name the destination refuses
+        is created once more under its safe mapping (``folders.safe_mapping``), which a later
+        pass finds among the existing names and uses directly."""
+        if self.create:
+            try:
+                await dst.create(self.dest_name)
+            except PermanentError as exc:
+                safe_name, safe_display = folders.safe_mapping(self.plan)
+                if safe_name == self.dest_name:
+                    raise
+                log.warning("folder_name_refused", folder=self.plan.source_display,
+                            dest=self.dest_display, safe=safe_display, error=str(exc))  # fmt: skip
+                refused = self.dest_display
+                self.dest_name, self.dest_display = safe_name, safe_display
+                self._add_note(
+                    f"the destination refused the name {refused!r} ({exc}); "
+                    f"copied to {safe_display!r} instead"
+                )
+                if safe_name not in self.existing:
+                    await dst.create(safe_name)
+            await dst.subscribe(self.dest_name)
+        elif self.dest_name != self.plan.dest_name:
+            self._add_note(
+                f"the destination refused the name {self.plan.dest_display!r} in an earlier "
+                f"run; copied to {self.dest_display!r}"
+            )
+        return await self._read_side(dst, self.dest_name, ["ALL"], examine=False)
+
+    def _add_note(self, text: str) -> None:
+        self._note = f"{self._note}; {text}" if self._note else text
+
     @staticmethod
     async def _read_side(
-        session: Session, name: str, criteria: list[str], *, examine: bool, create: bool = False
+        session: Session, name: str, criteria: list[str], *, examine: bool
     ) -> tuple[MailboxInfo, list[MessageMeta]]:
-        """Open ``name`` (EXAMINE: read-only, for the source; ``create``: make and subscribe it
-        first) and read its messages' identities."""
-        if create:
-            await session.create(name)
-            await session.subscribe(name)
+        """Open ``name`` (EXAMINE: read-only, for the source) and read its messages'
+        identities."""
         info = await (session.examine(name) if examine else session.select(name))
         if not info.exists:
             return info, []
@@ -220,26 +294,91 @@ class FolderCopy:
                 ready.append(msg)
         items = [(m.body or b"", copy_flags(m.flags, permanent), m.internaldate_raw) for m in ready]
         outcome = (
-            await dst.append_many(self.plan.dest_name, items, cautious=self.cautious)
-            if items
-            else []
+            await dst.append_many(self.dest_name, items, cautious=self.cautious) if items else []
         )
+        accepted: list[FetchedMessage] = []
         for msg, refused in zip(ready, outcome, strict=True):
             if refused is not None:
                 self._fail(metas[msg.uid], f"the destination refused it: {refused}")
+            else:
+                accepted.append(msg)
+        if not accepted:
+            return
+        altered = await self._read_back(dst, accepted, metas)
+        for msg in accepted:
+            size = len(msg.body or b"")
+            meta = metas[msg.uid]
+            change = altered.get(msg.uid)
+            if change is not None and change.stored is None:
+                self._fail(meta, readback.reason(change))
                 continue
             self.counts["copied"] += 1
-            self.counts["bytes"] += len(msg.body or b"")
-            self._appended.append((metas[msg.uid], len(msg.body or b"")))
+            self.counts["bytes"] += size
+            self._appended.append((meta, size))
             if any(f.lower() == "\\deleted" for f in msg.flags):
                 self.counts["deleted_dropped"] += 1
+            if change is not None:
+                self.counts["altered"] += 1
+                self._record(meta, readback.reason(change), kind="altered")
             self.progress.messages_done += 1
-            self.progress.bytes_done += metas[msg.uid].size
+            self.progress.bytes_done += meta.size
+
+    async def _read_back(
+        self, dst: Session, accepted: list[FetchedMessage], metas: dict[int, MessageMeta]
+    ) -> dict[int, readback.Altered]:
+        """Read what the destination stored for this batch and compare it with what was sent;
+        remember every altered copy's identity (no later pass appends it again)."""
+        stored_metas = await dst.fetch_meta_from(self._next_uid)
+        if len(stored_metas) < len(accepted):
+            # Some servers (Courier) show what was appended to the selected mailbox only
+            # after a NOOP; one more look before anything is judged missing.
+            await dst.noop()
+            stored_metas = await dst.fetch_meta_from(self._next_uid)
+        if stored_metas:
+            self._next_uid = stored_metas[-1].uid + 1
+        sent = [
+            readback.Appended(
+                uid=m.uid,
+                key=identity.identity(metas[m.uid].header, metas[m.uid].internaldate),
+                size=len(m.body or b""),
+                header=bytes(metas[m.uid].header),
+                header_block=readback.eight_bit_header(m.body or b""),
+            )
+            for m in accepted
+        ]
+        stored = [
+            readback.Stored(
+                m.uid, identity.identity(m.header, m.internaldate), m.size, bytes(m.header)
+            )
+            for m in stored_metas
+        ]
+        pairs = readback.pair(sent, stored)
+        wanted = readback.to_read_in_full(pairs)
+        blocks = await dst.fetch_header_blocks(wanted) if wanted else {}
+        changes = readback.judge(pairs, blocks)
+        for change in changes:
+            if change.stored is not None:
+                self.state.add_altered_copy(
+                    self.dest_account,
+                    self.dest_name,
+                    change.stored.key,
+                    change.appended.key,
+                    readback.reason(change),
+                )
+            log.warning("message_altered", folder=self.plan.source_display,
+                        uid=change.appended.uid, difference=change.difference,
+                        cause=change.cause)  # fmt: skip
+        return {c.appended.uid: c for c in changes}
 
     def _fail(self, meta: MessageMeta, reason: str) -> None:
-        h = summarize(meta.header)
         self.counts["failed"] += 1
         self.progress.messages_done += 1
+        self._record(meta, reason, kind="failed")
+        log.warning("message_failed", folder=self.plan.source_display, uid=meta.uid,
+                    reason=reason)  # fmt: skip
+
+    def _record(self, meta: MessageMeta, reason: str, *, kind: str) -> None:
+        h = summarize(meta.header)
         self.state.add_failure(
             self.request_id,
             MessageFailure(
@@ -248,10 +387,9 @@ class FolderCopy:
                 date=meta.internaldate.isoformat(),
                 subject=h.subject,
                 reason=reason,
+                kind=kind,
             ),
         )
-        log.warning("message_failed", folder=self.plan.source_display, uid=meta.uid,
-                    reason=reason)  # fmt: skip
 
     def _checkpoint(self, *, done: bool) -> None:
         self.state.save_folder(
@@ -260,9 +398,43 @@ class FolderCopy:
         )
 
     def _result(self) -> FolderResult:
+        return self._result_with(self.counts)
+
+    def _result_with(self, counts: dict[str, int]) -> FolderResult:
         return FolderResult(
             source=self.plan.source_display,
-            destination=self.plan.dest_display,
-            note=self.plan.note,
-            **self.counts,
+            destination=self.dest_display,
+            in_range=counts.get("in_range", 0),
+            copied=counts.get("copied", 0),
+            already_present=counts.get("already_present", 0),
+            failed=counts.get("failed", 0),
+            bytes=counts.get("bytes", 0),
+            deleted_dropped=counts.get("deleted_dropped", 0),
+            altered=counts.get("altered", 0),
+            note=self._note,
         )
+
+    def failed_result(self, error: str) -> FolderResult:
+        """The result of this folder when it could not be copied (``error``: why, with the
+        server's words); counts are what earlier batches and passes stored."""
+        prior = dict(self.prior.counts) if self.prior is not None else {}
+        counts = self.counts or {k: prior.get(k, 0) for k in _COUNTERS}
+        return replace(self._result_with(counts), error=error)
+
+
+def _unalias(
+    keys: list[str], aliases: dict[str, list[tuple[str, str]]]
+) -> list[tuple[str, str | None]]:
+    """Destination identities as comparable with the source's: an altered copy stands for the
+    source message it was made from (``(source_key, reason)``); others are ``(key, None)``.
+    Several copies with one stored key stand for the recorded source keys in turn."""
+    pending = {k: list(v) for k, v in aliases.items()}
+    out: list[tuple[str, str | None]] = []
+    for key in keys:
+        queue = pending.get(key)
+        if queue:
+            source_key, why = queue.pop(0)
+            out.append((source_key, why))
+        else:
+            out.append((key, None))
+    return out

@@ -24,11 +24,11 @@ depend on which folders appear later, so a re-run maps an existing folder to the
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from legacyflo_daemon.imap.syntax import utf7
-from legacyflo_daemon.imap.syntax.parse import ListEntry, selectable
+from legacyflo_daemon.imap.syntax.parse import ListEntry, Namespaces, selectable
 
 INBOX = "INBOX"
 INBOX_DEST = "Inbox"
@@ -55,6 +55,9 @@ class FolderPlan:
     selectable: bool
     note: str
     dest_parents: tuple[str, ...] = ()
+    dest_path: tuple[str, ...] = ()  # decoded destination segments
+    fixed: int = 0  # leading segments of dest_path that are the archive root + destfolder
+    dest_delim: str = "."
 
 
 def _fold(text: str) -> str:
@@ -83,6 +86,70 @@ def split_wire(name: str, delimiter: str | None) -> tuple[str, ...]:
 def source_path(name: str, delimiter: str | None) -> tuple[str, ...]:
     """Decoded segments of a source wire name (invalid mUTF-7 segments are kept as sent)."""
     return tuple(_decode_segment(w)[0] for w in split_wire(name, delimiter))
+
+
+def _inbox_normal(name: str, delimiter: str | None) -> str:
+    """``name`` with a first segment spelled ``inbox`` in any case written ``INBOX``."""
+    head, sep, tail = name.partition(delimiter) if delimiter else (name, "", "")
+    return INBOX + sep + tail if head.casefold() == INBOX.casefold() else name
+
+
+def _in_namespace(name: str, prefix: str, delimiter: str | None) -> bool:
+    """Whether wire ``name`` lies in the namespace ``prefix`` (or is its root: ``user`` for
+    ``user.``). Both are INBOX-normalised first."""
+    prefix = _inbox_normal(prefix, delimiter)
+    if name.startswith(prefix):
+        return True
+    return bool(delimiter) and prefix.endswith(delimiter or "") and name == prefix[:-1]
+
+
+def personal_only(
+    entries: list[SourceFolder], namespaces: Namespaces
+) -> tuple[list[tuple[SourceFolder, str]], list[str]]:
+    """The entries in the source's personal namespace, each with that namespace's prefix, and
+    the wire names of the entries left out (other users' and shared folders).
+
+    A name belongs to the namespace with the longest matching prefix (a personal one wins a
+    tie); ``INBOX`` is always personal (RFC 3501). So with ``(("INBOX." ".")) (("user." "."))
+    (("" "."))`` (Cyrus with a shared namespace) ``INBOX.Sent`` is kept, ``user.bob.Sent`` and a
+    top-level shared ``Announcements`` are not. Never copying another person's mail matters
+    more than copying a folder a server lists oddly: such a folder is named in the result.
+    """
+    kinds = [(True, p, d) for p, d in namespaces.personal]
+    kinds += [(False, p, d) for p, d in (*namespaces.other_users, *namespaces.shared)]
+    kept: list[tuple[SourceFolder, str]] = []
+    left_out: list[str] = []
+    for entry in entries:
+        if entry.name.casefold() == INBOX.casefold():
+            kept.append((entry, ""))
+            continue
+        best: tuple[int, bool, str] | None = None
+        for personal, prefix, delim in kinds:
+            delimiter = delim or entry.delimiter
+            if _in_namespace(_inbox_normal(entry.name, delimiter), prefix, delimiter):
+                rank = (len(prefix), personal, prefix)
+                if best is None or rank[:2] > best[:2]:
+                    best = rank
+        if best is not None and best[1]:
+            kept.append((entry, best[2]))
+        else:
+            left_out.append(entry.name)
+    return kept, left_out
+
+
+def strip_prefix(name: str, prefix: str, delimiter: str | None) -> str:
+    """``name`` without its personal namespace ``prefix`` (``INBOX.Sent`` → ``Sent``).
+
+    The real INBOX, a name equal to the prefix's root (``INBOX`` for ``INBOX.``) and a name
+    outside the prefix are returned as they are.
+    """
+    if not prefix or name.casefold() == INBOX.casefold():
+        return name
+    normal = _inbox_normal(name, delimiter)
+    want = _inbox_normal(prefix, delimiter)
+    if normal.startswith(want) and len(normal) > len(want):
+        return normal[len(want) :]
+    return name
 
 
 def is_excluded(path_segments: tuple[str, ...], excluded: tuple[str, ...]) -> bool:
@@ -179,17 +246,27 @@ def _build_tree(
     source: list[SourceFolder],
     source_delim: str | None,
     exclusions: tuple[str, ...] | None,
+    prefixes: Mapping[str, str],
 ) -> tuple[dict[tuple[str, ...], _Node], list[tuple[SourceFolder, tuple[str, ...]]]]:
     nodes: dict[tuple[str, ...], _Node] = {}
     listed: list[tuple[SourceFolder, tuple[str, ...]]] = []
     for folder in source:
-        if not folder.name:
+        delim = folder.delimiter or source_delim
+        name = strip_prefix(folder.name, prefixes.get(folder.name, ""), delim)
+        if not name:
             continue
-        wire = split_wire(folder.name, folder.delimiter or source_delim)
-        key = (INBOX, *wire[1:]) if wire[0].casefold() == INBOX.casefold() else wire
+        wire = split_wire(name, delim)
+        if wire[0].casefold() != INBOX.casefold():
+            key = wire
+        elif name == folder.name:
+            key = (INBOX, *wire[1:])
+        else:
+            # "INBOX.INBOX" under an "INBOX." prefix is a folder of its own, not the INBOX:
+            # a key the real INBOX cannot have keeps it apart (it is renamed as a clash).
+            key = (wire[0] + "\x00", *wire[1:])
         if key in nodes and nodes[key].listed:
-            continue  # the same mailbox listed twice (INBOX/inbox): plan it once
-        decoded = source_path(folder.name, folder.delimiter or source_delim)
+            continue  # the same mailbox listed twice (INBOX/inbox, a/ and a): plan it once
+        decoded = source_path(name, delim)
         if exclusions is not None and is_excluded(decoded, exclusions):
             continue
         for depth in range(1, len(key) + 1):
@@ -210,13 +287,16 @@ def plan_folders(
     dest_prefix_path: tuple[str, ...],
     dest_folder: str,
     exclusions: tuple[str, ...] | None,
+    prefixes: Mapping[str, str] | None = None,
 ) -> list[FolderPlan]:
     """Plan every source folder not excluded; parents come before their children.
 
     Destination path = ``dest_prefix_path + (dest_folder,) + mapped source segments``, each
     segment encoded as modified UTF-7 and joined with ``dest_delim``. A folder's own LIST
     delimiter is used when it has one, else ``source_delim``; ``None`` for both means a flat
-    name. ``exclusions`` None means nothing is excluded (jobtype IMAP). Raises ``ValueError``
+    name. ``exclusions`` None means nothing is excluded (jobtype IMAP). ``prefixes`` maps a
+    source wire name to its personal namespace prefix (``personal_only``), which is stripped:
+    ``INBOX.Sent`` under ``INBOX.`` lands beside ``Inbox``, not inside it. Raises ``ValueError``
     if a segment of ``dest_prefix_path``/``dest_folder`` is empty or contains ``dest_delim``
     (those are validated upstream; rewriting them silently would hide the bug).
     """
@@ -228,7 +308,7 @@ def plan_folders(
             raise ValueError(
                 f"destination path segment {seg!r} is empty or contains {dest_delim!r}"
             )
-    nodes, listed = _build_tree(source, source_delim, exclusions)
+    nodes, listed = _build_tree(source, source_delim, exclusions, prefixes or {})
     by_parent: dict[tuple[str, ...], list[_Node]] = {}
     for node in nodes.values():
         by_parent.setdefault(node.key[:-1], []).append(node)
@@ -250,6 +330,9 @@ def plan_folders(
             selectable=selectable(folder.flags),
             note="; ".join(notes),
             dest_parents=tuple(dest_delim.join(wire[:d]) for d in range(1, len(wire))),
+            dest_path=dest,
+            fixed=len(base),
+            dest_delim=dest_delim,
         )
         plans.append((dest, plan))
     plans.sort(key=lambda p: (p[0], p[1].source_name))
@@ -293,3 +376,30 @@ def folders_to_create(plans: list[FolderPlan], existing: set[str]) -> list[str]:
         name for plan in plans if plan.selectable for name in (*plan.dest_parents, plan.dest_name)
     )
     return _missing(names, existing)
+
+
+# Characters a refused folder name keeps under the safe mapping, besides letters and digits
+# of any script: the ones every server we know accepts in a name.
+_SAFE_PUNCTUATION = frozenset(" -_()")
+
+
+def safe_segment(text: str) -> str:
+    """``text`` with every character other than a letter, a digit, space, ``-``, ``_``, ``(``
+    or ``)`` replaced by ``_``, and without leading or trailing spaces (``"50% Off"`` →
+    ``"50_ Off"``, ``'a "b"'`` → ``"a _b_"``, ``"^x"`` → ``"_x"``). Never empty."""
+    out = "".join(c if c.isalnum() or c in _SAFE_PUNCTUATION else "_" for c in text).strip()
+    return out or "_"
+
+
+def safe_mapping(plan: FolderPlan) -> tuple[str, str]:
+    """The destination (wire name, display name) of ``plan`` under the safe mapping: every
+    segment below the request's destination folder through ``safe_segment``. Used once, when
+    the destination refuses the planned name; deterministic, so every later run finds the
+    folder it made. Equal to the planned names when no segment changes."""
+    path = (*plan.dest_path[: plan.fixed], *map(safe_segment, plan.dest_path[plan.fixed :]))
+    if not plan.dest_path:
+        return plan.dest_name, plan.dest_display
+    return (
+        plan.dest_delim.join(utf7.encode(s) for s in path),
+        plan.dest_delim.join(path),
+    )

@@ -123,19 +123,56 @@ def _text(value: Value) -> str | None:
     raise WireError("a list where a string was expected")
 
 
-def parse_namespace(lines: Parts) -> tuple[str, str | None]:
-    """The first personal namespace of a NAMESPACE answer (``(("INBOX." ".")) NIL NIL``)."""
-    for resp in responses(lines):
-        personal = resp[0] if resp else None
-        if personal is None:
-            return "", None
-        if not isinstance(personal, list) or not personal or not isinstance(personal[0], list):
-            raise WireError("malformed NAMESPACE response")
-        entry = personal[0]
+@dataclass(frozen=True, slots=True)
+class Namespaces:
+    """A NAMESPACE answer (RFC 2342): ``(prefix, delimiter)`` pairs per kind, in server order.
+
+    ``personal`` is never empty: a server without NAMESPACE (or answering NIL) has one personal
+    namespace with prefix ``""``.
+    """
+
+    personal: tuple[tuple[str, str | None], ...]
+    other_users: tuple[tuple[str, str | None], ...] = ()
+    shared: tuple[tuple[str, str | None], ...] = ()
+
+    @property
+    def prefix(self) -> str:
+        """The first personal namespace's prefix (``""``, ``"INBOX."``)."""
+        return self.personal[0][0]
+
+    @property
+    def delimiter(self) -> str | None:
+        """The first personal namespace's hierarchy delimiter."""
+        return self.personal[0][1]
+
+
+def _namespace_group(value: Value) -> tuple[tuple[str, str | None], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(e, list) for e in value):
+        raise WireError("malformed NAMESPACE response")
+    out = []
+    for entry in value:
+        assert isinstance(entry, list)
         if len(entry) < 2:
             raise WireError("malformed NAMESPACE entry")
-        return _text(entry[0]) or "", _text(entry[1])
+        out.append((_text(entry[0]) or "", _text(entry[1])))
+    return tuple(out)
+
+
+def parse_namespaces(lines: Parts) -> Namespaces:
+    """The three groups of a NAMESPACE answer (``(("INBOX." ".")) NIL (("#shared." "."))``)."""
+    for resp in responses(lines):
+        groups = [_namespace_group(v) for v in resp[:3]]
+        groups += [()] * (3 - len(groups))
+        return Namespaces(groups[0] or (("", None),), groups[1], groups[2])
     raise WireError("no NAMESPACE response")
+
+
+def parse_namespace(lines: Parts) -> tuple[str, str | None]:
+    """The first personal namespace of a NAMESPACE answer (``(("INBOX." ".")) NIL NIL``)."""
+    ns = parse_namespaces(lines)
+    return ns.prefix, ns.delimiter
 
 
 def parse_list(lines: Parts) -> list[ListEntry]:

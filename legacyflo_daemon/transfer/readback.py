@@ -1,0 +1,159 @@
+"""Read-back: did the destination store what we appended? Pure (docs/contract.md §5).
+
+Owns the comparison of one appended batch with what the destination holds afterwards (read with
+``UID FETCH <uidnext>:*`` of the same identity items as any folder read), and the words that
+explain a difference to a person. An APPEND OK is not proof of a faithful copy: Cyrus's default
+``munge8bit`` replaces raw 8-bit header bytes with ``X``, other servers re-fold headers or add
+fields. Such a copy is stored, so it counts as copied (counts are per stored message), but it
+is reported "altered by the destination" and its stored identity is remembered as an alias of
+the source's, so that no later pass appends the message again.
+
+Matching (decision): first by (identity, size, identity header bytes) as a multiset, so exact
+copies are confirmed whatever order the server assigned UIDs in; what is left is paired in UID
+order (servers give appended messages ascending UIDs in append order); an appended message with
+nothing left to pair with is "not stored" (the server said OK but the folder does not hold it);
+stored messages left over were put there by someone else and are ignored. A message whose header
+holds raw 8-bit bytes is also compared by its whole header block (``to_read_in_full``): a
+rewrite of such bytes keeps sizes and may spare the identity fields. Cost: one ``UID FETCH``
+of the identity items per batch, plus the header blocks of 8-bit messages only.
+Must not: talk to a server, or use a size as identity (only an exact copy may confirm by size).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from legacyflo_daemon.transfer.headers import header_fields
+
+_FIELDS = ((b"message-id", "Message-ID"), (b"date", "Date"), (b"from", "From"),
+           (b"to", "To"), (b"subject", "Subject"))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """One message we appended: its source UID, identity key, size and identity headers, and
+    its whole header block when that holds raw 8-bit bytes (else None)."""
+
+    uid: int
+    key: str
+    size: int
+    header: bytes
+    header_block: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """One message the destination holds after the batch: its UID there, key, size, headers."""
+
+    uid: int
+    key: str
+    size: int
+    header: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Altered:
+    """An appended message stored differently: ``stored`` None means not stored at all."""
+
+    appended: Appended
+    stored: Stored | None
+    difference: str  # what differs, for people ("size 1,234 → 1,230 bytes; Subject")
+    cause: str  # the likely cause, for people ("" when we cannot tell)
+
+
+Pair = tuple[Appended, Stored | None]
+
+
+def eight_bit_header(message: bytes | bytearray) -> bytes | None:
+    """The header block of ``message`` if it holds raw 8-bit bytes, else None. Such headers
+    are the ones servers rewrite without changing sizes (Cyrus ``munge8bit``), so only their
+    copies are worth reading back in full."""
+    end = message.find(b"\r\n\r\n")
+    block = bytes(message[: end + 4 if end >= 0 else len(message)])
+    return block if any(c >= 0x80 for c in block) else None
+
+
+def pair(appended: list[Appended], stored: list[Stored]) -> list[Pair]:
+    """Each appended message with the stored message that is its copy (None: not stored), in
+    ``appended`` order (see the module docstring: matching)."""
+    exact: defaultdict[tuple[str, int, bytes], list[Stored]] = defaultdict(list)
+    ordered = sorted(stored, key=lambda s: s.uid)
+    for s in ordered:
+        exact[(s.key, s.size, s.header)].append(s)
+    used: set[int] = set()
+    found: dict[int, Stored] = {}
+    for i, a in enumerate(appended):
+        candidates = exact.get((a.key, a.size, a.header))
+        if candidates:
+            s = candidates.pop(0)
+            used.add(s.uid)
+            found[i] = s
+    rest = iter([s for s in ordered if s.uid not in used])
+    return [(a, found[i] if i in found else next(rest, None)) for i, a in enumerate(appended)]
+
+
+def to_read_in_full(pairs: list[Pair]) -> list[int]:
+    """Stored UIDs whose whole header must be read to judge them (8-bit source headers)."""
+    return [s.uid for a, s in pairs if s is not None and a.header_block is not None]
+
+
+def judge(pairs: list[Pair], blocks: dict[int, bytes]) -> list[Altered]:
+    """The appended messages the destination did not store exactly, in ``pairs`` order.
+    ``blocks``: stored UID → its whole header block, for the UIDs ``to_read_in_full`` named."""
+    out: list[Altered] = []
+    for a, s in pairs:
+        if s is None:
+            out.append(Altered(a, None, "not found in the folder after the server said OK",
+                               "the destination dropped it after accepting it"))  # fmt: skip
+            continue
+        block = blocks.get(s.uid)
+        same_block = a.header_block is None or block is None or block == a.header_block
+        if (a.key, a.size, a.header) == (s.key, s.size, s.header) and same_block:
+            continue
+        before = a.header_block if a.header_block is not None and block else a.header
+        out.append(Altered(a, s, describe(a, s), likely_cause(before, block or s.header)))
+    return out
+
+
+def compare(appended: list[Appended], stored: list[Stored]) -> list[Altered]:
+    """``judge(pair(...))`` without whole header blocks (size and identity headers only)."""
+    return judge(pair(appended, stored), {})
+
+
+def describe(appended: Appended, stored: Stored) -> str:
+    """What differs between an appended message and its stored copy, in words."""
+    parts = []
+    if appended.size != stored.size:
+        parts.append(f"size {appended.size:,} → {stored.size:,} bytes")
+    src, dst = header_fields(appended.header), header_fields(stored.header)
+    changed = [label for name, label in _FIELDS if src.get(name) != dst.get(name)]
+    if changed:
+        parts.append("header " + ", ".join(changed) + " changed")
+    return "; ".join(parts) or "header bytes changed"
+
+
+def likely_cause(source_header: bytes, stored_header: bytes) -> str:
+    """A likely reason for the change, from the headers of both (whole blocks or identity
+    fields; ``""``: unknown)."""
+    candidates = [(source_header, stored_header)]
+    src, dst = header_fields(source_header), header_fields(stored_header)
+    candidates += [(src.get(name, b""), dst.get(name, b"")) for name, _label in _FIELDS]
+    for before, after in candidates:
+        if before == after or len(before) != len(after):
+            continue
+        eight_bit = [i for i, c in enumerate(before) if c >= 0x80]
+        if eight_bit and all(after[i] == ord("X") for i in eight_bit):
+            return (
+                "the destination replaced raw 8-bit header bytes with 'X' "
+                "(Cyrus IMAP's munge8bit setting)"
+            )
+    if any(c >= 0x80 for c in source_header):
+        return "the destination rewrote header bytes that are not ASCII"
+    return ""
+
+
+def reason(altered: Altered) -> str:
+    """The one-line reason recorded for an altered message (result, report)."""
+    text = f"altered by the destination: {altered.difference}"
+    return f"{text} ({altered.cause})" if altered.cause else text

@@ -254,7 +254,7 @@ class _Reader:
         if not isinstance(raw, dict):
             raise self.fail(key, "expected a table")
         base_raw = {k: v for k, v in raw.items() if k not in DIRECTIONS}
-        base: HostConfig = self.table(HostConfig, base_raw, key, "hosts", skip=DIRECTIONS)
+        base: HostConfig = self.table(HostConfig, base_raw, key, "hosts")
         sides: dict[str, Any] = {}
         for direction in DIRECTIONS:
             if direction in raw:

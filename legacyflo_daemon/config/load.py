@@ -1,8 +1,9 @@
 """Loading the configuration: a TOML file read and validated into ``config.schema``'s dataclasses.
 
 Owns: ``load_config``: reading the file, the conversion of each table into its dataclass by
-field name and annotation, the value checks (ranges, choices, formats), the cross-key checks and
-the one-line ``ConfigError`` messages naming the file and the key.
+field name and annotation, the merging of a host's ``source``/``dest`` sub-tables over its base
+keys, the value checks (ranges, choices, formats), the cross-key checks and the one-line
+``ConfigError`` messages naming the file and the key.
 Must not: define the schema or the defaults (the dataclasses in ``config.schema`` do), touch the
 network or the spool.
 """

@@ -9,7 +9,9 @@ Must not: touch the network or the spool.
 The schema *is* the dataclasses below: ``load_config`` reads each table into its dataclass by
 field name and annotation, so a new field is loadable (and must be documented in
 ``config.example.toml``, which a test checks). Unknown keys are errors, never ignored: a typo
-in a limit must not silently leave the default in force.
+in a limit must not silently leave the default in force. The one exception to "a table is a
+dataclass": ``[hosts."x".source]`` and ``[hosts."x".dest]`` take the keys of ``[hosts."x"]``
+and are merged over them into ``HostConfig.source``/``HostConfig.dest``.
 
 Relative paths (``spool``, ``state_file``, ``log.file``, ``ca_file``, ``password_file``) are
 relative to the directory of the config file; without a config file they stay relative to the

@@ -76,7 +76,8 @@ class DateRange:
 
 @dataclass(frozen=True, slots=True)
 class Account:
-    """One IMAP login. ``port`` is None for the destination (it comes from config)."""
+    """One IMAP login. ``port`` is the CSV's, None when the CSV gives none (always for the
+    destination): then ``imap.endpoint.port_for`` takes it from the config."""
 
     userid: str
     domain: str

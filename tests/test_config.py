@@ -11,6 +11,7 @@ import pytest
 
 from legacyflo_daemon.config.load import load_config
 from legacyflo_daemon.config.schema import (
+    DIRECTIONS,
     Config,
     DaemonConfig,
     HostConfig,
@@ -82,6 +83,63 @@ def test_values_are_read_and_converted(tmp_path: Path) -> None:
     host = cfg.host("MAIL.example.com")
     assert host == HostConfig(port=1993, allow_plaintext=True, login_format="{user}@{domain}")
     assert cfg.host("other.example.com") == HostConfig()
+
+
+def test_host_sub_tables_override_the_base_keys_for_their_direction_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    etc = tmp_path / "etc"
+    (etc / "certs").mkdir(parents=True)
+    (etc / "ca.pem").write_text("x\n")
+    (etc / "certs" / "dest-ca.pem").write_text("x\n")
+    write(
+        etc,
+        """
+        [hosts."Mail.Example.COM"]
+        ca_file = "ca.pem"
+        login_format = '{user}@{domain}'
+        max_connections = 6
+        [hosts."Mail.Example.COM".source]
+        port = 143
+        tls = "STARTTLS"
+        allow_plaintext = true
+        [hosts."Mail.Example.COM".dest]
+        tls = "implicit"
+        ca_file = "certs/dest-ca.pem"  # relative to the config file, like the base keys
+        login_format = "{user}"
+        """,
+    )
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(Path("etc/config.toml"))
+    base = HostConfig(ca_file=etc / "ca.pem", login_format="{user}@{domain}", max_connections=6)
+    source = dataclasses.replace(base, port=143, tls="starttls", allow_plaintext=True)
+    dest = dataclasses.replace(
+        base, tls="implicit", ca_file=etc / "certs" / "dest-ca.pem", login_format="{user}"
+    )
+    assert cfg.host("mail.example.com") == dataclasses.replace(base, source=source, dest=dest)
+    assert cfg.host_for("MAIL.example.com", "source") == source
+    assert cfg.host_for("mail.example.com", "dest") == dest
+
+
+def test_without_its_sub_table_a_direction_uses_the_base_keys(tmp_path: Path) -> None:
+    cfg = load_text(
+        tmp_path, '[hosts."m"]\nport = 1993\ntls = "implicit"\n[hosts."m".dest]\nport = 993\n'
+    )
+    assert cfg.host("m").source is None
+    assert cfg.host_for("m", "source") == HostConfig(port=1993, tls="implicit")  # no dest left
+    assert cfg.host_for("m", "dest") == HostConfig(port=993, tls="implicit")
+    assert cfg.host_for("other", "source") == cfg.host_for("other", "dest") == HostConfig()
+    empty = load_text(tmp_path, '[hosts."m"]\nport = 1993\n[hosts."m".source]\n')
+    assert empty.host_for("m", "source") == empty.host_for("m", "dest") == HostConfig(port=1993)
+
+
+def test_an_unknown_host_key_lists_the_keys_of_its_own_table(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as base:
+        load_text(tmp_path, '[hosts."x"]\nprot = 143\n')
+    assert base.value.message.endswith("max_per_login, source, dest)")
+    with pytest.raises(ConfigError) as sub:
+        load_text(tmp_path, '[hosts."x".source]\nprot = 143\n')
+    assert sub.value.message.endswith("max_per_login)")
 
 
 def test_relative_paths_are_relative_to_the_config_file_not_the_cwd(
@@ -161,6 +219,17 @@ def test_error_message_is_one_line_naming_file_and_key(
         ('[hosts."x"]\nlogin_format = "{user"', 'hosts."x".login_format', "only {user} and"),
         ('[hosts."x"]\nca_file = "nope.pem"', 'hosts."x".ca_file', "not a readable file"),
         ('[hosts."x"]\nmax_connection = 2', 'hosts."x".max_connection', "unknown key"),
+        ('[hosts."x".source]\ntls = "ssl"', 'hosts."x".source.tls', "must be one of auto,"),
+        ('[hosts."x".dest]\nport = 0', 'hosts."x".dest.port', "must be 1 to 65535"),
+        ('[hosts."x".dest]\nport = "993"', 'hosts."x".dest.port', "expected an integer"),
+        ('[hosts."x".source]\nmax_connections = 0', 'hosts."x".source.max_connections', "at"),
+        ('[hosts."x".dest]\nlogin_format = "{domain}"', 'hosts."x".dest.login_format', "{user}"),
+        ('[hosts."x".dest]\nca_file = "nope.pem"', 'hosts."x".dest.ca_file', "not a readable"),
+        ('[hosts."x".source]\nprot = 143', 'hosts."x".source.prot', "unknown key"),
+        ('[hosts."x".source.dest]\nport = 1', 'hosts."x".source.dest', "unknown key"),
+        ('[hosts."x".dest.dest]', 'hosts."x".dest.dest', "unknown key"),
+        ('[hosts."x"]\nsource = 143', 'hosts."x".source', "expected a table"),
+        ('[hosts."x"]\ndest = "implicit"', 'hosts."x".dest', "expected a table"),
         ('[hosts."A"]\n[hosts."a"]', 'hosts."a"', "listed twice"),
         ('[hosts."a b"]', 'hosts."a b"', "must not be empty or contain spaces"),
         ('hosts = "x"', "hosts", "expected tables like"),
@@ -270,7 +339,10 @@ def test_the_example_documents_every_key() -> None:
         assert set(doc[section]) == {f.name for f in dataclasses.fields(cls)}, section
     assert len(doc["hosts"]) == 1
     (host,) = doc["hosts"].values()
-    assert set(host) == {f.name for f in dataclasses.fields(HostConfig)}
+    keys = {f.name for f in dataclasses.fields(HostConfig)} - set(DIRECTIONS)
+    assert set(host) == keys | set(DIRECTIONS)
+    for direction in DIRECTIONS:  # an example of each sub-table, with keys of the base table
+        assert host[direction] and set(host[direction]) <= keys, direction
 
 
 def test_every_key_in_the_example_has_a_comment_above_it() -> None:
@@ -298,14 +370,26 @@ def test_the_documented_example_values_are_valid(tmp_path: Path) -> None:
     for section, table in doc.items():
         if section == "hosts":
             for name, values in table.items():
-                lines.append(f'[hosts."{name}"]')
-                lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
+                lines += _toml_table(f'hosts."{name}"', values)
         else:
-            lines.append(f"[{section}]")
-            lines += [f"{k} = {_toml(v)}" for k, v in table.items()]
+            lines += _toml_table(section, table)
     cfg = load_text(tmp_path, "\n".join(lines))
     assert cfg.smtp is not None and cfg.smtp.host == "smtp.example.com"
     assert cfg.host("MAIL.example.com").login_format == "{user}"
+    source = cfg.host_for("mail.example.com", "source")
+    dest = cfg.host_for("mail.example.com", "dest")
+    assert (source.port, source.tls, source.login_format) == (143, "starttls", "{user}")
+    assert (dest.port, dest.tls, dest.login_format) == (993, "implicit", "{user}@{domain}")
+
+
+def _toml_table(name: str, values: dict[str, object]) -> list[str]:
+    """``[name]`` with its keys, then its sub-tables as ``[name.key]``."""
+    lines = [f"[{name}]"]
+    lines += [f"{k} = {_toml(v)}" for k, v in values.items() if not isinstance(v, dict)]
+    for key, sub in values.items():
+        if isinstance(sub, dict):
+            lines += _toml_table(f"{name}.{key}", sub)
+    return lines
 
 
 def _toml(value: object) -> str:

@@ -221,7 +221,7 @@ GOOD_VALUES = [
     ("destuserid", "john@BAYA-COM.vaultastic.com", "john", "dest.userid"),
     ("sourceuserid", "john@baya.com", "john", "source.userid"),
     ("sourceuserid", "BAYA\\john", "BAYA\\john", "source.userid"),
-    ("sourceserverport", "", 993, "source.port"),
+    ("sourceserverport", "", None, "source.port"),  # the config's port, else 993 (endpoint)
     ("sourceserverport", " 143 ", 143, "source.port"),
     ("sourceserverport", "65535", 65535, "source.port"),
     ("sourceserver", "[2001:db8::1]", "2001:db8::1", "source.server"),
@@ -308,7 +308,7 @@ def test_unknown_and_unnamed_columns_are_warnings() -> None:
 def test_optional_columns_may_be_absent() -> None:
     header = [n for n in HEADER if n in csvfile.REQUIRED_COLUMNS]
     (request,) = csvfile.parse(csv_bytes(line([GOOD[n] for n in header]), header=header)).requests
-    assert (request.title, request.report_to, request.source.port) == ("", None, 993)
+    assert (request.title, request.report_to, request.source.port) == ("", None, None)
     assert request.dates == DateRange()
 
 
@@ -562,7 +562,7 @@ def requests(draw: st.DrawFn) -> Request:
             draw(DOMAIN),
             Secret(draw(PASSWORD)),
             draw(DOMAIN),
-            draw(st.integers(1, 65535)),
+            draw(st.none() | st.integers(1, 65535)),
         ),
         dest=Account(draw(WORD), draw(DOMAIN), Secret(draw(PASSWORD)), draw(DOMAIN)),
         dest_folder=draw(FOLDER),
@@ -593,7 +593,7 @@ def _cells(r: Request, day_style: bool) -> dict[str, str]:
         "sourcedomainname": r.source.domain,
         "sourceuserpassword": r.source.password.reveal(),
         "sourceserver": r.source.server,
-        "sourceserverport": str(r.source.port),
+        "sourceserverport": "" if r.source.port is None else str(r.source.port),
         "since": day(r.dates.since),
         "before": day(r.dates.before),
     }

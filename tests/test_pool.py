@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from legacyflo_daemon.config.schema import Config, DaemonConfig, HostConfig, ImapConfig
 from legacyflo_daemon.daemon.pool import Limits, Pool, Slot, fair_order
 
 
@@ -95,3 +96,29 @@ def test_extra_pairs_only_within_the_caps_and_counted_until_returned() -> None:
     assert pool.pick([("c", slot("h", user="c"))]) == ["c"]
     pool.release("a")
     assert pool.extra["a"] == 0
+
+
+def test_a_hosts_caps_come_from_the_config_the_smaller_direction_winning() -> None:
+    """One server, one cap: a host whose source and dest sub-tables differ is capped by the
+    smaller value, for both directions; a host without caps takes the daemon's."""
+    both = HostConfig(max_connections=5, max_per_login=3)
+    cfg = Config(
+        daemon=DaemonConfig(max_jobs=7, max_per_host=8),
+        imap=ImapConfig(max_per_login=4),
+        hosts={
+            "plain": both,
+            "split": HostConfig(
+                max_connections=5,
+                source=HostConfig(max_connections=2),
+                dest=HostConfig(max_connections=6, max_per_login=1),
+            ),
+            "one-side": HostConfig(dest=HostConfig(max_per_login=2)),
+            "none": HostConfig(port=143),
+        },
+    )
+    limits = Limits.from_config(cfg)
+    assert (limits.max_jobs, limits.max_per_host, limits.max_per_login) == (7, 8, 4)
+    assert limits.host_caps == {"plain": 5, "split": 2}
+    assert limits.login_caps == {"plain": 3, "split": 1, "one-side": 2}
+    assert limits.host_cap("split") == 2 and limits.host_cap("none") == 8
+    assert limits.login_cap("admin@one-side") == 2 and limits.login_cap("u@none") == 4

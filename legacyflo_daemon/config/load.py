@@ -1,8 +1,9 @@
 """Loading the configuration: a TOML file read and validated into ``config.schema``'s dataclasses.
 
 Owns: ``load_config``: reading the file, the conversion of each table into its dataclass by
-field name and annotation, the value checks (ranges, choices, formats), the cross-key checks and
-the one-line ``ConfigError`` messages naming the file and the key.
+field name and annotation, the merging of a host's ``source``/``dest`` sub-tables over its base
+keys, the value checks (ranges, choices, formats), the cross-key checks and the one-line
+``ConfigError`` messages naming the file and the key.
 Must not: define the schema or the defaults (the dataclasses in ``config.schema`` do), touch the
 network or the spool.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from legacyflo_daemon.config.schema import (
+    DIRECTIONS,
     Config,
     DaemonConfig,
     HostConfig,
@@ -83,7 +85,8 @@ def _folders(v: tuple[str, ...]) -> str | None:
 _PORT = _between(1, 65535)
 _POSITIVE = _at_least(1)
 
-# "<section>.<field>" (hosts: "hosts.<field>") -> extra checks after the type check.
+# "<section>.<field>" (hosts and their source/dest sub-tables: "hosts.<field>") -> extra checks
+# after the type check.
 _CHECKS: dict[str, Check] = {
     "daemon.max_jobs": _POSITIVE,
     "daemon.max_per_host": _POSITIVE,
@@ -148,12 +151,17 @@ class _Reader:
     def fail(self, key: str, message: str) -> ConfigError:
         return ConfigError(str(self.path), key, message)
 
-    def table(self, cls: type[Any], raw: object, key: str, checks: str) -> Any:
-        """An instance of dataclass ``cls`` from ``raw``; ``checks`` prefixes ``_CHECKS`` keys."""
+    def table(
+        self, cls: type[Any], raw: object, key: str, checks: str, skip: tuple[str, ...] = ()
+    ) -> Any:
+        """An instance of dataclass ``cls`` from ``raw``; ``checks`` prefixes ``_CHECKS`` keys.
+
+        The fields named in ``skip`` are not keys of this table (an unknown key if given).
+        """
         if not isinstance(raw, dict):
             raise self.fail(key, "expected a table")
         hints = typing.get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
         values: dict[str, Any] = {}
         for name, value in raw.items():
             where = f"{key}.{name}"
@@ -238,15 +246,37 @@ class _Reader:
                 raise self.fail(key, "a host name must not be empty or contain spaces")
             if name.lower() in hosts:
                 raise self.fail(key, "listed twice (host names are case-insensitive)")
-            hosts[name.lower()] = self.table(HostConfig, table, key, "hosts")
+            hosts[name.lower()] = self.host(table, key)
         return hosts
+
+    def host(self, raw: object, key: str) -> HostConfig:
+        """One ``[hosts."x"]`` table (``key``) with its optional ``source``/``dest`` sub-tables,
+        each read and checked like the base keys, then merged over them."""
+        if not isinstance(raw, dict):
+            raise self.fail(key, "expected a table")
+        base_raw = {k: v for k, v in raw.items() if k not in DIRECTIONS}
+        base: HostConfig = self.table(HostConfig, base_raw, key, "hosts")
+        sides: dict[str, Any] = {}
+        for direction in DIRECTIONS:
+            if direction in raw:
+                sub = raw[direction]
+                where = f"{key}.{direction}"
+                given = self.table(HostConfig, sub, where, "hosts", skip=DIRECTIONS)
+                sides[direction] = dataclasses.replace(
+                    base, **{name: getattr(given, name) for name in sub}
+                )
+        return dataclasses.replace(base, **sides)
 
     def cross_checks(self, cfg: Config) -> None:
         if cfg.imap.backoff_max < cfg.imap.backoff_base:
             raise self.fail("imap.backoff_max", "must not be smaller than imap.backoff_base")
-        files: list[tuple[str, Path | None]] = [
-            (f'hosts."{n}".ca_file', h.ca_file) for n, h in cfg.hosts.items()
-        ]
+        files: list[tuple[str, Path | None]] = []
+        for n, h in cfg.hosts.items():
+            files.append((f'hosts."{n}".ca_file', h.ca_file))
+            for direction in DIRECTIONS:
+                ca_file = h.side(direction).ca_file
+                if ca_file != h.ca_file:  # given in the sub-table
+                    files.append((f'hosts."{n}".{direction}.ca_file', ca_file))
         smtp = cfg.smtp
         if smtp is not None:
             files += [("smtp.ca_file", smtp.ca_file), ("smtp.password_file", smtp.password_file)]

@@ -9,7 +9,9 @@ Must not: touch the network or the spool.
 The schema *is* the dataclasses below: ``load_config`` reads each table into its dataclass by
 field name and annotation, so a new field is loadable (and must be documented in
 ``config.example.toml``, which a test checks). Unknown keys are errors, never ignored: a typo
-in a limit must not silently leave the default in force.
+in a limit must not silently leave the default in force. The one exception to "a table is a
+dataclass": ``[hosts."x".source]`` and ``[hosts."x".dest]`` take the keys of ``[hosts."x"]``
+and are merged over them into ``HostConfig.source``/``HostConfig.dest``.
 
 Relative paths (``spool``, ``state_file``, ``log.file``, ``ca_file``, ``password_file``) are
 relative to the directory of the config file; without a config file they stay relative to the
@@ -19,8 +21,9 @@ working directory (the defaults: ``./spool``).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 from legacyflo_daemon.errors import ConfigError
 from legacyflo_daemon.model import Secret
@@ -39,11 +42,23 @@ DEFAULT_EXCLUDED_FOLDERS: tuple[str, ...] = (
 )
 
 
+Direction = Literal["source", "dest"]
+DIRECTIONS: tuple[Direction, ...] = ("source", "dest")
+
+
 @dataclass(frozen=True, slots=True)
 class HostConfig:
-    """Per-server overrides, looked up by the host name as written in the CSV (case-insensitive)."""
+    """Per-server settings, looked up by the host name as written in the CSV (case-insensitive).
 
-    port: int | None = None  # destination port (the source port comes from the CSV)
+    The keys of ``[hosts."x"]`` apply whether the server is the source or the destination of a
+    copy; ``[hosts."x".source]`` and ``[hosts."x".dest]`` may override any of them for that
+    direction only. ``source``/``dest`` hold the *complete* settings of that direction (the
+    loader merges the sub-table over the base keys), None when the sub-table is absent; use
+    ``side`` (or ``Config.host_for``) rather than reading a key of the base directly.
+    """
+
+    # The port, when the CSV gives none (see imap/endpoint.py for the one port rule).
+    port: int | None = None
     tls_verify: bool = True
     ca_file: Path | None = None
     allow_plaintext: bool = False  # LOGIN without TLS only when True
@@ -54,6 +69,18 @@ class HostConfig:
     login_format: str = "{user}"  # also "{user}@{domain}" or "DOMAIN\\{user}"
     max_connections: int | None = None  # cap for this host (default: daemon.max_per_host)
     max_per_login: int | None = None  # cap per login on this host (default: imap.max_per_login)
+    source: HostConfig | None = None  # the settings as a source: base keys + [..source]
+    dest: HostConfig | None = None  # the settings as a destination: base keys + [..dest]
+
+    def side(self, direction: Direction) -> HostConfig:
+        """The effective settings for ``direction``: the keys of its sub-table, else the base
+        keys; the result has no ``source``/``dest`` of its own."""
+        merged = self.source if direction == "source" else self.dest
+        if merged is not None:
+            return merged
+        if self.source is None and self.dest is None:
+            return self
+        return replace(self, source=None, dest=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,5 +182,15 @@ class Config:
     path: Path | None = None  # the file it was read from, for messages
 
     def host(self, name: str) -> HostConfig:
-        """The overrides for ``name`` (case-insensitive), or the defaults."""
+        """The ``[hosts."name"]`` table for ``name`` (case-insensitive), or the defaults.
+
+        Its keys are the base ones; to connect, use ``host_for``, which applies the
+        ``source``/``dest`` sub-table of the direction.
+        """
         return self.hosts.get(name.lower(), HostConfig())
+
+    def host_for(self, name: str, direction: Direction) -> HostConfig:
+        """The effective settings of host ``name`` used as ``direction`` ("source"/"dest"):
+        the ``[hosts."name".<direction>]`` keys, else the ``[hosts."name"]`` keys, else the
+        defaults. The result's own ``source``/``dest`` are None."""
+        return self.host(name).side(direction)

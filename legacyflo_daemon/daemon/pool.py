@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from legacyflo_daemon.config.schema import Config
+from legacyflo_daemon.config.schema import DIRECTIONS, Config, HostConfig
 from legacyflo_daemon.model import Request
 
 
@@ -59,12 +59,22 @@ class Limits:
 
     @classmethod
     def from_config(cls, cfg: Config) -> Limits:
+        """The limits of ``cfg``. A host's caps count every connection to that server, as a
+        source and as a destination alike: when its ``source`` and ``dest`` sub-tables give
+        different ``max_connections`` (or ``max_per_login``), the smaller one applies."""
+        host_caps: dict[str, int] = {}
+        login_caps: dict[str, int] = {}
+        for name, host in cfg.hosts.items():
+            if (cap := _smallest(host, "max_connections")) is not None:
+                host_caps[name] = cap
+            if (cap := _smallest(host, "max_per_login")) is not None:
+                login_caps[name] = cap
         return cls(
             max_jobs=cfg.daemon.max_jobs,
             max_per_host=cfg.daemon.max_per_host,
             max_per_login=cfg.imap.max_per_login,
-            host_caps={h: c.max_connections for h, c in cfg.hosts.items() if c.max_connections},
-            login_caps={h: c.max_per_login for h, c in cfg.hosts.items() if c.max_per_login},
+            host_caps=host_caps,
+            login_caps=login_caps,
         )
 
     def host_cap(self, host: str) -> int:
@@ -72,6 +82,13 @@ class Limits:
 
     def login_cap(self, login: str) -> int:
         return self.login_caps.get(login.rpartition("@")[2], self.max_per_login)
+
+
+def _smallest(host: HostConfig, key: str) -> int | None:
+    """The smallest ``key`` (a cap) in effect for ``host`` in either direction; None if unset."""
+    caps = [getattr(host.side(d), key) for d in DIRECTIONS]
+    given = [cap for cap in caps if cap is not None]
+    return min(given) if given else None
 
 
 class Pool:

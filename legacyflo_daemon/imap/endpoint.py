@@ -1,9 +1,13 @@
 """Where and how to reach an IMAP server, and what its failures mean for us.
 
 Owns: ``Endpoint`` (host, port, TLS mode, credentials, timeouts), the rules that turn a request
-and the config into the two endpoints of a copy (port 993 is implicit TLS, any other source port
-STARTTLS, plain LOGIN only where ``hosts."x".allow_plaintext`` says so; the destination port
-comes from the config; the login name follows the host's ``login_format``),
+and the config into the two endpoints of a copy: each side uses its host's settings for that
+direction (``Config.host_for``: ``[hosts."x".source]``/``[hosts."x".dest]`` over
+``[hosts."x"]``); the port follows the one rule of ``port_for`` (the CSV's port when it gives
+one, else the host's ``port``, else 993 for the source and ``imap.dest_port`` for the
+destination); port 993 is implicit TLS and any other port STARTTLS unless the host's ``tls``
+says otherwise; plain LOGIN only where ``allow_plaintext`` says so; the login name follows the
+host's ``login_format``;
 ``make_ssl_context`` (the only place TLS settings are decided) and ``translate``/``chain``: the
 one classification of foreign exceptions. Network, ``ssl``, unreadable-response and aioimaplib
 protocol errors become ``TransientError``/``PermanentError``; any other exception is a bug and
@@ -20,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from legacyflo_daemon.config.schema import Config, HostConfig
+from legacyflo_daemon.config.schema import Config, Direction, HostConfig
 from legacyflo_daemon.errors import ImapError, InternalError, PermanentError, TransientError
 from legacyflo_daemon.imap._aioimaplib.protocol import ProtocolError
 from legacyflo_daemon.imap.syntax.wire import WireError
@@ -100,23 +104,48 @@ def endpoint(account: Account, port: int, host: HostConfig, cfg: Config) -> Endp
     )
 
 
+DEFAULT_SOURCE_PORT = 993
+
+
+def port_for(account: Account, direction: Direction, cfg: Config) -> int:
+    """The port of ``account`` used as ``direction``: the one port rule, the same both ways.
+
+    1. the port in the CSV, when the CSV gives one (only the source has a port column,
+       ``sourceserverport``; an empty cell gives none);
+    2. else the host's ``port`` for that direction: ``[hosts."x".source]`` or
+       ``[hosts."x".dest]``, else ``[hosts."x"]``;
+    3. else the default: 993 for the source, ``imap.dest_port`` (993 unless set) for the
+       destination.
+    """
+    if account.port is not None:
+        return account.port
+    configured = cfg.host_for(account.server, direction).port
+    if configured is not None:
+        return configured
+    return DEFAULT_SOURCE_PORT if direction == "source" else cfg.imap.dest_port
+
+
 def source_endpoint(req: Request, cfg: Config) -> Endpoint:
-    host = cfg.host(req.source.server)
-    return endpoint(req.source, req.source.port or 993, host, cfg)
+    """The source of ``req`` with the settings of its host as a source (``port_for``)."""
+    host = cfg.host_for(req.source.server, "source")
+    return endpoint(req.source, port_for(req.source, "source", cfg), host, cfg)
 
 
 def dest_port(req: Request, cfg: Config) -> int:
-    """The destination port: the host's override, else ``imap.dest_port`` (not in the CSV)."""
-    return cfg.host(req.dest.server).port or cfg.imap.dest_port
+    """The destination port (``port_for``; the CSV has no destination port)."""
+    return port_for(req.dest, "dest", cfg)
 
 
-def with_dest_port(req: Request, cfg: Config) -> Request:
-    """``req`` with its destination port filled in from the config (for results)."""
-    return replace(req, dest=replace(req.dest, port=dest_port(req, cfg)))
+def with_ports(req: Request, cfg: Config) -> Request:
+    """``req`` with both ports filled in by ``port_for`` (for results)."""
+    source = replace(req.source, port=port_for(req.source, "source", cfg))
+    return replace(req, source=source, dest=replace(req.dest, port=dest_port(req, cfg)))
 
 
 def dest_endpoint(req: Request, cfg: Config) -> Endpoint:
-    return endpoint(req.dest, dest_port(req, cfg), cfg.host(req.dest.server), cfg)
+    """The destination of ``req`` with the settings of its host as a destination."""
+    host = cfg.host_for(req.dest.server, "dest")
+    return endpoint(req.dest, dest_port(req, cfg), host, cfg)
 
 
 # What a network, TLS or server problem can raise here; ``translate`` classifies exactly these.

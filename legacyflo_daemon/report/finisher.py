@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from legacyflo_daemon.config.schema import Config
-from legacyflo_daemon.imap.endpoint import with_dest_port
+from legacyflo_daemon.imap.endpoint import with_ports
 from legacyflo_daemon.model import Request, RequestResult, RowError, Status
 from legacyflo_daemon.outbox.store import Outbox
 from legacyflo_daemon.report.mail import build_mail
@@ -89,7 +89,7 @@ class Finisher:
     ) -> dict[str, Any]:
         doc = result_json(
             request_id,
-            with_dest_port(request, self.config) if request is not None else None,
+            with_ports(request, self.config) if request is not None else None,
             row_error,
             result,
             csv_name=csv_name,

@@ -30,7 +30,6 @@ REQUIRED_COLUMNS = (
 )  # fmt: skip
 PASSWORD_COLUMNS = ("destuserpasswd", "sourceuserpassword")
 RESERVED_FOLDERS = ("Drafts", "Trash", "Spam", "Chat", "Quarantine", "Archive")
-DEFAULT_SOURCE_PORT = 993
 FIX_QUOTES = 'enclose every value in double quotes and write a double quote inside one as ""'
 
 _RESERVED = frozenset(name.casefold() for name in RESERVED_FOLDERS)
@@ -124,7 +123,7 @@ _FIXES = {
     "address": "{field} must be one e-mail address such as {example}; correct it, or leave it"
     " empty for no report mail",
     "port": "{field} must be a number from 1 to 65535 (993 for SSL/TLS, 143 otherwise); correct"
-    " it, or leave it empty for 993",
+    " it, or leave it empty for 993 (or the port the daemon's configuration gives that server)",
     "date": "{field} is {where}, or leave it empty for no limit",
     "order": "{field} is after before; correct one of them (both days are included), e.g."
     " since {example} and before 2018-09-24",
@@ -203,13 +202,15 @@ class _Check:
             self.fail("destfolder", "reserved")
         return value
 
-    def port(self) -> int:
+    def port(self) -> int | None:
+        """The ``sourceserverport`` cell; None when empty (``imap.endpoint.port_for`` then
+        takes the host's configured port, else 993)."""
         value = self.values.get("sourceserverport", "")
         if _PORT.fullmatch(value) and 1 <= int(value) <= 65535:
             return int(value)
         if value:
             self.fail("sourceserverport", "port")
-        return DEFAULT_SOURCE_PORT
+        return None
 
     def day(self, field: str) -> dt.date | None:
         value = self.values.get(field, "")

@@ -67,7 +67,7 @@ USER_LIMIT_TEXT = "[UNAVAILABLE] User is authenticated but not connected."
 TOO_LONG_TEXT = "Command Argument Error. 11"
 CONTINUE = b"+ Ready for additional command text.\r\n"
 SUBSTITUTE_SUBJECT = "Retrieval using the IMAP4 protocol failed for the following message"
-LINE_LIMIT = 4 * 1024 * 1024  # longest line either side may send
+LINE_LIMIT = 256 * 1024  # longest line either side may send (and the read buffer's bound)
 
 _LITERAL = re.compile(rb"\{(\d+)(\+?)\}\r\n\Z")
 _TOKEN = re.compile(rb'"((?:[^"\\]|\\.)*)"|([^\s()]+)')
@@ -472,6 +472,7 @@ class ExchangeFront:
                     backend.close()
                 return
             await self._command(conn, cmd, backend)
+            await asyncio.sleep(0)
 
     async def _sasl_response(self, conn: _Conn, line: bytes, backend: asyncio.StreamWriter) -> None:
         """Forward a line sent after ``+``; an AUTHENTICATE PLAIN response names the user,
@@ -583,6 +584,7 @@ class ExchangeFront:
                 return
             conn.client.write(b"".join(parts))
             await conn.client.drain()
+            await asyncio.sleep(0)  # one response per loop turn, never a whole buffer at once
 
     def _completed(self, conn: _Conn, line: bytes) -> bool:
         """Note a tagged response; False when the client must not see it."""

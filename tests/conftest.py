@@ -35,6 +35,7 @@ from testkit.courier import CourierServer, missing_courier
 from testkit.cyrus import CyrusServer, missing_cyrus
 from testkit.dovecot import DovecotServer
 from testkit.dovecot_conf import ServerKind
+from testkit.exchange_front import ExchangeFront
 from testkit.imap import DEST_PASSWORD, HOSTILE_PASSWORD, ServerAccount
 from testkit.master import missing_dovecot
 from testkit.proxy import FaultProxy
@@ -59,6 +60,7 @@ _SERVER_FIXTURES = {
     "courier_factory",
     "courier_account",
     "new_courier_account",
+    "exchange_front",
 }
 
 # Loopback addresses of the session's Cyrus and Courier servers: apart from the Dovecot source
@@ -418,3 +420,12 @@ def slow_source(
     proxy = fault_proxy(source_server.host, source_server.port_tls)
     proxy.latency = 0.02
     return proxy
+
+
+@pytest.fixture
+def exchange_front(source_server: DovecotServer, tls_ca: TlsCa) -> Iterator[ExchangeFront]:
+    """An Exchange-like front (``testkit/exchange_front.py``) before the source server: implicit
+    TLS on 127.0.0.1 (trust ``tls_ca.ca_file``), plaintext to the source's 143-like port, every
+    behaviour off until the test switches it on; stopped after the test."""
+    with ExchangeFront(source_server.host, source_server.port_plain, tls=tls_ca) as front:
+        yield front

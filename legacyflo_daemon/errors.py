@@ -87,6 +87,13 @@ class TransientError(ImapError):
         super().__init__(message, host=host)
 
 
+class ConnectionLimited(TransientError):
+    """The server refused one more connection: "too many connections" as a NO to LOGIN (with
+    or without ``[LIMIT]``), a BYE greeting saying so, or a connection closed before its
+    greeting. A pace, never a verdict: fewer connections to that host and login for the rest
+    of the run, and never an authentication failure."""
+
+
 class AppendDesync(TransientError):
     """The server answered BAD to an APPEND whose data was already streamed (non-synchronizing
     literals): it may read the rest of the data as commands, so the connection was dropped.

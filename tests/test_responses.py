@@ -178,7 +178,7 @@ LOGIN = [
         "NO",
         "[LIMIT] Maximum number of connections from user+IP exceeded "
         "(mail_max_userip_connections=1)",
-        "transient",
+        "limited",
     ),  # Dovecot
     (
         "NO",
@@ -186,9 +186,12 @@ LOGIN = [
         "connections.",
         "permanent",
     ),  # Dovecot
-    ("NO", "Too many open connections (4 of 4 for user)", "transient"),  # Cyrus, no code
-    ("NO", "Maximum number of connections from user+IP exceeded", "transient"),
-    ("NO", "Too many simultaneous connections, try later", "transient"),
+    # Connection limits: a pace (ConnectionLimited), never a wrong password.
+    ("NO", "Too many open connections (4 of 4 for user)", "limited"),  # Cyrus, no code
+    ("NO", "Maximum number of connections from user+IP exceeded", "limited"),
+    ("NO", "Too many simultaneous connections, try later", "limited"),
+    ("NO", "[LIMIT] whatever the words", "limited"),
+    ("BYE", "Too many connections from your address", "limited"),
     ("BAD", "Command received in Invalid state.", "permanent"),  # Exchange TLS/login mismatch
     ("BAD", "Command Argument Error. 12", "permanent"),  # a quoting bug, not a bad password
 ]
@@ -292,6 +295,7 @@ FETCH = [
 
 OTHER = [
     ("OK", "LIST completed.", "ok"),
+    ("BYE", "Too many open connections", "limited"),  # e.g. a greeting BYE
     ("NO", "Server Unavailable. 15", "transient"),
     ("NO", "User is authenticated but not connected.", "auth"),
     ("BAD", "Command Argument Error. 11", "permanent"),

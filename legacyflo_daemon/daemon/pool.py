@@ -84,6 +84,14 @@ class Limits:
         return self.login_caps.get(login.rpartition("@")[2], self.max_per_login)
 
 
+@dataclass(frozen=True, slots=True)
+class Lowered:
+    """A connection allowance learnt from a refusal: ``key`` (host or login) now ``limit``."""
+
+    key: str
+    limit: int
+
+
 def _smallest(host: HostConfig, key: str) -> int | None:
     """The smallest ``key`` (a cap) in effect for ``host`` in either direction; None if unset."""
     caps = [getattr(host.side(d), key) for d in DIRECTIONS]
@@ -98,6 +106,38 @@ class Pool:
         self.limits = limits
         self.running: dict[str, Slot] = {}
         self.extra: Counter[str] = Counter()  # extra connection pairs held per request
+        # Allowances learnt from "too many connections" (ConnectionLimited), for the rest of
+        # the run: a server's real limit may be below what the config says.
+        self.learnt_hosts: dict[str, int] = {}
+        self.learnt_logins: dict[str, int] = {}
+
+    def host_cap(self, host: str) -> int:
+        return min(self.limits.host_cap(host), self.learnt_hosts.get(host, 1 << 30))
+
+    def login_cap(self, login: str) -> int:
+        return min(self.limits.login_cap(login), self.learnt_logins.get(login, 1 << 30))
+
+    def limited(self, request_id: str, host: str) -> list[Lowered]:
+        """``host`` refused a connection of ``request_id`` as one too many: from now on that
+        host, and the request's login on it, are allowed the connections that were working
+        (those in use minus the refused one; never below 1). Returns what was lowered."""
+        slot = self.running.get(request_id)
+        if slot is None:
+            return []
+        host = host.lower()
+        hosts, logins = self._usage()
+        lowered: list[Lowered] = []
+        if host in slot.hosts:
+            cap = max(1, min(self.host_cap(host), hosts[host] - 1))
+            if cap < self.host_cap(host):
+                self.learnt_hosts[host] = cap
+                lowered.append(Lowered(host, cap))
+        for login in {x for h, x in zip(slot.hosts, slot.logins, strict=True) if h == host}:
+            cap = max(1, min(self.login_cap(login), logins[login] - 1))
+            if cap < self.login_cap(login):
+                self.learnt_logins[login] = cap
+                lowered.append(Lowered(login, cap))
+        return lowered
 
     def _usage(self) -> tuple[Counter[str], Counter[str]]:
         hosts: Counter[str] = Counter()
@@ -115,8 +155,8 @@ class Pool:
             return False
         hosts, logins = self._usage()
         need_h, need_l = Counter(slot.hosts), Counter(slot.logins)
-        ok = all(hosts[h] + n <= self.limits.host_cap(h) for h, n in need_h.items()) and all(
-            logins[x] + n <= self.limits.login_cap(x) for x, n in need_l.items()
+        ok = all(hosts[h] + n <= self.host_cap(h) for h, n in need_h.items()) and all(
+            logins[x] + n <= self.login_cap(x) for x, n in need_l.items()
         )
         if ok:
             self.extra[request_id] += 1
@@ -134,10 +174,8 @@ class Pool:
         need_h = Counter(slot.hosts)
         need_l = Counter(slot.logins)
         return all(
-            hosts[h] == 0 or hosts[h] + n <= self.limits.host_cap(h) for h, n in need_h.items()
-        ) and all(
-            logins[x] == 0 or logins[x] + n <= self.limits.login_cap(x) for x, n in need_l.items()
-        )
+            hosts[h] == 0 or hosts[h] + n <= self.host_cap(h) for h, n in need_h.items()
+        ) and all(logins[x] == 0 or logins[x] + n <= self.login_cap(x) for x, n in need_l.items())
 
     def pick(self, candidates: Iterable[tuple[str, Slot]]) -> list[str]:
         """The candidates (in the given order) that can start now; marks them running."""

@@ -171,6 +171,7 @@ class Scheduler:
             copier.listing = recorder
             copier.extra_pair = lambda: self.pool.try_extend(rid)
             copier.release_pair = lambda: self._shrink(rid)
+            copier.on_limited = lambda host: self._limited(rid, host)
             self.progress[rid] = copier.progress
             ticker = asyncio.create_task(self._tick(rid, copier.progress))
             try:
@@ -199,6 +200,11 @@ class Scheduler:
             # The result could not be written: the request stays running and is re-run at the
             # next start (its outbox files are written again then).
             log.exception("request_finish_failed")
+
+    def _limited(self, rid: str, host: str) -> None:
+        for lowered in self.pool.limited(rid, host):
+            log.warning("connection_allowance_lowered", key=lowered.key, limit=lowered.limit,
+                        host=host)  # fmt: skip
 
     def _shrink(self, rid: str) -> None:
         self.pool.shrink(rid)

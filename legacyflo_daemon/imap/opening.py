@@ -24,7 +24,7 @@ import asyncio
 import base64
 import ssl
 
-from legacyflo_daemon.errors import PermanentError, TransientError
+from legacyflo_daemon.errors import ConnectionLimited, PermanentError, TransientError
 from legacyflo_daemon.imap._aioimaplib.protocol import AUTH, LOGOUT, NONAUTH, ImapProtocol
 from legacyflo_daemon.imap.connection import Connection, Reply
 from legacyflo_daemon.imap.endpoint import Endpoint, chain, make_ssl_context, translate
@@ -55,15 +55,26 @@ async def _greeting(conn: Connection) -> None:
         raise TransientError(
             f"{where}: no greeting within {ep.connect_timeout:g} s", host=ep.host
         ) from None
+    except (ssl.SSLEOFError, ConnectionResetError) as exc:
+        # Accepted, then closed at once: how Courier's -maxperip (and many per-address limits
+        # behind TLS) refuse one connection too many.
+        raise ConnectionLimited(
+            f"{where}: closed by the server before the greeting (a connection limit?)",
+            host=ep.host,
+        ) from chain(exc)
     except (OSError, ssl.SSLError) as exc:
         raise translate(exc, ep.host, where) from chain(exc)
     if not proto.greeting.done():
         if proto.error is not None:  # the greeting could not be handled: a bug or garbage
             raise translate(proto.error, ep.host, where) from chain(proto.error)
-        raise TransientError(f"{where}: closed before the greeting", host=ep.host)
+        raise ConnectionLimited(
+            f"{where}: closed by the server before the greeting (a connection limit?)",
+            host=ep.host,
+        )
     greeting = decode(proto.greeting.result())
     if proto.state == LOGOUT:  # "* BYE Too many connections" and the like
-        raise TransientError(
+        limited = responses.classify_response("other", "BYE", greeting) == "limited"
+        raise (ConnectionLimited if limited else TransientError)(
             f"{where}: refused: {responses.one_line(greeting)}",
             host=ep.host,
             retry_after=responses.suggested_backoff(greeting),

@@ -35,6 +35,8 @@ from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.errors import (
     AppendDesync,
     AuthenticationFailed,
+    ConnectionLimited,
+    ImapError,
     PermanentError,
     TransientError,
 )
@@ -76,6 +78,8 @@ class Copier:
     # The pool's say on extra connection pairs (True: granted) and their return.
     extra_pair: Callable[[], bool] = lambda: False
     release_pair: Callable[[], None] = lambda: None
+    # Told the host that refused a connection as one too many (the pool lowers its allowance).
+    on_limited: Callable[[str], None] = lambda _host: None
     _results: dict[str, FolderResult] = field(default_factory=dict)
     _plans: list[folders.FolderPlan] = field(default_factory=list)
     _to_create: set[str] = field(default_factory=set)  # mail folders their pass creates
@@ -131,6 +135,8 @@ class Copier:
                     continue
                 raise TransientError(str(exc), host=exc.host) from exc
             except TransientError as exc:
+                if isinstance(exc, ConnectionLimited):
+                    self.on_limited(exc.host)
                 if self.progress.messages_done + self.progress.folders_done > before:
                     attempt = 0  # progress was made: this is a new streak of trouble
                 if backoff.exhausted(attempt):
@@ -190,6 +196,8 @@ class Copier:
         await all_or_first_error(*(until_stopped(w) for w in workers))
         if interrupted:
             raise Interrupted
+        if todo:  # an extra pair gave a folder back after the first pair had run out of work
+            await self._worker(src, dst, todo, checkpoints)
 
     async def _worker(
         self,
@@ -197,11 +205,16 @@ class Copier:
         dst: Session,
         todo: deque[folders.FolderPlan],
         checkpoints: dict[str, FolderCheckpoint],
+        current: list[folders.FolderPlan] | None = None,
     ) -> None:
+        """Copy folders from ``todo`` until it is empty; ``current`` (if given) holds the
+        folder being copied, for a caller that must put it back after an error."""
+        current = [] if current is None else current
         while todo:
             if self.stop.is_set():
                 raise Interrupted
             plan = todo.popleft()
+            current[:] = [plan]
             dest_name, dest_display, create = self._destination(plan)
             job = FolderCopy(
                 request_id=self.request_id,
@@ -230,6 +243,7 @@ class Copier:
                 log.warning("folder_failed", folder=plan.source_display, error=str(exc))
                 self._results[plan.source_name] = job.failed_result(str(exc))
                 self._failed_folders.add(plan.source_name)
+            current.clear()
             self.progress.folders_done += 1
 
     def _destination(self, plan: folders.FolderPlan) -> tuple[str, str, bool]:
@@ -263,15 +277,38 @@ class Copier:
     async def _extra_worker(
         self, todo: deque[folders.FolderPlan], checkpoints: dict[str, FolderCheckpoint]
     ) -> None:
-        """A second (third, ...) connection pair taking folders from the same queue."""
+        """A second (third, ...) connection pair taking folders from the same queue.
+
+        Its trouble is its own: when it cannot connect (a connection limit, the network) or
+        loses its connection midway, it puts its folder back, gives its pair back and ends;
+        the other pairs' batches go on. Only a bug or a stop propagates."""
         try:
-            src, dst = await connect_pair(self.request, self.config)
             try:
-                await self._worker(src, dst, todo, checkpoints)
+                src, dst = await connect_pair(self.request, self.config)
+            except (TransientError, PermanentError, AuthenticationFailed) as exc:
+                self._extra_failed(exc, "connect")
+                return
+            current: list[folders.FolderPlan] = []
+            try:
+                await self._worker(src, dst, todo, checkpoints, current)
+            except TransientError as exc:
+                if current:  # its pass stopped midway: another pair re-reads and finishes it
+                    plan = current[0]
+                    todo.appendleft(plan)
+                    fresh = self.state.folder_checkpoints(self.request_id).get(plan.source_name)
+                    if fresh is not None:
+                        checkpoints[plan.source_name] = fresh
+                self._extra_failed(exc, "copy")
             finally:
                 await both(dst.logout(), src.logout())
         finally:
             self.release_pair()
+
+    def _extra_failed(self, exc: ImapError, during: str) -> None:
+        if isinstance(exc, ConnectionLimited):
+            self.on_limited(exc.host)
+        log.warning("extra_connection_failed", during=during, error=str(exc),
+                    limited=isinstance(exc, ConnectionLimited))  # fmt: skip
 
     async def _plan(self, src: Session, dst: Session) -> list[folders.FolderPlan]:
         """List both sides and map every folder; note which destination folders to create."""

@@ -1,7 +1,7 @@
 """What a tagged IMAP response means for the caller. Pure.
 
 Owns: parsing Exchange's "Suggested Backoff Time", the classification of tagged responses per
-operation into ok / auth / transient / rejected / permanent, and building the matching
+operation into ok / auth / transient / limited / rejected / permanent, and building the matching
 ``errors`` exception with a one-line, truncated, password-free message.
 Must not: talk to a server. It never sees a password unless the caller passes ``secrets`` to
 scrub. The server texts behind these rules: docs/imap-interop.md §2.3 and §3.
@@ -9,6 +9,9 @@ scrub. The server texts behind these rules: docs/imap-interop.md §2.3 and §3.
 Classification (first matching rule wins):
 
 1. ``OK`` → ok; for CREATE, ``[ALREADYEXISTS]``/"already exists" → ok too.
+1a. LOGIN refused with ``[LIMIT]`` or a "too many connections" text (Cyrus "Too many open
+   connections (2 of 2 for …)", Dovecot "[LIMIT] Maximum number of connections …"), or a BYE
+   saying so → limited (``ConnectionLimited``): a pace, never a wrong password.
 2. ``BYE`` (the server closed the session, e.g. Exchange "BYE Connection closed. 14") →
    transient: reconnect and go on.
 3. A response code (RFC 3501/5530) with a meaning for this operation, see ``_CODES``.
@@ -31,6 +34,7 @@ from typing import Literal
 
 from legacyflo_daemon.errors import (
     AuthenticationFailed,
+    ConnectionLimited,
     ImapError,
     MessageRejected,
     PermanentError,
@@ -38,7 +42,7 @@ from legacyflo_daemon.errors import (
 )
 from legacyflo_daemon.model import REDACTED, Secret
 
-Outcome = Literal["ok", "auth", "transient", "rejected", "permanent"]
+Outcome = Literal["ok", "auth", "transient", "limited", "rejected", "permanent"]
 Kind = Literal["login", "select", "create", "append", "fetch", "other"]
 
 MAX_TEXT = 300
@@ -126,8 +130,10 @@ def classify_response(kind: Kind, result: str, text: str) -> Outcome:
         return "ok"
     if kind == "create" and (code == "ALREADYEXISTS" or "already exists" in low):
         return "ok"
+    if kind == "login" and (code == "LIMIT" or _TOO_MANY.search(text)):
+        return "limited"  # a connection limit: a pace, never a wrong password
     if result == "BYE":
-        return "transient"
+        return "limited" if _TOO_MANY.search(text) else "transient"
     if code in _CODES:
         table = _CODES[code]
         return table.get(kind, table["*"])
@@ -192,6 +198,8 @@ def error_for(
         return AuthenticationFailed(message, host=host)
     if outcome == "transient":
         return TransientError(message, host=host, retry_after=suggested_backoff(text))
+    if outcome == "limited":
+        return ConnectionLimited(message, host=host, retry_after=suggested_backoff(text))
     if outcome == "rejected":
         return MessageRejected(message, host=host)
     if outcome == "permanent":

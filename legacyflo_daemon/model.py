@@ -173,3 +173,6 @@ class RequestResult:
     failures: tuple[MessageFailure, ...] = ()
     error: str | None = None  # why the request failed/was rejected, for humans
     warnings: tuple[str, ...] = field(default=())
+    # The request's destination folder as the user sees it, in the destination's own hierarchy
+    # delimiter ("INBOX/historical_data/Data"); None when the copier never listed the server.
+    destination_folder: str | None = None

@@ -19,6 +19,8 @@ from legacyflo_daemon.transfer.folders import (
     personal_only,
     plan_folders,
     root_path,
+    safe_mapping,
+    safe_segment,
     source_path,
     split_wire,
     strip_prefix,
@@ -555,3 +557,36 @@ def test_a_folder_named_inbox_inside_the_prefix_is_not_merged_into_inbox() -> No
 )
 def test_strip_prefix(name: str, prefix: str, expected: str) -> None:
     assert strip_prefix(name, prefix, "." if "." in prefix else "/") == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "safe"),
+    [
+        ("50% Off", "50_ Off"),
+        ('a "quoted" name', "a _quoted_ name"),
+        ("back\\slash", "back_slash"),
+        ("^caret", "_caret"),
+        ("Café & Réunions", "Café _ Réunions"),
+        ("Plain (2)", "Plain (2)"),
+        (" padded ", "padded"),
+        ("%%", "__"),
+        ("", "_"),
+    ],
+)
+def test_safe_segment(text: str, safe: str) -> None:
+    assert safe_segment(text) == safe
+
+
+def test_safe_mapping_keeps_root_and_destination_folder() -> None:
+    (p,) = plan_folders(
+        [sf("Deals/50% Off")],
+        source_delim="/",
+        dest_delim="/",
+        dest_prefix_path=("INBOX", "100%"),
+        dest_folder="Data",
+        exclusions=None,
+    )
+    assert p.dest_display == "INBOX/100%/Data/Deals/50% Off"
+    assert safe_mapping(p) == ("INBOX/100%/Data/Deals/50_ Off", "INBOX/100%/Data/Deals/50_ Off")
+    (q,) = plan([sf("Café")])
+    assert safe_mapping(q) == (q.dest_name, q.dest_display)  # nothing to change

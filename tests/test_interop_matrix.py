@@ -282,8 +282,10 @@ def test_mailbox_copied_faithfully_between_every_pair_of_servers(
     total = sum(len(v) for v in loaded.values())
     assert sum(f.copied for f in result.folders) == total
     assert sum(f.altered for f in result.folders) == altered_expected
-    for folder in result.folders:  # shown in the destination's own separator
-        assert folder.destination.startswith(dst.sep.join((*ROOT, DEST_FOLDER))), folder
+    top = dst.sep.join((*ROOT, DEST_FOLDER))  # shown in the destination's own separator
+    assert result.destination_folder == top
+    for folder in result.folders:
+        assert folder.destination.startswith(top + dst.sep), folder
 
     # A second request for the same mailbox adds nothing, altered messages included.
     again = asyncio.run(CopyRun.create(run.state, request, config, "req-2").run())

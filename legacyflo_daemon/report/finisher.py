@@ -58,8 +58,13 @@ class Finisher:
         result: RequestResult,
         recorder: ListingRecorder | None = None,
     ) -> dict[str, Any]:
-        """Finish a request the copier ran to its end (any status). Returns the result JSON."""
-        dest_path = f"{self.config.imap.dest_root}.{request.dest_folder}"
+        """Finish a request the copier ran to its end (any status). Returns the result JSON.
+
+        The destination folder is shown in the destination's own delimiter (the copier learnt
+        it); when the copier never got that far, as configured (written with ``.``)."""
+        dest_path = (
+            result.destination_folder or f"{self.config.imap.dest_root}.{request.dest_folder}"
+        )
         return await self._finish(request_id, csv_name, request, None, result, dest_path, recorder)
 
     async def failed(

@@ -86,6 +86,7 @@ class Copier:
     _parents: list[str] = field(default_factory=list)  # pure parents, created first
     _existing: frozenset[str] = frozenset()  # destination wire names listed at the start
     _failed_folders: set[str] = field(default_factory=set)  # refused folders: not retried
+    _dest_top: str | None = None  # <root><delim><destfolder>, decoded, once the plan is made
 
     async def run(self) -> RequestResult:
         started = self.now()
@@ -117,6 +118,7 @@ class Copier:
             folders=tuple(ordered),
             failures=failures,
             error=error,
+            destination_folder=self._dest_top,
         )
 
     async def _run_with_retries(self) -> None:
@@ -328,6 +330,7 @@ class Copier:
             else None
         )
         root = folders.root_path(self.config.imap.dest_root, dst_prefix, dst_delim or ".")
+        self._dest_top = (dst_delim or ".").join((*root, self.request.dest_folder))
         plans = folders.plan_folders(
             source,
             source_delim=src_delim,

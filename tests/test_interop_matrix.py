@@ -300,3 +300,29 @@ def test_mailbox_copied_faithfully_between_every_pair_of_servers(
     assert sum(f.copied for f in again.folders) == 0, again
     assert sum(f.already_present for f in again.folders) == total, again
     assert len([f for f in again.failures if f.kind == "altered"]) == altered_expected
+
+
+def test_without_read_back_an_altered_copy_passes_unseen_and_is_appended_again(
+    side: Callable[[str, str], Side], tmp_path: Path
+) -> None:
+    """``imap.read_back = false`` (for measuring its cost) gives up exactly what the config
+    example says: Cyrus's munged copy counts as faithful, and the next run appends it again."""
+    src, dst = side("dovecot", "source"), side("cyrus", "dest")
+    src_account, dst_account = src.new_account(), dst.new_account()
+    with src_account.imap(src.security) as conn:
+        append_messages(conn, "INBOX", [_msg("nomid8", 2019, subject="Grüße", mid=False)])
+    hosts = {src.server.host: src.host_config(), dst.server.host: dst.host_config()}
+    config = make_config(hosts, dest_port=dst.port, read_back=False)
+    request = make_request(
+        Login(src_account.user, PASSWORD, src.server.host, src.port),
+        Login(dst_account.user, PASSWORD, dst.server.host),
+        jobtype=JobType.IMAP,
+    )
+    run = CopyRun.create(tmp_path, request, config, "req-1")
+    first = asyncio.run(run.run())
+    second = asyncio.run(CopyRun.create(run.state, request, config, "req-2").run())
+    assert first.status is Status.SUCCEEDED and first.failures == ()
+    assert second.status is Status.SUCCEEDED and sum(f.copied for f in second.folders) == 1
+    with dst_account.imap(dst.security) as conn:
+        inbox = read_mailbox(conn).folders[_expected_dest(dst, ())]
+    assert len(inbox.messages) == 2

@@ -115,6 +115,7 @@ class ImapConfig:
     fetch_batch: int = 400  # messages per body FETCH (and per MULTIAPPEND)
     fetch_batch_bytes: int = 8 * 1024 * 1024
     folder_workers: int = 4  # connection pairs per request copying folders side by side
+    read_back: bool = True  # compare what the destination stored after each batch (readback)
     exclude_folders: tuple[str, ...] = DEFAULT_EXCLUDED_FOLDERS
 
 

@@ -304,7 +304,7 @@ class FolderCopy:
                 accepted.append(msg)
         if not accepted:
             return
-        altered = await self._read_back(dst, accepted, metas)
+        altered = await self._read_back(dst, accepted, metas) if self.config.read_back else {}
         for msg in accepted:
             size = len(msg.body or b"")
             meta = metas[msg.uid]

@@ -14,6 +14,7 @@ from legacyflo_daemon.imap.syntax.parse import (
     EMPTY_BODY,
     EXCHANGE_FAILED,
     NO_BODY,
+    SEQUENCE_KEY,
     ListEntry,
     appenduid,
     capabilities,
@@ -530,7 +531,12 @@ def test_fetch_items_merges_by_sequence_number_and_drops_unsolicited() -> None:
         b'3 FETCH (INTERNALDATE "01-Jan-2020 00:00:00 +0000")',
     ]
     (item,) = fetch_items(parts)
-    assert item == {"UID": "30", "FLAGS": ["\\Seen"], "INTERNALDATE": "01-Jan-2020 00:00:00 +0000"}
+    assert item == {
+        SEQUENCE_KEY: "3",  # which message it was (the session matches oversized bodies by it)
+        "UID": "30",
+        "FLAGS": ["\\Seen"],
+        "INTERNALDATE": "01-Jan-2020 00:00:00 +0000",
+    }
 
 
 @pytest.mark.parametrize(

@@ -107,6 +107,7 @@ _CHECKS: dict[str, Check] = {
     "imap.fetch_batch": _between(1, 1000),
     "imap.fetch_batch_bytes": _at_least(64 * 1024),
     "imap.folder_workers": _between(1, 16),
+    "imap.max_message_mb": _between(1, 4096),
     "imap.exclude_folders": _folders,
     "log.level": _one_of("debug", "info", "warning", "error", "critical"),
     "log.format": _one_of("auto", "json", "console"),

@@ -116,6 +116,9 @@ class ImapConfig:
     fetch_batch_bytes: int = 8 * 1024 * 1024
     folder_workers: int = 4  # connection pairs per request copying folders side by side
     read_back: bool = True  # compare what the destination stored after each batch (readback)
+    # A body larger than 4 x its announced size and larger than this is not accepted (a server
+    # that sends more than it said must not be able to exhaust memory).
+    max_message_mb: int = 150
     exclude_folders: tuple[str, ...] = DEFAULT_EXCLUDED_FOLDERS
 
 

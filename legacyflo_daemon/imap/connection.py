@@ -36,7 +36,7 @@ from legacyflo_daemon.imap._aioimaplib.protocol import ImapProtocol
 from legacyflo_daemon.imap.endpoint import Endpoint, chain, is_bug, translate
 from legacyflo_daemon.imap.syntax import responses
 from legacyflo_daemon.imap.syntax.parse import capabilities
-from legacyflo_daemon.imap.syntax.wire import Arg, Chunk, decode, split_args
+from legacyflo_daemon.imap.syntax.wire import Arg, Chunk, ResponseTooLarge, decode, split_args
 
 Kind = responses.Kind
 T = TypeVar("T")
@@ -80,6 +80,8 @@ class Connection:
     def _lost_reason(self) -> str:
         if (bug := self._bug()) is not None:
             return f"internal error while handling a response ({type(bug).__name__})"
+        if isinstance(self.proto.error, ResponseTooLarge):  # our own words: safe to show
+            return f"the server sent {self.proto.error}"
         if self.proto.error is not None:  # aioimaplib's Abort, an unreadable response
             return f"unexpected data from the server ({type(self.proto.error).__name__})"
         if self.proto.failure is not None:

@@ -96,11 +96,15 @@ async def _starttls(conn: Connection) -> None:
         return
     if proto.state != NONAUTH:
         raise PermanentError("the server logged us in before STARTTLS (PREAUTH)", host=ep.host)
+    proto.silent_after_tagged = True
     reply = await conn.run("STARTTLS", what="STARTTLS")
     if reply.result != "OK":
         raise PermanentError(f"STARTTLS refused: {responses.one_line(reply.text)}", host=ep.host)
-    if proto.incomplete_line:  # bytes after the OK would be injected into the TLS session
+    if proto.incomplete_line or proto.failure is not None:
+        # Bytes after the OK, complete lines included, would be read as if they had come
+        # through TLS (the STARTTLS command injection of CVE-2011-0411): never go on.
         raise PermanentError("the server sent data right after STARTTLS", host=ep.host)
+    proto.silent_after_tagged = proto.tagged_seen = False
     try:
         async with asyncio.timeout(ep.connect_timeout):
             proto.transport = await proto.loop.start_tls(

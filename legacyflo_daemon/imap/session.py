@@ -42,6 +42,7 @@ from legacyflo_daemon.imap.endpoint import Endpoint, TlsMode, chain, make_ssl_co
 from legacyflo_daemon.imap.opening import login, open_connection, start
 from legacyflo_daemon.imap.syntax import responses
 from legacyflo_daemon.imap.syntax.parse import (
+    SEQUENCE_KEY,
     FetchedMessage,
     ListEntry,
     MailboxInfo,
@@ -67,6 +68,9 @@ from legacyflo_daemon.imap.syntax.wire import (
     search_args,
 )
 
+# A body may be this many times the size the server announced (RFC822.SIZE is an estimate on
+# Exchange) before it counts as a server sending more than it said; see fetch_bodies.
+OVERSIZE_FACTOR = 4
 BODY_BATCH = 500  # UIDs per body FETCH (the caller also bounds a batch's bytes)
 META_BATCH = 1000  # UIDs per metadata FETCH (responses are parsed in linear time here)
 HEADER_FIELDS = "MESSAGE-ID DATE FROM TO SUBJECT"  # what transfer.identity reads
@@ -82,6 +86,7 @@ LOGOUT_TIMEOUT = 5.0  # seconds a polite goodbye may take before we just hang up
 __all__ = [
     "BODY_BATCH",
     "META_BATCH",
+    "OVERSIZE_FACTOR",
     "Endpoint",
     "FetchedMessage",
     "ListEntry",
@@ -367,7 +372,11 @@ class Session:
             args = search_args(criteria)
         except ValueError as exc:
             raise PermanentError(f"UID SEARCH: {exc}", host=self.host) from None
-        reply = await self._conn.run("SEARCH", args, prefix="UID", what="UID SEARCH")
+        self._conn.proto.searching = True  # its one answer line may be long (every UID)
+        try:
+            reply = await self._conn.run("SEARCH", args, prefix="UID", what="UID SEARCH")
+        finally:
+            self._conn.proto.searching = False
         self._check("other", reply.result, reply.text, "UID SEARCH")
         with self._parsing("UID SEARCH"):
             return sorted(set(parse_search(reply.lines)))
@@ -444,31 +453,78 @@ class Session:
             out += await self._convert(items, meta_from, f"FETCH {seq}")
         return out
 
-    async def fetch_bodies(self, uids: str | Iterable[int]) -> list[FetchedMessage]:
+    async def fetch_bodies(
+        self,
+        uids: str | Iterable[int],
+        *,
+        limits: dict[int, int] | None = None,
+        default_limit: int | None = None,
+    ) -> list[FetchedMessage]:
         """Whole messages (``BODY.PEEK[]``: never sets ``\\Seen``), in batches of ``BODY_BATCH``.
 
         A message the server cannot deliver comes back with ``error`` set (no body, empty
         body, Exchange's substitute message, or a per-message ``NO``). When a batch gets a
         ``NO``, its UIDs are fetched one by one so the others still arrive. UIDs that do not
         exist (any more) are simply absent.
+
+        ``limits`` (UID -> bytes) and ``default_limit`` bound what a server may send for one
+        message: a larger body is read off the wire and dropped as it arrives (memory stays
+        bounded whatever the server announces) and the message comes back with an error
+        saying so. ``None``: no limit.
         """
         out: list[FetchedMessage] = []
         for uid_set in self._batches(uids, BODY_BATCH):
-            out += await self._fetch_bodies(uid_set, split_on_no=True)
+            out += await self._fetch_bodies(
+                uid_set, split_on_no=True, limits=limits, default_limit=default_limit
+            )
         return out
 
-    async def _fetch_bodies(self, uid_set: str, *, split_on_no: bool) -> list[FetchedMessage]:
-        result, items, text = await self._fetch(uid_set, BODY_ITEMS)
+    async def _fetch_bodies(
+        self,
+        uid_set: str,
+        *,
+        split_on_no: bool,
+        limits: dict[int, int] | None = None,
+        default_limit: int | None = None,
+    ) -> list[FetchedMessage]:
+        proto = self._conn.proto
+        proto.limit_literals(limits, default_limit)
+        try:
+            result, items, text = await self._fetch(uid_set, BODY_ITEMS)
+            oversized = dict(proto.oversized)
+        finally:
+            proto.limit_literals(None, None)
         if responses.classify_fetch(result, text) == "rejected":
             uids = expand_uid_set(uid_set)
             if split_on_no and len(uids) > 1:
                 return [
-                    m for uid in uids for m in await self._fetch_bodies(str(uid), split_on_no=False)
+                    m
+                    for uid in uids
+                    for m in await self._fetch_bodies(
+                        str(uid), split_on_no=False, limits=limits, default_limit=default_limit
+                    )
                 ]
             reason = f"the server refused to deliver it: {responses.one_line(text)}"
             return [FetchedMessage(uid, (), "", None, None, reason) for uid in uids]
         self._check("fetch", result, text, f"UID FETCH {uid_set}")
-        return await self._convert(items, message_from, f"UID FETCH {uid_set}")
+        messages = await self._convert(items, message_from, f"UID FETCH {uid_set}")
+        if oversized:
+            by_seq = {item.get(SEQUENCE_KEY): m for item, m in zip(items, messages, strict=True)}
+            for seq, size in oversized.items():
+                m = by_seq.get(str(seq))
+                if m is None:
+                    continue
+                limit = (limits or {}).get(m.uid, default_limit)
+                error = (
+                    f"the server sent {size:,} bytes for it, more than the {limit:,} bytes "
+                    "allowed for this message (its announced size times "
+                    f"{OVERSIZE_FACTOR}, at least imap.max_message_mb): not copied"
+                )
+                index = messages.index(m)
+                messages[index] = FetchedMessage(
+                    m.uid, m.flags, m.internaldate_raw, m.internaldate, None, error
+                )
+        return messages
 
     async def _convert(
         self, items: list[dict[str, Value]], convert: Callable[[dict[str, Value]], T], what: str

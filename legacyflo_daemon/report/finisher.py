@@ -31,6 +31,7 @@ from legacyflo_daemon.report.mail import build_mail
 from legacyflo_daemon.report.result import result_json
 from legacyflo_daemon.runtime.bulk import cooperative, in_thread
 from legacyflo_daemon.runtime.clock import utcnow
+from legacyflo_daemon.runtime.secrets import scrub
 from legacyflo_daemon.state.lifecycle import Lifecycle
 from legacyflo_daemon.transfer.recorder import ListingEntry, ListingRecorder
 
@@ -92,13 +93,17 @@ class Finisher:
         dest_folder_path: str,
         recorder: ListingRecorder | None,
     ) -> dict[str, Any]:
-        doc = result_json(
-            request_id,
-            with_ports(request, self.config) if request is not None else None,
-            row_error,
-            result,
-            csv_name=csv_name,
-            dest_folder_path=dest_folder_path,
+        # Scrubbed as a whole: server texts (errors, failure reasons) may quote a password
+        # back, and the request's passwords are registered until it is finished.
+        doc: dict[str, Any] = scrub(
+            result_json(
+                request_id,
+                with_ports(request, self.config) if request is not None else None,
+                row_error,
+                result,
+                csv_name=csv_name,
+                dest_folder_path=dest_folder_path,
+            )
         )
         to_addr = request.report_to if request is not None else (row_error and row_error.report_to)
         with tempfile.TemporaryDirectory(prefix=".work-report-", dir=self.outbox.dir) as tmp:

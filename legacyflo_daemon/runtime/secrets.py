@@ -159,6 +159,13 @@ def redact(text: str, value: str | Secret | None, *, user: str | None = None) ->
     return pattern.sub(REDACTED, text) if pattern is not None else text
 
 
+def scrub_text(text: str) -> str:
+    """``text`` with every form of every registered password replaced by ``********``: the
+    filter every server text passes before it reaches a result, a report or the state."""
+    pattern = _REGISTRY.pattern
+    return pattern.sub(REDACTED, text) if pattern is not None else text
+
+
 def scrub(value: object, depth: int = 0) -> Any:
     """``value`` made JSON-safe with secrets replaced by ``********``.
 
@@ -167,8 +174,7 @@ def scrub(value: object, depth: int = 0) -> Any:
     than a few levels is flattened to its (scrubbed) repr.
     """
     if isinstance(value, str):
-        pattern = _REGISTRY.pattern
-        return pattern.sub(REDACTED, value) if pattern is not None else value
+        return scrub_text(value)
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, Secret):

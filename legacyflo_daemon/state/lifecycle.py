@@ -29,6 +29,7 @@ import structlog
 
 from legacyflo_daemon.errors import InternalError
 from legacyflo_daemon.model import Status
+from legacyflo_daemon.runtime.secrets import scrub, scrub_text
 from legacyflo_daemon.state.schema import iso
 from legacyflo_daemon.state.store import StateStore
 
@@ -90,10 +91,12 @@ class Lifecycle:
         """The final status and result of a queued or running request; its passwords are
         erased in the same transaction."""
         transition = Transition.RECORD_REJECTION if status is Status.REJECTED else Transition.FINISH
+        # Server texts may quote a password back (a LOGIN refusal echoing its arguments): the
+        # registered ones never reach the state.
         sets: dict[str, Any] = {
             "finished_at": iso(now),
-            "result": json.dumps(result, sort_keys=True),
-            "error": error,
+            "result": json.dumps(scrub(dict(result)), sort_keys=True),
+            "error": scrub_text(error) if error is not None else None,
             "secrets": None,
         }
         self._apply(request_id, transition, status, sets)

@@ -38,6 +38,7 @@ from typing import Any
 from legacyflo_daemon.errors import StateError
 from legacyflo_daemon.model import MessageFailure, Request, Status
 from legacyflo_daemon.runtime.bulk import let_loop_run
+from legacyflo_daemon.runtime.secrets import scrub_text
 from legacyflo_daemon.state.schema import (
     MIGRATIONS,
     SCHEMA,
@@ -465,7 +466,7 @@ class StateStore:
             db.execute(
                 "INSERT OR REPLACE INTO failures(request_id, folder, uid, date, subject, reason,"
                 " kind) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (request_id, f.folder, f.uid, f.date, f.subject, f.reason, f.kind),
+                (request_id, f.folder, f.uid, f.date, f.subject, scrub_text(f.reason), f.kind),
             )
 
     def add_altered_copy(

@@ -22,7 +22,13 @@ import structlog
 
 from legacyflo_daemon.config.schema import ImapConfig
 from legacyflo_daemon.errors import PermanentError
-from legacyflo_daemon.imap.session import FetchedMessage, MailboxInfo, MessageMeta, Session
+from legacyflo_daemon.imap.session import (
+    OVERSIZE_FACTOR,
+    FetchedMessage,
+    MailboxInfo,
+    MessageMeta,
+    Session,
+)
 from legacyflo_daemon.model import FolderResult, MessageFailure
 from legacyflo_daemon.runtime.aio import both
 from legacyflo_daemon.state.store import FolderCheckpoint, StateStore
@@ -243,10 +249,26 @@ class FolderCopy:
                 for batch in batches:
                     if self.stop.is_set():
                         break
-                    hold = self.budget.reserve(sum(metas[u].size for u in batch))
+                    reserved = sum(metas[u].size for u in batch)
+                    hold = self.budget.reserve(reserved)
                     await hold.__aenter__()
                     holds.append(hold)
-                    fetched = {m.uid: m for m in await src.fetch_bodies(batch)}
+                    floor = self.config.max_message_mb * 1024 * 1024
+                    limits = {u: max(metas[u].size * OVERSIZE_FACTOR, floor) for u in batch}
+                    bodies = await src.fetch_bodies(
+                        batch, limits=limits, default_limit=max(limits.values())
+                    )
+                    fetched = {m.uid: m for m in bodies}
+                    received = sum(len(m.body) for m in bodies if m.body is not None)
+                    if received > reserved:
+                        # The server's sizes were estimates: account for what is really held
+                        # (after giving our share back, so a batch above the whole budget is
+                        # admitted alone instead of waiting for itself).
+                        holds.remove(hold)
+                        await hold.__aexit__(None, None, None)
+                        hold = self.budget.reserve(received)
+                        await hold.__aenter__()
+                        holds.append(hold)
                     await queue.put((batch, fetched, hold))
                 await queue.put(None)
             except Exception as exc:  # handed to the consumer, which raises it

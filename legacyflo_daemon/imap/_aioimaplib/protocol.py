@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -48,7 +49,7 @@ from typing import Any
 from aioimaplib import aioimaplib as lib
 
 from legacyflo_daemon.imap._aioimaplib.commands import ContinuationCommand
-from legacyflo_daemon.imap.syntax.wire import CRLF, Chunk
+from legacyflo_daemon.imap.syntax.wire import CRLF, Chunk, ResponseTooLarge, WireError
 
 # What the rest of the boundary needs of the library, so that only this adapter imports it:
 # its exception base class and the protocol states a connection passes through.
@@ -56,6 +57,13 @@ ProtocolError = lib.AioImapException
 NONAUTH, AUTH, LOGOUT = lib.NONAUTH, lib.AUTH, lib.LOGOUT
 
 WRITE_PIECE = 64 * 1024  # a large literal is handed to the transport this much at a time
+# Longest response line accepted (literals excluded): no sane answer but SEARCH comes near it.
+# A line growing past it is a hostile or broken server, and would otherwise grow without end.
+LINE_MAX = 64 * 1024
+# SEARCH lists every matching UID on one line: 200,000 messages are about 1.4 MB.
+SEARCH_LINE_MAX = 32 * 1024 * 1024
+_FETCH_SEQ = re.compile(rb"^\* ([0-9]+) FETCH ", re.IGNORECASE)
+_LINE_UID = re.compile(rb"[( ]UID ([0-9]+)", re.IGNORECASE)
 DIRECT_WRITE_MAX = 256 * 1024  # up to this, chunks are written at once
 
 # aioimaplib logs every received chunk (whole message bodies) and command lines (with a password
@@ -70,6 +78,7 @@ class ImapProtocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
 
     state: str
     transport: Any
+    incomplete_line: bytes | bytearray  # the library's: received bytes of an unfinished line
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop, None)
@@ -85,6 +94,17 @@ class ImapProtocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
         self._writable.set()
         self._queue: deque[Chunk] = deque()
         self._writer: asyncio.Task[None] | None = None
+        # Literal limits of the running body FETCH (``limit_literals``): UID -> most bytes
+        # accepted for that message, and the most for a literal whose UID is not known yet.
+        self.literal_limits: dict[int, int] = {}
+        self.literal_default: int | None = None
+        self.oversized: dict[int, int] = {}  # FETCH sequence number -> bytes announced, skipped
+        self._skip = 0  # bytes of an oversized literal still to be read and dropped
+        # STARTTLS: nothing may follow the tagged answer until the TLS handshake (the command
+        # injection of CVE-2011-0411); ``silent_after_tagged`` arms the check.
+        self.silent_after_tagged = False
+        self.tagged_seen = False
+        self.searching = False  # a SEARCH is running: its one line may be long
 
     # -- connection events ---------------------------------------------------------------------
 
@@ -146,11 +166,45 @@ class ImapProtocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
         if self.failure is not None:
             return
         try:
-            self._consume(self.incomplete_line + data, self.current_command)
+            partial = self.incomplete_line
+            if (
+                partial
+                and not self._skip
+                and CRLF not in data
+                and not (partial[-1:] == b"\r" and data[:1] == b"\n")
+            ):
+                # Still inside one line: collect without rescanning (linear in its length).
+                grown = partial if isinstance(partial, bytearray) else bytearray(partial)
+                grown += data
+                self.incomplete_line = grown
+                self._check_line(len(grown))
+                return
+            self._consume(bytes(partial) + data if partial else data, self.current_command)
         except Exception as exc:  # Abort, a WireError, a bug: the stream can't be trusted
             # The reason names only the type: the library's messages embed commands and server
             # data. The exception itself, traceback and all, is kept for the waiting command.
             self.fail(f"a received response could not be handled ({type(exc).__name__})", exc)
+
+    def _check_line(self, length: int) -> None:
+        cap = SEARCH_LINE_MAX if self.searching else LINE_MAX
+        if length > cap:
+            raise ResponseTooLarge(f"a response line longer than {cap // 1024:,} KiB")
+
+    def limit_literals(self, limits: dict[int, int] | None, default: int | None) -> None:
+        """While a body FETCH runs: a literal larger than its message's limit (by the UID on
+        its line, else ``default``) is read and dropped, its FETCH sequence number recorded in
+        ``oversized``; the command sees an empty literal. ``None`` ends the limits."""
+        self.literal_limits = limits or {}
+        self.literal_default = default
+        self.oversized = {}
+
+    def _literal_limit(self, line: bytes) -> int | None:
+        if self.literal_default is None:
+            return None
+        uid = _LINE_UID.search(line)
+        if uid is not None and int(uid.group(1)) in self.literal_limits:
+            return self.literal_limits[int(uid.group(1))]
+        return self.literal_default
 
     def send(self, line: str, scrub: str | None = None) -> None:
         chunks: list[Chunk] = [line.encode() + CRLF]
@@ -167,6 +221,15 @@ class ImapProtocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
         view = memoryview(data)
         pos, end = 0, len(data)
         while True:
+            if self.tagged_seen and pos < end:
+                raise WireError("the server sent data right after its STARTTLS answer")
+            if self._skip:  # the rest of an oversized literal: read, never kept
+                take = min(self._skip, end - pos)
+                self._skip -= take
+                pos += take
+                if self._skip:
+                    self.current_command, self.incomplete_line = cmd, b""
+                    return
             if pos >= end:
                 if self.pending_sync_command is not None:
                     self.pending_sync_command.flush()
@@ -184,16 +247,26 @@ class ImapProtocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
                 continue
             eol = data.find(CRLF, pos)
             if eol < 0:
+                self._check_line(end - pos)
                 self.current_command, self.incomplete_line = cmd, data[pos:]
                 return
+            self._check_line(eol - pos)
             line = data[pos:eol]
             pos = eol + 2
             new = self._handle_line(line, cmd)
+            if self.silent_after_tagged and line[:1] not in (b"*", b"+"):
+                self.tagged_seen = True
             literal = lib.literal_data_re.match(line)
             if literal:
                 if new is None:  # a literal nobody waits for: read it into a sink
                     new = lib.Command("NIL", "unused", loop=self.loop)
-                new.begin_literal_data(int(literal.group("size")))
+                size = int(literal.group("size"))
+                limit = self._literal_limit(line)
+                if limit is not None and size > limit:
+                    seq = _FETCH_SEQ.match(line)
+                    self.oversized[int(seq.group(1)) if seq else 0] = size
+                    self._skip, size = size, 0
+                new.begin_literal_data(size)
                 cmd = new
             elif new is not None and new.wait_data():
                 cmd = new

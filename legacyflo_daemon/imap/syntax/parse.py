@@ -240,6 +240,10 @@ def _key(name: str) -> str:
     return " ".join(name.upper().split())
 
 
+# The key under which ``fetch_items`` keeps each answer's message sequence number.
+SEQUENCE_KEY = "#SEQ"
+
+
 def fetch_items(lines: Parts) -> list[dict[str, Value]]:
     """FETCH answers as dicts ``{"UID": "7", "FLAGS": [...], "BODY[]": bytearray, ...}``.
 
@@ -259,7 +263,7 @@ def fetch_items(lines: Parts) -> list[dict[str, Value]]:
             or len(items) % 2
         ):
             raise WireError("malformed FETCH response")
-        entry = merged.setdefault(seq, {})
+        entry = merged.setdefault(seq, {SEQUENCE_KEY: seq})
         for i in range(0, len(items), 2):
             key = items[i]
             if not isinstance(key, str):

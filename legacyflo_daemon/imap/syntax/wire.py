@@ -26,6 +26,11 @@ class WireError(ValueError):
     """A server response that does not follow the IMAP grammar where we need it to."""
 
 
+class ResponseTooLarge(WireError):
+    """A response beyond what we accept (a line over the cap). Its text is ours alone, never
+    server data, so it may be shown as it is."""
+
+
 @dataclass(frozen=True, slots=True)
 class Literal:
     """An argument sent as a literal: ``{n}`` (wait for the server's ``+``, then the bytes) or,

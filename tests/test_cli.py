@@ -313,12 +313,18 @@ def test_run_hands_over_to_the_daemon(spool_config: Path, monkeypatch: pytest.Mo
 
 
 def test_status_hands_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = {"watch": False, "as_json": False, "request_id": None, "csv": None, "state": None}
     calls = fake_main(monkeypatch, "legacyflo_daemon.cli.status", 0)
     assert cli.main(["status"]) == 0
-    assert calls[0][1] == {"watch": False}
+    assert calls[0][1] == plain
     calls = fake_main(monkeypatch, "legacyflo_daemon.cli.status", 3)
     assert cli.main(["status", "--watch"]) == 3
-    assert calls[0][1] == {"watch": True}
+    assert calls[0][1] == plain | {"watch": True}
+    calls = fake_main(monkeypatch, "legacyflo_daemon.cli.status", 0)
+    args = ["status", "r-1", "--json", "--csv", "a.csv", "--state", "failed"]
+    assert cli.main(args) == 0
+    assert calls[0][1] == {"watch": False, "as_json": True, "request_id": "r-1",
+                           "csv": "a.csv", "state": "failed"}  # fmt: skip
 
 
 # -- the installed script -------------------------------------------------------------------------

@@ -172,7 +172,14 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
     from legacyflo_daemon.cli import status
 
-    return status.main(config, watch=args.watch)
+    return status.main(
+        config,
+        watch=args.watch,
+        as_json=args.json,
+        request_id=args.request_id,
+        csv=args.csv,
+        state=args.state,
+    )
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -243,9 +250,21 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser(
         "status",
         parents=[common],
-        help="show requests and their progress",
-        description="Show the requests and their progress (messages, bytes, rate, ETA).",
+        help="show whether the daemon runs and what each request is doing",
+        description="Show whether the daemon runs and each request's state, phase and "
+        "progress (messages, bytes, rate, ETA), failures first; with a request id, that "
+        "request's folders and failures.",
     )
+    status.add_argument("request_id", nargs="?", help="show this request in detail")
+    status.add_argument("--json", action="store_true",
+                        help="print JSON (legacyflo_daemon/status.schema.json)")  # fmt: skip
+    status.add_argument("--csv", metavar="NAME", help="only the requests of this CSV file")
+    status.add_argument(
+        "--state",
+        choices=("queued", "running", "interrupted", "succeeded", "partial", "failed",
+                 "rejected", "cancelled"),
+        help="only requests in this state",
+    )  # fmt: skip
     status.add_argument("--watch", action="store_true", help="refresh until interrupted")
     status.set_defaults(handler=cmd_status)
     return parser

@@ -1,67 +1,343 @@
-"""``legacyflo-daemon status``: every request with its state and progress, as a table.
+"""``legacyflo-daemon status``: whether the daemon runs, and what each request is doing.
 
 Reads the state store only (SQLite allows a reader beside the running daemon's writer), so it
-works while the daemon runs. Must not: write anything.
+works while the daemon runs; writes nothing. The pure part (``view``, ``table``, ``detail``)
+builds a documented document (``legacyflo_daemon/status.schema.json``, printed by ``--json``)
+from what the store holds, and renders it for 80 columns.
+
+Truth rules (decisions):
+
+- The daemon is *running* only while its heartbeat (written every few seconds) is fresh, and,
+  on this machine, its pid is alive. Otherwise it is "not running", with when it was last seen
+  and whether it stopped cleanly. While it is down, a request left ``running`` in the store is
+  shown as ``interrupted`` (it resumes at the next start), without rate or ETA.
+- A finished request shows the counts of its result (copied, already present, failed), not the
+  live counters of its last run, which start again at 0 after a resume.
+- Failures first, then running, queued, and finished ones. A request superseded by a later
+  request for the same account and folder (a retry) that succeeded is left out of the list.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import socket
 import sys
 import time
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
 
 from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.errors import StateError
+from legacyflo_daemon.model import Status
 from legacyflo_daemon.report.mail import human_size
 from legacyflo_daemon.state.store import RequestRow, StateStore
 
+STATUS_VERSION = 1
+STALE_INTERVALS = 3  # a heartbeat older than this many intervals means the daemon is gone
+WIDTH = 80
+_ORDER = {
+    "failed": 0,
+    "partial": 1,
+    "rejected": 2,
+    "interrupted": 3,
+    "running": 4,
+    "queued": 5,
+    "succeeded": 6,
+}
 
-def _rate_eta(r: RequestRow, now: dt.datetime) -> tuple[str, str]:
-    if r.started_at is None or r.bytes_done <= 0 or r.finished_at is not None:
-        return "", ""
-    started = dt.datetime.fromisoformat(r.started_at)
-    seconds = max(1.0, (now - started).total_seconds())
-    rate = r.bytes_done / seconds
-    left = max(0, r.bytes_total - r.bytes_done)
-    eta = f"{int(left / rate // 60)}m{int(left / rate % 60):02d}s" if rate > 0 else ""
-    return f"{human_size(int(rate))}/s", eta
+
+def _time(text: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(text) if text else None
 
 
-def table(rows: Sequence[RequestRow], now: dt.datetime) -> str:
-    """A fixed-width table of ``rows``; the pure part of the command."""
-    header = ("REQUEST", "STATE", "MESSAGES", "BYTES", "RATE", "ETA", "TITLE / ERROR")
-    lines = [header]
-    for r in rows:
-        msgs = f"{r.msgs_done}/{r.msgs_total}" if r.msgs_total else ""
-        nbytes = f"{human_size(r.bytes_done)}/{human_size(r.bytes_total)}" if r.bytes_total else ""
-        rate, eta = _rate_eta(r, now)
-        note = r.title if not r.error else f"{r.title}: {r.error}"
-        lines.append((r.id, r.status.value, msgs, nbytes, rate, eta, note[:80]))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-    out = []
-    for line in lines:
-        cells = [c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)]
-        out.append("  ".join([*cells, line[-1]]).rstrip())
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+def daemon_view(heartbeat: Mapping[str, Any] | None, now: dt.datetime) -> dict[str, Any]:
+    """Whether the daemon runs, from its heartbeat (see the module docstring)."""
+    if heartbeat is None:
+        return {"running": False, "summary": "not running (it never ran with this state)"}
+    at = _time(str(heartbeat.get("at", ""))) or now
+    age = (now - at).total_seconds()
+    interval = float(heartbeat.get("interval", 5.0))
+    pid = int(heartbeat.get("pid", 0))
+    host = str(heartbeat.get("host", ""))
+    out: dict[str, Any] = {
+        "pid": pid,
+        "host": host,
+        "started_at": heartbeat.get("started_at"),
+        "last_seen": heartbeat.get("at"),
+        "heartbeat_age_seconds": round(age, 1),
+    }
+    fresh = heartbeat.get("state") == "running" and age <= STALE_INTERVALS * max(interval, 5.0)
+    if fresh and host == socket.gethostname() and not _pid_alive(pid):
+        fresh = False
+    seen = f"{at:%Y-%m-%d %H:%M:%S} UTC"
+    if fresh:
+        since = heartbeat.get("started_at")
+        summary = f"running (pid {pid} on {host}, since {since}, heartbeat {age:.0f} s ago)"
+    elif heartbeat.get("state") == "stopped":
+        summary = f"not running (stopped cleanly at {seen})"
+    else:
+        summary = f"not running (stopped unexpectedly; last seen {seen})"
+    out |= {"running": fresh, "summary": summary}
+    return out
+
+
+def request_view(
+    r: RequestRow,
+    phase: tuple[str, str, str] | None,
+    result: Mapping[str, Any] | None,
+    csv_name: str,
+    daemon_running: bool,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    """One request as ``status --json`` shows it."""
+    state = r.status.value
+    if r.status is Status.RUNNING and not daemon_running:
+        state = "interrupted"
+    started, finished = _time(r.started_at), _time(r.finished_at)
+    out: dict[str, Any] = {
+        "id": r.id,
+        "csv": csv_name,
+        "row": r.row,
+        "title": r.title,
+        "state": state,
+        "phase": phase[0] if phase and state == "running" else None,
+        "detail": phase[1] if phase and state == "running" else None,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "duration_seconds": (
+            round(((finished or now) - started).total_seconds()) if started else None
+        ),
+        "error": r.error,
+    }
+    totals = (result or {}).get("totals") or {}
+    if r.status.finished and totals:
+        out["messages"] = {
+            "in_range": totals.get("in_range", 0),
+            "copied": totals.get("copied", 0),
+            "already_present": totals.get("already_present", 0),
+            "failed": totals.get("failed", 0),
+        }
+        out["bytes"] = {"copied": totals.get("bytes", 0)}
+        out["rate_bytes_per_s"] = out["eta_seconds"] = None
+        return out
+    out["messages"] = {"done": r.msgs_done, "total": r.msgs_total}
+    out["bytes"] = {"done": r.bytes_done, "total": r.bytes_total}
+    rate = eta = None
+    progress_at = _time(r.progress_at)
+    if state == "running" and started and progress_at and r.bytes_done > 0:
+        seconds = max(1.0, (progress_at - started).total_seconds())
+        rate = r.bytes_done / seconds
+        eta = round(max(0, r.bytes_total - r.bytes_done) / rate) if rate > 0 else None
+    out["rate_bytes_per_s"] = round(rate) if rate is not None else None
+    out["eta_seconds"] = eta
+    return out
+
+
+def view(
+    store: StateStore,
+    now: dt.datetime,
+    *,
+    csv: str | None = None,
+    state: str | None = None,
+) -> dict[str, Any]:
+    """The whole ``status --json`` document (filters: a CSV's name, a state)."""
+    daemon = daemon_view(store.heartbeat(), now)
+    phases = store.phases()
+    names: dict[int, str] = {}
+    requests: list[tuple[int, dict[str, Any]]] = []
+    latest: dict[str, tuple[int, Status]] = {}
+    keys = store.request_keys()
+    for r in store.requests():
+        key = keys.get(r.id)
+        if key is not None and (key not in latest or latest[key][0] < r.seq):
+            latest[key] = (r.seq, r.status)
+    for r in store.requests():
+        key = keys.get(r.id)
+        if key is not None and latest[key][0] != r.seq and latest[key][1] is Status.SUCCEEDED:
+            continue  # a later request for the same account and folder succeeded
+        if r.csv_id not in names:
+            names[r.csv_id] = store.csv(r.csv_id).original
+        if csv is not None and names[r.csv_id] != csv:
+            continue
+        result = store.result(r.id) if r.status.finished else None
+        item = request_view(r, phases.get(r.id), result, names[r.csv_id], daemon["running"], now)
+        if state is not None and item["state"] != state:
+            continue
+        requests.append((r.seq, item))
+    requests.sort(key=lambda pair: (_ORDER.get(pair[1]["state"], 9), pair[0]))  # then FIFO
+    listed = [item for _, item in requests]
     counts: dict[str, int] = {}
-    for r in rows:
-        counts[r.status.value] = counts.get(r.status.value, 0) + 1
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no requests"
-    return "\n".join([*out, "", summary]) + "\n"
+    for item in listed:
+        counts[item["state"]] = counts.get(item["state"], 0) + 1
+    return {"version": STATUS_VERSION, "daemon": daemon, "counts": counts, "requests": listed}
 
 
-def main(cfg: Config, *, watch: bool = False, out: TextIO | None = None) -> int:
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _progress(item: Mapping[str, Any]) -> str:
+    m = item["messages"]
+    if "copied" in m:
+        done = f"{m['copied']:,} copied"
+        if m["already_present"]:
+            done += f", {m['already_present']:,} already there"
+        if m["failed"]:
+            done += f", {m['failed']:,} failed"
+        return done
+    if not m["total"]:
+        return ""
+    text = f"{m['done']:,}/{m['total']:,}"
+    b = item["bytes"]
+    if b["total"]:
+        text += f" {human_size(b['done'])}/{human_size(b['total'])}"
+    return text
+
+
+def _line(item: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    state = item["state"]
+    if state == "running" and item["phase"]:
+        state = item["phase"] if item["phase"] != "copying" else "running"
+    rate = f"{human_size(item['rate_bytes_per_s'])}/s" if item["rate_bytes_per_s"] else ""
+    eta = _duration(item["eta_seconds"]) if item["eta_seconds"] is not None else ""
+    progress = " ".join(p for p in (_progress(item), rate, eta and f"ETA {eta}") if p)
+    if item["state"] == "running" and item["detail"]:
+        what = item["detail"]
+    elif item["error"]:
+        what = item["error"]
+    else:
+        what = item["title"]
+    return item["id"], state, progress, what
+
+
+def table(doc: Mapping[str, Any], width: int = WIDTH) -> str:
+    """``status``'s text: the daemon line, one line per request, a count line; every line
+    at most ``width`` columns (the last column is cut, marked with an ellipsis)."""
+    lines = [f"daemon: {doc['daemon']['summary']}"[:width], ""]
+    rows = [("REQUEST", "STATE", "PROGRESS", "WHAT")] + [_line(i) for i in doc["requests"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        head = "  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True))
+        room = max(10, width - len(head) - 2)
+        what = " ".join(row[3].split())
+        if len(what) > room:
+            what = what[: room - 1] + "…"
+        lines.append(f"{head}  {what}".rstrip())
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(doc["counts"].items())) or "no requests"
+    return "\n".join([*lines, "", counts]) + "\n"
+
+
+def detail(store: StateStore, request_id: str, now: dt.datetime) -> dict[str, Any]:
+    """``status <request-id>``: the request, its folders (checkpoints or result) and failures."""
+    r = store.request_row(request_id)
+    daemon = daemon_view(store.heartbeat(), now)
+    result = store.result(r.id) if r.status.finished else None
+    item = request_view(
+        r, store.phases().get(r.id), result, store.csv(r.csv_id).original, daemon["running"], now
+    )
+    if result is not None:
+        item["folders"] = [
+            {k: f.get(k) for k in ("source", "destination", "in_range", "copied",
+                                   "already_present", "failed", "error", "note")}
+            for f in result.get("folders", [])
+        ]  # fmt: skip
+        item["failures"] = result.get("failures", [])
+    else:
+        item["folders"] = [
+            {"source": name, "done": cp.done, **cp.counts}
+            for name, cp in sorted(store.folder_checkpoints(r.id).items())
+        ]
+        item["failures"] = [
+            {"folder": f.folder, "uid": f.uid, "date": f.date, "subject": f.subject,
+             "reason": f.reason, "kind": f.kind}
+            for f in store.failures(r.id)
+        ]  # fmt: skip
+    return {"version": STATUS_VERSION, "daemon": daemon, "request": item}
+
+
+def detail_text(doc: Mapping[str, Any], width: int = WIDTH) -> str:
+    item = doc["request"]
+    lines = [f"daemon: {doc['daemon']['summary']}", ""]
+    facts = [
+        ("Request", item["id"]),
+        ("CSV", f"{item['csv']}, row {item['row']}"),
+        ("Title", item["title"]),
+        ("State", item["state"] + (f" ({item['phase']})" if item["phase"] else "")),
+        ("Progress", _progress(item) or "-"),
+        ("Duration", _duration(item["duration_seconds"]) or "-"),
+    ]
+    if item["detail"]:
+        facts.append(("Now", item["detail"]))
+    if item["error"]:
+        facts.append(("Error", item["error"]))
+    lines += [f"{k + ':':<10}{v}" for k, v in facts]
+    if item["folders"]:
+        lines += ["", "Folders:"]
+        for f in item["folders"]:
+            counts = f"{f.get('copied', 0):,} copied, {f.get('already_present', 0):,} there"
+            if f.get("failed"):
+                counts += f", {f['failed']:,} failed"
+            where = f.get("destination") or ("done" if f.get("done") else "in progress")
+            lines.append(f"  {f['source']} → {where}: {counts}")
+            if f.get("error"):
+                lines.append(f"    error: {f['error']}")
+    if item["failures"]:
+        lines += ["", f"Messages ({len(item['failures']):,}):"]
+        for f in item["failures"]:
+            kind = "altered" if f.get("kind") == "altered" else "failed"
+            what = f"{f['folder']} UID {f['uid']} {f['subject']!r}"
+            lines.append(f"  {kind}: {what}: {f['reason']}")
+    cut = [line if len(line) <= width else line[: width - 1] + "…" for line in lines]
+    return "\n".join(cut) + "\n"
+
+
+def main(
+    cfg: Config,
+    *,
+    watch: bool = False,
+    as_json: bool = False,
+    request_id: str | None = None,
+    csv: str | None = None,
+    state: str | None = None,
+    out: TextIO | None = None,
+) -> int:
     stream = out or sys.stdout
     path = cfg.daemon.state_path
     if not path.exists():
-        print(f"no state store at {path}: the daemon has not run yet", file=sys.stderr)
+        print(
+            f"legacyflo-daemon status: no state store at {path}: the daemon has not run with "
+            "this config yet (start it with: legacyflo-daemon run)",
+            file=sys.stderr,
+        )
         return 1
     try:
         while True:
             store = StateStore(path)
             try:
-                text = table(store.requests(), dt.datetime.now(dt.UTC))
+                now = dt.datetime.now(dt.UTC)
+                if request_id is not None:
+                    doc = detail(store, request_id, now)
+                    text = json.dumps(doc, indent=2) + "\n" if as_json else detail_text(doc)
+                else:
+                    doc = view(store, now, csv=csv, state=state)
+                    text = json.dumps(doc, indent=2) + "\n" if as_json else table(doc)
             finally:
                 store.close()
             if watch:
@@ -76,3 +352,6 @@ def main(cfg: Config, *, watch: bool = False, out: TextIO | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 0
+
+
+__all__: Sequence[str] = ("daemon_view", "detail", "main", "request_view", "table", "view")

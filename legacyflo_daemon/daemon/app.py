@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
+import socket
 
 import structlog
 
@@ -44,9 +46,11 @@ from legacyflo_daemon.report import archive
 from legacyflo_daemon.report.finisher import Finisher
 from legacyflo_daemon.runtime import log as logsetup
 from legacyflo_daemon.runtime.aio import wait_any
+from legacyflo_daemon.runtime.clock import utcnow
 from legacyflo_daemon.runtime.systemd import Notifier, watchdog_task
 from legacyflo_daemon.spool.directory import Spool
 from legacyflo_daemon.state.lifecycle import Lifecycle
+from legacyflo_daemon.state.schema import iso
 from legacyflo_daemon.state.store import StateStore
 from legacyflo_daemon.transfer.limits import ByteBudget
 
@@ -65,6 +69,7 @@ class Daemon:
         self.copy_stop = asyncio.Event()  # copiers: stop after the in-flight batch
         self.gave_up: list[str] = []  # services that crashed too often
         self.supervisor = Supervisor(self.stopping, self._give_up)
+        self.started_at = iso(utcnow())
 
     # -- entry -------------------------------------------------------------------------------
 
@@ -123,6 +128,7 @@ class Daemon:
             sender_stop.set()
             await sender
             requeued = self.scheduler.interrupted + self.lifecycle.requeue_all_running()
+            self._heartbeat("stopped")
             self.state.purge_freed_pages(wait=True)
             log.info("daemon_shutdown", requeued=requeued)
         if self.once and smtp is not None:
@@ -200,12 +206,29 @@ class Daemon:
         self.scheduler.wake.set()
 
     async def _status_loop(self) -> None:
+        """Every ``PROGRESS_SECONDS``: systemd's STATUS line and the heartbeat ``status``
+        reads to tell whether the daemon is alive."""
         while not self.stopping.is_set():
             counts = self.state.unfinished_counts()
             self.notifier.status(
                 f"{counts[Status.RUNNING]} running, {counts[Status.QUEUED]} queued"
             )
+            self._heartbeat("running")
             await wait_any((self.stopping,), PROGRESS_SECONDS)
+
+    def _heartbeat(self, state: str) -> None:
+        """Record that this daemon is ``state`` (running, stopped) now; ``status`` trusts a
+        running heartbeat only while it is fresh (``HEARTBEAT_STALE``)."""
+        self.state.set_heartbeat(
+            {
+                "state": state,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started_at": self.started_at,
+                "at": iso(utcnow()),
+                "interval": PROGRESS_SECONDS,
+            }
+        )
 
 
 def main(cfg: Config, *, once: bool = False) -> int:

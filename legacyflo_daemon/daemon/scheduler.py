@@ -149,6 +149,7 @@ class Scheduler:
             if req is not None:
                 for account in (req.source, req.dest):
                     forget_secret(account.password, user=account.userid, owner=rid)
+            self.state.clear_phase(rid)
             self.pool.release(rid)
             self.tasks.pop(rid, None)
             self.progress.pop(rid, None)
@@ -172,7 +173,10 @@ class Scheduler:
             copier.extra_pair = lambda: self.pool.try_extend(rid)
             copier.release_pair = lambda: self._shrink(rid)
             copier.on_limited = lambda host: self._limited(rid, host)
+            shown: list[tuple[str, str]] = []
+            copier.on_progress = lambda p: self._phase_changed(rid, p, shown)
             self.progress[rid] = copier.progress
+            self._save_progress(rid, copier.progress)  # "starting": status shows it at once
             ticker = asyncio.create_task(self._tick(rid, copier.progress))
             try:
                 result = await copier.run()
@@ -210,9 +214,18 @@ class Scheduler:
         self.pool.shrink(rid)
         self.wake.set()  # the freed connections may let a queued request start
 
+    def _phase_changed(self, rid: str, p: Progress, shown: list[tuple[str, str]]) -> None:
+        """After each batch or retry: a new phase or folder is written at once (``status``
+        must not show "connecting" for the seconds until the next tick)."""
+        if shown != [(p.phase, p.detail)]:
+            shown[:] = [(p.phase, p.detail)]
+            self._save_progress(rid, p)
+
     def _save_progress(self, rid: str, p: Progress) -> None:
+        now = utcnow()
         self.state.set_progress(rid, (p.messages_done, p.messages_total),
-                                (p.bytes_done, p.bytes_total), utcnow())  # fmt: skip
+                                (p.bytes_done, p.bytes_total), now)  # fmt: skip
+        self.state.set_phase(rid, p.phase, p.detail, now)
 
     async def _tick(self, rid: str, p: Progress) -> None:
         """Every ``PROGRESS_SECONDS``: save the request's progress and log it."""

@@ -26,6 +26,25 @@ ALTERED_TABLE = """CREATE TABLE IF NOT EXISTS altered_copies (
     PRIMARY KEY (dest, folder, stored_key, source_key)
 )"""
 
+# What the running daemon says about itself and its requests, for ``status`` (no history: a
+# request's phase is deleted when it finishes), and the commands ``cancel`` leaves for it.
+# Created if missing at every open, so they need no migration.
+LIVE_TABLES = """
+CREATE TABLE IF NOT EXISTS phases (
+    request_id TEXT PRIMARY KEY,
+    phase TEXT NOT NULL,             -- connecting, listing, copying, retrying, stopping
+    detail TEXT NOT NULL,            -- the folder being copied, the retry's error and next try
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS commands (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,              -- "cancel"
+    target TEXT NOT NULL,            -- a request id
+    created_at TEXT NOT NULL,
+    done_at TEXT
+);
+"""
+
 # Schema changes an existing store needs, by the version they lead to (applied in order, each in
 # the transaction that records the new version).
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -96,6 +115,7 @@ CREATE TABLE IF NOT EXISTS failures (
 """
     + ALTERED_TABLE
     + ";\n"
+    + LIVE_TABLES
 )
 
 

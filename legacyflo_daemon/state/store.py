@@ -509,3 +509,67 @@ class StateStore:
             MessageFailure(r["folder"], r["uid"], r["date"], r["subject"], r["reason"], r["kind"])
             for r in rows
         ]
+
+    # -- what the running daemon says (status) -------------------------------------------------
+
+    def request_keys(self) -> dict[str, str]:
+        """request id -> what it copies (source account, destination account and folder, any
+        case): two requests with one key are the same row run again (a retry)."""
+        out: dict[str, str] = {}
+        for r in self._all("SELECT id, request FROM requests WHERE request IS NOT NULL"):
+            d = json.loads(r["request"])
+            src, dst = d["source"], d["dest"]
+            out[r["id"]] = (
+                f"{src['userid']}@{src['server']}>{dst['userid']}@{dst['server']}"
+                f"/{d['dest_folder']}"
+            ).lower()
+        return out
+
+    def set_heartbeat(self, doc: Mapping[str, Any]) -> None:
+        """The daemon's heartbeat (pid, host, times, ``state``: running or stopped)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO meta(key, value) VALUES ('heartbeat', ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (json.dumps(dict(doc), sort_keys=True),),
+            )
+
+    def heartbeat(self) -> dict[str, Any] | None:
+        row = self._one("SELECT value FROM meta WHERE key = 'heartbeat'")
+        value = json.loads(row["value"]) if row is not None else None
+        return value if isinstance(value, dict) else None
+
+    def set_phase(self, request_id: str, phase: str, detail: str, now: dt.datetime) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO phases(request_id, phase, detail, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(request_id) DO UPDATE SET phase = excluded.phase,"
+                " detail = excluded.detail, updated_at = excluded.updated_at",
+                (request_id, phase, scrub_text(detail), iso(now)),
+            )
+
+    def clear_phase(self, request_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM phases WHERE request_id = ?", (request_id,))
+
+    def phases(self) -> dict[str, tuple[str, str, str]]:
+        """request id -> (phase, detail, updated_at) of the requests running now."""
+        rows = self._all("SELECT * FROM phases")
+        return {r["request_id"]: (r["phase"], r["detail"], r["updated_at"]) for r in rows}
+
+    def add_command(self, kind: str, target: str, now: dt.datetime) -> None:
+        """Leave a command (``cancel``) for the daemon; it applies it within seconds."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO commands(kind, target, created_at) VALUES (?, ?, ?)",
+                (kind, target, iso(now)),
+            )
+
+    def pending_commands(self) -> list[tuple[int, str, str]]:
+        """(id, kind, target) of the commands not applied yet, oldest first."""
+        rows = self._all("SELECT id, kind, target FROM commands WHERE done_at IS NULL ORDER BY id")
+        return [(r["id"], r["kind"], r["target"]) for r in rows]
+
+    def command_done(self, command_id: int, now: dt.datetime) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE commands SET done_at = ? WHERE id = ?", (iso(now), command_id))

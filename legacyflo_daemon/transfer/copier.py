@@ -148,6 +148,11 @@ class Copier:
                 delay = backoff.delay(attempt, random.random(), exc.retry_after)
                 log.warning("request_retry", attempt=attempt + 1, delay=round(delay, 2),
                             error=str(exc))  # fmt: skip
+                self.progress.retries += 1
+                next_at = (self.now() + dt.timedelta(seconds=delay)).strftime("%H:%M:%S")
+                self.progress.phase = "retrying"
+                self.progress.detail = f"attempt {attempt + 2} at {next_at} UTC after: {exc}"
+                self.on_progress(self.progress)
                 attempt += 1
                 await wait_any((self.stop,), delay)  # a stop ends the wait at once
                 if self.stop.is_set():
@@ -157,6 +162,7 @@ class Copier:
         # What is done stays done; this pass adds what it still finds missing.
         self.progress.messages_total = self.progress.messages_done
         self.progress.bytes_total = self.progress.bytes_done
+        self.progress.phase, self.progress.detail = "connecting", ""
         src, dst = await connect_pair(self.request, self.config)
         try:
             await self._copy_all(src, dst)
@@ -314,6 +320,7 @@ class Copier:
 
     async def _plan(self, src: Session, dst: Session) -> list[folders.FolderPlan]:
         """List both sides and map every folder; note which destination folders to create."""
+        self.progress.phase, self.progress.detail = "listing", "folders on both servers"
         (src_ns, entries), (dst_ns, listed) = await both(
             _namespace_and_list(src), _namespace_and_list(dst)
         )

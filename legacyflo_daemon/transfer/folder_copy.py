@@ -69,6 +69,10 @@ class Progress:
     bytes_total: int = 0
     bytes_done: int = 0
     folders_done: int = 0
+    # What the request is doing, for ``status``: connecting, listing, copying, retrying.
+    phase: str = "starting"
+    detail: str = ""
+    retries: int = 0  # retries after transient trouble in this run
 
 
 def copy_flags(flags: tuple[str, ...], permanent: frozenset[str] | None) -> tuple[str, ...]:
@@ -147,6 +151,7 @@ class FolderCopy:
         self._checkpoint(done=False)
         self.progress.messages_total += len(missing)
         self.progress.bytes_total += sum(by_uid[u].size for u in missing)
+        self.progress.phase, self.progress.detail = "copying", self.plan.source_display
         log.info("folder_started", folder=self.plan.source_display, in_range=len(metas),
                  missing=len(missing), dest=self.dest_display)  # fmt: skip
         sized = [(u, by_uid[u].size) for u in missing]

@@ -56,6 +56,7 @@ class Status(StrEnum):
     PARTIAL = "partial"
     FAILED = "failed"
     REJECTED = "rejected"
+    CANCELLED = "cancelled"  # stopped by ``legacyflo-daemon cancel``; not resumed
 
     @property
     def finished(self) -> bool:

@@ -1,4 +1,5 @@
-"""The ``legacyflo-daemon`` command line: ``run``, ``check``, ``submit``, ``status``.
+"""The ``legacyflo-daemon`` command line: ``run``, ``check``, ``submit``, ``status``,
+``cancel``, ``retry``.
 
 Owns: argument parsing, exit codes, and the human output of ``check``/``submit``.
 Exit codes: 0 all good; 1 a CSV has bad rows; 2 the command could not do its job (bad config,
@@ -185,6 +186,19 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
 # -- parser -----------------------------------------------------------------------------------
 
 
+def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
+    from legacyflo_daemon.cli import control
+
+    return control.main_cancel(config, args.target)
+
+
+def cmd_retry(args: argparse.Namespace, config: Config) -> int:
+    from legacyflo_daemon.cli import control
+
+    stem = drop_name(args.file).removesuffix(".csv")
+    return control.main_retry(config, args.file, f"{stem}-retry.csv")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -267,6 +281,26 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     status.add_argument("--watch", action="store_true", help="refresh until interrupted")
     status.set_defaults(handler=cmd_status)
+    cancel = sub.add_parser(
+        "cancel",
+        parents=[common],
+        help="stop a request, or every unfinished request of a CSV",
+        description="Stop a request (by id) or every unfinished request of a CSV (by the name "
+        "it was dropped as). A running request stops at its next batch boundary and ends "
+        "'cancelled' with what it copied; a queued one ends 'cancelled' at once.",
+    )
+    cancel.add_argument("target", help="a request id, or a CSV file name")
+    cancel.set_defaults(handler=cmd_cancel)
+    retry = sub.add_parser(
+        "retry",
+        parents=[common],
+        help="run again only the rows of a CSV that did not succeed",
+        description="Give the batch's CSV again (its passwords were erased from the state): "
+        "the rows whose last request succeeded are left out, the others are dropped into "
+        "incoming/ as <name>-retry.csv. Succeeded rows are neither copied nor mailed again.",
+    )
+    retry.add_argument("file", help="the CSV file as it was submitted")
+    retry.set_defaults(handler=cmd_retry)
     return parser
 
 

@@ -41,6 +41,7 @@ _ORDER = {
     "failed": 0,
     "partial": 1,
     "rejected": 2,
+    "cancelled": 3,
     "interrupted": 3,
     "running": 4,
     "queued": 5,

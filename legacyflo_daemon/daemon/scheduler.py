@@ -35,7 +35,7 @@ import structlog
 from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.daemon.pool import Pool, fair_order, slot_for
 from legacyflo_daemon.errors import InternalError
-from legacyflo_daemon.model import Request
+from legacyflo_daemon.model import Request, Status
 from legacyflo_daemon.report.finisher import Finisher
 from legacyflo_daemon.runtime.aio import wait_any
 from legacyflo_daemon.runtime.clock import utcnow
@@ -78,6 +78,7 @@ class Scheduler:
         self.complete_csv = complete_csv
         self.wake = asyncio.Event()  # something changed: a request ended, work arrived
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.copiers: dict[str, Copier] = {}  # running requests' copiers (cancel, drain)
         self.progress: dict[str, Progress] = {}
         self._purge_pending = False
         self.interrupted = 0  # requests re-queued because the daemon is stopping
@@ -88,9 +89,29 @@ class Scheduler:
         """Service: start what can start, whenever something changed (and every second)."""
         while not stop.is_set():
             self.wake.clear()
+            await self.apply_commands()
             self.start_ready(requests)
             self.purge_if_idle()
             await wait_any((self.wake, stop), 1.0)
+
+    async def apply_commands(self) -> None:
+        """The ``cancel`` commands left in the state: a running request stops at its next
+        batch boundary and finishes ``cancelled`` with what it copied; a queued one finishes
+        ``cancelled`` at once; a finished one is left as it is."""
+        for command_id, kind, rid in self.state.pending_commands():
+            if kind == "cancel":
+                copier = self.copiers.get(rid)
+                if copier is not None:
+                    log.info("request_cancel_requested", request_id=rid)
+                    copier.cancelled = True
+                    copier.stop.set()
+                elif self.state.status_of(rid) is Status.QUEUED:
+                    row = self.state.request_row(rid)
+                    csv_name = self.state.csv(row.csv_id).name
+                    await self.finisher.cancelled(rid, csv_name, self.state.load_request(rid))
+                    log.info("request_finished", request_id=rid, status="cancelled")
+                    await self.complete_csv(row.csv_id)
+            self.state.command_done(command_id, utcnow())
 
     def start_ready(self, requests: asyncio.TaskGroup) -> None:
         queued = self.state.queued(per_csv=CANDIDATES)
@@ -113,6 +134,8 @@ class Scheduler:
         """Let every running request finish its in-flight batch (``copy_stop`` is set), up to
         ``grace`` seconds; cancel what is left and wait for it."""
         self.copy_stop.set()
+        for copier in self.copiers.values():
+            copier.stop.set()
         pending = list(self.tasks.values())
         if not pending:
             return
@@ -150,6 +173,7 @@ class Scheduler:
                 for account in (req.source, req.dest):
                     forget_secret(account.password, user=account.userid, owner=rid)
             self.state.clear_phase(rid)
+            self.copiers.pop(rid, None)
             self.pool.release(rid)
             self.tasks.pop(rid, None)
             self.progress.pop(rid, None)
@@ -168,7 +192,12 @@ class Scheduler:
                  dest_server=req.dest.server, folder=req.dest_folder)  # fmt: skip
         with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=self.outbox_dir) as work:
             recorder = ListingRecorder(Path(work))
-            copier = Copier(rid, req, self.cfg, self.state, self.budget, stop=self.copy_stop)
+            # Its own stop: set by a cancel of this request, or by the daemon's stop (drain).
+            stop = asyncio.Event()
+            if self.copy_stop.is_set():
+                stop.set()
+            copier = Copier(rid, req, self.cfg, self.state, self.budget, stop=stop)
+            self.copiers[rid] = copier
             copier.listing = recorder
             copier.extra_pair = lambda: self.pool.try_extend(rid)
             copier.release_pair = lambda: self._shrink(rid)

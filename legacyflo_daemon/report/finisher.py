@@ -77,6 +77,15 @@ class Finisher:
         result = RequestResult(request_id, Status.FAILED, None, now, error=error)
         return await self._finish(request_id, csv_name, request, None, result, "", None)
 
+    async def cancelled(self, request_id: str, csv_name: str, request: Request) -> dict[str, Any]:
+        """Finish a queued request the administrator cancelled before it started."""
+        now = utcnow()
+        result = RequestResult(
+            request_id, Status.CANCELLED, None, now,
+            error="cancelled by the administrator before it started",
+        )  # fmt: skip
+        return await self._finish(request_id, csv_name, request, None, result, "", None)
+
     async def rejected(self, request_id: str, csv_name: str, row_error: RowError) -> dict[str, Any]:
         """Record the result of a row the intake rejected."""
         now = utcnow()
@@ -108,7 +117,7 @@ class Finisher:
         to_addr = request.report_to if request is not None else (row_error and row_error.report_to)
         with tempfile.TemporaryDirectory(prefix=".work-report-", dir=self.outbox.dir) as tmp:
             entries: Iterable[ListingEntry] = ()
-            if request is not None and result.status is not Status.FAILED:
+            if request is not None and result.status not in (Status.FAILED, Status.CANCELLED):
                 try:
                     entries = await self.listing(request, Path(tmp), recorder)
                 except Exception as exc:  # the report still goes out, saying what is missing

@@ -4,8 +4,9 @@ The transitions, and the statuses each may start from::
 
     start            queued            → running
     requeue          running           → queued      (a stop, or recovery after a crash)
-    finish           running | queued  → succeeded | partial | failed
-                                          (queued → failed: a poisoned CSV, a cancelled request)
+    finish           running | queued  → succeeded | partial | failed | cancelled
+                                          (queued → failed: a poisoned CSV; → cancelled: the
+                                          ``cancel`` command)
     record_rejection rejected          → rejected    (once: the row's result is recorded)
 
 Rejected rows are born ``rejected`` (``StateStore.add_csv``) and queued rows ``queued``; no
@@ -43,7 +44,7 @@ class Transition(StrEnum):
     RECORD_REJECTION = "record_rejection"
 
 
-_FINAL = frozenset({Status.SUCCEEDED, Status.PARTIAL, Status.FAILED})
+_FINAL = frozenset({Status.SUCCEEDED, Status.PARTIAL, Status.FAILED, Status.CANCELLED})
 
 # transition → (statuses it may start from, statuses it may lead to)
 TRANSITIONS: Mapping[Transition, tuple[frozenset[Status], frozenset[Status]]] = {

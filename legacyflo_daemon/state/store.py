@@ -525,6 +525,24 @@ class StateStore:
             ).lower()
         return out
 
+    def unfinished_of(self, target: str) -> list[str] | None:
+        """The unfinished request ids ``target`` names: a request id, or a CSV by the name it
+        was dropped as (or its claimed name); None when it names nothing."""
+        row = self._one("SELECT id, status FROM requests WHERE id = ?", (target,))
+        if row is not None:
+            return [] if Status(row["status"]).finished else [row["id"]]
+        rows = self._all(
+            "SELECT r.id FROM requests r JOIN csv_files c ON r.csv_id = c.id"
+            " WHERE (c.original = ? OR c.name = ?) AND r.status IN (?, ?) ORDER BY r.seq",
+            (target, target, Status.QUEUED.value, Status.RUNNING.value),
+        )
+        if rows:
+            return [r["id"] for r in rows]
+        known = self._one(
+            "SELECT 1 FROM csv_files WHERE original = ? OR name = ?", (target, target)
+        )
+        return [] if known is not None else None
+
     def set_heartbeat(self, doc: Mapping[str, Any]) -> None:
         """The daemon's heartbeat (pid, host, times, ``state``: running or stopped)."""
         with self._tx() as db:

@@ -74,6 +74,7 @@ class Copier:
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
     progress: Progress = field(default_factory=Progress)
     cautious: bool = False  # set after an AppendDesync: synchronized single APPENDs only
+    cancelled: bool = False  # set (before ``stop``) by the cancel command: end with a result
     listing: ListingRecorder | None = None  # where folder passes record the destination
     # The pool's say on extra connection pairs (True: granted) and their return.
     extra_pair: Callable[[], bool] = lambda: False
@@ -93,6 +94,11 @@ class Copier:
         status, error = Status.SUCCEEDED, None
         try:
             await self._run_with_retries()
+        except Interrupted:
+            if not self.cancelled:
+                raise
+            # Stopped at a batch boundary by the cancel command: a result, not a resume.
+            status, error = Status.CANCELLED, "cancelled by the administrator"
         except AuthenticationFailed as exc:
             status, error = Status.FAILED, f"authentication failed: {exc}"
         except (PermanentError, TransientError) as exc:

@@ -17,6 +17,7 @@ from legacyflo_daemon.config.schema import (
     HostConfig,
     ImapConfig,
     LogConfig,
+    MetricsConfig,
     ReportConfig,
     SmtpConfig,
 )
@@ -333,6 +334,7 @@ def test_the_example_documents_every_key() -> None:
         "log": LogConfig,
         "report": ReportConfig,
         "smtp": SmtpConfig,
+        "metrics": MetricsConfig,
     }
     assert set(doc) == {*expected, "hosts"}
     for section, cls in expected.items():

@@ -27,6 +27,7 @@ from legacyflo_daemon.config.schema import (
     HostConfig,
     ImapConfig,
     LogConfig,
+    MetricsConfig,
     ReportConfig,
     SmtpConfig,
 )
@@ -85,9 +86,18 @@ def _folders(v: tuple[str, ...]) -> str | None:
 _PORT = _between(1, 65535)
 _POSITIVE = _at_least(1)
 
+
+def _listen(v: str) -> str | None:
+    host, colon, port = v.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"must be host:port, e.g. 127.0.0.1:9464, got {v!r}"
+    return None
+
+
 # "<section>.<field>" (hosts and their source/dest sub-tables: "hosts.<field>") -> extra checks
 # after the type check.
 _CHECKS: dict[str, Check] = {
+    "metrics.listen": _listen,
     "daemon.max_jobs": _POSITIVE,
     "daemon.max_per_host": _POSITIVE,
     "daemon.byte_budget_mb": _POSITIVE,
@@ -139,6 +149,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "log": LogConfig,
     "report": ReportConfig,
     "smtp": SmtpConfig,
+    "metrics": MetricsConfig,
 }
 
 

@@ -176,12 +176,18 @@ class ReportConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: str | None = None  # "127.0.0.1:9464": serve Prometheus metrics there; None: off
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     imap: ImapConfig = field(default_factory=ImapConfig)
     log: LogConfig = field(default_factory=LogConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     smtp: SmtpConfig | None = None
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     hosts: dict[str, HostConfig] = field(default_factory=dict)  # keys lower-cased
     path: Path | None = None  # the file it was read from, for messages
 

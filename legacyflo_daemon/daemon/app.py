@@ -34,11 +34,13 @@ import structlog
 
 from legacyflo_daemon.config.load import load_config
 from legacyflo_daemon.config.schema import Config
+from legacyflo_daemon.daemon.metrics import Metrics
 from legacyflo_daemon.daemon.pool import Limits, Pool
 from legacyflo_daemon.daemon.recovery import recover
 from legacyflo_daemon.daemon.scheduler import PROGRESS_SECONDS, Scheduler
 from legacyflo_daemon.daemon.supervisor import Service, Supervisor
 from legacyflo_daemon.daemon.watcher import Watcher
+from legacyflo_daemon.errors import ConfigError
 from legacyflo_daemon.model import Status
 from legacyflo_daemon.outbox.sender import MailSender
 from legacyflo_daemon.outbox.store import Outbox
@@ -70,6 +72,7 @@ class Daemon:
         self.gave_up: list[str] = []  # services that crashed too often
         self.supervisor = Supervisor(self.stopping, self._give_up)
         self.started_at = iso(utcnow())
+        self.metrics: Metrics | None = None
 
     # -- entry -------------------------------------------------------------------------------
 
@@ -79,6 +82,8 @@ class Daemon:
         try:
             return await self._run()
         finally:
+            if self.metrics is not None:
+                self.metrics.stop()
             self.state.close()
 
     async def _run(self) -> int:
@@ -105,6 +110,18 @@ class Daemon:
             cfg, self.spool, self.state, self.outbox, self.finisher, self.stopping,
             self.scheduler.wake.set,
         )  # fmt: skip
+        if cfg.metrics.listen is not None:
+            self.metrics = Metrics()
+            try:
+                self.metrics.start(cfg.metrics.listen)
+            except OSError as exc:
+                raise ConfigError(
+                    str(cfg.path or "config"),
+                    "metrics.listen",
+                    f"cannot listen on {cfg.metrics.listen}: {exc.strerror or exc}",
+                ) from None
+            self.scheduler.metrics = self.metrics
+            log.info("metrics_listening", listen=cfg.metrics.listen)
         self._install_signals()
         await recover(cfg, self.state, self.lifecycle, self.spool, self.outbox, self.finisher,
                       self.watcher)  # fmt: skip

@@ -148,6 +148,10 @@ class Pool:
                 logins.update(slot.logins)
         return hosts, logins
 
+    def connections(self) -> dict[str, int]:
+        """IMAP connections in use per server (each running request's pairs)."""
+        return dict(self._usage()[0])
+
     def try_extend(self, request_id: str) -> bool:
         """Grant a running request one more connection pair if every cap still holds."""
         slot = self.running.get(request_id)

@@ -33,6 +33,7 @@ from pathlib import Path
 import structlog
 
 from legacyflo_daemon.config.schema import Config
+from legacyflo_daemon.daemon.metrics import Metrics
 from legacyflo_daemon.daemon.pool import Pool, fair_order, slot_for
 from legacyflo_daemon.errors import InternalError
 from legacyflo_daemon.model import Request, Status
@@ -50,6 +51,7 @@ log = structlog.get_logger("legacyflo_daemon.daemon.scheduler")
 
 CANDIDATES = 200  # queued requests of each CSV looked at per scheduling pass
 PROGRESS_SECONDS = 5.0
+METRICS_SECONDS = 1.0  # gauges (requests by state, queue, connections) refreshed this often
 WORK_PREFIX = ".work-"  # per-request scratch directories in outbox/ (listing data)
 
 
@@ -79,6 +81,9 @@ class Scheduler:
         self.wake = asyncio.Event()  # something changed: a request ended, work arrived
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.copiers: dict[str, Copier] = {}  # running requests' copiers (cancel, drain)
+        self.metrics: Metrics | None = None  # set by the daemon when [metrics] is on
+        self._counted: dict[str, tuple[int, int, int]] = {}  # rid -> messages, bytes, retries
+        self._refreshed = 0.0
         self.progress: dict[str, Progress] = {}
         self._purge_pending = False
         self.interrupted = 0  # requests re-queued because the daemon is stopping
@@ -91,6 +96,7 @@ class Scheduler:
             self.wake.clear()
             await self.apply_commands()
             self.start_ready(requests)
+            self.refresh_metrics()
             self.purge_if_idle()
             await wait_any((self.wake, stop), 1.0)
 
@@ -112,6 +118,15 @@ class Scheduler:
                     log.info("request_finished", request_id=rid, status="cancelled")
                     await self.complete_csv(row.csv_id)
             self.state.command_done(command_id, utcnow())
+
+    def refresh_metrics(self) -> None:
+        """The metrics' gauges, at most every ``METRICS_SECONDS`` (a scan of the requests)."""
+        now = asyncio.get_running_loop().time()
+        if self.metrics is None or now - self._refreshed < METRICS_SECONDS:
+            return
+        self._refreshed = now
+        counts = self.state.status_counts()
+        self.metrics.refresh(counts, counts[Status.QUEUED.value], self.pool.connections())
 
     def start_ready(self, requests: asyncio.TaskGroup) -> None:
         queued = self.state.queued(per_csv=CANDIDATES)
@@ -174,6 +189,7 @@ class Scheduler:
                     forget_secret(account.password, user=account.userid, owner=rid)
             self.state.clear_phase(rid)
             self.copiers.pop(rid, None)
+            self._counted.pop(rid, None)
             self.pool.release(rid)
             self.tasks.pop(rid, None)
             self.progress.pop(rid, None)
@@ -251,6 +267,12 @@ class Scheduler:
             self._save_progress(rid, p)
 
     def _save_progress(self, rid: str, p: Progress) -> None:
+        if self.metrics is not None:
+            messages, nbytes, retries = self._counted.get(rid, (0, 0, 0))
+            self.metrics.copied(p.messages_done - messages, p.bytes_done - nbytes)
+            for _ in range(p.retries - retries):
+                self.metrics.retried(p.retry_kind)
+            self._counted[rid] = (p.messages_done, p.bytes_done, p.retries)
         now = utcnow()
         self.state.set_progress(rid, (p.messages_done, p.messages_total),
                                 (p.bytes_done, p.bytes_total), now)  # fmt: skip

@@ -42,7 +42,9 @@ from legacyflo_daemon.runtime.secrets import scrub
 
 __all__ = ["configure_logging", "reset_logging", "set_level"]
 
-NOISY_LOGGERS = ("aioimaplib",)  # DEBUG logs whole message bodies and escaped passwords
+# aioimaplib: DEBUG logs whole message bodies and escaped passwords. watchfiles: "N changes
+# detected" at INFO for every event in incoming/ (our own intake events say what matters).
+NOISY_LOGGERS = ("aioimaplib", "watchfiles")
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _METHOD_LEVELS = {"warn": 30, "exception": 40, "fatal": 50, "msg": 20, **_LEVELS}
 

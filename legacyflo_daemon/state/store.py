@@ -543,6 +543,13 @@ class StateStore:
         )
         return [] if known is not None else None
 
+    def status_counts(self) -> dict[str, int]:
+        """Requests by status (every status present, 0 included)."""
+        counts = {s.value: 0 for s in Status}
+        for r in self._all("SELECT status, COUNT(*) AS n FROM requests GROUP BY status"):
+            counts[r["status"]] = r["n"]
+        return counts
+
     def set_heartbeat(self, doc: Mapping[str, Any]) -> None:
         """The daemon's heartbeat (pid, host, times, ``state``: running or stopped)."""
         with self._tx() as db:

@@ -155,6 +155,13 @@ class Copier:
                 log.warning("request_retry", attempt=attempt + 1, delay=round(delay, 2),
                             error=str(exc))  # fmt: skip
                 self.progress.retries += 1
+                self.progress.retry_kind = (
+                    "connection_limit"
+                    if isinstance(exc, ConnectionLimited)
+                    else "throttled"
+                    if exc.retry_after is not None
+                    else "transient"
+                )
                 next_at = (self.now() + dt.timedelta(seconds=delay)).strftime("%H:%M:%S")
                 self.progress.phase = "retrying"
                 self.progress.detail = f"attempt {attempt + 2} at {next_at} UTC after: {exc}"

@@ -73,6 +73,7 @@ class Progress:
     phase: str = "starting"
     detail: str = ""
     retries: int = 0  # retries after transient trouble in this run
+    retry_kind: str = ""  # of the last one: connection_limit, throttled, transient
 
 
 def copy_flags(flags: tuple[str, ...], permanent: frozenset[str] | None) -> tuple[str, ...]:

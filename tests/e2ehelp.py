@@ -557,6 +557,9 @@ def archive_problems_of(
 # -- report mails -----------------------------------------------------------------------------
 
 
+BATCH_HEADER = b"\r\nX-Legacyflo-Batch: "  # only batch reports carry it
+
+
 class MailCatcher:
     """An aiosmtpd handler keeping every mail it accepts (the SMTP server runs in a thread)."""
 
@@ -572,9 +575,16 @@ class MailCatcher:
 
     @property
     def mails(self) -> list[tuple[str, tuple[str, ...], bytes]]:
-        """(envelope sender, recipients, data) of each mail received, in order."""
+        """(envelope sender, recipients, data) of each per-account report received, in order
+        (batch reports are in ``batch_mails``)."""
         with self._lock:
-            return list(self._mails)
+            return [m for m in self._mails if BATCH_HEADER not in m[2]]
+
+    @property
+    def batch_mails(self) -> list[tuple[str, tuple[str, ...], bytes]]:
+        """The batch reports received (one per finished CSV), in order."""
+        with self._lock:
+            return [m for m in self._mails if BATCH_HEADER in m[2]]
 
 
 def free_port() -> int:

@@ -81,8 +81,13 @@ class SmtpServer:
 
     @property
     def mails(self) -> list[tuple[str, tuple[str, ...], bytes]]:
-        """(envelope sender, recipients, data) of each mail received, in order."""
+        """(envelope sender, recipients, data) of each per-account report received, in order."""
         return self.catcher.mails
+
+    @property
+    def batch_mails(self) -> list[tuple[str, tuple[str, ...], bytes]]:
+        """The batch reports received (one per finished CSV)."""
+        return self.catcher.batch_mails
 
     def start(self) -> Self:
         self.controller.start()
@@ -147,9 +152,11 @@ def outbox_problems(work: Work, secrets: list[str], smtp_data: list[bytes]) -> l
     ids = []
     for path in sorted((work.spool / "outbox").rglob("*.eml")):
         msg = parse_mail(path.read_bytes())
+        ids.append(str(msg["Message-ID"]))
+        if path.name.startswith("batch-"):  # the batch report: checked by its own tests
+            continue
         to = found[path.stem]["report_to"]
         problems += [f"{path.name}: {p}" for p in mail_problems(msg, to=str(to))]
-        ids.append(str(msg["Message-ID"]))
     problems += [f"Message-ID {i} used {n} times" for i, n in Counter(ids).items() if n > 1]
     problems += [f"{p}: {hits}" for p, hits in files_containing(work.root, secrets).items()]
     problems += [
@@ -305,3 +312,8 @@ def tree_messages(snapshot: MailboxSnapshot, dest_folder: str) -> Counter[tuple[
         for name, f in _tree(snapshot, dest_folder).items()
         for m in f.messages
     )
+
+
+def account_files(work: Work, sub: str) -> list[str]:
+    """``work.files(sub)`` without the batch reports (``batch-<csv id>.eml``)."""
+    return [name for name in work.files(sub) if not name.startswith("batch-")]

@@ -98,6 +98,7 @@ def _listen(v: str) -> str | None:
 # after the type check.
 _CHECKS: dict[str, Check] = {
     "metrics.listen": _listen,
+    "report.batch_to": lambda v: next((e for a in v if (e := _address(a))), None),
     "daemon.max_jobs": _POSITIVE,
     "daemon.max_per_host": _POSITIVE,
     "daemon.byte_budget_mb": _POSITIVE,

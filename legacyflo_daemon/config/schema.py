@@ -173,6 +173,8 @@ class SmtpConfig:
 class ReportConfig:
     from_address: str = "legacyflo-daemon@localhost"
     compress_listing_above_kb: int = 1024
+    per_account: bool = True  # a report mail per request (its .eml); false: results only
+    batch_to: tuple[str, ...] = ()  # batch report recipients; empty: the rows' report addresses
 
 
 @dataclass(frozen=True, slots=True)

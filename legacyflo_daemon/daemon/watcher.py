@@ -23,6 +23,7 @@ from watchfiles import awatch
 
 from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.outbox.store import Outbox
+from legacyflo_daemon.report import batch
 from legacyflo_daemon.report.finisher import Finisher
 from legacyflo_daemon.runtime.aio import wait_any
 from legacyflo_daemon.runtime.bulk import in_thread
@@ -93,9 +94,14 @@ class Watcher:
         """Retire ``csv_id`` if every one of its requests is finished (summary, ``done/``)."""
         if self.state.unfinished_count(csv_id):
             return False
-        return await in_thread(
+        done = await in_thread(
             intake.complete_if_finished, csv_id, self.spool, self.state, self.outbox, utcnow()
         )
+        if done and await in_thread(
+            batch.write_batch_report, csv_id, self.state, self.outbox, self.cfg
+        ):
+            self.finisher.on_mail()  # the sender picks it up now
+        return done
 
     async def take_ready(self) -> None:
         """Claim and take every file of ``incoming/`` whose size stopped changing."""

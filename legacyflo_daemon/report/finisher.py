@@ -151,4 +151,5 @@ class Finisher:
             tmpdir=tmpdir,
         )
         self.outbox.write_result(request_id, doc)
-        self.outbox.write_mail(request_id, eml)
+        if self.config.report.per_account:
+            self.outbox.write_mail(request_id, eml)

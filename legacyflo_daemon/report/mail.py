@@ -53,6 +53,7 @@ class _ReportPolicy(EmailPolicy):
 
 
 _POLICY = _ReportPolicy(linesep="\r\n")
+MAIL_POLICY = _POLICY  # for the other mails of the report package (batch)
 
 
 def header_text(value: str, limit: int = 200) -> str:

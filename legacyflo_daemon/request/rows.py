@@ -12,9 +12,11 @@ may hold a password, so messages name the row, the field and the fix, never the 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import re
+from dataclasses import dataclass
 
 from legacyflo_daemon.model import Account, DateRange, JobType, Request, RowError, Secret
 from legacyflo_daemon.request import dates, tokens
@@ -39,23 +41,77 @@ _ADDRESS_PART = r'[^\s\x00-\x1f\x7f@<>,;:"()\[\]\\]+'  # no spaces, controls, li
 _ADDRESS = re.compile(f"{_ADDRESS_PART}@({_ADDRESS_PART})")
 _PORT = re.compile(r"[0-9]{1,5}")
 
+HOST_CHARS = 253  # the longest DNS name as text (255 octets on the wire)
+ADDRESS_CHARS = 254  # the longest address in an SMTP path (256 octets with its < >)
+LOCAL_PART_CHARS = 64  # RFC 5321 4.5.3.1.1
+SHORTENED = 40  # characters of a name kept when a message must quote it (header warnings)
+# Columns whose values usually repeat from row to row: one str object serves every row.
+_SHARED = frozenset(
+    ("destdomain", "destserver", "destfolder", "sendreportid", "sourcedomainname",
+     "sourceserver")
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Limits on one request CSV: the ``[csv]`` table of the configuration (same names and
+    defaults as ``config.schema.CsvConfig``), all inclusive maxima.
+
+    ``max_bytes`` and ``max_rows`` reject the file as a whole (``csvfile``); the others reject
+    the row whose value is longer. Host names (``HOST_CHARS``) and the report address
+    (``ADDRESS_CHARS``) have fixed limits, the protocols'.
+    """
+
+    max_bytes: int = 64 * 1024 * 1024
+    max_rows: int = 100_000
+    max_title_chars: int = 200
+    max_userid_chars: int = 255
+    max_password_bytes: int = 1000
+    max_folder_chars: int = 255
+
+    @classmethod
+    def of(cls, settings: object) -> Limits:
+        """The limits read from the attributes of the same names of ``settings`` (the
+        configuration's ``CsvConfig``: ``Limits.of(config.csv)``)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
+
+
+DEFAULT_LIMITS = Limits()
+
 
 def row(
-    record: tokens.Record, names: tuple[str, ...], encoding: str, dropped: list[int]
+    record: tokens.Record,
+    names: tuple[str, ...],
+    encoding: str,
+    dropped: list[int],
+    limits: Limits = DEFAULT_LIMITS,
+    shared: dict[str, str] | None = None,
 ) -> Request | RowError:
     """The ``Request`` of one data record, or the ``RowError`` saying what to fix in it.
 
     ``names`` are the header's normalised column names; a record whose surplus values were
     empty and unquoted (dropped, as in the reference sample) still counts and its line is
-    appended to ``dropped``.
+    appended to ``dropped``. A value longer than its limit in ``limits``, or holding a NUL
+    byte, rejects the row (naming the field and the limit, never repeating the value); the
+    ``RowError``'s title is then cut to ``limits.max_title_chars``. ``shared``, kept by the
+    caller across the rows of one file, lets equal values of columns that usually repeat
+    (domains, servers, folder, report address) be one object.
     """
     fields, was_dropped = tokens.align(record, len(names))
     values: dict[str, str] = {}
     for name, field in zip(names, fields or (), strict=False):
         if name in COLUMNS:
             text = tokens.decode(field.raw, encoding)
-            values[name] = text if name in PASSWORD_COLUMNS else text.strip()
-    title, report_to = clean_title(values.get("jobtitle", "")), _address(values)
+            text = text if name in PASSWORD_COLUMNS else text.strip()
+            if shared is not None and name in _SHARED:
+                text = shared.setdefault(text, text)
+            values[name] = text
+    title = values.get("jobtitle", "")
+    if len(title) > limits.max_title_chars:
+        title = clean_title(title[: limits.max_title_chars]) + "\u2026"
+    else:
+        title = clean_title(title)
+    report_to = _address(values.get("sendreportid", ""))
     if record.problem is not None:
         # Malformed quoting first: it is usually what also broke the count of values.
         bad = record.fields[record.problem_index or 0]
@@ -76,6 +132,11 @@ def row(
     if was_dropped:
         dropped.append(record.line)
     check = _Check(values)
+    for at, (name, field) in enumerate(zip(names, fields, strict=True)):
+        if b"\x00" in field.raw:
+            check.fail(name if name in COLUMNS else None, "nul", f"value {at + 1}")
+    for name, value in values.items():
+        check.length(name, value, limits)
     request = check.request(record.line, title, report_to)
     if check.problems:
         message = " ".join(f"{problem}." for _, problem in check.problems)
@@ -88,10 +149,28 @@ def clean_title(text: str) -> str:
     return _CONTROL.sub(" ", text).strip()
 
 
-def _address(values: dict[str, str]) -> str | None:
-    value = values.get("sendreportid", "")
+def _address(value: str) -> str | None:
+    """``value`` as an address the report mail can be sent to, else None.
+
+    Report mail goes out without SMTPUTF8, so the local part must be ASCII (at most 64
+    characters); a non-ASCII (IDN) domain is given in its ASCII form (``xn--``, IDNA 2003 as
+    Python's ``idna`` codec does it). The address is at most ``ADDRESS_CHARS`` long.
+    """
     match = _ADDRESS.fullmatch(value)
-    return value if match and _host(match[1]) is not None else None
+    if match is None or len(value) > ADDRESS_CHARS:
+        return None
+    local, domain = value[: match.start(1) - 1], match[1]
+    if not local.isascii() or len(local) > LOCAL_PART_CHARS:
+        return None
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+        value = f"{local}@{domain}"
+        if len(value) > ADDRESS_CHARS:
+            return None
+    return value if _host(domain) is not None else None
 
 
 def _host(text: str) -> str | None:
@@ -120,8 +199,12 @@ _FIXES = {
     "wildcard": "{field} must not contain '*' or '%'; remove them, e.g. {example}",
     "reserved": "{field} is a reserved name (" + ", ".join(RESERVED_FOLDERS) + ");"
     " choose another name, e.g. {example}",
-    "address": "{field} must be one e-mail address such as {example}; correct it, or leave it"
-    " empty for no report mail",
+    "address": "{field} must be one e-mail address such as {example}, with only ASCII letters,"
+    " digits and punctuation before the '@' (report mail cannot carry others); correct it, or"
+    " leave it empty for no report mail",
+    "nul": "{field} contains a NUL byte (character 0), which no mail server accepts; remove it"
+    " (or is the file partly UTF-16?)",
+    "long": "{field} is longer than {where}; shorten it",
     "port": "{field} must be a number from 1 to 65535 (993 for SSL/TLS, 143 otherwise); correct"
     " it, or leave it empty for 993 (or the port the daemon's configuration gives that server)",
     "date": "{field} is {where}, or leave it empty for no limit",
@@ -136,16 +219,51 @@ _EXAMPLES = {
 }  # fmt: skip
 
 
+def _limit(field: str, limits: Limits) -> tuple[int | None, str]:
+    """The most characters a value of column ``field`` may have and the limit's name; None for
+    columns that a format check bounds anyway (jobtype, port, dates)."""
+    if field == "jobtitle":
+        return limits.max_title_chars, "csv.max_title_chars"
+    if field in ("destuserid", "sourceuserid"):
+        return limits.max_userid_chars, "csv.max_userid_chars"
+    if field == "destfolder":
+        return limits.max_folder_chars, "csv.max_folder_chars"
+    if field in ("destdomain", "sourcedomainname", "destserver", "sourceserver"):
+        return HOST_CHARS, "the longest DNS name"
+    if field == "sendreportid":
+        return ADDRESS_CHARS, "the longest address SMTP allows"
+    return None, ""
+
+
 class _Check:
     """Validates the values of one row; ``problems`` collects (field, message) in column order."""
 
     def __init__(self, values: dict[str, str]) -> None:
         self.values = values
-        self.problems: list[tuple[str, str]] = []
+        self.problems: list[tuple[str | None, str]] = []
 
-    def fail(self, field: str, fix: str, where: str = "") -> None:
-        example = _EXAMPLES.get(field, "john")
-        self.problems.append((field, _FIXES[fix].format(field=field, example=example, where=where)))
+    def fail(self, field: str | None, fix: str, where: str = "") -> None:
+        """Record a problem of ``field`` (None: a value of an unknown column, ``where`` names
+        it). Only a field's first problem counts: the checks after a NUL byte or an over-long
+        value would only describe the same value again."""
+        if field is not None and any(field == known for known, _ in self.problems):
+            return
+        example = _EXAMPLES.get(field or "", "john")
+        text = _FIXES[fix].format(field=field or where, example=example, where=where)
+        self.problems.append((field, text))
+
+    def length(self, field: str, value: str, limits: Limits) -> None:
+        """A problem if ``value`` of column ``field`` is longer than its limit."""
+        if field in PASSWORD_COLUMNS:
+            # A character is at least one byte: only a value that may fit is encoded.
+            size = len(value) if len(value) > limits.max_password_bytes else len(value.encode())
+            if size > limits.max_password_bytes:
+                where = f"{limits.max_password_bytes} bytes as UTF-8 (csv.max_password_bytes)"
+                self.fail(field, "long", where)
+            return
+        most, unit = _limit(field, limits)
+        if most is not None and len(value) > most:
+            self.fail(field, "long", f"{most} characters ({unit})")
 
     def required(self, field: str) -> str:
         value = self.values.get(field, "")

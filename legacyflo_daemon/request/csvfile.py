@@ -2,9 +2,10 @@
 
 The rules are docs/contract.md §3.
 
-Owns: the header, duplicate rows, the file's warnings, and ``redact`` (what a CSV looks like once
-its passwords are gone). One row's fields and their messages are ``rows``' (which also names
-the columns), byte-level splitting is ``tokens``'.
+Owns: the header, duplicate rows, the file's limits (``max_bytes``, ``max_rows``), the file's
+warnings, and ``redact`` (what a CSV looks like once its passwords, and every value of its
+rejected rows, are gone: §3.8). One row's fields, their limits and their messages are ``rows``'
+(which also names the columns), byte-level splitting is ``tokens``'.
 Must not: do I/O, log, or put any value of a row into a message: with shifted columns any field
 may hold a password, so messages name the row, the field and the fix, never the content.
 A bad row is a ``RowError`` value and the good rows of the same file still come out;

@@ -1,6 +1,6 @@
 """One row of the request CSV: its fields checked, a ``Request`` or a ``RowError`` out.
 
-The rules are docs/contract.md §3.3 to §3.6.
+The rules are docs/contract.md §3.3 to §3.7.
 
 Owns: the column names, which of them are required or passwords, the meaning and validation of
 every field of a row, and the row's messages (what is wrong and how to fix it). The file as a

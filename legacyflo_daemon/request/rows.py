@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -98,14 +99,21 @@ def row(
     (domains, servers, folder, report address) be one object.
     """
     fields, was_dropped = tokens.align(record, len(names))
+    caps = _caps(limits)
     values: dict[str, str] = {}
-    for name, field in zip(names, fields or (), strict=False):
+    early: list[tuple[str | None, str, str]] = []  # (field, fix, where): NUL bytes, lengths
+    for index, (name, field) in enumerate(zip(names, fields or (), strict=False)):
+        if b"\x00" in field.raw:
+            early.append((name if name in COLUMNS else None, "nul", f"value {index + 1}"))
         if name in COLUMNS:
             text = tokens.decode(field.raw, encoding)
             text = text if name in PASSWORD_COLUMNS else text.strip()
             if shared is not None and name in _SHARED:
                 text = shared.setdefault(text, text)
             values[name] = text
+            cap = caps.get(name)
+            if cap is not None and _longer(text, cap[0], name in PASSWORD_COLUMNS):
+                early.append((name, "long", cap[1]))
     title = values.get("jobtitle", "")
     if len(title) > limits.max_title_chars:
         title = clean_title(title[: limits.max_title_chars]) + "\u2026"
@@ -132,11 +140,8 @@ def row(
     if was_dropped:
         dropped.append(record.line)
     check = _Check(values)
-    for at, (name, field) in enumerate(zip(names, fields, strict=True)):
-        if b"\x00" in field.raw:
-            check.fail(name if name in COLUMNS else None, "nul", f"value {at + 1}")
-    for name, value in values.items():
-        check.length(name, value, limits)
+    for field_name, fix, where in early:
+        check.fail(field_name, fix, where)
     request = check.request(record.line, title, report_to)
     if check.problems:
         message = " ".join(f"{problem}." for _, problem in check.problems)
@@ -219,20 +224,31 @@ _EXAMPLES = {
 }  # fmt: skip
 
 
-def _limit(field: str, limits: Limits) -> tuple[int | None, str]:
-    """The most characters a value of column ``field`` may have and the limit's name; None for
-    columns that a format check bounds anyway (jobtype, port, dates)."""
-    if field == "jobtitle":
-        return limits.max_title_chars, "csv.max_title_chars"
-    if field in ("destuserid", "sourceuserid"):
-        return limits.max_userid_chars, "csv.max_userid_chars"
-    if field == "destfolder":
-        return limits.max_folder_chars, "csv.max_folder_chars"
-    if field in ("destdomain", "sourcedomainname", "destserver", "sourceserver"):
-        return HOST_CHARS, "the longest DNS name"
-    if field == "sendreportid":
-        return ADDRESS_CHARS, "the longest address SMTP allows"
-    return None, ""
+@functools.lru_cache(maxsize=8)
+def _caps(limits: Limits) -> dict[str, tuple[int, str]]:
+    """Column -> (the most it may hold, how the message names that limit); passwords in bytes as
+    UTF-8, the others in characters. Columns a format check bounds anyway (jobtype, the port,
+    the dates) have none."""
+    password = (limits.max_password_bytes, "bytes as UTF-8 (csv.max_password_bytes)")
+    host = (HOST_CHARS, "characters (the longest DNS name)")
+    caps = {
+        "jobtitle": (limits.max_title_chars, "characters (csv.max_title_chars)"),
+        "destuserid": (limits.max_userid_chars, "characters (csv.max_userid_chars)"),
+        "sourceuserid": (limits.max_userid_chars, "characters (csv.max_userid_chars)"),
+        "destfolder": (limits.max_folder_chars, "characters (csv.max_folder_chars)"),
+        "sendreportid": (ADDRESS_CHARS, "characters (the longest address SMTP allows)"),
+        **dict.fromkeys(PASSWORD_COLUMNS, password),
+        **dict.fromkeys(("destdomain", "sourcedomainname", "destserver", "sourceserver"), host),
+    }
+    return {name: (most, f"{most} {unit}") for name, (most, unit) in caps.items()}
+
+
+def _longer(text: str, most: int, in_bytes: bool) -> bool:
+    """Whether ``text`` is longer than ``most`` characters, or bytes as UTF-8 if ``in_bytes``."""
+    if len(text) > most:
+        return True
+    # A character takes at most 4 bytes: only a value that may be over is encoded.
+    return in_bytes and len(text) * 4 > most and len(text.encode()) > most
 
 
 class _Check:
@@ -251,19 +267,6 @@ class _Check:
         example = _EXAMPLES.get(field or "", "john")
         text = _FIXES[fix].format(field=field or where, example=example, where=where)
         self.problems.append((field, text))
-
-    def length(self, field: str, value: str, limits: Limits) -> None:
-        """A problem if ``value`` of column ``field`` is longer than its limit."""
-        if field in PASSWORD_COLUMNS:
-            # A character is at least one byte: only a value that may fit is encoded.
-            size = len(value) if len(value) > limits.max_password_bytes else len(value.encode())
-            if size > limits.max_password_bytes:
-                where = f"{limits.max_password_bytes} bytes as UTF-8 (csv.max_password_bytes)"
-                self.fail(field, "long", where)
-            return
-        most, unit = _limit(field, limits)
-        if most is not None and len(value) > most:
-            self.fail(field, "long", f"{most} characters ({unit})")
 
     def required(self, field: str) -> str:
         value = self.values.get(field, "")

@@ -141,7 +141,8 @@ def redact(data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
     line still shows where it was. Every value is replaced in every row after the first
     non-blank line when that line lacks a required column (the first line too when it names no
     known column: then it is probably data). Any value spanning lines is replaced too (an
-    unbalanced quote may have swallowed the next rows into it); empty values stay empty. A
+    unbalanced quote may have swallowed the next rows into it); empty values stay empty (a quote
+    never closed gets ``********`` after it, so that redacting again changes nothing). A
     header with a NUL byte (binary content) or a file over ``limits.max_bytes`` is replaced as
     a whole by ``BINARY_REDACTED``.
     """
@@ -178,8 +179,11 @@ def _redact(data: bytes, limits: Limits) -> bytes:
             else:
                 hidden += (f for i, f in enumerate(fields) if i in secret or _spans_lines(f))
                 # An unaligned value (dropped as blank) never spans lines: it is unquoted.
+    # An empty value stays empty, except a quote never closed: left as it is, it could pair
+    # with a quote of the redacted text (a second redaction would then change the file).
+    kept = {f.start: f for f in hidden if f.raw or not f.closed}
     out, pos = bytearray(), 0
-    for field in sorted({f.start: f for f in hidden if f.raw}.values(), key=lambda f: f.start):
+    for field in sorted(kept.values(), key=lambda f: f.start):
         quote = b'"' if field.quoted else b""
         out += data[pos : field.start] + quote + REDACTED.encode()
         out += quote if field.closed else b""

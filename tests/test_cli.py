@@ -95,6 +95,26 @@ def test_check_with_a_bad_row_exits_1_and_lists_both(
         assert secret not in out
 
 
+def test_check_shows_a_verdict_for_each_over_long_nul_or_undeliverable_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    long_title = GOOD_ROW.replace("Mary,mary,", "T" * 10_000_000 + ",mary2,")
+    nul_password = GOOD_ROW.replace("Dest-pw-1", "Dest\x00pw").replace(",mary,", ",mary3,")
+    ascii_only = GOOD_ROW.replace(",,mary,", ",m\u00e4ry@src.example,mary4,")
+    path = csv_file(tmp_path, HEADER + GOOD_ROW + long_title + nul_password + ascii_only)
+    assert cli.main(["check", str(path)]) == 1
+    out = capsys.readouterr().out
+    table = out.splitlines()
+    assert table[1].split()[:2] == ["2", "OK"]
+    assert table[2].split()[:3] == ["3", "BAD", "jobtitle"]
+    assert "jobtitle is longer than 200 characters (csv.max_title_chars)" in table[2]
+    assert table[3].split()[:3] == ["4", "BAD", "destuserpasswd"]
+    assert "destuserpasswd contains a NUL byte" in table[3]
+    assert table[4].split()[:3] == ["5", "BAD", "sendreportid"]
+    assert "4 request row(s): 1 OK, 3 BAD" in out
+    assert len(out) < 5_000 and "TTTTTTTTTT" not in out and "Dest" not in out
+
+
 @pytest.mark.parametrize(
     ("content", "reason"),
     [

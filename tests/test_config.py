@@ -13,6 +13,7 @@ from legacyflo_daemon.config.load import load_config
 from legacyflo_daemon.config.schema import (
     DIRECTIONS,
     Config,
+    CsvConfig,
     DaemonConfig,
     HostConfig,
     ImapConfig,
@@ -23,6 +24,7 @@ from legacyflo_daemon.config.schema import (
 )
 from legacyflo_daemon.errors import ConfigError
 from legacyflo_daemon.model import Secret
+from legacyflo_daemon.request import csvfile
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 
@@ -156,6 +158,17 @@ def test_relative_paths_are_relative_to_the_config_file_not_the_cwd(
     assert path.exists()
 
 
+def test_csv_limits_are_read_and_reach_the_csv_reader_unchanged(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, "[csv]\nmax_rows = 7\nmax_title_chars = 80\n")
+    assert cfg.csv == CsvConfig(max_rows=7, max_title_chars=80)
+    assert csvfile.Limits.of(cfg.csv) == csvfile.Limits(max_rows=7, max_title_chars=80)
+
+
+def test_csv_limits_have_the_csv_readers_names_and_defaults() -> None:
+    """``config`` and ``request`` cannot import each other: the two lists are kept equal here."""
+    assert dataclasses.asdict(CsvConfig()) == dataclasses.asdict(csvfile.Limits())
+
+
 def test_error_message_is_one_line_naming_file_and_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -183,6 +196,11 @@ def test_error_message_is_one_line_naming_file_and_key(
         ("[daemon]\nmax_job = 4", "daemon.max_job", "unknown key (known keys: spool,"),
         ("daemon = 4", "daemon", "expected a table"),
         ("[deamon]\nmax_jobs = 4", "deamon", "unknown section"),
+        ("[csv]\nmax_rows = 0", "csv.max_rows", "must be at least 1, got 0"),
+        ("[csv]\nmax_bytes = 1.5", "csv.max_bytes", "expected an integer"),
+        ("[csv]\nmax_title_chars = -5", "csv.max_title_chars", "must be at least 1"),
+        ("[csv]\nmax_password_bytes = 0", "csv.max_password_bytes", "must be at least 1"),
+        ("[csv]\nmax_columns = 20", "csv.max_columns", "unknown key (known keys: max_bytes,"),
         ("[imap]\ndest_port = 70000", "imap.dest_port", "must be 1 to 65535, got 70000"),
         ('[imap]\ndest_root = "INBOX..x"', "imap.dest_root", "without empty parts"),
         ('[imap]\ndest_root = "INBOX.*"', "imap.dest_root", "must not contain '*'"),
@@ -319,6 +337,7 @@ _DISABLED_SETTING = re.compile(r"^#(?=[\[A-Za-z_])", re.M)
 def test_the_example_loads_as_exactly_the_defaults() -> None:
     cfg = load_config(EXAMPLE)
     assert cfg.daemon == DaemonConfig(spool=EXAMPLE.parent / "spool")
+    assert cfg.csv == CsvConfig()
     assert cfg.imap == ImapConfig()
     assert cfg.log == LogConfig()
     assert cfg.report == ReportConfig()
@@ -330,6 +349,7 @@ def test_the_example_documents_every_key() -> None:
     doc = tomllib.loads(text)  # with every disabled setting enabled
     expected = {
         "daemon": DaemonConfig,
+        "csv": CsvConfig,
         "imap": ImapConfig,
         "log": LogConfig,
         "report": ReportConfig,

@@ -23,6 +23,7 @@ from typing import Any
 from legacyflo_daemon.config.schema import (
     DIRECTIONS,
     Config,
+    CsvConfig,
     DaemonConfig,
     HostConfig,
     ImapConfig,
@@ -107,6 +108,12 @@ _CHECKS: dict[str, Check] = {
     "daemon.stable_seconds": _at_least(0),
     "daemon.rescan_seconds": _at_least(1),
     "daemon.max_crashes": _POSITIVE,
+    "csv.max_bytes": _POSITIVE,
+    "csv.max_rows": _POSITIVE,
+    "csv.max_title_chars": _POSITIVE,
+    "csv.max_userid_chars": _POSITIVE,
+    "csv.max_password_bytes": _POSITIVE,
+    "csv.max_folder_chars": _POSITIVE,
     "imap.dest_port": _PORT,
     "imap.dest_root": _dest_root,
     "imap.timeout": _at_least(1),
@@ -146,6 +153,7 @@ _REJECTED = {
 }
 _SECTIONS: dict[str, type[Any]] = {
     "daemon": DaemonConfig,
+    "csv": CsvConfig,
     "imap": ImapConfig,
     "log": LogConfig,
     "report": ReportConfig,

@@ -183,8 +183,26 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CsvConfig:
+    """Limits on one request CSV (docs/contract.md §3.7), all inclusive maxima.
+
+    The CSV reader takes them as ``request.csvfile.Limits`` (same field names and defaults;
+    ``Limits.of(config.csv)`` converts): ``config`` and ``request`` are sibling layers that do
+    not import each other.
+    """
+
+    max_bytes: int = 64 * 1024 * 1024  # the whole file; larger goes to failed/ unread
+    max_rows: int = 100_000  # data rows (blank lines not counted)
+    max_title_chars: int = 200  # jobtitle: it ends up in mail subjects and log lines
+    max_userid_chars: int = 255  # destuserid, sourceuserid
+    max_password_bytes: int = 1000  # destuserpasswd, sourceuserpassword, as UTF-8
+    max_folder_chars: int = 255  # destfolder
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    csv: CsvConfig = field(default_factory=CsvConfig)
     imap: ImapConfig = field(default_factory=ImapConfig)
     log: LogConfig = field(default_factory=LogConfig)
     report: ReportConfig = field(default_factory=ReportConfig)

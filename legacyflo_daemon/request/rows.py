@@ -1,6 +1,6 @@
 """One row of the request CSV: its fields checked, a ``Request`` or a ``RowError`` out.
 
-The rules are docs/contract.md §3.3 to §3.6.
+The rules are docs/contract.md §3.3 to §3.7.
 
 Owns: the column names, which of them are required or passwords, the meaning and validation of
 every field of a row, and the row's messages (what is wrong and how to fix it). The file as a
@@ -12,9 +12,12 @@ may hold a password, so messages name the row, the field and the fix, never the 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import functools
 import ipaddress
 import re
+from dataclasses import dataclass
 
 from legacyflo_daemon.model import Account, DateRange, JobType, Request, RowError, Secret
 from legacyflo_daemon.request import dates, tokens
@@ -39,23 +42,84 @@ _ADDRESS_PART = r'[^\s\x00-\x1f\x7f@<>,;:"()\[\]\\]+'  # no spaces, controls, li
 _ADDRESS = re.compile(f"{_ADDRESS_PART}@({_ADDRESS_PART})")
 _PORT = re.compile(r"[0-9]{1,5}")
 
+HOST_CHARS = 253  # the longest DNS name as text (255 octets on the wire)
+ADDRESS_CHARS = 254  # the longest address in an SMTP path (256 octets with its < >)
+LOCAL_PART_CHARS = 64  # RFC 5321 4.5.3.1.1
+SHORTENED = 40  # characters of a name kept when a message must quote it (header warnings)
+# Columns whose values usually repeat from row to row: one str object serves every row.
+_SHARED = frozenset(
+    ("destdomain", "destserver", "destfolder", "sendreportid", "sourcedomainname",
+     "sourceserver")
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Limits on one request CSV: the ``[csv]`` table of the configuration (same names and
+    defaults as ``config.schema.CsvConfig``), all inclusive maxima.
+
+    ``max_bytes`` and ``max_rows`` reject the file as a whole (``csvfile``); the others reject
+    the row whose value is longer. Host names (``HOST_CHARS``) and the report address
+    (``ADDRESS_CHARS``) have fixed limits, the protocols'.
+    """
+
+    max_bytes: int = 64 * 1024 * 1024
+    max_rows: int = 100_000
+    max_title_chars: int = 200
+    max_userid_chars: int = 255
+    max_password_bytes: int = 1000
+    max_folder_chars: int = 255
+
+    @classmethod
+    def of(cls, settings: object) -> Limits:
+        """The limits read from the attributes of the same names of ``settings`` (the
+        configuration's ``CsvConfig``: ``Limits.of(config.csv)``)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
+
+
+DEFAULT_LIMITS = Limits()
+
 
 def row(
-    record: tokens.Record, names: tuple[str, ...], encoding: str, dropped: list[int]
+    record: tokens.Record,
+    names: tuple[str, ...],
+    encoding: str,
+    dropped: list[int],
+    limits: Limits = DEFAULT_LIMITS,
+    shared: dict[str, str] | None = None,
 ) -> Request | RowError:
     """The ``Request`` of one data record, or the ``RowError`` saying what to fix in it.
 
     ``names`` are the header's normalised column names; a record whose surplus values were
     empty and unquoted (dropped, as in the reference sample) still counts and its line is
-    appended to ``dropped``.
+    appended to ``dropped``. A value longer than its limit in ``limits``, or holding a NUL
+    byte, rejects the row (naming the field and the limit, never repeating the value); the
+    ``RowError``'s title is then cut to ``limits.max_title_chars``. ``shared``, kept by the
+    caller across the rows of one file, lets equal values of columns that usually repeat
+    (domains, servers, folder, report address) be one object.
     """
     fields, was_dropped = tokens.align(record, len(names))
+    caps = _caps(limits)
     values: dict[str, str] = {}
-    for name, field in zip(names, fields or (), strict=False):
+    early: list[tuple[str | None, str, str]] = []  # (field, fix, where): NUL bytes, lengths
+    for index, (name, field) in enumerate(zip(names, fields or (), strict=False)):
+        if b"\x00" in field.raw:
+            early.append((name if name in COLUMNS else None, "nul", f"value {index + 1}"))
         if name in COLUMNS:
             text = tokens.decode(field.raw, encoding)
-            values[name] = text if name in PASSWORD_COLUMNS else text.strip()
-    title, report_to = clean_title(values.get("jobtitle", "")), _address(values)
+            text = text if name in PASSWORD_COLUMNS else text.strip()
+            if shared is not None and name in _SHARED:
+                text = shared.setdefault(text, text)
+            values[name] = text
+            cap = caps.get(name)
+            if cap is not None and _longer(text, cap[0], name in PASSWORD_COLUMNS):
+                early.append((name, "long", cap[1]))
+    title = values.get("jobtitle", "")
+    if len(title) > limits.max_title_chars:
+        title = clean_title(title[: limits.max_title_chars]) + "\u2026"
+    else:
+        title = clean_title(title)
+    report_to = _address(values.get("sendreportid", ""))
     if record.problem is not None:
         # Malformed quoting first: it is usually what also broke the count of values.
         bad = record.fields[record.problem_index or 0]
@@ -76,6 +140,8 @@ def row(
     if was_dropped:
         dropped.append(record.line)
     check = _Check(values)
+    for field_name, fix, where in early:
+        check.fail(field_name, fix, where)
     request = check.request(record.line, title, report_to)
     if check.problems:
         message = " ".join(f"{problem}." for _, problem in check.problems)
@@ -88,10 +154,28 @@ def clean_title(text: str) -> str:
     return _CONTROL.sub(" ", text).strip()
 
 
-def _address(values: dict[str, str]) -> str | None:
-    value = values.get("sendreportid", "")
+def _address(value: str) -> str | None:
+    """``value`` as an address the report mail can be sent to, else None.
+
+    Report mail goes out without SMTPUTF8, so the local part must be ASCII (at most 64
+    characters); a non-ASCII (IDN) domain is given in its ASCII form (``xn--``, IDNA 2003 as
+    Python's ``idna`` codec does it). The address is at most ``ADDRESS_CHARS`` long.
+    """
     match = _ADDRESS.fullmatch(value)
-    return value if match and _host(match[1]) is not None else None
+    if match is None or len(value) > ADDRESS_CHARS:
+        return None
+    local, domain = value[: match.start(1) - 1], match[1]
+    if not local.isascii() or len(local) > LOCAL_PART_CHARS:
+        return None
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+        value = f"{local}@{domain}"
+        if len(value) > ADDRESS_CHARS:
+            return None
+    return value if _host(domain) is not None else None
 
 
 def _host(text: str) -> str | None:
@@ -120,8 +204,12 @@ _FIXES = {
     "wildcard": "{field} must not contain '*' or '%'; remove them, e.g. {example}",
     "reserved": "{field} is a reserved name (" + ", ".join(RESERVED_FOLDERS) + ");"
     " choose another name, e.g. {example}",
-    "address": "{field} must be one e-mail address such as {example}; correct it, or leave it"
-    " empty for no report mail",
+    "address": "{field} must be one e-mail address such as {example}, with only ASCII letters,"
+    " digits and punctuation before the '@' (report mail cannot carry others); correct it, or"
+    " leave it empty for no report mail",
+    "nul": "{field} contains a NUL byte (character 0), which no mail server accepts; remove it"
+    " (or is the file partly UTF-16?)",
+    "long": "{field} is longer than {where}; shorten it",
     "port": "{field} must be a number from 1 to 65535 (993 for SSL/TLS, 143 otherwise); correct"
     " it, or leave it empty for 993 (or the port the daemon's configuration gives that server)",
     "date": "{field} is {where}, or leave it empty for no limit",
@@ -136,16 +224,49 @@ _EXAMPLES = {
 }  # fmt: skip
 
 
+@functools.lru_cache(maxsize=8)
+def _caps(limits: Limits) -> dict[str, tuple[int, str]]:
+    """Column -> (the most it may hold, how the message names that limit); passwords in bytes as
+    UTF-8, the others in characters. Columns a format check bounds anyway (jobtype, the port,
+    the dates) have none."""
+    password = (limits.max_password_bytes, "bytes as UTF-8 (csv.max_password_bytes)")
+    host = (HOST_CHARS, "characters (the longest DNS name)")
+    caps = {
+        "jobtitle": (limits.max_title_chars, "characters (csv.max_title_chars)"),
+        "destuserid": (limits.max_userid_chars, "characters (csv.max_userid_chars)"),
+        "sourceuserid": (limits.max_userid_chars, "characters (csv.max_userid_chars)"),
+        "destfolder": (limits.max_folder_chars, "characters (csv.max_folder_chars)"),
+        "sendreportid": (ADDRESS_CHARS, "characters (the longest address SMTP allows)"),
+        **dict.fromkeys(PASSWORD_COLUMNS, password),
+        **dict.fromkeys(("destdomain", "sourcedomainname", "destserver", "sourceserver"), host),
+    }
+    return {name: (most, f"{most} {unit}") for name, (most, unit) in caps.items()}
+
+
+def _longer(text: str, most: int, in_bytes: bool) -> bool:
+    """Whether ``text`` is longer than ``most`` characters, or bytes as UTF-8 if ``in_bytes``."""
+    if len(text) > most:
+        return True
+    # A character takes at most 4 bytes: only a value that may be over is encoded.
+    return in_bytes and len(text) * 4 > most and len(text.encode()) > most
+
+
 class _Check:
     """Validates the values of one row; ``problems`` collects (field, message) in column order."""
 
     def __init__(self, values: dict[str, str]) -> None:
         self.values = values
-        self.problems: list[tuple[str, str]] = []
+        self.problems: list[tuple[str | None, str]] = []
 
-    def fail(self, field: str, fix: str, where: str = "") -> None:
-        example = _EXAMPLES.get(field, "john")
-        self.problems.append((field, _FIXES[fix].format(field=field, example=example, where=where)))
+    def fail(self, field: str | None, fix: str, where: str = "") -> None:
+        """Record a problem of ``field`` (None: a value of an unknown column, ``where`` names
+        it). Only a field's first problem counts: the checks after a NUL byte or an over-long
+        value would only describe the same value again."""
+        if field is not None and any(field == known for known, _ in self.problems):
+            return
+        example = _EXAMPLES.get(field or "", "john")
+        text = _FIXES[fix].format(field=field or where, example=example, where=where)
+        self.problems.append((field, text))
 
     def required(self, field: str) -> str:
         value = self.values.get(field, "")

@@ -19,7 +19,9 @@ whose fields are all unquoted and blank (``,,,`` as spreadsheets write empty row
 
 from __future__ import annotations
 
+import codecs
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -38,6 +40,10 @@ _OPEN_QUOTE = re.compile(rb'[ \t]*+"')
 _TO_LINE_END = re.compile(rb"[^\r\n]*+")
 _BLANK_LINE = re.compile(rb"[ \t]*+(?:\r\n?|\n)")
 _BLANK_TAIL = re.compile(rb"[ \t]*+\Z")
+
+# ``sniff_encoding`` decodes this much at a time: decoding a whole file at once would hold a
+# second copy of it, up to four times its size as a str.
+_SNIFF_CHUNK = 1 << 20
 
 TEXT_AFTER_QUOTE = "text after its closing double quote"
 UNCLOSED_QUOTE = "an opening double quote that is never closed"
@@ -92,9 +98,15 @@ def content_start(data: bytes) -> int:
 
 
 def sniff_encoding(data: bytes) -> str:
-    """``utf-8`` if the whole content (after a BOM) is valid UTF-8, else ``windows-1252``."""
+    """``utf-8`` if the whole content (after a BOM) is valid UTF-8, else ``windows-1252``.
+
+    Uses memory independent of the size of ``data``.
+    """
+    view, decoder = memoryview(data), codecs.getincrementaldecoder(UTF8)()
     try:
-        data[content_start(data) :].decode(UTF8)
+        for at in range(content_start(data), len(data), _SNIFF_CHUNK):
+            decoder.decode(view[at : at + _SNIFF_CHUNK])
+        decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         return WINDOWS_1252
     return UTF8
@@ -113,7 +125,12 @@ def _line_breaks(chunk: bytes) -> int:
 
 def tokenize(data: bytes) -> list[Record]:
     """Every non-blank record of ``data`` (a leading BOM is skipped), in file order."""
-    records: list[Record] = []
+    return list(records(data))
+
+
+def records(data: bytes) -> Iterator[Record]:
+    """``tokenize`` one record at a time: a caller that keeps none of them holds memory for one
+    record, not for the whole file (hundreds of bytes of objects per value)."""
     pos, line, size = content_start(data), 1, len(data)
     while pos < size:
         if blank := _BLANK_LINE.match(data, pos):
@@ -123,8 +140,7 @@ def tokenize(data: bytes) -> list[Record]:
             break
         record, pos, line = _record(data, pos, line)
         if not all(field.blank for field in record.fields):
-            records.append(record)
-    return records
+            yield record
 
 
 def _record(data: bytes, pos: int, line: int) -> tuple[Record, int, int]:

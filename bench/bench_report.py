@@ -237,6 +237,8 @@ def read_back_lines(costs: list[ReadBackCost]) -> str:
     out = []
     for c in costs:
         paired = ", ".join(f"{p:+.1f}" for p in c.paired_pct) or "-"
+        if len(c.paired_pct) > 1:
+            paired += f"; median {statistics.median(c.paired_pct):+.1f}"
         cpu = "-" if c.cpu_cost_pct is None else f"{c.cpu_cost_pct:+.1f} %"
         out.append(
             f"  {c.scenario:<14} off {_fmt(c.wall_off, 2)} s ({_fmt(c.mb_s_off)} MB/s), "

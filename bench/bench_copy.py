@@ -9,8 +9,10 @@ to ``bench/results/latest.json`` as well; logs of failed daemon runs to ``bench/
 Exit status: 0 every target passed, 1 some target failed, 2 the benchmark itself could not run.
 
 Owns: the command line and the order of the runs (reference first, then the daemon, in every
-scenario of every run, so that slow drifts of this machine hit both alike). Must not: measure or
-judge by itself (``bench_runs`` measures, ``bench_report`` judges).
+scenario of every run, so that slow drifts of this machine hit both alike; in the read-back
+scenarios the daemon with ``read_back = false`` and with the default ``true``, their order
+swapped from one run to the next). Must not: measure or judge by itself (``bench_runs``
+measures, ``bench_report`` judges).
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from pathlib import Path
 
 from bench.bench_env import BenchEnv, Mailbox, Sizes
 from bench.bench_report import (
+    RB_OFF,
     SCENARIOS,
     problem_lines,
+    read_back_costs,
+    read_back_lines,
     summarize,
     table,
     target_lines,
@@ -89,22 +94,23 @@ class Runner:
         self.samples.append(s)
         verdict = "verified" if s.ok else f"FAILED ({len(s.problems)} problems)"
         print(
-            f"  run {s.run} {s.scenario:<6} {s.copier:<9} {s.wall:8.2f} s "
+            f"  run {s.run} {s.scenario:<14} {s.copier:<13} {s.wall:8.2f} s "
             f"{s.bytes / 1e6 / s.wall if s.wall else 0:7.1f} MB/s  CPU {s.cpu:6.1f} s  "
             f"RSS {s.rss_mb:5.0f} MB  {verdict}",
             flush=True,
         )
-        if not s.ok and s.copier == "daemon":
+        if not s.ok and s.copier != "reference":
             self._keep_logs(s)
 
     def _keep_logs(self, s: Sample) -> None:
         src = (
             self.env.root / "runs" / f"{s.scenario if s.scenario != 'delta' else 'single'}-{s.run}"
         )
-        target = RESULTS / "logs" / f"{s.scenario}-{s.run}"
-        if (src / "daemon").is_dir():
+        suffix = "" if s.copier == "daemon" else f"-{s.copier}"
+        target = RESULTS / "logs" / f"{s.scenario}-{s.run}{suffix}"
+        if (src / s.copier).is_dir():
             shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(src / "daemon", target, ignore=shutil.ignore_patterns("spool"))
+            shutil.copytree(src / s.copier, target, ignore=shutil.ignore_patterns("spool"))
 
     def _pairs(self, mailboxes: list[Mailbox]) -> list[Pair]:
         return [(m, self.env.new_dest_user()) for m in mailboxes]
@@ -133,6 +139,21 @@ class Runner:
             self._note(delta)
         self._drop(pairs)
 
+    def read_back(self, name: str, run: int, mailboxes: list[Mailbox], proxied: bool) -> None:
+        """The daemon twice on the same data, ``read_back = false`` and the default ``true``:
+        off first in odd runs, on first in even ones, so drifts of the machine hit both."""
+        at = self.env.addresses(proxied)
+        workdir = self.env.root / "runs" / f"{name}-{run}"
+        order = (False, True) if run % 2 else (True, False)
+        for read_back in order:
+            copier = "daemon" if read_back else RB_OFF
+            pairs = self._pairs(mailboxes)
+            sample = Sample(name, copier, run)
+            config = prepare_daemon(workdir / copier, self.env, at, read_back=read_back)
+            run_daemon(self.env, sample, pairs, at, config)
+            self._note(sample)
+            self._drop(pairs)
+
     def run(self, run: int) -> None:
         env = self.env
         if env.single is not None and {"single", "delta"} & set(self.scenarios):
@@ -141,6 +162,10 @@ class Runner:
             self.scenario("proxy", run, [env.single], proxied=True)
         if env.many and "multi" in self.scenarios:
             self.scenario("multi", run, env.many, proxied=False)
+        if env.single is not None and "readback" in self.scenarios:
+            self.read_back("readback", run, [env.single], proxied=False)
+        if env.single is not None and "readback-proxy" in self.scenarios:
+            self.read_back("readback-proxy", run, [env.single], proxied=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     wanted = set(args.scenarios)
     with BenchEnv(sizes, dest_storage=args.dest_storage) as env:
         try:
-            env.start(single=bool(wanted & {"single", "delta", "proxy"}), many="multi" in wanted)
+            single = wanted & {"single", "delta", "proxy", "readback", "readback-proxy"}
+            env.start(single=bool(single), many="multi" in wanted)
         except (OSError, RuntimeError) as exc:
             print(f"bench: cannot set up the servers and corpus: {exc}", file=sys.stderr)
             return 2
@@ -159,9 +185,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             runner.run(run)
     samples = runner.samples
     summary = summarize(samples)
-    found = targets(summary)
-    print("\nMedians over the verified runs (RSS: largest run; ratio: daemon / reference)")
+    found = targets(summary, samples)
+    print(
+        "\nMedians over the verified runs (RSS: largest run; ratio: daemon / reference, "
+        "read-back scenarios: read_back on / off)"
+    )
     print(table(samples, summary))
+    if costs := read_back_costs(samples, summary):
+        print("\nRead-back cost (median wall time on / off - 1):")
+        print(read_back_lines(costs))
     print("\nTargets (issue 6):")
     print(target_lines(found))
     if problems := problem_lines(samples):

@@ -5,7 +5,9 @@ issue 6 and whether each passed, and the two outputs (a text table, ``results/la
 Pure apart from writing the JSON file. Must not: run anything.
 
 A target passes only if every run of both copiers in its scenario ran and verified exactly;
-peak RSS is judged on the largest run, not the median ("in every scenario").
+peak RSS is judged on the largest run, not the median ("in every scenario"). In the read-back
+scenarios the two copiers are the daemon with its default ``read_back = true`` ("daemon") and
+with ``read_back = false`` ("daemon-rb-off"); the cost is their ratio of median wall times.
 """
 
 from __future__ import annotations
@@ -29,8 +31,15 @@ SCENARIOS: dict[str, str] = {
     "delta": "delta pass: re-run of the finished mailbox",
     "proxy": "one mailbox, +25 ms each way",
     "multi": "many mailboxes (daemon max_jobs=8; reference one after another)",
+    "readback": "one mailbox, daemon with read_back off and on",
+    "readback-proxy": "one mailbox, +25 ms each way, daemon with read_back off and on",
 }
+# The read-back scenarios: the daemon alone, twice per run (off and on, in alternating order).
+READBACK_SCENARIOS = ("readback", "readback-proxy")
+RB_OFF = "daemon-rb-off"  # the daemon with [imap] read_back = false
+COPIERS = ("reference", RB_OFF, "daemon")  # table order
 RSS_LIMIT_MB = 200.0
+READBACK_LIMIT_PCT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +60,27 @@ class Target:
     text: str
     value: float | None  # None: not measured (or a run failed)
     passed: bool
+    unit: str = ""  # printed after the value
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBackCost:
+    """The daemon with read_back off and on in one read-back scenario. ``cost_pct`` is the
+    judged figure: (median wall on / median wall off - 1) x 100; ``paired_pct`` the same per
+    run (both variants ran back to back in it), for seeing how much the runs scatter;
+    ``cpu_cost_pct`` the same for the daemon's CPU seconds (not judged: the copy shares two
+    cores with both servers, so CPU is what the daemon adds, wall what the user waits)."""
+
+    scenario: str
+    wall_off: float | None
+    wall_on: float | None
+    mb_s_off: float | None
+    mb_s_on: float | None
+    cost_pct: float | None  # None: a run of either variant failed, or none ran
+    paired_pct: list[float]  # per run, in run order (runs where both verified)
+    cpu_off: float | None = None
+    cpu_on: float | None = None
+    cpu_cost_pct: float | None = None
 
 
 def _median(values: list[float]) -> float | None:
@@ -78,7 +108,7 @@ def summarize(samples: list[Sample]) -> dict[tuple[str, str], Figures]:
 
 
 def _order(key: tuple[str, str]) -> tuple[int, int]:
-    return list(SCENARIOS).index(key[0]), key[1] != "reference"
+    return list(SCENARIOS).index(key[0]), COPIERS.index(key[1])
 
 
 def _all_ok(
@@ -100,7 +130,37 @@ def _ratio(
     return a / b if a is not None and b else None
 
 
-def targets(summary: dict[tuple[str, str], Figures]) -> list[Target]:
+def read_back_costs(
+    samples: list[Sample], summary: dict[tuple[str, str], Figures]
+) -> list[ReadBackCost]:
+    """The read-back cost of every read-back scenario that was run."""
+    out: list[ReadBackCost] = []
+    for scenario in READBACK_SCENARIOS:
+        off, on = summary.get((scenario, RB_OFF)), summary.get((scenario, "daemon"))
+        if off is None and on is None:
+            continue
+        cost = cpu_cost = None
+        if off and on and off.wall and on.wall and _all_ok(summary, scenario, (RB_OFF, "daemon")):
+            cost = (on.wall / off.wall - 1) * 100
+            cpu_cost = (on.cpu / off.cpu - 1) * 100 if on.cpu and off.cpu else None
+        runs: dict[int, dict[str, float]] = {}
+        for s in samples:
+            if s.scenario == scenario and s.ok and s.wall > 0:
+                runs.setdefault(s.run, {})[s.copier] = s.wall
+        paired = [
+            (r["daemon"] / r[RB_OFF] - 1) * 100
+            for _, r in sorted(runs.items())
+            if "daemon" in r and RB_OFF in r
+        ]
+        out.append(ReadBackCost(
+            scenario, off.wall if off else None, on.wall if on else None,
+            off.mb_s if off else None, on.mb_s if on else None, cost, paired,
+            off.cpu if off else None, on.cpu if on else None, cpu_cost,
+        ))  # fmt: skip
+    return out
+
+
+def targets(summary: dict[tuple[str, str], Figures], samples: list[Sample]) -> list[Target]:
     """The issue's targets for the scenarios that were run."""
     out: list[Target] = []
     scenarios = {s for s, _ in summary}
@@ -117,10 +177,16 @@ def targets(summary: dict[tuple[str, str], Figures]) -> list[Target]:
         f = summary[("delta", "daemon")]
         wall = f.wall if _all_ok(summary, "delta", ("daemon",)) else None
         out.append(Target("delta", "daemon wall time < 5 s", wall, wall is not None and wall < 5))
+    for rb in read_back_costs(samples, summary):
+        text = f"read-back cost <= {READBACK_LIMIT_PCT:.0f} % (daemon wall time on / off - 1)"
+        ok = rb.cost_pct is not None and rb.cost_pct <= READBACK_LIMIT_PCT + 1e-9  # float noise
+        out.append(Target(rb.scenario, text, rb.cost_pct, ok, " %"))
     for scenario in sorted(scenarios, key=list(SCENARIOS).index):
-        d = summary.get((scenario, "daemon"))
-        if d is not None:
-            rss = d.max_rss_mb if d.runs and d.ok_runs == d.runs else None
+        daemons = [f for (s, c), f in summary.items() if s == scenario and c != "reference"]
+        if daemons:
+            ok = all(f.runs and f.ok_runs == f.runs for f in daemons)
+            peaks = [f.max_rss_mb for f in daemons if f.max_rss_mb is not None]
+            rss = max(peaks) if ok and peaks else None
             out.append(
                 Target(scenario, f"daemon peak RSS <= {RSS_LIMIT_MB:.0f} MB", rss,
                        rss is not None and rss <= RSS_LIMIT_MB)
@@ -135,12 +201,15 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 def table(samples: list[Sample], summary: dict[tuple[str, str], Figures]) -> str:
     head = ("scenario", "copier", "ok/runs", "wall s", "msg/s", "MB/s", "CPU s", "RSS MB", "ratio")
     rows: list[tuple[str, ...]] = [head]
+    costs = {c.scenario: c.cost_pct for c in read_back_costs(samples, summary)}
     for (scenario, copier), f in summary.items():
         ratio = None
         if copier == "daemon" and scenario in ("single", "proxy"):
             ratio = _ratio(summary, scenario, lambda x: x.mb_s)
         elif copier == "daemon" and scenario == "multi":
             ratio = _ratio(summary, scenario, lambda x: x.wall)
+        elif copier == "daemon" and (cost := costs.get(scenario)) is not None:
+            ratio = 1 + cost / 100  # read-back scenarios: wall time on / off
         some = next(s for s in samples if (s.scenario, s.copier) == (scenario, copier))
         label = f"{scenario} ({some.messages} msg, {some.bytes / 1e6:.0f} MB)"
         rows.append((
@@ -157,9 +226,27 @@ def table(samples: list[Sample], summary: dict[tuple[str, str], Figures]) -> str
 
 def target_lines(found: list[Target]) -> str:
     return "\n".join(
-        f"  {'PASS' if t.passed else 'FAIL'}  {t.scenario:<7} {t.text}: {_fmt(t.value, 2)}"
+        f"  {'PASS' if t.passed else 'FAIL'}  {t.scenario:<14} {t.text}: "
+        f"{_fmt(t.value, 2)}{t.unit if t.value is not None else ''}"
         for t in found
     )
+
+
+def read_back_lines(costs: list[ReadBackCost]) -> str:
+    """One line per read-back scenario: both medians and the cost."""
+    out = []
+    for c in costs:
+        paired = ", ".join(f"{p:+.1f}" for p in c.paired_pct) or "-"
+        if len(c.paired_pct) > 1:
+            paired += f"; median {statistics.median(c.paired_pct):+.1f}"
+        cpu = "-" if c.cpu_cost_pct is None else f"{c.cpu_cost_pct:+.1f} %"
+        out.append(
+            f"  {c.scenario:<14} off {_fmt(c.wall_off, 2)} s ({_fmt(c.mb_s_off)} MB/s), "
+            f"on {_fmt(c.wall_on, 2)} s ({_fmt(c.mb_s_on)} MB/s): cost "
+            f"{'-' if c.cost_pct is None else f'{c.cost_pct:+.1f} %'} (per run: {paired} %); "
+            f"daemon CPU {_fmt(c.cpu_off, 2)} -> {_fmt(c.cpu_on, 2)} s ({cpu})"
+        )
+    return "\n".join(out)
 
 
 def problem_lines(samples: list[Sample]) -> str:
@@ -176,6 +263,7 @@ def write_json(
     path: Path, samples: list[Sample], found: list[Target], meta: dict[str, Any]
 ) -> None:
     summary = summarize(samples)
+    costs = read_back_costs(samples, summary)
     doc = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": {
@@ -187,6 +275,7 @@ def write_json(
         "summary": [
             {"scenario": s, "copier": c, **dataclasses.asdict(f)} for (s, c), f in summary.items()
         ],
+        "read_back": [dataclasses.asdict(c) for c in costs],
         "targets": [dataclasses.asdict(t) for t in found],
         "samples": [dataclasses.asdict(s) for s in samples],
     }

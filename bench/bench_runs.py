@@ -9,7 +9,8 @@ Must not: decide which runs make a scenario or judge the figures (``bench_copy``
 The daemon's config differs from the defaults only where the benchmark needs it: the spool in a
 fresh directory, ``max_jobs = 8`` (the issue's value), ``stable_seconds = 0`` (the CSV is
 complete before the daemon starts, so waiting for it to be "stable" would only add a second),
-JSON logs (stdout, into a file), and the test CA / destination port for the two hosts.
+JSON logs (stdout, into a file), and the test CA / destination port for the two hosts. The
+read-back scenarios' second daemon also has ``[imap] read_back = false``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ COLUMNS = (
 @dataclass
 class Sample:
     scenario: str
-    copier: str  # "reference" or "daemon"
+    copier: str  # "reference", "daemon" or "daemon-rb-off" (the daemon with read_back = false)
     run: int
     wall: float = 0.0
     cpu: float = 0.0
@@ -134,7 +135,11 @@ def daemon_command() -> list[str]:
     return [found]
 
 
-def write_config(workdir: Path, env: BenchEnv, at: tuple[Address, Address]) -> Path:
+def write_config(
+    workdir: Path, env: BenchEnv, at: tuple[Address, Address], *, read_back: bool = True
+) -> Path:
+    """The daemon's config; ``read_back=False`` adds ``[imap] read_back = false`` (the read-back
+    scenarios' second daemon), otherwise the daemon's default (on) is left alone."""
     src, dst = at
     ca = json.dumps(str(env.ca_file))  # a TOML basic string is JSON-compatible here
     text = f"""# written by bench/bench_runs.py
@@ -154,6 +159,8 @@ ca_file = {ca}
 port = {dst.port}
 ca_file = {ca}
 """
+    if not read_back:
+        text += "\n[imap]\nread_back = false\n"
     path = workdir / "config.toml"
     path.write_text(text)
     return path
@@ -173,12 +180,14 @@ def request_csv(pairs: list[Pair], at: tuple[Address, Address]) -> bytes:
     return out.getvalue().encode()
 
 
-def prepare_daemon(workdir: Path, env: BenchEnv, at: tuple[Address, Address]) -> Path:
+def prepare_daemon(
+    workdir: Path, env: BenchEnv, at: tuple[Address, Address], *, read_back: bool = True
+) -> Path:
     """A fresh daemon directory: config and an empty spool; returns the config path."""
     workdir.mkdir(parents=True)
     (workdir / "spool" / "incoming").mkdir(parents=True, mode=0o700)
     os.chmod(workdir / "spool", 0o700)
-    return write_config(workdir, env, at)
+    return write_config(workdir, env, at, read_back=read_back)
 
 
 def run_daemon(

@@ -46,6 +46,7 @@ class ScriptedServer:
     _loop: asyncio.AbstractEventLoop | None = None
     _server: asyncio.Server | None = None
     _thread: threading.Thread | None = None
+    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -71,9 +72,23 @@ class ScriptedServer:
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
+        """Close every client connection and the listener, then end the thread: nothing is
+        left for the garbage collector to find open (it would blame whichever test runs)."""
+        if self._loop is None or self._thread is None:
+            return
+
+        async def shutdown() -> None:
+            for writer in list(self._writers):
+                writer.transport.abort()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            assert self._loop is not None
+            self._loop.stop()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
+        self._thread.join(10)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -90,6 +105,7 @@ class ScriptedServer:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         caps = "IMAP4rev1 NAMESPACE" + (" STARTTLS" if self.starttls_injection else "")
+        self._writers.add(writer)
 
         async def send(data: bytes) -> None:
             self.bytes_sent += len(data)
@@ -114,6 +130,7 @@ class ScriptedServer:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            self._writers.discard(writer)
             with contextlib.suppress(Exception):
                 writer.close()
 

@@ -112,7 +112,7 @@ def test_courier_to_cyrus_with_slash_as_an_administrator_runs_it(
     assert doc["totals"]["copied"] == 4 and doc["totals"]["altered"] == 1
     assert doc["totals"]["failed"] == 0
     mail = email.message_from_bytes(
-        next((spool / "outbox").glob("*.eml")).read_bytes(), policy=email.policy.default
+        (spool / "outbox" / f"{doc['request_id']}.eml").read_bytes(), policy=email.policy.default
     )
     text = mail.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     assert "Messages the destination stored altered (1)" in text

@@ -76,6 +76,8 @@ META_BATCH = 1000  # UIDs per metadata FETCH (responses are parsed in linear tim
 HEADER_FIELDS = "MESSAGE-ID DATE FROM TO SUBJECT"  # what transfer.identity reads
 META_ITEMS = f"(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS ({HEADER_FIELDS})])"
 BODY_ITEMS = "(UID FLAGS INTERNALDATE BODY.PEEK[])"
+# Read-back of what was appended: the whole header (identity fields and any rewritten byte).
+STORED_ITEMS = "(UID RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER])"
 AppendItem = tuple[bytes | bytearray | memoryview, Iterable[str], str | None]
 NONSYNC_MAX = 256 * 1024  # largest APPEND sent without waiting for "+" (with LITERAL+)
 UPLOAD_RATE = 16 * 1024  # bytes/s an APPEND is allowed at worst, for its overall ceiling
@@ -404,15 +406,16 @@ class Session:
         out.sort(key=lambda m: m.uid)
         return out
 
-    async def fetch_meta_from(self, first_uid: int) -> list[MessageMeta]:
-        """``fetch_meta`` of every message of the open mailbox with a UID of at least
-        ``first_uid`` (``UID FETCH first:*``; one command whatever the count), by ascending UID.
-        Used to read back what an APPEND stored; RFC 3501 answers ``n:*`` with the last message
-        even when its UID is below ``n``, so that one is dropped here."""
+    async def fetch_stored_from(self, first_uid: int) -> list[MessageMeta]:
+        """What the open mailbox holds from UID ``first_uid`` on (``UID FETCH first:*``, one
+        command whatever the count), by ascending UID: size, INTERNALDATE and the whole header
+        block (``BODY.PEEK[HEADER]``) as ``header``. Used to read back what APPENDs stored;
+        RFC 3501 answers ``n:*`` with the last message even when its UID is below ``n``, so
+        that one is dropped here."""
         if first_uid < 1:
             raise ValueError(f"first_uid must be at least 1, got {first_uid}")
         what = f"UID FETCH {first_uid}:*"
-        result, items, text = await self._fetch(f"{first_uid}:*", META_ITEMS)
+        result, items, text = await self._fetch(f"{first_uid}:*", STORED_ITEMS)
         self._check("other", result, text, what)
         out = [m for m in await self._convert(items, meta_from, what) if m.uid >= first_uid]
         out.sort(key=lambda m: m.uid)
@@ -423,23 +426,6 @@ class Session:
         appended to the selected mailbox only after one)."""
         reply = await self._conn.run("NOOP", what="NOOP")
         self._check("other", reply.result, reply.text, "NOOP")
-
-    async def fetch_header_blocks(self, uids: Iterable[int]) -> dict[int, bytes]:
-        """UID → the whole header block (``BODY.PEEK[HEADER]``) of messages of the open
-        mailbox; UIDs that do not exist are absent."""
-        out: dict[int, bytes] = {}
-        for uid_set in self._batches(uids, META_BATCH):
-            what = f"UID FETCH {uid_set} header"
-            result, items, text = await self._fetch(uid_set, "(UID BODY.PEEK[HEADER])")
-            self._check("other", result, text, what)
-            with self._parsing(what):
-                for item in items:
-                    uid, block = item.get("UID"), item.get("BODY[HEADER]")
-                    if isinstance(block, str):  # a quoted string instead of a literal
-                        block = bytearray(block.encode("utf-8", "surrogateescape"))
-                    if isinstance(uid, str) and uid.isdigit() and isinstance(block, bytearray):
-                        out[int(uid)] = bytes(block)
-        return out
 
     async def fetch_meta_all(self, exists: int) -> list[MessageMeta]:
         """``fetch_meta`` of every message of the open mailbox, addressed by sequence numbers

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
@@ -45,6 +46,9 @@ _NEVER_COPIED = {"\\recent"}
 _SYSTEM_FLAGS = {"\\seen", "\\answered", "\\flagged", "\\draft"}
 _Hold = AbstractAsyncContextManager[None, bool | None]
 _Fetched = tuple[list[int], dict[int, FetchedMessage], _Hold]
+# Appended bytes between two read-backs (and at the end of every folder): one round trip per
+# 64 MB instead of one per batch (measured: +26-33 % at 25 ms each way when read per batch).
+READ_BACK_BYTES = 64 * 1024 * 1024
 _COUNTERS = (
     "in_range",
     "copied",
@@ -114,6 +118,9 @@ class FolderCopy:
     _appended: list[tuple[MessageMeta, int]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     _uidvalidity: int = 0
+    # Appended, not read back yet: (what was sent, its source meta, \Deleted dropped).
+    _unverified: list[tuple[readback.Appended, MessageMeta, bool]] = field(default_factory=list)
+    _unverified_bytes: int = 0
     _next_uid: int = 1  # the destination folder's UIDNEXT: where the next batch is read back
     dest_name: str = ""  # where this folder is copied to (the plan's, or its safe mapping)
     dest_display: str = ""
@@ -140,6 +147,9 @@ class FolderCopy:
         by_uid = {m.uid: m for m in metas}
         source_keys = [(m.uid, identity.identity(m.header, m.internaldate)) for m in metas]
         missing = identity.missing(source_keys, (key for key, _ in dest_keys))
+        if missing and self.config.read_back:
+            dest_keys = self._adopt_munged_copies(missing, source_keys, dest_keys, by_uid)
+            missing = identity.missing(source_keys, (key for key, _ in dest_keys))
         prior = dict(self.prior.counts) if self.prior is not None else {}
         self.counts = {k: prior.get(k, 0) for k in _COUNTERS}
         self.counts["in_range"] = len(metas)
@@ -165,6 +175,41 @@ class FolderCopy:
             self.listing.record(self.dest_name, self.dest_display, now_there)
         log.info("folder_copied", folder=self.plan.source_display, **self.counts)
         return self._result()
+
+    def _adopt_munged_copies(
+        self,
+        missing: list[int],
+        source_keys: list[tuple[int, str]],
+        dest_keys: list[tuple[str, str | None]],
+        by_uid: dict[int, MessageMeta],
+    ) -> list[tuple[str, str | None]]:
+        """Copies appended but never read back (the daemon died between two read-backs) whose
+        8-bit header bytes the destination turned into ``X`` (Cyrus munge8bit): a destination
+        message no source message matches, whose identity is exactly that of a missing source
+        message with its 8-bit bytes replaced, is that message's copy. It is remembered and
+        reported like any altered copy instead of being appended a second time."""
+        known = Counter(key for _, key in source_keys)
+        spare = Counter(key for key, why in dest_keys if why is None) - known
+        if not spare:
+            return dest_keys
+        out = list(dest_keys)
+        for uid in missing:
+            meta = by_uid[uid]
+            if meta.header.isascii():
+                continue
+            munged = identity.identity(_munge8bit(meta.header), meta.internaldate)
+            if spare[munged] <= 0:
+                continue
+            spare[munged] -= 1
+            source_key = dict(source_keys)[uid]
+            why = (
+                "altered by the destination: found after an interruption, its raw 8-bit "
+                "header bytes replaced with 'X' (Cyrus IMAP's munge8bit setting)"
+            )
+            self.state.add_altered_copy(self.dest_account, self.dest_name, munged, source_key, why)
+            index = out.index((munged, None))
+            out[index] = (source_key, why)
+        return out
 
     def _report_altered_copies(
         self,
@@ -289,10 +334,13 @@ class FolderCopy:
                 await self._store(dst, batch, fetched, metas, permanent)
                 holds.remove(hold)
                 await hold.__aexit__(None, None, None)
+                if self.stop.is_set():
+                    await self._read_back(dst)  # what is stored is judged before we stop
                 self._checkpoint(done=False)
                 self.on_progress(self.progress)
                 if self.stop.is_set():  # the in-flight batch is stored; a prefetched one waits
                     raise Interrupted
+            await self._read_back(dst)
             if self.stop.is_set():
                 raise Interrupted
         finally:
@@ -330,73 +378,76 @@ class FolderCopy:
                 self._fail(metas[msg.uid], f"the destination refused it: {refused}")
             else:
                 accepted.append(msg)
-        if not accepted:
-            return
-        altered = await self._read_back(dst, accepted, metas) if self.config.read_back else {}
         for msg in accepted:
             size = len(msg.body or b"")
             meta = metas[msg.uid]
-            change = altered.get(msg.uid)
-            if change is not None and change.stored is None:
-                self._fail(meta, readback.reason(change))
-                continue
+            deleted = any(f.lower() == "\\deleted" for f in msg.flags)
+            # Counted as stored at once; a read-back that finds otherwise corrects it.
             self.counts["copied"] += 1
             self.counts["bytes"] += size
+            self.counts["deleted_dropped"] += int(deleted)
             self._appended.append((meta, size))
-            if any(f.lower() == "\\deleted" for f in msg.flags):
-                self.counts["deleted_dropped"] += 1
-            if change is not None:
-                self.counts["altered"] += 1
-                self._record(meta, readback.reason(change), kind="altered")
             self.progress.messages_done += 1
             self.progress.bytes_done += meta.size
+            if self.config.read_back:
+                sent = readback.Appended(
+                    uid=msg.uid,
+                    key=identity.identity(meta.header, meta.internaldate),
+                    size=size,
+                    header=bytes(meta.header),
+                    header_block=readback.eight_bit_header(msg.body or b""),
+                )
+                self._unverified.append((sent, meta, deleted))
+                self._unverified_bytes += size
+        if self._unverified_bytes >= READ_BACK_BYTES:
+            await self._read_back(dst)
 
-    async def _read_back(
-        self, dst: Session, accepted: list[FetchedMessage], metas: dict[int, MessageMeta]
-    ) -> dict[int, readback.Altered]:
-        """Read what the destination stored for this batch and compare it with what was sent;
-        remember every altered copy's identity (no later pass appends it again)."""
-        stored_metas = await dst.fetch_meta_from(self._next_uid)
-        if len(stored_metas) < len(accepted):
+    async def _read_back(self, dst: Session) -> None:
+        """Read what the destination stored since the last read-back and compare it with what
+        was sent: an altered copy is counted and reported as such and its identity remembered
+        (no later pass appends it again); a message the server accepted but does not hold is a
+        failure. Done every ``READ_BACK_BYTES`` appended, at the end of the folder and before a
+        stop: one round trip per read-back, not per batch."""
+        pending, self._unverified, self._unverified_bytes = self._unverified, [], 0
+        if not pending:
+            return
+        stored_metas = await dst.fetch_stored_from(self._next_uid)
+        if len(stored_metas) < len(pending):
             # Some servers (Courier) show what was appended to the selected mailbox only
             # after a NOOP; one more look before anything is judged missing.
             await dst.noop()
-            stored_metas = await dst.fetch_meta_from(self._next_uid)
+            stored_metas = await dst.fetch_stored_from(self._next_uid)
         if stored_metas:
             self._next_uid = stored_metas[-1].uid + 1
-        sent = [
-            readback.Appended(
-                uid=m.uid,
-                key=identity.identity(metas[m.uid].header, metas[m.uid].internaldate),
-                size=len(m.body or b""),
-                header=bytes(metas[m.uid].header),
-                header_block=readback.eight_bit_header(m.body or b""),
-            )
-            for m in accepted
-        ]
         stored = [
             readback.Stored(
                 m.uid, identity.identity(m.header, m.internaldate), m.size, bytes(m.header)
             )
             for m in stored_metas
         ]
-        pairs = readback.pair(sent, stored)
-        wanted = readback.to_read_in_full(pairs)
-        blocks = await dst.fetch_header_blocks(wanted) if wanted else {}
-        changes = readback.judge(pairs, blocks)
-        for change in changes:
-            if change.stored is not None:
-                self.state.add_altered_copy(
-                    self.dest_account,
-                    self.dest_name,
-                    change.stored.key,
-                    change.appended.key,
-                    readback.reason(change),
-                )
+        by_uid = {sent.uid: (meta, deleted) for sent, meta, deleted in pending}
+        for change in readback.compare([sent for sent, _, _ in pending], stored):
+            meta, deleted = by_uid[change.appended.uid]
             log.warning("message_altered", folder=self.plan.source_display,
                         uid=change.appended.uid, difference=change.difference,
                         cause=change.cause)  # fmt: skip
-        return {c.appended.uid: c for c in changes}
+            if change.stored is None:  # not there after all: a failure, copied by a re-run
+                self.counts["copied"] -= 1
+                self.counts["bytes"] -= change.appended.size
+                self.counts["deleted_dropped"] -= int(deleted)
+                self._appended = [(m, n) for m, n in self._appended if m.uid != meta.uid]
+                self.counts["failed"] += 1
+                self._record(meta, readback.reason(change), kind="failed")
+                continue
+            self.state.add_altered_copy(
+                self.dest_account,
+                self.dest_name,
+                change.stored.key,
+                change.appended.key,
+                readback.reason(change),
+            )
+            self.counts["altered"] += 1
+            self._record(meta, readback.reason(change), kind="altered")
 
     def _fail(self, meta: MessageMeta, reason: str) -> None:
         self.counts["failed"] += 1
@@ -466,3 +517,8 @@ def _unalias(
         else:
             out.append((key, None))
     return out
+
+
+def _munge8bit(header: bytes) -> bytes:
+    """``header`` as Cyrus's munge8bit stores it: every byte above 0x7F replaced with ``X``."""
+    return bytes(c if c < 0x80 else 0x58 for c in header)

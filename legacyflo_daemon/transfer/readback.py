@@ -13,9 +13,9 @@ copies are confirmed whatever order the server assigned UIDs in; what is left is
 order (servers give appended messages ascending UIDs in append order); an appended message with
 nothing left to pair with is "not stored" (the server said OK but the folder does not hold it);
 stored messages left over were put there by someone else and are ignored. A message whose header
-holds raw 8-bit bytes is also compared by its whole header block (``to_read_in_full``): a
-rewrite of such bytes keeps sizes and may spare the identity fields. Cost: one ``UID FETCH``
-of the identity items per batch, plus the header blocks of 8-bit messages only.
+holds raw 8-bit bytes is also compared by its whole header block: a rewrite of such bytes keeps
+sizes and may spare the identity fields. Cost: one ``UID FETCH`` (size, date, whole header) per
+read-back, which the copier does every ``READ_BACK_BYTES`` appended and at the end of a folder.
 Must not: talk to a server, or use a size as identity (only an exact copy may confirm by size).
 """
 
@@ -66,25 +66,31 @@ Pair = tuple[Appended, Stored | None]
 
 
 def eight_bit_header(message: bytes | bytearray) -> bytes | None:
-    """The header block of ``message`` if it holds raw 8-bit bytes, else None. Such headers
-    are the ones servers rewrite without changing sizes (Cyrus ``munge8bit``), so only their
-    copies are worth reading back in full."""
+    """The header block of ``message`` (blank line included) if it holds raw 8-bit bytes, else
+    None. Such headers are the ones servers rewrite without changing sizes (Cyrus
+    ``munge8bit``), so only their copies are compared byte for byte."""
     end = message.find(b"\r\n\r\n")
     block = bytes(message[: end + 4 if end >= 0 else len(message)])
-    return block if any(c >= 0x80 for c in block) else None
+    return None if block.isascii() else block
+
+
+def _fields(header: bytes) -> tuple[bytes | None, ...]:
+    found = header_fields(header)
+    return tuple(found.get(name) for name, _label in _FIELDS)
 
 
 def pair(appended: list[Appended], stored: list[Stored]) -> list[Pair]:
     """Each appended message with the stored message that is its copy (None: not stored), in
-    ``appended`` order (see the module docstring: matching)."""
-    exact: defaultdict[tuple[str, int, bytes], list[Stored]] = defaultdict(list)
+    ``appended`` order (see the module docstring: matching). Headers are compared by their
+    identity fields: the appended side has those alone, the stored side its whole header."""
+    exact: defaultdict[tuple[str, int, tuple[bytes | None, ...]], list[Stored]] = defaultdict(list)
     ordered = sorted(stored, key=lambda s: s.uid)
     for s in ordered:
-        exact[(s.key, s.size, s.header)].append(s)
+        exact[(s.key, s.size, _fields(s.header))].append(s)
     used: set[int] = set()
     found: dict[int, Stored] = {}
     for i, a in enumerate(appended):
-        candidates = exact.get((a.key, a.size, a.header))
+        candidates = exact.get((a.key, a.size, _fields(a.header)))
         if candidates:
             s = candidates.pop(0)
             used.add(s.uid)
@@ -93,32 +99,27 @@ def pair(appended: list[Appended], stored: list[Stored]) -> list[Pair]:
     return [(a, found[i] if i in found else next(rest, None)) for i, a in enumerate(appended)]
 
 
-def to_read_in_full(pairs: list[Pair]) -> list[int]:
-    """Stored UIDs whose whole header must be read to judge them (8-bit source headers)."""
-    return [s.uid for a, s in pairs if s is not None and a.header_block is not None]
-
-
-def judge(pairs: list[Pair], blocks: dict[int, bytes]) -> list[Altered]:
-    """The appended messages the destination did not store exactly, in ``pairs`` order.
-    ``blocks``: stored UID → its whole header block, for the UIDs ``to_read_in_full`` named."""
+def judge(pairs: list[Pair]) -> list[Altered]:
+    """The appended messages the destination did not store exactly, in ``pairs`` order: not
+    stored, another size or identity, or (for a header with raw 8-bit bytes) another header
+    block. ``Stored.header`` must be the whole stored header block."""
     out: list[Altered] = []
     for a, s in pairs:
         if s is None:
             out.append(Altered(a, None, "not found in the folder after the server said OK",
                                "the destination dropped it after accepting it"))  # fmt: skip
             continue
-        block = blocks.get(s.uid)
-        same_block = a.header_block is None or block is None or block == a.header_block
-        if (a.key, a.size, a.header) == (s.key, s.size, s.header) and same_block:
+        same = (a.key, a.size, _fields(a.header)) == (s.key, s.size, _fields(s.header))
+        if same and (a.header_block is None or a.header_block == s.header):
             continue
-        before = a.header_block if a.header_block is not None and block else a.header
-        out.append(Altered(a, s, describe(a, s), likely_cause(before, block or s.header)))
+        before = a.header_block if a.header_block is not None else a.header
+        out.append(Altered(a, s, describe(a, s), likely_cause(before, s.header)))
     return out
 
 
 def compare(appended: list[Appended], stored: list[Stored]) -> list[Altered]:
-    """``judge(pair(...))`` without whole header blocks (size and identity headers only)."""
-    return judge(pair(appended, stored), {})
+    """``judge(pair(appended, stored))``."""
+    return judge(pair(appended, stored))
 
 
 def describe(appended: Appended, stored: Stored) -> str:

@@ -326,3 +326,44 @@ def test_without_read_back_an_altered_copy_passes_unseen_and_is_appended_again(
     with dst_account.imap(dst.security) as conn:
         inbox = read_mailbox(conn).folders[_expected_dest(dst, ())]
     assert len(inbox.messages) == 2
+
+
+def test_an_altered_copy_not_read_back_before_a_cut_is_not_appended_again(
+    side: Callable[[str, str], Side], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection drops right after the APPEND, before the read-back: the retry's fresh
+    pass finds Cyrus's munged copy (8-bit bytes turned to X), records it as altered, and the
+    destination holds one copy, not two."""
+    from legacyflo_daemon.errors import TransientError
+    from legacyflo_daemon.imap.session import Session
+
+    src, dst = side("dovecot", "source"), side("cyrus", "dest")
+    src_account, dst_account = src.new_account(), dst.new_account()
+    with src_account.imap(src.security) as conn:
+        append_messages(conn, "INBOX", [_msg("nomid8", 2019, subject="Grüße", mid=False),
+                                        _msg("plain", 2018)])  # fmt: skip
+    real = Session.fetch_stored_from
+    cuts: list[int] = []
+
+    async def cut_once(self: Session, first_uid: int) -> list[object]:
+        if not cuts:
+            cuts.append(first_uid)
+            raise TransientError("connection lost (test)")
+        return await real(self, first_uid)  # type: ignore[return-value]
+
+    monkeypatch.setattr(Session, "fetch_stored_from", cut_once)
+    hosts = {src.server.host: src.host_config(), dst.server.host: dst.host_config()}
+    request = make_request(
+        Login(src_account.user, PASSWORD, src.server.host, src.port),
+        Login(dst_account.user, PASSWORD, dst.server.host),
+        jobtype=JobType.IMAP,
+    )
+    result = asyncio.run(CopyRun.create(tmp_path, request, make_config(hosts, dest_port=dst.port),
+                                        "req-1").run())  # fmt: skip
+    assert cuts, "the read-back was never cut"
+    assert result.status is Status.PARTIAL, result
+    (altered,) = [f for f in result.failures if f.kind == "altered"]
+    assert "found after an interruption" in altered.reason
+    with dst_account.imap(dst.security) as conn:
+        inbox = read_mailbox(conn).folders[_expected_dest(dst, ())]
+    assert len(inbox.messages) == 2  # each source message once

@@ -37,6 +37,7 @@ from legacyflo_daemon.daemon.recovery import recover
 from legacyflo_daemon.daemon.scheduler import PROGRESS_SECONDS, Scheduler
 from legacyflo_daemon.daemon.supervisor import Service, Supervisor
 from legacyflo_daemon.daemon.watcher import Watcher
+from legacyflo_daemon.errors import SpoolError
 from legacyflo_daemon.model import Status
 from legacyflo_daemon.outbox.sender import MailSender
 from legacyflo_daemon.outbox.store import Outbox
@@ -44,6 +45,8 @@ from legacyflo_daemon.report import archive
 from legacyflo_daemon.report.finisher import Finisher
 from legacyflo_daemon.runtime import log as logsetup
 from legacyflo_daemon.runtime.aio import wait_any
+from legacyflo_daemon.runtime.files import ensure_private_dir
+from legacyflo_daemon.runtime.lock import ExclusiveLock, lock_paths
 from legacyflo_daemon.runtime.systemd import Notifier, watchdog_task
 from legacyflo_daemon.spool.directory import Spool
 from legacyflo_daemon.state.lifecycle import Lifecycle
@@ -69,12 +72,44 @@ class Daemon:
     # -- entry -------------------------------------------------------------------------------
 
     async def run(self) -> int:
-        self.spool.ensure()
-        self.state = StateStore(self.cfg.daemon.state_path)
+        locks = self._lock()  # before anything else is touched: recovery assumes it is alone
         try:
-            return await self._run()
+            self.spool.ensure()
+            self.state = StateStore(self.cfg.daemon.state_path)
+            try:
+                return await self._run()
+            finally:
+                self.state.close()
         finally:
-            self.state.close()
+            for lock in reversed(locks):
+                lock.release()
+
+    def _lock(self) -> list[ExclusiveLock]:
+        """Take the exclusive locks of the spool and the state store (``runtime.lock``).
+
+        A second daemon on the same spool or state store would count the first one's running
+        requests as crashed and run them again beside it: it stops here with
+        ``AlreadyRunning`` (one line naming the holder's pid, exit 2) before it reads or writes
+        anything but the lock files (and the directories that hold them)."""
+        self.spool.ensure_root()
+        state_dir = self.cfg.daemon.state_path.parent
+        held: list[ExclusiveLock] = []
+        try:
+            for path in lock_paths(self.spool.root, self.cfg.daemon.state_path):
+                if path.parent == state_dir:
+                    ensure_private_dir(state_dir)
+                held.append(ExclusiveLock.acquire(path))
+        except OSError as exc:
+            for lock in held:
+                lock.release()
+            raise SpoolError(
+                f"{exc.filename}: cannot take the daemon's lock: {exc.strerror}"
+            ) from exc
+        except BaseException:
+            for lock in held:
+                lock.release()
+            raise
+        return held
 
     async def _run(self) -> int:
         cfg, smtp = self.cfg, self.cfg.smtp

@@ -23,6 +23,19 @@ TEMP_SUFFIX = ".tmp"
 _MAX_NAME_TRIES = 10_000
 
 
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) with mode 0700 whatever the umask; an existing
+    directory keeps its mode (an administrator may have opened it on purpose)."""
+    if path.is_dir():
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        return
+    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+
+
 def fsync_dir(path: Path) -> None:
     """Make a directory's entries (a create, rename or unlink inside it) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -100,6 +100,16 @@ class Spool:
 
     is_temp_name = staticmethod(is_temp_name)
 
+    def ensure_root(self) -> None:
+        """Create the spool's root directory if missing (mode 0700), nothing below it: the
+        daemon's lock file lives there and is taken before anything else is touched."""
+        try:
+            files.ensure_private_dir(self.root)
+        except OSError as exc:
+            raise SpoolError(f"{self.root}: cannot create: {exc.strerror}") from exc
+        if not self.root.is_dir():
+            raise SpoolError(f"{self.root}: exists and is not a directory")
+
     def ensure(self) -> None:
         """Create the root and every sub-directory that is missing, mode 0700.
 

@@ -1,0 +1,94 @@
+"""End-to-end: the hardening of issue 11 with ``legacyflo-daemon`` as a subprocess.
+
+One daemon per spool and state store (an exclusive lock), derived file names that fit whatever
+the CSV's name, private files whatever the umask, clear stops on a damaged or full state
+store, drops claimed only when complete, crash counting that spares progressing work, and the
+warnings given at start (docs/contract.md §2, §7).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import Callable
+
+from testkit.imap import ServerAccount
+from tests.e2ehelp import (
+    Row,
+    Work,
+    check_log_lines,
+    files_containing,
+    load_mailbox,
+    mailbox_specs,
+    request_csv,
+    results,
+    run_cli,
+    summary,
+    wait_until,
+)
+
+NewAccount = Callable[..., ServerAccount]
+
+
+def _account(new_source_account: NewAccount, tag: str, folders: dict[str, int]) -> ServerAccount:
+    src = new_source_account(f'{tag} p@ss"w,\\%*{{}} é')
+    load_mailbox(src.server, src.user, mailbox_specs(src.user, folders))
+    return src
+
+
+# -- one daemon per spool and state store ------------------------------------------------------
+
+
+def test_a_second_daemon_on_the_same_spool_or_state_exits_2_naming_the_first(
+    work: Work, new_source_account: NewAccount, new_dest_account: NewAccount
+) -> None:
+    src = _account(new_source_account, "lock", {"INBOX": 3})
+    dest = new_dest_account('lock "dest", \\ pw ö')
+    state_file = work.root / "state" / "state.sqlite3"  # outside the spool: locked on its own
+    work.configure(daemon={"state_file": state_file})
+    with work.daemon("first") as first:
+        first.wait_for_event("daemon_ready", 20)
+        with work.daemon("second") as second:
+            assert second.wait(20) == 2, second.describe()
+        lines = second.stderr().splitlines()
+        assert len(lines) == 1, second.stderr()
+        assert f"pid {first.pid}" in lines[0] and str(work.spool / ".lock") in lines[0]
+        assert "Traceback" not in second.stderr() and second.lines() == []
+
+        # Another spool on the same state store: refused by the state store's lock.
+        other = work.root / "other.toml"
+        other.write_text(
+            work.config.read_text().replace(str(work.spool), str(work.root / "spool2"))
+        )
+        third = run_cli("run", "--config", str(other))
+        assert third.returncode == 2, third.stderr
+        assert re.fullmatch(
+            rf"legacyflo-daemon: {re.escape(str(state_file))}\.lock: another legacyflo-daemon "
+            rf"\(pid {first.pid}\) is already running.*\n",
+            third.stderr,
+        ), third.stderr
+
+        # The first daemon is unaffected, and the commands that take no lock still work.
+        assert first.proc.poll() is None
+        data = request_csv([Row(src, dest, "Locked")])
+        csv_path = work.root / "locked.csv"
+        csv_path.write_bytes(data)
+        assert run_cli("check", "--config", str(work.config), str(csv_path)).returncode == 0
+        submitted = run_cli("submit", "--config", str(work.config), str(csv_path))
+        assert submitted.returncode == 0, submitted.stderr
+        csv_path.unlink()
+        wait_until(lambda: summary(work.spool, "locked.csv"), 30, "locked.csv done", first)
+        status = run_cli("status", "--config", str(work.config))
+        assert status.returncode == 0, status.stderr
+        first.send(signal.SIGTERM)
+        assert first.wait(15) == 0, first.describe()
+    (result,) = results(work.spool).values()
+    assert result["status"] == "succeeded"
+    events = [e["event"] for e in first.events()]
+    assert events.count("daemon_ready") == 1 and "crash_detected" not in events
+    assert check_log_lines(first.lines(), results(work.spool)) == []
+    assert files_containing(work.root, [src.password, dest.password]) == {}
+
+    # The lock died with its holder: a new daemon starts at once.
+    with work.daemon("after", once=True) as after:
+        assert after.wait(20) == 0, after.describe()

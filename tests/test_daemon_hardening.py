@@ -17,6 +17,7 @@ from tests.e2ehelp import (
     Row,
     Work,
     check_log_lines,
+    drop_csv,
     files_containing,
     load_mailbox,
     mailbox_specs,
@@ -92,3 +93,43 @@ def test_a_second_daemon_on_the_same_spool_or_state_exits_2_naming_the_first(
     # The lock died with its holder: a new daemon starts at once.
     with work.daemon("after", once=True) as after:
         assert after.wait(20) == 0, after.describe()
+
+
+# -- any file name works -----------------------------------------------------------------------
+
+LONG_NAME = "報告" * 41 + ".csv"  # 250 bytes of UTF-8; derived names used to exceed 255
+
+
+def test_a_csv_with_a_250_byte_name_is_processed_and_the_daemon_starts_again(
+    work: Work, new_source_account: NewAccount, new_dest_account: NewAccount
+) -> None:
+    assert len(LONG_NAME.encode()) == 250
+    src = _account(new_source_account, "long", {"INBOX": 2})
+    dest = new_dest_account('long "dest", \\ pw ö')
+    work.configure()
+    csv_path = work.root / LONG_NAME
+    csv_path.write_bytes(request_csv([Row(src, dest, "Long")]))
+    # submit accepts the name (shortened so that every derived name fits)...
+    submitted = run_cli("submit", "--config", str(work.config), str(csv_path))
+    assert submitted.returncode == 0, submitted.stderr
+    csv_path.unlink()
+    # ... and a drop by hand keeps its full 250-byte name in incoming/.
+    drop_csv(work.spool / "incoming", LONG_NAME, request_csv([Row(src, dest, "Long2")]))
+    with work.daemon("run", once=True) as daemon:
+        assert daemon.wait(40) == 0, daemon.describe()
+    claimed = sorted(e["path"] for e in daemon.events() if e["event"] == "spool_claimed")
+    assert len(claimed) == 2
+    names = [claimed_path.rsplit("/", 1)[1] for claimed_path in claimed]
+    assert all(n.startswith("報告" * 29) and n.endswith(".csv") for n in names)
+    assert work.files("done") == sorted(names)
+    assert work.files("processing") == [] and work.files("incoming") == []
+    assert work.files("failed") == []
+    for name in names:
+        doc = summary(work.spool, name)
+        assert doc is not None and doc["counts"] == {"succeeded": 1}, name
+    assert sorted(r["status"] for r in results(work.spool).values()) == ["succeeded"] * 2
+    assert files_containing(work.root, [src.password, dest.password]) == {}
+
+    with work.daemon("again", once=True) as again:  # a restart finds nothing it cannot handle
+        assert again.wait(20) == 0, again.describe()
+    assert "recovery_file_failed" not in [e["event"] for e in again.events()]

@@ -363,3 +363,18 @@ def test_remove_stale_temps_only_removes_old_own_temps(spool: Spool) -> None:
     os.utime(users, (time.time() - 7200, time.time() - 7200))
     assert spool.remove_stale_temps(older_than=3600) == [old]
     assert not old.exists() and young.exists() and users.exists()
+
+
+def test_a_csv_with_a_250_byte_name_is_claimed_short_and_retired_with_its_error(
+    spool: Spool,
+) -> None:
+    name = "報" * 82 + ".csv"  # 250 bytes: `<name>.error.txt` would not fit a file name
+    drop(spool, name, SAMPLE)
+    assert settle(spool) == [name]
+    path = spool.claim(name)
+    assert path is not None and path.name == files.short_name(name) != name
+    target = spool.finish(path, ok=False, error="why")
+    assert target.name == path.name
+    assert listing(spool.failed) == [path.name, path.name + ".error.txt"]
+    assert listing(spool.processing) == []
+    assert PASSWORD not in target.read_bytes()

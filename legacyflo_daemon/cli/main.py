@@ -88,12 +88,15 @@ def render_check(result: ParseResult) -> str:
 
 
 def drop_name(source_name: str) -> str:
-    """The name a submitted file gets in ``incoming/``: ``<stem>.csv``, never a temp name."""
+    """The name a submitted file gets in ``incoming/``: ``<stem>.csv``, never a temp name.
+
+    A long name is shortened (``files.short_name``) so that every name the daemon derives from
+    it fits; any name is accepted."""
     stem = Path(source_name).name
     if stem.lower().endswith(".csv"):
         stem = stem[:-4]
     stem = _CONTROL.sub("_", stem).lstrip(".")  # a dot-name would be ignored by the daemon
-    return f"{stem or 'request'}.csv"
+    return files.short_name(f"{stem or 'request'}.csv", files.UNIQUE_NAME_BYTES)
 
 
 # -- commands ---------------------------------------------------------------------------------

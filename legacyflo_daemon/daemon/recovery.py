@@ -17,13 +17,16 @@ Must not: copy mail, or wait for anything but local files and the state store.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 
 import structlog
 
 from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.daemon.scheduler import WORK_PREFIX
 from legacyflo_daemon.daemon.watcher import Watcher
+from legacyflo_daemon.errors import StateError
 from legacyflo_daemon.model import Status
 from legacyflo_daemon.outbox.store import Outbox
 from legacyflo_daemon.report.finisher import Finisher
@@ -60,14 +63,30 @@ async def recover(
     known = {c.name for c in state.unfinished_csvs()}
     for path in spool.processing_files():
         if path.name not in known:  # claimed, then the daemon died before recording it
-            await watcher.take(path)
+            with _per_file("take", path.name):
+                await watcher.take(path)
     for record in state.unfinished_csvs():
-        for rid in state.rejected_without_result(record.id):
-            err = intake.row_error_from_json(state.row_error(rid) or {})
-            with structlog.contextvars.bound_contextvars(request_id=rid):
-                await finisher.rejected(rid, record.name, err)
-        await watcher.complete(record.id)
+        with _per_file("complete", record.name):
+            for rid in state.rejected_without_result(record.id):
+                err = intake.row_error_from_json(state.row_error(rid) or {})
+                with structlog.contextvars.bound_contextvars(request_id=rid):
+                    await finisher.rejected(rid, record.name, err)
+            await watcher.complete(record.id)
     log.info("recovered", requeued=requeued)
+
+
+@contextlib.contextmanager
+def _per_file(step: str, name: str) -> Iterator[None]:
+    """One file's recovery step: a failure (a name the file system refuses, a full disk, a
+    bug) is logged with its traceback and the step left for the next start, never allowed to
+    stop the daemon from starting and serving every other file. The state store's own errors
+    still stop the start: without it nothing can be recovered safely."""
+    try:
+        yield
+    except StateError:
+        raise
+    except Exception as exc:
+        log.error("recovery_file_failed", step=step, file=name, error=str(exc), exc_info=exc)
 
 
 async def _poison(

@@ -22,6 +22,7 @@ import structlog
 from watchfiles import awatch
 
 from legacyflo_daemon.config.schema import Config
+from legacyflo_daemon.errors import SpoolError
 from legacyflo_daemon.outbox.store import Outbox
 from legacyflo_daemon.report.finisher import Finisher
 from legacyflo_daemon.runtime.aio import wait_any
@@ -86,16 +87,27 @@ class Watcher:
             f"{path.name}: internal error while taking it ({type(exc).__name__}); not retried: "
             f"see the daemon log, event csv_internal_error with error_id {error_id}"
         )
-        await in_thread(self.spool.reject_unusable, path, reason)
+        try:
+            await in_thread(self.spool.reject_unusable, path, reason)
+        except (SpoolError, OSError) as move_exc:  # stays in processing/; the daemon goes on
+            log.error("csv_set_aside_failed", file=path.name, error=str(move_exc))
         self.whole_file_rejections += 1
 
     async def complete(self, csv_id: int) -> bool:
-        """Retire ``csv_id`` if every one of its requests is finished (summary, ``done/``)."""
+        """Retire ``csv_id`` if every one of its requests is finished (summary, ``done/``).
+
+        A file-system error (a full disk, a name refused) is logged and leaves the CSV in
+        ``processing/`` for the next start, which repeats the idempotent steps; it never stops
+        the intake of other files."""
         if self.state.unfinished_count(csv_id):
             return False
-        return await in_thread(
-            intake.complete_if_finished, csv_id, self.spool, self.state, self.outbox, utcnow()
-        )
+        try:
+            return await in_thread(
+                intake.complete_if_finished, csv_id, self.spool, self.state, self.outbox, utcnow()
+            )
+        except OSError as exc:
+            log.error("csv_finish_failed", csv_id=csv_id, error=str(exc))
+            return False
 
     async def take_ready(self) -> None:
         """Claim and take every file of ``incoming/`` whose size stopped changing."""

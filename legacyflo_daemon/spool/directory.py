@@ -197,15 +197,22 @@ class Spool:
     def claim(self, name: str) -> Path | None:
         """Move ``incoming/<name>`` into ``processing/`` atomically; its new path.
 
-        The new name is ``name`` or, if taken, ``<stem>-2.csv``, ... ``None`` if the file vanished
-        (someone else took or removed it) or turned out not to be a regular file (then it was
-        moved to ``failed/``).
+        The new name is ``name`` (shortened by ``files.short_name`` when longer than
+        ``files.UNIQUE_NAME_BYTES``) or, if taken, ``<stem>-2.csv``, ... ``None`` if the file
+        vanished (someone else took or removed it) or turned out not to be a regular file (then
+        it was moved to ``failed/``).
         """
         if "/" in name or name in ("", ".", ".."):
             raise SpoolError(f"not a plain file name: {name!r}")
         self._seen.pop(name, None)
         try:
-            path = files.move_unique(self.incoming / name, self.processing, name)
+            # Every name derived from the claimed one (done/, failed/, its .error.txt, the
+            # outbox summary, temporary names) must fit a file name: claim it short.
+            path = files.move_unique(
+                self.incoming / name,
+                self.processing,
+                files.short_name(name, files.UNIQUE_NAME_BYTES),
+            )
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -245,7 +252,8 @@ class Spool:
         except OSError as exc:
             reason = f"the file could not be read ({exc.strerror}); kept unchanged"
             return self._move_with_error(processing_path, reason, error)
-        name = files.free_name(directory, processing_path.name, also=(ERROR_SUFFIX,))
+        short = files.short_name(processing_path.name)  # claimed long by an older version
+        name = files.free_name(directory, short, also=(ERROR_SUFFIX,))
         target = directory / name
         try:
             files.atomic_write(target, csvfile.redact(data), FILE_MODE)
@@ -273,7 +281,7 @@ class Spool:
 
     def _move_with_error(self, path: Path, reason: str, error: str | None) -> Path:
         """Move ``path`` as it is into ``failed/`` and write its error text; the new path."""
-        name = files.free_name(self.failed, path.name, also=(ERROR_SUFFIX,))
+        name = files.free_name(self.failed, files.short_name(path.name), also=(ERROR_SUFFIX,))
         text = reason if error is None else f"{error}\n{reason}"
         try:
             files.atomic_write(self.failed / (name + ERROR_SUFFIX), _error_text(text), FILE_MODE)

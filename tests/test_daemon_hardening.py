@@ -8,9 +8,12 @@ warnings given at start (docs/contract.md §2, §7).
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import stat
 from collections.abc import Callable
+from pathlib import Path
 
 from testkit.imap import ServerAccount
 from tests.e2ehelp import (
@@ -133,3 +136,36 @@ def test_a_csv_with_a_250_byte_name_is_processed_and_the_daemon_starts_again(
     with work.daemon("again", once=True) as again:  # a restart finds nothing it cannot handle
         assert again.wait(20) == 0, again.describe()
     assert "recovery_file_failed" not in [e["event"] for e in again.events()]
+
+
+# -- private files whatever the umask ----------------------------------------------------------
+
+
+def test_every_file_the_daemon_creates_is_private_under_umask_022(
+    work: Work, new_source_account: NewAccount, new_dest_account: NewAccount
+) -> None:
+    src = _account(new_source_account, "umask", {"INBOX": 2})
+    dest = new_dest_account('umask "dest", \\ pw ö')
+    state_file = work.root / "state" / "state.sqlite3"
+    work.configure(daemon={"state_file": state_file})
+    drop_csv(work.spool / "incoming", "umask.csv", request_csv([Row(src, dest, "Umask")]))
+    old = os.umask(0o022)  # inherited by the daemon process: what a careless shell gives it
+    try:
+        daemon = work.daemon("run")
+    finally:
+        os.umask(old)
+    with daemon:
+        wait_until(lambda: summary(work.spool, "umask.csv"), 30, "umask.csv done", daemon)
+        # While it runs: the WAL and shared-memory files exist and hold passwords at times.
+        state_files = sorted(p.name for p in state_file.parent.iterdir())
+        assert {"state.sqlite3", "state.sqlite3-wal", "state.sqlite3-shm"} <= set(state_files)
+        modes = {p: _mode(p) for p in [state_file.parent, *state_file.parent.iterdir()]}
+        daemon.send(signal.SIGTERM)
+        assert daemon.wait(15) == 0, daemon.describe()
+    modes |= {p: _mode(p) for p in [work.spool, *work.spool.rglob("*"), work.log_file]}
+    assert len(modes) > 15
+    assert {p: oct(m) for p, m in modes.items() if m & 0o077} == {}
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -263,3 +265,24 @@ def test_crash_counting(tmp_path: Path) -> None:
     st.finish_csv(c, {"rows": []}, NOW)
     assert st.csv_by_name("a.csv") is None
     assert st.unfinished_csvs() == []
+
+
+def test_state_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    # SQLite creates -wal and -shm with the database file's mode at the time: a chmod after
+    # opening left them 0644 under the usual umask 022, readable by every local user.
+    old = os.umask(0o022)
+    try:
+        st = StateStore(tmp_path / "new" / "dir" / "s.db")
+        st.add_csv("a.csv", "a.csv", NOW, [("r1", make_request(2))])
+    finally:
+        os.umask(old)
+    try:
+        state_dir = tmp_path / "new" / "dir"
+        assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
+        names = sorted(p.name for p in state_dir.iterdir())
+        assert names == ["s.db", "s.db-shm", "s.db-wal"]
+        assert {n: stat.S_IMODE((state_dir / n).stat().st_mode) for n in names} == dict.fromkeys(
+            names, 0o600
+        )
+    finally:
+        st.close()

@@ -262,6 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else FAILED
     _tolerate_unencodable_output()
+    # Everything a command creates (the spool, the state store with its -wal/-shm, the log
+    # file, a submitted drop) holds or may hold passwords: private whatever the caller's umask.
+    old_umask = os.umask(0o077)
     try:
         config_path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or None
         config = load_config(Path(config_path) if config_path else None)
@@ -273,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        os.umask(old_umask)  # main() is also called in-process (tests, embedding)
 
 
 def _tolerate_unencodable_output() -> None:

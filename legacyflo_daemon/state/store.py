@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -38,6 +39,7 @@ from typing import Any
 from legacyflo_daemon.errors import StateError
 from legacyflo_daemon.model import MessageFailure, Request, Status
 from legacyflo_daemon.runtime.bulk import let_loop_run
+from legacyflo_daemon.runtime.files import ensure_private_dir
 from legacyflo_daemon.state.schema import (
     MIGRATIONS,
     SCHEMA,
@@ -68,6 +70,22 @@ def _statements(script: str) -> list[str]:
     return out
 
 
+def _private_files(path: Path) -> None:
+    """The state store's directory (0700 when created) and files (0600) private to us,
+    whatever the umask: the store holds passwords. SQLite creates ``-wal`` and ``-shm`` with
+    the database file's mode, so the file is created 0600 *before* SQLite opens it; files of an
+    older install are made 0600 too."""
+    ensure_private_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        with suppress(FileNotFoundError):
+            os.chmod(path.with_name(path.name + suffix), 0o600)
+
+
 class StateStore:
     """One SQLite database; safe to call from the event loop and from worker threads."""
 
@@ -75,7 +93,10 @@ class StateStore:
         self.path = path
         self._lock = threading.RLock()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _private_files(path)
+        except OSError as exc:
+            raise StateError(f"{path}: cannot create the state store: {exc.strerror}") from exc
+        try:
             self._db = sqlite3.connect(
                 path, isolation_level=None, timeout=10.0, check_same_thread=False
             )
@@ -87,8 +108,6 @@ class StateStore:
             self._migrate()
         except sqlite3.Error as exc:
             raise StateError(f"{path}: cannot open the state store: {exc}") from exc
-        with suppress(OSError):
-            path.chmod(0o600)
 
     def _migrate(self) -> None:
         row = None

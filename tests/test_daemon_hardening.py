@@ -11,7 +11,11 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +31,7 @@ from tests.e2ehelp import (
     request_csv,
     results,
     run_cli,
+    secret_forms,
     summary,
     wait_until,
 )
@@ -169,3 +174,74 @@ def test_every_file_the_daemon_creates_is_private_under_umask_022(
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
+
+
+# -- no password left in the WAL behind a reader -----------------------------------------------
+
+
+def test_a_finished_requests_password_leaves_the_wal_once_a_reader_lets_go(
+    work: Work, new_source_account: NewAccount, new_dest_account: NewAccount
+) -> None:
+    src = _account(new_source_account, "wal", {"INBOX": 2})
+    dest = new_dest_account('wal "dest", \\ pw ö')
+    work.configure()
+    state_file = work.spool / "state.sqlite3"
+    with work.daemon("run") as daemon:
+        daemon.wait_for_event("daemon_ready", 20)
+        # A reader (what `status` does, for as long as it reads) holds the WAL while the
+        # request is recorded and finishes.
+        reader = sqlite3.connect(state_file, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM requests").fetchone()
+        drop_csv(work.spool / "incoming", "wal.csv", request_csv([Row(src, dest, "Wal")]))
+        wait_until(lambda: summary(work.spool, "wal.csv"), 30, "wal.csv done", daemon)
+        time.sleep(2.5)  # a few idle ticks of the daemon while the reader still reads
+        held = b"".join(p.read_bytes() for p in state_file.parent.glob("state.sqlite3*"))
+        assert any(f in held for f in secret_forms(src.password)), "the test proves nothing"
+        reader.execute("COMMIT")  # the reader lets go but stays connected, as status --watch
+        try:
+            wait_until(
+                lambda: not files_containing(work.spool, [src.password, dest.password]),
+                10,
+                "the passwords to leave the state files",
+                daemon,
+            )
+        finally:
+            reader.close()
+        daemon.send(signal.SIGTERM)
+        assert daemon.wait(15) == 0, daemon.describe()
+    assert files_containing(work.root, [src.password, dest.password]) == {}
+
+
+def test_a_wal_left_behind_by_a_crash_is_purged_before_the_daemon_is_ready(
+    work: Work, new_source_account: NewAccount, new_dest_account: NewAccount
+) -> None:
+    src = _account(new_source_account, "walcrash", {"INBOX": 2})
+    dest = new_dest_account('walcrash "dest", \\ pw ö')
+    work.configure()
+    state_file = work.spool / "state.sqlite3"
+    hold = (
+        "import sqlite3, sys, time\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute('BEGIN'); db.execute('SELECT COUNT(*) FROM requests').fetchone()\n"
+        "print('holding', flush=True); time.sleep(300)\n"
+    )
+    with work.daemon("first") as first:
+        first.wait_for_event("daemon_ready", 20)
+        # A reader (a `status` killed while it read) holds the WAL when the request finishes...
+        with subprocess.Popen(
+            [sys.executable, "-c", hold, str(state_file)], stdout=subprocess.PIPE, text=True
+        ) as reader:
+            assert reader.stdout is not None and reader.stdout.readline() == "holding\n"
+            drop_csv(work.spool / "incoming", "walc.csv", request_csv([Row(src, dest, "W")]))
+            wait_until(lambda: summary(work.spool, "walc.csv"), 30, "walc.csv done", first)
+            time.sleep(1.5)  # idle ticks: every purge is refused while the reader reads
+            first.kill()  # ... and then both die without closing the store
+            reader.kill()
+    left = files_containing(work.spool, [src.password])
+    assert [p.name for p in left] == ["state.sqlite3-wal"], "the test proves nothing"
+    with work.daemon("second") as second:
+        second.wait_for_event("daemon_ready", 20)
+        assert files_containing(work.spool, [src.password, dest.password]) == {}
+        second.send(signal.SIGTERM)
+        assert second.wait(15) == 0, second.describe()

@@ -139,6 +139,10 @@ class Daemon:
         await recover(cfg, self.state, self.lifecycle, self.spool, self.outbox, self.finisher,
                       self.watcher)  # fmt: skip
         await self.watcher.initial()
+        # A WAL that a crash (or a reader that held it at the last stop) left behind may still
+        # hold passwords of finished requests: truncate it before serving, or retry when idle.
+        if not self.state.purge_freed_pages():
+            self.scheduler.purge_later()
         # Everything loaded and built so far lives as long as the process: keep it out of full
         # garbage collections, which would walk it every time (a pause of the event loop that
         # grows with the heap).
@@ -158,7 +162,11 @@ class Daemon:
             sender_stop.set()
             await sender
             requeued = self.scheduler.interrupted + self.lifecycle.requeue_all_running()
-            self.state.purge_freed_pages(wait=True)
+            if not self.state.purge_freed_pages(wait=True):
+                # A reader held the WAL through the busy timeout; SQLite truncates it when the
+                # last connection closes, else the next start does (see above).
+                log.warning("state_purge_incomplete", state=str(self.state.path),
+                            reason="a reader holds the state store (status?)")  # fmt: skip
             log.info("daemon_shutdown", requeued=requeued)
         if self.once and smtp is not None:
             await self.sender.send_pending()

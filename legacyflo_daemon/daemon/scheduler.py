@@ -106,8 +106,14 @@ class Scheduler:
         return not self.tasks and not self.state.queued(per_csv=1)
 
     def purge_if_idle(self) -> None:
+        """Truncate the WAL once no request runs; while a reader holds it (busy), try again at
+        every tick until it succeeds."""
         if self._purge_pending and not self.tasks:
             self._purge_pending = not self.state.purge_freed_pages()
+
+    def purge_later(self) -> None:
+        """A purge was refused (a reader held the WAL): retry at the next idle ticks."""
+        self._purge_pending = True
 
     async def drain(self, grace: float) -> None:
         """Let every running request finish its in-flight batch (``copy_stop`` is set), up to

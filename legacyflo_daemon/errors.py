@@ -79,6 +79,15 @@ class StateError(LegacyfloError):
     """The state store is unusable (corrupt, locked, wrong schema version)."""
 
 
+class StateUnusable(StateError):
+    """The state store cannot be used at all: damaged, the disk full, an I/O error.
+
+    Nothing can be recorded safely, so the daemon stops (exit 1) instead of failing requests:
+    ``str()`` is one line naming the file and what the operator should do. Nothing is lost: the
+    CSVs stay in ``processing/`` and ``incoming/``, and the store keeps what it had.
+    """
+
+
 class ImapError(LegacyfloError):
     """An IMAP operation failed; ``host`` names the server (never credentials)."""
 

@@ -8,6 +8,7 @@ warnings given at start (docs/contract.md §2, §7).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -18,6 +19,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from testkit.imap import ServerAccount
 from tests.e2ehelp import (
@@ -245,3 +248,71 @@ def test_a_wal_left_behind_by_a_crash_is_purged_before_the_daemon_is_ready(
         assert files_containing(work.spool, [src.password, dest.password]) == {}
         second.send(signal.SIGTERM)
         assert second.wait(15) == 0, second.describe()
+
+
+# -- a damaged state store, a full disk --------------------------------------------------------
+
+
+def test_a_damaged_state_store_stops_the_start_with_one_line_and_exit_1(work: Work) -> None:
+    work.configure()
+    state_file = work.spool / "state.sqlite3"
+    with work.daemon("make", once=True) as make:  # a real store, then a bad disk damages it
+        assert make.wait(20) == 0, make.describe()
+    db = sqlite3.connect(state_file, isolation_level=None)
+    db.execute("CREATE TABLE filler (x TEXT)")
+    db.executemany("INSERT INTO filler VALUES (?)", [("x" * 200,)] * 400)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    with state_file.open("r+b") as f:
+        f.seek(f.seek(0, os.SEEK_END) // 2 // 4096 * 4096 + 200)
+        f.write(b"\xff" * 300)
+    before = state_file.read_bytes()
+    drop_csv(work.spool / "incoming", "kept.csv", b"jobtype\r\n")
+    with work.daemon("run", once=True) as daemon:
+        assert daemon.wait(20) == 1, daemon.describe()
+    (line,) = daemon.stderr().splitlines()
+    assert line.startswith(f"legacyflo-daemon: {state_file}: the state store is damaged")
+    assert "restore it from a backup" in line
+    assert state_file.read_bytes() == before  # nothing written into it
+    assert work.files("incoming") == ["kept.csv"]  # nothing taken, nothing lost
+
+
+def test_a_full_disk_stops_the_start_with_one_line_and_loses_nothing(
+    work: Work, new_source_account: NewAccount, new_dest_account: NewAccount
+) -> None:
+    src = _account(new_source_account, "full", {"INBOX": 2})
+    dest = new_dest_account('full "dest", \\ pw ö')
+    small = work.root / "small"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(small)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs (needs root): {mounted.stderr!r}")
+    try:
+        state_file = small / "state" / "state.sqlite3"
+        work.configure(daemon={"state_file": state_file})
+        with work.daemon("make", once=True) as make:
+            assert make.wait(20) == 0, make.describe()
+        filler = small / "filler"
+        with contextlib.suppress(OSError), filler.open("wb") as f:
+            while True:  # until ENOSPC
+                f.write(b"\0" * 4096)
+                f.flush()
+        drop_csv(work.spool / "incoming", "full.csv", request_csv([Row(src, dest, "Full")]))
+        with work.daemon("run", once=True) as daemon:
+            assert daemon.wait(20) == 1, daemon.describe()
+        (line,) = daemon.stderr().splitlines()
+        assert line.startswith(f"legacyflo-daemon: {state_file}: ")
+        assert "the disk is full" in line and "free space on the file system holding" in line
+        assert work.files("incoming") == ["full.csv"]
+
+        filler.unlink()  # the operator frees space: the same drop runs
+        with work.daemon("again", once=True) as again:
+            assert again.wait(40) == 0, again.describe()
+        doc = summary(work.spool, "full.csv")
+        assert doc is not None and doc["counts"] == {"succeeded": 1}
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from legacyflo_daemon.errors import InternalError, StateError
+from legacyflo_daemon.errors import InternalError, StateError, StateUnusable
 from legacyflo_daemon.model import (
     Account,
     DateRange,
@@ -286,3 +286,35 @@ def test_state_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
         )
     finally:
         st.close()
+
+
+def _damage(path: Path) -> None:
+    """Overwrite part of a b-tree page in the middle of the file (what a bad disk does)."""
+    with path.open("r+b") as f:
+        f.seek(4096 * 6 + 200)
+        f.write(b"\xff" * 300)
+
+
+def test_a_damaged_store_is_refused_at_start_in_one_line_and_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    st = StateStore(path)
+    st.add_csv("a.csv", "a.csv", NOW, [(f"r{i}", make_request(i + 2)) for i in range(300)])
+    assert st.purge_freed_pages(wait=True)
+    st.close()
+    _damage(path)
+    before = path.read_bytes()
+    with pytest.raises(StateUnusable) as caught:
+        StateStore(path, verify=True)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{path}: the state store is damaged")
+    assert "restore it from a backup" in message and "quick_check" in message
+    assert path.read_bytes() == before  # nothing written to a damaged store
+
+
+def test_a_file_that_is_not_a_database_is_reported_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    path.write_bytes(b"not a database, " * 512)
+    with pytest.raises(StateUnusable, match=r"the state store is damaged \(file is not a database"):
+        StateStore(path, verify=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 from legacyflo_daemon import __version__
 from legacyflo_daemon.config.load import load_config
 from legacyflo_daemon.config.schema import Config
-from legacyflo_daemon.errors import CsvFileError, LegacyfloError
+from legacyflo_daemon.errors import CsvFileError, LegacyfloError, StateUnusable
 from legacyflo_daemon.model import DateRange, ParseResult, Request
 from legacyflo_daemon.request import csvfile, dates
 from legacyflo_daemon.runtime import files
@@ -35,6 +35,7 @@ from legacyflo_daemon.spool.directory import Spool
 PROG = "legacyflo-daemon"
 CONFIG_ENV = "LEGACYFLO_CONFIG"
 OK, BAD_ROWS, FAILED = 0, 1, 2
+STOPPED_ON_FAILURE = 1  # run: the daemon stopped because it cannot go on (its state store)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _EN_DASH = "\u2013"
 
@@ -169,7 +170,11 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         raise _Fail(f"{config.log.file}: cannot open the log file: {exc.strerror}") from None
     from legacyflo_daemon.daemon import app
 
-    return app.main(config, once=args.once)
+    try:
+        return app.main(config, once=args.once)
+    except StateUnusable as exc:  # damaged, disk full: the operator must act; systemd retries
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return STOPPED_ON_FAILURE
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:

@@ -37,7 +37,7 @@ from legacyflo_daemon.daemon.recovery import recover
 from legacyflo_daemon.daemon.scheduler import PROGRESS_SECONDS, Scheduler
 from legacyflo_daemon.daemon.supervisor import Service, Supervisor
 from legacyflo_daemon.daemon.watcher import Watcher
-from legacyflo_daemon.errors import SpoolError
+from legacyflo_daemon.errors import SpoolError, StateError, StateUnusable
 from legacyflo_daemon.model import Status
 from legacyflo_daemon.outbox.sender import MailSender
 from legacyflo_daemon.outbox.store import Outbox
@@ -67,7 +67,8 @@ class Daemon:
         self.stopping = asyncio.Event()  # stop taking work; the services end
         self.copy_stop = asyncio.Event()  # copiers: stop after the in-flight batch
         self.gave_up: list[str] = []  # services that crashed too often
-        self.supervisor = Supervisor(self.stopping, self._give_up)
+        self.supervisor = Supervisor(self.stopping, self._give_up, on_fatal=self._fatal)
+        self.fatal: StateUnusable | None = None  # the state store failed: stop, exit 1
 
     # -- entry -------------------------------------------------------------------------------
 
@@ -75,11 +76,15 @@ class Daemon:
         locks = self._lock()  # before anything else is touched: recovery assumes it is alone
         try:
             self.spool.ensure()
-            self.state = StateStore(self.cfg.daemon.state_path)
+            # A damaged store stops the start, saying what to do, before anything is written.
+            self.state = StateStore(self.cfg.daemon.state_path, verify=True)
             try:
-                return await self._run()
+                code = await self._run()
             finally:
                 self.state.close()
+            if self.fatal is not None:
+                raise self.fatal  # one line on stderr, exit 1 (cli.main)
+            return code
         finally:
             for lock in reversed(locks):
                 lock.release()
@@ -131,6 +136,7 @@ class Daemon:
             cfg, self.state, self.lifecycle, self.pool, self.budget, self.finisher,
             self.outbox.dir, copy_stop=self.copy_stop, complete_csv=self._complete_csv,
         )  # fmt: skip
+        self.scheduler.on_fatal = self._fatal
         self.watcher = Watcher(
             cfg, self.spool, self.state, self.outbox, self.finisher, self.stopping,
             self.scheduler.wake.set,
@@ -161,8 +167,16 @@ class Daemon:
         finally:
             sender_stop.set()
             await sender
-            requeued = self.scheduler.interrupted + self.lifecycle.requeue_all_running()
-            if not self.state.purge_freed_pages(wait=True):
+            try:
+                requeued = self.scheduler.interrupted + self.lifecycle.requeue_all_running()
+                purged = self.state.purge_freed_pages(wait=True)
+            except StateError:
+                if self.fatal is None:
+                    raise
+                # The store already failed: what is still running is re-queued (counted as
+                # a crash) at the next start; the operator reads why on stderr.
+                requeued, purged = 0, True
+            if not purged:
                 # A reader held the WAL through the busy timeout; SQLite truncates it when the
                 # last connection closes, else the next start does (see above).
                 log.warning("state_purge_incomplete", state=str(self.state.path),
@@ -222,6 +236,15 @@ class Daemon:
             log.info("daemon_stopping", running=len(self.scheduler.tasks))
             self.notifier.stopping()
             self.stopping.set()
+
+    def _fatal(self, exc: StateUnusable) -> None:
+        """The state store cannot be used (damaged, disk full): stop the same graceful way as
+        SIGTERM; ``run`` then raises ``exc`` (one line on stderr, exit 1). Nothing is lost:
+        what was not recorded is redone by the next start."""
+        if self.fatal is None:
+            self.fatal = exc
+            log.error("state_unusable", error=str(exc))
+        self.request_stop()
 
     def _give_up(self, service: str) -> None:
         """A service crashed too often: stop gracefully, exit 1 (systemd restarts us)."""

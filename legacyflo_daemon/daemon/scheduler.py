@@ -34,7 +34,7 @@ import structlog
 
 from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.daemon.pool import Pool, fair_order, slot_for
-from legacyflo_daemon.errors import InternalError
+from legacyflo_daemon.errors import InternalError, StateUnusable
 from legacyflo_daemon.model import Request
 from legacyflo_daemon.report.finisher import Finisher
 from legacyflo_daemon.runtime.aio import wait_any
@@ -80,6 +80,8 @@ class Scheduler:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.progress: dict[str, Progress] = {}
         self._purge_pending = False
+        # The state store cannot be used (damaged, disk full): the daemon stops. Set by the app.
+        self.on_fatal: Callable[[StateUnusable], None] = lambda exc: None
         self.interrupted = 0  # requests re-queued because the daemon is stopping
 
     # -- the service ------------------------------------------------------------------------
@@ -145,6 +147,8 @@ class Scheduler:
             for account in (req.source, req.dest):
                 register_secret(account.password, user=account.userid, owner=rid)
             await self._copy_and_finish(rid, csv_name, req)
+        except StateUnusable as exc:  # not this request's fault: the daemon stops, exit 1
+            self.on_fatal(exc)
         except Interrupted:
             log.info("request_interrupted")
             self.lifecycle.requeue(rid)

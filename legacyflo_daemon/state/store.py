@@ -27,6 +27,7 @@ Must not: do network I/O or know spool paths.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import sqlite3
@@ -36,7 +37,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from legacyflo_daemon.errors import StateError
+from legacyflo_daemon.errors import StateError, StateUnusable
 from legacyflo_daemon.model import MessageFailure, Request, Status
 from legacyflo_daemon.runtime.bulk import let_loop_run
 from legacyflo_daemon.runtime.files import ensure_private_dir
@@ -70,6 +71,50 @@ def _statements(script: str) -> list[str]:
     return out
 
 
+_FULL = {"SQLITE_FULL"}
+_DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+
+
+def state_error(path: Path, exc: sqlite3.Error, doing: str = "") -> StateError:
+    """The ``StateError`` for ``exc``: ``StateUnusable`` (one line saying what to do) when the
+    store cannot be used at all — damaged, disk full, an I/O error — else a plain one."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    base = "_".join(name.split("_")[:2])  # SQLITE_IOERR_WRITE -> SQLITE_IOERR
+    where = f"{path}: {doing}: " if doing else f"{path}: "
+    if base in _FULL or "disk is full" in str(exc) or (base == "SQLITE_IOERR" and _no_space(path)):
+        return StateUnusable(
+            f"{where}the disk is full ({exc}); nothing was lost: free space on the file system "
+            f"holding {path.parent}, then start the daemon again"
+        )
+    if base in _DAMAGED or "malformed" in str(exc) or "not a database" in str(exc):
+        return damaged(path, str(exc))
+    if base == "SQLITE_IOERR":
+        return StateUnusable(
+            f"{where}I/O error ({exc}); check the disk and the file system holding it "
+            "(dmesg), then start the daemon again"
+        )
+    return StateError(f"{where}{exc}")
+
+
+def _no_space(path: Path) -> bool:
+    """Whether the file system of ``path`` is (nearly) full: SQLite reports a full disk met
+    while growing its shared-memory file as an I/O error."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
+
+
+def damaged(path: Path, detail: str) -> StateUnusable:
+    return StateUnusable(
+        f"{path}: the state store is damaged ({detail}); stop every legacyflo-daemon, keep a copy "
+        "of it (with its -wal file), then restore it from a backup, or move it aside to start "
+        "with an empty one and submit the CSVs of processing/ again (a re-run copies only "
+        "what is missing)"
+    )
+
+
 def _private_files(path: Path) -> None:
     """The state store's directory (0700 when created) and files (0600) private to us,
     whatever the umask: the store holds passwords. SQLite creates ``-wal`` and ``-shm`` with
@@ -89,12 +134,21 @@ def _private_files(path: Path) -> None:
 class StateStore:
     """One SQLite database; safe to call from the event loop and from worker threads."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, verify: bool = False) -> None:
+        """Open (or create) the store at ``path`` and bring its schema up to date.
+
+        ``verify``: run ``PRAGMA quick_check`` first, before anything is written (the daemon's
+        start); a damaged store raises ``StateUnusable`` and is left exactly as it was."""
         self.path = path
         self._lock = threading.RLock()
         try:
             _private_files(path)
         except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise StateUnusable(
+                    f"{path}: cannot create the state store: the disk is full; free space on "
+                    f"the file system holding {path.parent}, then start the daemon again"
+                ) from exc
             raise StateError(f"{path}: cannot create the state store: {exc.strerror}") from exc
         try:
             self._db = sqlite3.connect(
@@ -105,9 +159,18 @@ class StateStore:
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise state_error(path, exc, "cannot open the state store") from exc
+        try:
+            if verify:
+                self.verify()
             self._migrate()
         except sqlite3.Error as exc:
-            raise StateError(f"{path}: cannot open the state store: {exc}") from exc
+            self._db.close()
+            raise state_error(path, exc, "cannot open the state store") from exc
+        except BaseException:
+            self._db.close()
+            raise
 
     def _migrate(self) -> None:
         row = None
@@ -136,6 +199,27 @@ class StateStore:
                 (str(SCHEMA_VERSION),),
             )
 
+    def verify(self) -> None:
+        """``PRAGMA quick_check``: raises ``StateUnusable`` (saying what to do) when the store is
+        damaged. The daemon calls it at start, before it trusts anything the store says."""
+        try:
+            rows = self._all("PRAGMA quick_check")
+        except StateUnusable:
+            raise
+        except StateError as exc:
+            raise damaged(self.path, str(exc).removeprefix(f"{self.path}: ")) from exc
+        # One row may hold many lines; the first names the problem, the count tells its extent.
+        problems = [
+            line
+            for r in rows
+            if r[0] != "ok"
+            for line in str(r[0]).splitlines()
+            if line.strip() and not line.startswith("***")
+        ]
+        if problems:
+            more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+            raise damaged(self.path, f"quick_check: {problems[0]}{more}")
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -152,14 +236,14 @@ class StateStore:
                     raise
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise StateError(f"{self.path}: {exc}") from exc
+                raise state_error(self.path, exc) from exc
 
     def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:
                 return self._db.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
-                raise StateError(f"{self.path}: {exc}") from exc
+                raise state_error(self.path, exc) from exc
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
         rows = self._all(sql, params)
@@ -416,7 +500,7 @@ class StateStore:
                     self._db.execute("PRAGMA busy_timeout = 0")
                 row = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             except sqlite3.Error as exc:
-                raise StateError(f"{self.path}: {exc}") from exc
+                raise state_error(self.path, exc) from exc
             finally:
                 self._db.execute("PRAGMA busy_timeout = 10000")
         return row is not None and row[0] == 0

@@ -316,3 +316,36 @@ def test_a_full_disk_stops_the_start_with_one_line_and_loses_nothing(
         assert doc is not None and doc["counts"] == {"succeeded": 1}
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+# -- drops claimed only when complete -----------------------------------------------------------
+
+
+def test_a_writer_pausing_mid_row_longer_than_stable_seconds_loses_no_row(
+    work: Work, new_source_account: NewAccount, new_dest_account: NewAccount
+) -> None:
+    sources = [_account(new_source_account, f"pause{i}", {"INBOX": 1}) for i in range(3)]
+    dest = new_dest_account('pause "dest", \\ pw ö')
+    data = request_csv([Row(src, dest, f"Pause{i}") for i, src in enumerate(sources)])
+    # Cut inside the second row's source password (a quoted value left open).
+    cut = data.index(sources[1].password.replace('"', '""').encode())
+    work.configure(daemon={"stable_seconds": 0.3})
+    with work.daemon("run") as daemon:
+        daemon.wait_for_event("daemon_ready", 20)
+        path = work.spool / "incoming" / "paused.csv"
+        with path.open("xb") as f:
+            f.write(data[:cut])
+            f.flush()
+            os.fsync(f.fileno())
+            # The writer pauses for ten times stable_seconds (a slow share, a paused copy).
+            daemon.wait_for(lambda e: e.get("event") == "spool_incomplete", 10, "incomplete")
+            time.sleep(3.0)
+            assert work.files("incoming") == ["paused.csv"]
+            f.write(data[cut:])
+        wait_until(lambda: summary(work.spool, "paused.csv"), 40, "paused.csv done", daemon)
+        daemon.send(signal.SIGTERM)
+        assert daemon.wait(15) == 0, daemon.describe()
+    doc = summary(work.spool, "paused.csv")
+    assert doc is not None and doc["counts"] == {"succeeded": 3}, doc
+    assert [e["event"] for e in daemon.events()].count("spool_claimed") == 1
+    assert files_containing(work.root, [s.password for s in sources] + [dest.password]) == {}

@@ -30,7 +30,7 @@ from legacyflo_daemon.errors import CsvFileError, LegacyfloError, StateUnusable
 from legacyflo_daemon.model import DateRange, ParseResult, Request
 from legacyflo_daemon.request import csvfile, dates
 from legacyflo_daemon.runtime import files
-from legacyflo_daemon.spool.directory import Spool
+from legacyflo_daemon.spool.directory import Spool, ends_complete
 
 PROG = "legacyflo-daemon"
 CONFIG_ENV = "LEGACYFLO_CONFIG"
@@ -148,6 +148,10 @@ def cmd_submit(args: argparse.Namespace, config: Config) -> int:
         )
     try:
         name_in_spool = drop_name("request.csv" if args.file == "-" else args.file)
+        if not ends_complete(data):
+            # The daemon takes a drop only once its last line looks finished (docs/contract.md
+            # §2.2), and this one is whole: a line break at its end changes no row.
+            data += b"\r\n"
         target = files.write_new(spool.incoming, name_in_spool, data, 0o600)
     except OSError as exc:
         raise _Fail(f"{spool.incoming}: cannot write: {exc.strerror or exc}") from None

@@ -1,11 +1,11 @@
 """The intake service: CSVs from ``incoming/`` into the state store, and out to ``done/``.
 
 Owns: when files are taken (watchfiles wakes the intake loop; a periodic rescan is the safety
-net; a file is taken once its size stopped changing), reporting the rows rejected at intake,
-setting aside a file on which taking it met a bug (``failed/``, logged once, never retried), and
-retiring a CSV once its last request finished. Parsing, recording and retiring a file are
-blocking (seconds for a 50,000-row file) and run in a worker thread (``spool.intake`` does the
-work); the event loop only waits for them.
+net; a file is taken once its size stopped changing and its last line is finished), reporting
+the rows rejected at intake, setting aside a file on which taking it met a bug (``failed/``,
+logged once, never retried), and retiring a CSV once its last request finished. Parsing,
+recording and retiring a file are blocking (seconds for a 50,000-row file) and run in a worker
+thread (``spool.intake`` does the work); the event loop only waits for them.
 
 Must not: copy mail, or decide when requests run (the scheduler does; ``wake`` tells it that
 work arrived).
@@ -112,7 +112,11 @@ class Watcher:
     async def take_ready(self) -> None:
         """Claim and take every file of ``incoming/`` whose size stopped changing."""
         stable = self.cfg.daemon.stable_seconds
-        for name in await asyncio.to_thread(self.spool.ready_files, stable_seconds=stable):
+        incomplete = self.cfg.daemon.incomplete_seconds
+        ready = await asyncio.to_thread(
+            self.spool.ready_files, stable_seconds=stable, incomplete_seconds=incomplete
+        )
+        for name in ready:
             if self.stop.is_set():
                 return
             path = self.spool.claim(name)

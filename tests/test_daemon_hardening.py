@@ -9,6 +9,7 @@ warnings given at start (docs/contract.md §2, §7).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from testkit.imap import ServerAccount
+from testkit.proxy import FaultProxy
 from tests.e2ehelp import (
     Row,
     Work,
@@ -38,6 +40,8 @@ from tests.e2ehelp import (
     summary,
     wait_until,
 )
+from tests.test_daemon_faults import injected
+from tests.test_daemon_signals import BIG, assert_all_done_exactly_once, big_rows, copied_so_far
 
 NewAccount = Callable[..., ServerAccount]
 
@@ -349,3 +353,79 @@ def test_a_writer_pausing_mid_row_longer_than_stable_seconds_loses_no_row(
     assert doc is not None and doc["counts"] == {"succeeded": 3}, doc
     assert [e["event"] for e in daemon.events()].count("spool_claimed") == 1
     assert files_containing(work.root, [s.password for s in sources] + [dest.password]) == {}
+
+
+# -- poison means crashed without progress -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_crashes_while_the_copy_goes_forward_never_poison_the_csv(
+    work: Work,
+    new_source_account: NewAccount,
+    new_dest_account: NewAccount,
+    slow_source: FaultProxy,
+) -> None:
+    dest = new_dest_account('progress "dest" pw, \\ ö')
+    rows = big_rows(1, new_source_account, dest, slow_source)
+    total = sum(BIG.values())
+    work.configure(daemon={"max_crashes": 2}, imap={"fetch_batch": 5})
+    drop_csv(work.spool / "incoming", "forward.csv", request_csv(rows))
+    at_kill = 0
+    for n in range(3):  # more kill -9 than max_crashes, each after the copy went forward
+        with work.daemon(f"kill{n}") as proc:
+            more = functools.partial(_copied_at_least, rows, at_kill + 15)
+            wait_until(more, 30, "15 more copied", proc)
+            proc.kill()
+        at_kill = copied_so_far(rows)
+        assert at_kill < total, "every kill must land in the middle of the copy"
+    with work.daemon("last", once=True) as last:
+        assert last.wait(90) == 0, last.describe()
+    events = last.events()
+    assert "csv_poisoned" not in [e["event"] for e in events]
+    # Each crash came after progress: the count started again at 0 every time.
+    assert [e["crashes"] for e in events if e["event"] == "crash_detected"] == [0]
+    assert_all_done_exactly_once(work, rows, "forward.csv")
+
+
+def _copied_at_least(rows: list[Row], n: int) -> bool:
+    return copied_so_far(rows) >= n
+
+
+PARSE_CRASH = """
+    import os
+    import signal
+
+    import legacyflo_daemon.request.csvfile as csvfile
+
+    real_parse = csvfile.parse
+
+    def parse(data, *args, **kwargs):
+        if b"crash-the-parser" in data:
+            os.kill(os.getpid(), signal.SIGKILL)  # what a fatal bug in the parser does
+        return real_parse(data, *args, **kwargs)
+
+    csvfile.parse = parse
+"""
+
+
+def test_a_csv_that_crashes_the_daemon_while_parsed_is_set_aside_after_max_crashes(
+    work: Work,
+) -> None:
+    work.configure(daemon={"max_crashes": 2})
+    env = injected(work, PARSE_CRASH)
+    drop_csv(work.spool / "incoming", "crash.csv", b"jobtype,jobtitle\r\ncrash-the-parser,x\r\n")
+    for n in range(2):  # the file is recorded before parsing: each crash counts against it
+        with work.daemon(f"crash{n}", once=True, env=env) as proc:
+            assert proc.wait(20) == -9, proc.describe()
+        assert work.files("processing") == ["crash.csv"]
+    with work.daemon("third", once=True, env=env) as third:
+        assert third.wait(20) == 1, third.describe()
+    events = third.events()
+    assert [e["crashes"] for e in events if e["event"] == "csv_recording_cut"] == [2]
+    assert [e["csv"] for e in events if e["event"] == "csv_poisoned"] == ["crash.csv"]
+    assert work.files("processing") == []
+    assert work.files("failed") == ["crash.csv", "crash.csv.error.txt"]
+    error = (work.spool / "failed" / "crash.csv.error.txt").read_text()
+    assert "stopped unexpectedly 2 times while reading this CSV" in error
+    with work.daemon("after", once=True, env=env) as after:  # and the daemon starts cleanly
+        assert after.wait(20) == 0, after.describe()

@@ -57,12 +57,13 @@ class Watcher:
         self.whole_file_rejections = 0  # CSVs sent to failed/ as a whole (for --once's exit)
         self.busy = 0  # files being taken right now (claimed, requests not yet queued)
 
-    async def take(self, path: Path) -> None:
-        """Record the claimed CSV ``path`` (in ``processing/``) and report its rejected rows."""
+    async def take(self, path: Path, csv_id: int | None = None) -> None:
+        """Record the claimed CSV ``path`` (in ``processing/``) and report its rejected rows;
+        ``csv_id``: its record when recovery takes it again after a crash while parsing."""
         self.busy += 1
         try:
             try:
-                taken = await in_thread(intake.take, path, self.spool, self.state, utcnow())
+                taken = await in_thread(intake.take, path, self.spool, self.state, utcnow(), csv_id)
             except Exception as exc:  # a bug: set the file aside, never take it again by itself
                 await self._set_aside(path, exc)
                 return

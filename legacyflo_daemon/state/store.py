@@ -258,8 +258,12 @@ class StateStore:
         now: dt.datetime,
         good: Sequence[tuple[str, Request]] = (),
         rejected: Sequence[tuple[str, int, str, Mapping[str, Any]]] = (),
+        *,
+        csv_id: int | None = None,
     ) -> int:
         """Record a claimed CSV and its rows; all or nothing, whatever happens in between.
+
+        ``csv_id``: the record ``begin_csv`` made before parsing (else one is made here).
 
         ``good``: (request_id, request) queued with their passwords; ``rejected``: (request_id,
         row, title, row_error_json) recorded as ``rejected`` at once. The rows are written
@@ -267,13 +271,8 @@ class StateStore:
         call from a worker thread holds the lock for one chunk at a time; a crash in between
         leaves a record that ``discard_unloaded`` removes at the next start.
         """
+        csv_id = self.begin_csv(name, original, now) if csv_id is None else csv_id
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO csv_files(name, original, claimed_at, loaded) VALUES (?, ?, ?, 0)",
-                (name, original, iso(now)),
-            )
-            assert cur.lastrowid is not None
-            csv_id = cur.lastrowid
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM requests").fetchone()[0]
         rows = [self._queued_row(rid, req, now) for rid, req in good]
         rows += [self._rejected_row(*rej, now) for rej in rejected]
@@ -332,10 +331,64 @@ class StateStore:
         return self._csv(row)
 
     def record_crash(self, csv_id: int) -> int:
-        """Count one more daemon crash while ``csv_id`` was being processed; returns the count."""
+        """Count one more daemon crash while ``csv_id`` was being processed; returns the count.
+
+        Only a crash *without progress* counts: when the CSV's ``progress_mark`` grew since the
+        last crash was counted, the count starts again at 0 (the work goes forward, the crashes
+        are not the CSV's doing), and the new mark is kept. So ``max_crashes`` poisons a CSV
+        that keeps taking the daemon down without getting anywhere."""
+        mark = self.progress_mark(csv_id)
         with self._tx() as db:
-            db.execute("UPDATE csv_files SET crashes = crashes + 1 WHERE id = ?", (csv_id,))
+            db.execute(
+                "UPDATE csv_files SET crashes = CASE WHEN ? > crash_mark THEN 0"
+                " ELSE crashes + 1 END, crash_mark = MAX(crash_mark, ?) WHERE id = ?",
+                (mark, mark, csv_id),
+            )
         return self.csv(csv_id).crashes
+
+    def progress_mark(self, csv_id: int) -> int:
+        """A number that grows whenever the CSV's work goes forward, across restarts: its
+        finished requests, plus per folder checkpoint the messages found on the destination
+        (copied + already present, both cumulative across runs) and whether it is done."""
+        row = self._one(
+            "SELECT (SELECT COUNT(*) FROM requests WHERE csv_id = ? AND status NOT IN (?, ?))"
+            " + (SELECT COALESCE(SUM(f.done"
+            "   + COALESCE(json_extract(f.counts, '$.copied'), 0)"
+            "   + COALESCE(json_extract(f.counts, '$.already_present'), 0)), 0)"
+            "   FROM folders f JOIN requests r ON r.id = f.request_id WHERE r.csv_id = ?)",
+            (csv_id, *UNFINISHED, csv_id),
+        )
+        return int(row[0]) if row is not None else 0
+
+    def begin_csv(self, name: str, original: str, now: dt.datetime) -> int:
+        """Record a claimed CSV *before* it is parsed (``loaded = 0``): a crash while it is
+        parsed or recorded then counts against it (``unloaded_csvs`` at the next start), so a
+        file that crashes the parser is set aside after ``max_crashes`` instead of looping."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO csv_files(name, original, claimed_at, loaded) VALUES (?, ?, ?, 0)",
+                (name, original, iso(now)),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    def unloaded_csvs(self) -> list[CsvRecord]:
+        """Records a crash left while their file was parsed or recorded (``begin_csv``)."""
+        rows = self._all("SELECT * FROM csv_files WHERE loaded = 0 ORDER BY id")
+        return [self._csv(r) for r in rows]
+
+    def clear_rows(self, csv_id: int) -> None:
+        """Remove the rows an interrupted recording of ``csv_id`` left (the record stays, with
+        its crash count, for the file to be recorded again)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM requests WHERE csv_id = ?", (csv_id,))
+
+    def discard_csv(self, csv_id: int) -> None:
+        """Forget a record that never finished loading, with its rows (its file was rejected
+        as a whole or set aside)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM requests WHERE csv_id = ?", (csv_id,))
+            db.execute("DELETE FROM csv_files WHERE id = ? AND loaded = 0", (csv_id,))
 
     def finish_csv(self, csv_id: int, summary: Mapping[str, Any], now: dt.datetime) -> None:
         with self._tx() as db:

@@ -429,3 +429,37 @@ def test_a_csv_that_crashes_the_daemon_while_parsed_is_set_aside_after_max_crash
     assert "stopped unexpectedly 2 times while reading this CSV" in error
     with work.daemon("after", once=True, env=env) as after:  # and the daemon starts cleanly
         assert after.wait(20) == 0, after.describe()
+
+
+# -- warnings at start ---------------------------------------------------------------------------
+
+
+def test_warnings_for_an_open_incoming_an_unverified_host_and_a_hard_linked_drop(
+    work: Work, new_source_account: NewAccount, new_dest_account: NewAccount
+) -> None:
+    src = _account(new_source_account, "warn", {"INBOX": 1})
+    dest = new_dest_account('warn "dest", \\ pw ö')
+    work.configure()
+    with work.config.open("a", encoding="utf-8") as f:
+        f.write('\n[hosts."legacy.example"]\ntls_verify = false\n')
+        f.write('\n[hosts."half.example"]\n[hosts."half.example".source]\ntls_verify = false\n')
+    (work.spool / "incoming").chmod(0o770)
+    kept = work.root / "kept-copy.csv"  # the admin's own copy, hard-linked into the spool
+    kept.write_bytes(request_csv([Row(src, dest, "Warn")]))
+    os.link(kept, work.spool / "incoming" / "linked.csv")
+    with work.daemon("run", once=True) as daemon:
+        assert daemon.wait(40) == 0, daemon.describe()
+    events = daemon.events()
+    (open_incoming,) = [e for e in events if e["event"] == "incoming_writable_by_others"]
+    assert open_incoming["level"] == "warning" and open_incoming["mode"] == "0770"
+    assert open_incoming["path"] == str(work.spool / "incoming")
+    unverified = {e["host"]: e["directions"] for e in events if e["event"] == "tls_verify_disabled"}
+    assert unverified == {"legacy.example": ["source", "dest"], "half.example": ["source"]}
+    (linked,) = [e for e in events if e["event"] == "csv_hard_linked"]
+    assert (linked["file"], linked["links"], linked["level"]) == ("linked.csv", 2, "warning")
+    doc = summary(work.spool, "linked.csv")  # still processed, and the summary says it
+    assert doc is not None and doc["counts"] == {"succeeded": 1}
+    (warning,) = doc["warnings"]
+    assert warning.startswith("linked.csv has 1 other hard link(s): another copy of its passwords")
+    ready = next(i for i, e in enumerate(events) if e["event"] == "daemon_ready")
+    assert events.index(open_incoming) < ready

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
+import stat
 
 import structlog
 
@@ -76,6 +78,7 @@ class Daemon:
         locks = self._lock()  # before anything else is touched: recovery assumes it is alone
         try:
             self.spool.ensure()
+            warn_at_start(self.cfg, self.spool)
             # A damaged store stops the start, saying what to do, before anything is written.
             self.state = StateStore(self.cfg.daemon.state_path, verify=True)
             try:
@@ -272,6 +275,25 @@ class Daemon:
                 f"{counts[Status.RUNNING]} running, {counts[Status.QUEUED]} queued"
             )
             await wait_any((self.stopping,), PROGRESS_SECONDS)
+
+
+def warn_at_start(cfg: Config, spool: Spool) -> None:
+    """Log what an operator should know about before the daemon serves (docs/contract.md §7.1):
+    an ``incoming/`` that others may write (anyone in that group, or anyone at all, can drop
+    requests the daemon will run), and every host whose certificates are not verified."""
+    try:
+        mode = stat.S_IMODE(os.stat(spool.incoming).st_mode)
+    except OSError:
+        mode = 0
+    if mode & 0o022:
+        who = "everyone" if mode & 0o002 else "its group"
+        log.warning("incoming_writable_by_others", path=str(spool.incoming), mode=f"{mode:04o}",
+                    reason=f"{who} can drop requests that this daemon will run")  # fmt: skip
+    for name, host in sorted(cfg.hosts.items()):
+        sides = [d for d in ("source", "dest") if not host.side(d).tls_verify]
+        if sides:
+            reason = "certificates of this host are not verified (tls_verify = false)"
+            log.warning("tls_verify_disabled", host=name, directions=sides, reason=reason)
 
 
 def main(cfg: Config, *, once: bool = False) -> int:

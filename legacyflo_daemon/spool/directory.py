@@ -316,6 +316,9 @@ class Spool:
             self._reject_special(path, "not a regular file")
             return None
         log.info("spool_claimed", file=name, path=str(path))
+        if st.st_nlink > 1:  # taken all the same: the drop is the admin's to run
+            log.warning("csv_hard_linked", file=name, links=st.st_nlink,
+                        reason=hard_link_warning(path.name, st.st_nlink))  # fmt: skip
         return path
 
     # -- processing --------------------------------------------------------------------------
@@ -384,6 +387,22 @@ class Spool:
             raise SpoolError(f"{path}: cannot move to failed/: {exc.strerror}") from exc
         log.warning("spool_rejected", file=path.name, path=str(self.failed / name), reason=reason)
         return self.failed / name
+
+
+def hard_link_warning(name: str, links: int) -> str:
+    """Why a hard-linked drop matters (log and summary): its passwords survive elsewhere."""
+    return (
+        f"{name} has {links - 1} other hard link(s): another copy of its passwords exists "
+        "outside the spool and is not redacted when the CSV is done; remove it"
+    )
+
+
+def hard_links(path: Path) -> int:
+    """The link count of ``path`` (1 when it is gone)."""
+    try:
+        return path.lstat().st_nlink
+    except OSError:
+        return 1
 
 
 def _error_text(error: str) -> bytes:

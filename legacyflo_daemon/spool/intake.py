@@ -30,7 +30,7 @@ from legacyflo_daemon.outbox.store import Outbox
 from legacyflo_daemon.request import csvfile
 from legacyflo_daemon.runtime import files
 from legacyflo_daemon.runtime.bulk import cooperative
-from legacyflo_daemon.spool.directory import Spool
+from legacyflo_daemon.spool.directory import Spool, hard_link_warning, hard_links
 from legacyflo_daemon.state.store import StateStore
 
 log = structlog.get_logger("legacyflo_daemon.spool.intake")
@@ -146,8 +146,11 @@ def complete_if_finished(
     if state.unfinished_count(csv_id):
         return False
     doc = summary(state, csv_id)
-    outbox.write_summary(record.name, doc)
     path = spool.processing / record.name
+    links = hard_links(path)
+    if links > 1:
+        doc["warnings"] = [hard_link_warning(record.name, links)]
+    outbox.write_summary(record.name, doc)
     if path.exists():
         try:
             spool.finish(path, ok=True)

@@ -203,8 +203,9 @@ class Demo:
         counts.update({name: None for name in self.dest_after.noselect})
         print(show.indent(show.folder_tree(counts, dest.separator)))
 
-        print(show.heading("8. The report mail, as the SMTP server received it"))
-        mails = self.env.catcher.wait_for(1, timeout=2.0)
+        print(show.heading("8. The report mails, as the SMTP server received them"))
+        # The account's report, and the batch report of the CSV (one row here).
+        mails = self.env.catcher.wait_for(2, timeout=4.0)
         if not mails:
             print("  (no mail received)")
         for n, mail in enumerate(mails, start=1):
@@ -214,9 +215,16 @@ class Demo:
             print(f"  envelope: from {mail.mail_from} to {', '.join(mail.rcpt_tos)}"
                   f"  (saved as {shown(saved)})\n")  # fmt: skip
             print(show.indent(show.mail_lines(mail.data)))
-        if self.checks.add(len(mails) == 1, f"{len(mails)} report mail(s) received by SMTP"):
-            listing = [n for n in show.attachment_names(mails[0].data) if "listing" in n]
-            self.checks.add(bool(listing), "the report mail has the listing attached")
+        batch = [m for m in mails if b"\r\nX-Legacyflo-Batch: " in m.data]
+        account = [m for m in mails if m not in batch]
+        if self.checks.add(
+            (len(account), len(batch)) == (1, 1),
+            f"{len(account)} account report(s) and {len(batch)} batch report(s) received",
+        ):
+            listing = [n for n in show.attachment_names(account[0].data) if "listing" in n]
+            self.checks.add(bool(listing), "the account's report has the listing attached")
+            table = show.attachment_names(batch[0].data)
+            self.checks.add(table == ["batch.csv"], "the batch report has batch.csv attached")
 
     def verify(self) -> None:
         a = self.accounts

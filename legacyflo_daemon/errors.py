@@ -59,8 +59,33 @@ class SpoolError(LegacyfloError):
     """A spool operation failed (permissions, a name that is not a regular file, ...)."""
 
 
+class AlreadyRunning(LegacyfloError):
+    """Another daemon holds the exclusive lock of this spool or state store (``runtime.lock``).
+
+    ``str()`` is one line naming the lock file and the holder's pid (when it wrote one).
+    """
+
+    def __init__(self, lock_file: str, pid: int | None) -> None:
+        self.lock_file = lock_file
+        self.pid = pid
+        holder = f"pid {pid}" if pid is not None else "a process that has not written its pid"
+        super().__init__(
+            f"{lock_file}: another legacyflo-daemon ({holder}) is already running on this "
+            "spool or state store; stop it first, or give this one another spool"
+        )
+
+
 class StateError(LegacyfloError):
     """The state store is unusable (corrupt, locked, wrong schema version)."""
+
+
+class StateUnusable(StateError):
+    """The state store cannot be used at all: damaged, the disk full, an I/O error.
+
+    Nothing can be recorded safely, so the daemon stops (exit 1) instead of failing requests:
+    ``str()`` is one line naming the file and what the operator should do. Nothing is lost: the
+    CSVs stay in ``processing/`` and ``incoming/``, and the store keeps what it had.
+    """
 
 
 class ImapError(LegacyfloError):

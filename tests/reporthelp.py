@@ -153,7 +153,7 @@ def outbox_problems(work: Work, secrets: list[str], smtp_data: list[bytes]) -> l
     for path in sorted((work.spool / "outbox").rglob("*.eml")):
         msg = parse_mail(path.read_bytes())
         ids.append(str(msg["Message-ID"]))
-        if path.name.startswith("batch-"):  # the batch report: checked by its own tests
+        if path.name.endswith(".batch.eml"):  # the batch report: checked by its own tests
             continue
         to = found[path.stem]["report_to"]
         problems += [f"{path.name}: {p}" for p in mail_problems(msg, to=str(to))]
@@ -315,5 +315,5 @@ def tree_messages(snapshot: MailboxSnapshot, dest_folder: str) -> Counter[tuple[
 
 
 def account_files(work: Work, sub: str) -> list[str]:
-    """``work.files(sub)`` without the batch reports (``batch-<csv id>.eml``)."""
-    return [name for name in work.files(sub) if not name.startswith("batch-")]
+    """``work.files(sub)`` without the batch reports (``csv-<csv id>.batch.eml``)."""
+    return [name for name in work.files(sub) if not name.endswith(".batch.eml")]

@@ -368,3 +368,16 @@ def test_installed_script(tmp_path: Path) -> None:
     assert missing.returncode == 2
     assert missing.stdout == ""
     one_line_error(missing.stderr)
+
+
+def test_submit_ends_a_file_whose_last_line_has_no_line_break(
+    tmp_path: Path, spool_config: Path
+) -> None:
+    # Unquoted last value, no final line break: the daemon would wait for the rest of the row.
+    data = SAMPLE.read_bytes().replace(b'"', b"")
+    assert not data.endswith(b"\n")
+    path = csv_file(tmp_path, data, "plain.csv")
+    assert cli.main(["--config", str(spool_config), "submit", str(path)]) == 0
+    dropped = tmp_path / "spool" / "incoming" / "plain.csv"
+    assert dropped.read_bytes() == data + b"\r\n"
+    assert Spool(tmp_path / "spool").ready_files(stable_seconds=0) == ["plain.csv"]

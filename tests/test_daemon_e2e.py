@@ -152,7 +152,7 @@ def test_a_csv_of_twenty_accounts_is_copied_exactly_once_within_the_limits(
     assert sorted(rcpt for _f, rcpts, _d in catcher.mails for rcpt in rcpts) == sorted(
         f"owner{i}@example.com" for i in range(20)
     )
-    sent = [p for p in work.files("outbox/sent") if not p.startswith("batch-")]
+    sent = [p for p in work.files("outbox/sent") if not p.endswith(".batch.eml")]
     assert sorted(p.removesuffix(".eml") for p in sent) == sorted(found)
     # One batch report for the CSV, to every owner at once.
     ((_f, batch_rcpts, _d),) = catcher.batch_mails

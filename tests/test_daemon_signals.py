@@ -224,9 +224,10 @@ def test_sighup_reloads_limits_without_dropping_work_and_status_shows_requests(
 def _status_states(text: str) -> dict[str, str]:
     """request id -> state from the ``status`` table (rows below the header)."""
     lines = text.splitlines()
-    assert lines and lines[0].split()[:2] == ["REQUEST", "STATE"], text
+    assert lines and lines[0].startswith("daemon: running"), text
+    head = next(i for i, line in enumerate(lines) if line.split()[:2] == ["REQUEST", "STATE"])
     states = {}
-    for line in lines[1:]:
+    for line in lines[head + 1 :]:
         if not line.strip():
             break
         rid, state = line.split()[:2]
@@ -317,10 +318,15 @@ def test_a_csv_that_keeps_crashing_the_daemon_is_set_aside_in_failed(
     rows = big_rows(1, new_source_account, dest, slow_source)
     work.configure(daemon={"max_crashes": 2}, imap={"fetch_batch": 5})
     drop_csv(work.spool / "incoming", "poison.csv", request_csv(rows))
-    for n in range(2):  # two crashes while the CSV's request runs
+    for n in range(2):  # two crashes while the CSV's request runs, without progress
+        # No batch may land before the kill: a crash after progress is not counted
+        # (docs/contract.md: poison means crashing without progress). Stalled, the source
+        # lets the request start but not copy.
+        slow_source.stall()
         with work.daemon(f"crash{n}") as proc:
-            proc.wait_for_event("folder_started", 20)
+            proc.wait_for_event("request_started", 20)
             proc.kill()
+        slow_source.resume()
     assert work.files("failed") == [] and work.files("processing") == ["poison.csv"]
 
     with work.daemon("third", once=True) as third:

@@ -279,7 +279,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     took = (dt.datetime.now() - started).total_seconds()
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
-    assert "The report mail, as the SMTP server received it" in output
+    assert "The report mails, as the SMTP server received them" in output
     assert "Subject: " in output and "Attachment: listing.csv" in output
     assert "succeeded" in output
     assert "[FAILED]" not in output

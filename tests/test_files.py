@@ -168,3 +168,39 @@ def test_fsync_dir_accepts_a_directory_and_rejects_a_file(tmp_path: Path) -> Non
     (tmp_path / "f").write_bytes(b"")
     with pytest.raises(NotADirectoryError):
         files.fsync_dir(tmp_path / "f")
+
+
+# -- short names (any file name works, issue 11) ------------------------------------------------
+
+LONG_CJK = "報" * 82 + ".csv"  # 250 bytes: every name derived from it used to exceed 255
+
+
+def test_short_name_keeps_a_name_that_fits() -> None:
+    assert files.short_name("accounts.csv") == "accounts.csv"
+    fits = "é" * 98 + ".csv"  # exactly 200 bytes
+    assert files.short_name(fits) == fits
+
+
+@given(st.text(min_size=1, max_size=300).filter(lambda s: "/" not in s and "\0" not in s))
+@settings(max_examples=200, deadline=None)
+def test_short_name_fits_is_valid_utf8_and_depends_only_on_the_name(name: str) -> None:
+    short = files.short_name(name)
+    assert len(os.fsencode(short)) <= files.SAFE_NAME_BYTES
+    assert files.short_name(name) == short
+    short.encode("utf-8")  # never a character cut in half
+
+
+def test_short_name_of_a_long_name_keeps_its_start_and_extension_and_stays_distinct() -> None:
+    short = files.short_name(LONG_CJK)
+    assert short.startswith("報" * 60) and short.endswith(".csv")
+    assert len(short.encode()) <= files.SAFE_NAME_BYTES
+    other = files.short_name("報" * 81 + "告.csv")  # same start, another name
+    assert other != short and other.startswith("報" * 60)
+
+
+def test_every_derived_name_of_a_long_name_can_be_written(tmp_path: Path) -> None:
+    # Today's daemon wrote `.lfd-<name>.<hex>.tmp` for a 250-byte name: ENAMETOOLONG.
+    files.atomic_write(tmp_path / LONG_CJK, b"x")
+    target = files.write_new(tmp_path, LONG_CJK, b"y")
+    assert target.name != LONG_CJK and target.read_bytes() == b"y"
+    assert sorted(p.read_bytes() for p in tmp_path.iterdir()) == [b"x", b"y"]

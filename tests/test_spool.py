@@ -12,7 +12,7 @@ import pytest
 from legacyflo_daemon.errors import CsvFileError, SpoolError
 from legacyflo_daemon.request import csvfile
 from legacyflo_daemon.runtime import files
-from legacyflo_daemon.spool.directory import SUBDIRS, Spool, is_temp_name
+from legacyflo_daemon.spool.directory import SUBDIRS, Spool, ends_complete, is_temp_name
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SAMPLE = (FIXTURES / "reference_sample.csv").read_bytes()
@@ -113,9 +113,9 @@ def test_a_file_is_ready_only_once_it_stopped_changing(spool: Spool) -> None:
 
 
 def test_a_rewrite_with_the_same_size_is_seen_by_mtime(spool: Spool) -> None:
-    path = drop(spool, "a.csv", b"x" * 10)
+    path = drop(spool, "a.csv", b"x" * 9 + b"\n")  # complete lines: only the mtime differs
     spool.ready_files(now=0.0)
-    path.write_bytes(b"y" * 10)
+    path.write_bytes(b"y" * 9 + b"\n")
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10_000_000))
     assert spool.ready_files(now=5.0) == []
     assert spool.ready_files(now=6.0) == ["a.csv"]
@@ -363,3 +363,78 @@ def test_remove_stale_temps_only_removes_old_own_temps(spool: Spool) -> None:
     os.utime(users, (time.time() - 7200, time.time() - 7200))
     assert spool.remove_stale_temps(older_than=3600) == [old]
     assert not old.exists() and young.exists() and users.exists()
+
+
+def test_a_csv_with_a_250_byte_name_is_claimed_short_and_retired_with_its_error(
+    spool: Spool,
+) -> None:
+    name = "報" * 82 + ".csv"  # 250 bytes: `<name>.error.txt` would not fit a file name
+    drop(spool, name, SAMPLE)
+    assert settle(spool) == [name]
+    path = spool.claim(name)
+    assert path is not None and path.name == files.short_name(name, files.UNIQUE_NAME_BYTES) != name
+    target = spool.finish(path, ok=False, error="why")
+    assert target.name == path.name
+    assert listing(spool.failed) == [path.name, path.name + ".error.txt"]
+    assert listing(spool.processing) == []
+    assert PASSWORD not in target.read_bytes()
+
+
+# -- drops claimed only when complete (issue 11) --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "complete"),
+    [
+        (b"", True),  # nothing to cut: rejected as empty at once
+        (b"a,b\r\n1,2\r\n", True),
+        (b"a,b\n1,2\n", True),
+        (b"a,b\r1,2\r", True),
+        (b'a,b\r\n"1","2"', True),  # the reference sample's shape: no final line break
+        (b'\xef\xbb\xbf"a","b"\r\n"1","2"', True),
+        (b'a,b,c\r\n"1","2",,""', True),
+        (b"a,b\r\n1,2", False),  # cut inside an unquoted value
+        (b'a,b\r\n"1","2', False),  # cut inside a quoted value
+        (b'a,b\r\n"1","2""', False),  # "" inside quotes is a quote: still open
+        (b'a,b\r\n"1","x\r\n', False),  # a line break inside an open quoted value
+        (b'a,b,c\r\n"1","2"', False),  # cut between two values
+        (b'a,b\r\n1,"p,w\r\nx"\r\n', True),  # a line break inside a closed quoted value
+        (b'a,b\r\nx"y,2\r\n', True),  # a quote inside an unquoted value is a character
+        (b"\xff\xfea\x00,\x00b\x00", True),  # UTF-16 (NUL bytes): rejected as a whole at once
+    ],
+)
+def test_ends_complete(data: bytes, complete: bool) -> None:
+    assert ends_complete(data) is complete
+
+
+def test_the_reference_sample_is_complete_without_a_final_line_break() -> None:
+    assert not SAMPLE.endswith((b"\n", b"\r")) and ends_complete(SAMPLE)
+
+
+def test_a_drop_cut_mid_row_waits_and_is_taken_once_finished(spool: Spool) -> None:
+    head, tail = SAMPLE[: len(SAMPLE) - 30], SAMPLE[len(SAMPLE) - 30 :]
+    path = drop(spool, "cut.csv", head)
+    assert spool.ready_files(now=0.0) == []
+    assert spool.ready_files(now=50.0) == []  # stable for 50 s, but its last row is cut
+    assert spool.waiting_files() == ["cut.csv"]
+    with path.open("ab") as f:
+        f.write(tail)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10_000_000))
+    assert spool.ready_files(now=51.0) == []
+    assert spool.ready_files(now=52.0) == ["cut.csv"]
+
+
+def test_a_drop_left_unfinished_is_set_aside_redacted_with_the_reason(spool: Spool) -> None:
+    cut = SAMPLE[: SAMPLE.index(b"password@123") + 8]  # the writer stopped inside a password
+    drop(spool, "cut.csv", cut)
+    assert spool.ready_files(now=0.0, incomplete_seconds=600) == []
+    assert spool.ready_files(now=599.0, incomplete_seconds=600) == []
+    assert listing(spool.failed) == []
+    assert spool.ready_files(now=600.0, incomplete_seconds=600) == []
+    assert listing(spool.incoming) == [] and listing(spool.processing) == []
+    assert listing(spool.failed) == ["cut.csv", "cut.csv.error.txt"]
+    kept = (spool.failed / "cut.csv").read_bytes()
+    assert b"password" not in kept[kept.index(b"\n") :]  # the header names the columns
+    error = (spool.failed / "cut.csv.error.txt").read_text()
+    assert error.startswith("cut.csv: its last line stayed unfinished for 600 s")
+    assert spool.waiting_files() == []

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
-from legacyflo_daemon.errors import InternalError, StateError
+from legacyflo_daemon.errors import InternalError, StateError, StateUnusable
 from legacyflo_daemon.model import (
     Account,
     DateRange,
@@ -263,3 +265,56 @@ def test_crash_counting(tmp_path: Path) -> None:
     st.finish_csv(c, {"rows": []}, NOW)
     assert st.csv_by_name("a.csv") is None
     assert st.unfinished_csvs() == []
+
+
+def test_state_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    # SQLite creates -wal and -shm with the database file's mode at the time: a chmod after
+    # opening left them 0644 under the usual umask 022, readable by every local user.
+    old = os.umask(0o022)
+    try:
+        st = StateStore(tmp_path / "new" / "dir" / "s.db")
+        st.add_csv("a.csv", "a.csv", NOW, [("r1", make_request(2))])
+    finally:
+        os.umask(old)
+    try:
+        state_dir = tmp_path / "new" / "dir"
+        assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
+        names = sorted(p.name for p in state_dir.iterdir())
+        assert names == ["s.db", "s.db-shm", "s.db-wal"]
+        assert {n: stat.S_IMODE((state_dir / n).stat().st_mode) for n in names} == dict.fromkeys(
+            names, 0o600
+        )
+    finally:
+        st.close()
+
+
+def _damage(path: Path) -> None:
+    """Overwrite part of a b-tree page in the middle of the file (what a bad disk does)."""
+    with path.open("r+b") as f:
+        f.seek(4096 * 6 + 200)
+        f.write(b"\xff" * 300)
+
+
+def test_a_damaged_store_is_refused_at_start_in_one_line_and_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    st = StateStore(path)
+    st.add_csv("a.csv", "a.csv", NOW, [(f"r{i}", make_request(i + 2)) for i in range(300)])
+    assert st.purge_freed_pages(wait=True)
+    st.close()
+    _damage(path)
+    before = path.read_bytes()
+    with pytest.raises(StateUnusable) as caught:
+        StateStore(path, verify=True)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{path}: the state store is damaged")
+    assert "restore it from a backup" in message and "quick_check" in message
+    assert path.read_bytes() == before  # nothing written to a damaged store
+
+
+def test_a_file_that_is_not_a_database_is_reported_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    path.write_bytes(b"not a database, " * 512)
+    with pytest.raises(StateUnusable, match=r"the state store is damaged \(file is not a database"):
+        StateStore(path, verify=True)

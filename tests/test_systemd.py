@@ -344,6 +344,10 @@ def unit_value(key: str) -> str:
         ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
         ("CapabilityBoundingSet", ""),
         ("UMask", "0077"),
+        ("DeviceAllow", ""),
+        ("MemoryHigh", "768M"),
+        ("MemoryMax", "1G"),
+        ("TasksMax", "64"),
         ("PrivateUsers", "yes"),
         ("SyslogIdentifier", "legacyflo-daemon"),
     ],
@@ -410,7 +414,7 @@ def test_systemd_analyze_security_rates_the_unit_ok() -> None:
     assert result.returncode == 0, result.stderr
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", result.stdout)
     assert match is not None, result.stdout
-    assert float(match[1]) <= 2.0, result.stdout
+    assert float(match[1]) <= 1.5, result.stdout
     assert match[2] == "OK"
 
 

@@ -27,15 +27,16 @@ from pathlib import Path
 from legacyflo_daemon import __version__
 from legacyflo_daemon.config.load import load_config
 from legacyflo_daemon.config.schema import Config
-from legacyflo_daemon.errors import CsvFileError, LegacyfloError
+from legacyflo_daemon.errors import CsvFileError, LegacyfloError, StateUnusable
 from legacyflo_daemon.model import DateRange, ParseResult, Request
 from legacyflo_daemon.request import csvfile, dates
 from legacyflo_daemon.runtime import files
-from legacyflo_daemon.spool.directory import Spool
+from legacyflo_daemon.spool.directory import Spool, ends_complete
 
 PROG = "legacyflo-daemon"
 CONFIG_ENV = "LEGACYFLO_CONFIG"
 OK, BAD_ROWS, FAILED = 0, 1, 2
+STOPPED_ON_FAILURE = 1  # run: the daemon stopped because it cannot go on (its state store)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _EN_DASH = "\u2013"
 
@@ -89,12 +90,15 @@ def render_check(result: ParseResult) -> str:
 
 
 def drop_name(source_name: str) -> str:
-    """The name a submitted file gets in ``incoming/``: ``<stem>.csv``, never a temp name."""
+    """The name a submitted file gets in ``incoming/``: ``<stem>.csv``, never a temp name.
+
+    A long name is shortened (``files.short_name``) so that every name the daemon derives from
+    it fits; any name is accepted."""
     stem = Path(source_name).name
     if stem.lower().endswith(".csv"):
         stem = stem[:-4]
     stem = _CONTROL.sub("_", stem).lstrip(".")  # a dot-name would be ignored by the daemon
-    return f"{stem or 'request'}.csv"
+    return files.short_name(f"{stem or 'request'}.csv", files.UNIQUE_NAME_BYTES)
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -145,6 +149,10 @@ def cmd_submit(args: argparse.Namespace, config: Config) -> int:
         )
     try:
         name_in_spool = drop_name("request.csv" if args.file == "-" else args.file)
+        if not ends_complete(data):
+            # The daemon takes a drop only once its last line looks finished (docs/contract.md
+            # §2.2), and this one is whole: a line break at its end changes no row.
+            data += b"\r\n"
         target = files.write_new(spool.incoming, name_in_spool, data, 0o600)
     except OSError as exc:
         raise _Fail(f"{spool.incoming}: cannot write: {exc.strerror or exc}") from None
@@ -167,7 +175,11 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         raise _Fail(f"{config.log.file}: cannot open the log file: {exc.strerror}") from None
     from legacyflo_daemon.daemon import app
 
-    return app.main(config, once=args.once)
+    try:
+        return app.main(config, once=args.once)
+    except StateUnusable as exc:  # damaged, disk full: the operator must act; systemd retries
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return STOPPED_ON_FAILURE
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
@@ -312,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else FAILED
     _tolerate_unencodable_output()
+    # Everything a command creates (the spool, the state store with its -wal/-shm, the log
+    # file, a submitted drop) holds or may hold passwords: private whatever the caller's umask.
+    old_umask = os.umask(0o077)
     try:
         config_path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or None
         config = load_config(Path(config_path) if config_path else None)
@@ -323,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        os.umask(old_umask)  # main() is also called in-process (tests, embedding)
 
 
 def _tolerate_unencodable_output() -> None:

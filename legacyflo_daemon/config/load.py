@@ -106,6 +106,7 @@ _CHECKS: dict[str, Check] = {
     "daemon.grace_seconds": _at_least(0),
     "daemon.poll_delay_ms": _between(10, 60_000),
     "daemon.stable_seconds": _at_least(0),
+    "daemon.incomplete_seconds": _at_least(1),
     "daemon.rescan_seconds": _at_least(1),
     "daemon.max_crashes": _POSITIVE,
     "csv.max_bytes": _POSITIVE,

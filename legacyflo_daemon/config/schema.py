@@ -94,6 +94,7 @@ class DaemonConfig:
     force_polling: bool = False
     poll_delay_ms: int = 300
     stable_seconds: float = 1.0  # a plain file is taken only once its size stopped changing
+    incomplete_seconds: float = 3600.0  # an unfinished last line this long: set aside in failed/
     rescan_seconds: float = 60.0
     max_crashes: int = 3  # a CSV that crashed the daemon this often goes to failed/
 

@@ -29,6 +29,7 @@ import gc
 import os
 import signal
 import socket
+import stat
 
 import structlog
 
@@ -40,7 +41,7 @@ from legacyflo_daemon.daemon.recovery import recover
 from legacyflo_daemon.daemon.scheduler import PROGRESS_SECONDS, Scheduler
 from legacyflo_daemon.daemon.supervisor import Service, Supervisor
 from legacyflo_daemon.daemon.watcher import Watcher
-from legacyflo_daemon.errors import ConfigError
+from legacyflo_daemon.errors import ConfigError, SpoolError, StateError, StateUnusable
 from legacyflo_daemon.model import Status
 from legacyflo_daemon.outbox.sender import MailSender
 from legacyflo_daemon.outbox.store import Outbox
@@ -49,6 +50,8 @@ from legacyflo_daemon.report.finisher import Finisher
 from legacyflo_daemon.runtime import log as logsetup
 from legacyflo_daemon.runtime.aio import wait_any
 from legacyflo_daemon.runtime.clock import utcnow
+from legacyflo_daemon.runtime.files import ensure_private_dir
+from legacyflo_daemon.runtime.lock import ExclusiveLock, lock_paths
 from legacyflo_daemon.runtime.systemd import Notifier, watchdog_task
 from legacyflo_daemon.spool.directory import Spool
 from legacyflo_daemon.state.lifecycle import Lifecycle
@@ -70,21 +73,59 @@ class Daemon:
         self.stopping = asyncio.Event()  # stop taking work; the services end
         self.copy_stop = asyncio.Event()  # copiers: stop after the in-flight batch
         self.gave_up: list[str] = []  # services that crashed too often
-        self.supervisor = Supervisor(self.stopping, self._give_up)
+        self.supervisor = Supervisor(self.stopping, self._give_up, on_fatal=self._fatal)
+        self.fatal: StateUnusable | None = None  # the state store failed: stop, exit 1
         self.started_at = iso(utcnow())
         self.metrics: Metrics | None = None
 
     # -- entry -------------------------------------------------------------------------------
 
     async def run(self) -> int:
-        self.spool.ensure()
-        self.state = StateStore(self.cfg.daemon.state_path)
+        locks = self._lock()  # before anything else is touched: recovery assumes it is alone
         try:
-            return await self._run()
+            self.spool.ensure()
+            warn_at_start(self.cfg, self.spool)
+            # A damaged store stops the start, saying what to do, before anything is written.
+            self.state = StateStore(self.cfg.daemon.state_path, verify=True)
+            try:
+                code = await self._run()
+            finally:
+                self.state.close()
+            if self.fatal is not None:
+                raise self.fatal  # one line on stderr, exit 1 (cli.main)
+            return code
         finally:
             if self.metrics is not None:
                 self.metrics.stop()
-            self.state.close()
+            for lock in reversed(locks):
+                lock.release()
+
+    def _lock(self) -> list[ExclusiveLock]:
+        """Take the exclusive locks of the spool and the state store (``runtime.lock``).
+
+        A second daemon on the same spool or state store would count the first one's running
+        requests as crashed and run them again beside it: it stops here with
+        ``AlreadyRunning`` (one line naming the holder's pid, exit 2) before it reads or writes
+        anything but the lock files (and the directories that hold them)."""
+        self.spool.ensure_root()
+        state_dir = self.cfg.daemon.state_path.parent
+        held: list[ExclusiveLock] = []
+        try:
+            for path in lock_paths(self.spool.root, self.cfg.daemon.state_path):
+                if path.parent == state_dir:
+                    ensure_private_dir(state_dir)
+                held.append(ExclusiveLock.acquire(path))
+        except OSError as exc:
+            for lock in held:
+                lock.release()
+            raise SpoolError(
+                f"{exc.filename}: cannot take the daemon's lock: {exc.strerror}"
+            ) from exc
+        except BaseException:
+            for lock in held:
+                lock.release()
+            raise
+        return held
 
     async def _run(self) -> int:
         cfg, smtp = self.cfg, self.cfg.smtp
@@ -106,6 +147,7 @@ class Daemon:
             cfg, self.state, self.lifecycle, self.pool, self.budget, self.finisher,
             self.outbox.dir, copy_stop=self.copy_stop, complete_csv=self._complete_csv,
         )  # fmt: skip
+        self.scheduler.on_fatal = self._fatal
         self.watcher = Watcher(
             cfg, self.spool, self.state, self.outbox, self.finisher, self.stopping,
             self.scheduler.wake.set,
@@ -126,6 +168,10 @@ class Daemon:
         await recover(cfg, self.state, self.lifecycle, self.spool, self.outbox, self.finisher,
                       self.watcher)  # fmt: skip
         await self.watcher.initial()
+        # A WAL that a crash (or a reader that held it at the last stop) left behind may still
+        # hold passwords of finished requests: truncate it before serving, or retry when idle.
+        if not self.state.purge_freed_pages():
+            self.scheduler.purge_later()
         # Everything loaded and built so far lives as long as the process: keep it out of full
         # garbage collections, which would walk it every time (a pause of the event loop that
         # grows with the heap).
@@ -144,9 +190,21 @@ class Daemon:
         finally:
             sender_stop.set()
             await sender
-            requeued = self.scheduler.interrupted + self.lifecycle.requeue_all_running()
-            self._heartbeat("stopped")
-            self.state.purge_freed_pages(wait=True)
+            try:
+                requeued = self.scheduler.interrupted + self.lifecycle.requeue_all_running()
+                self._heartbeat("stopped")
+                purged = self.state.purge_freed_pages(wait=True)
+            except StateError:
+                if self.fatal is None:
+                    raise
+                # The store already failed: what is still running is re-queued (counted as
+                # a crash) at the next start; the operator reads why on stderr.
+                requeued, purged = 0, True
+            if not purged:
+                # A reader held the WAL through the busy timeout; SQLite truncates it when the
+                # last connection closes, else the next start does (see above).
+                log.warning("state_purge_incomplete", state=str(self.state.path),
+                            reason="a reader holds the state store (status?)")  # fmt: skip
             log.info("daemon_shutdown", requeued=requeued)
         if self.once and smtp is not None:
             await self.sender.send_pending()
@@ -203,6 +261,15 @@ class Daemon:
             self.notifier.stopping()
             self.stopping.set()
 
+    def _fatal(self, exc: StateUnusable) -> None:
+        """The state store cannot be used (damaged, disk full): stop the same graceful way as
+        SIGTERM; ``run`` then raises ``exc`` (one line on stderr, exit 1). Nothing is lost:
+        what was not recorded is redone by the next start."""
+        if self.fatal is None:
+            self.fatal = exc
+            log.error("state_unusable", error=str(exc))
+        self.request_stop()
+
     def _give_up(self, service: str) -> None:
         """A service crashed too often: stop gracefully, exit 1 (systemd restarts us)."""
         self.gave_up.append(service)
@@ -246,6 +313,25 @@ class Daemon:
                 "interval": PROGRESS_SECONDS,
             }
         )
+
+
+def warn_at_start(cfg: Config, spool: Spool) -> None:
+    """Log what an operator should know about before the daemon serves (docs/contract.md §7.1):
+    an ``incoming/`` that others may write (anyone in that group, or anyone at all, can drop
+    requests the daemon will run), and every host whose certificates are not verified."""
+    try:
+        mode = stat.S_IMODE(os.stat(spool.incoming).st_mode)
+    except OSError:
+        mode = 0
+    if mode & 0o022:
+        who = "everyone" if mode & 0o002 else "its group"
+        log.warning("incoming_writable_by_others", path=str(spool.incoming), mode=f"{mode:04o}",
+                    reason=f"{who} can drop requests that this daemon will run")  # fmt: skip
+    for name, host in sorted(cfg.hosts.items()):
+        sides = [d for d in ("source", "dest") if not host.side(d).tls_verify]
+        if sides:
+            reason = "certificates of this host are not verified (tls_verify = false)"
+            log.warning("tls_verify_disabled", host=name, directions=sides, reason=reason)
 
 
 def main(cfg: Config, *, once: bool = False) -> int:

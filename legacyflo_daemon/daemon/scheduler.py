@@ -35,7 +35,7 @@ import structlog
 from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.daemon.metrics import Metrics
 from legacyflo_daemon.daemon.pool import Pool, fair_order, slot_for
-from legacyflo_daemon.errors import InternalError
+from legacyflo_daemon.errors import InternalError, StateUnusable
 from legacyflo_daemon.model import Request, Status
 from legacyflo_daemon.report.finisher import Finisher
 from legacyflo_daemon.runtime.aio import wait_any
@@ -86,6 +86,8 @@ class Scheduler:
         self._refreshed = 0.0
         self.progress: dict[str, Progress] = {}
         self._purge_pending = False
+        # The state store cannot be used (damaged, disk full): the daemon stops. Set by the app.
+        self.on_fatal: Callable[[StateUnusable], None] = lambda exc: None
         self.interrupted = 0  # requests re-queued because the daemon is stopping
 
     # -- the service ------------------------------------------------------------------------
@@ -142,8 +144,14 @@ class Scheduler:
         return not self.tasks and not self.state.queued(per_csv=1)
 
     def purge_if_idle(self) -> None:
+        """Truncate the WAL once no request runs; while a reader holds it (busy), try again at
+        every tick until it succeeds."""
         if self._purge_pending and not self.tasks:
             self._purge_pending = not self.state.purge_freed_pages()
+
+    def purge_later(self) -> None:
+        """A purge was refused (a reader held the WAL): retry at the next idle ticks."""
+        self._purge_pending = True
 
     async def drain(self, grace: float) -> None:
         """Let every running request finish its in-flight batch (``copy_stop`` is set), up to
@@ -177,6 +185,8 @@ class Scheduler:
             for account in (req.source, req.dest):
                 register_secret(account.password, user=account.userid, owner=rid)
             await self._copy_and_finish(rid, csv_name, req)
+        except StateUnusable as exc:  # not this request's fault: the daemon stops, exit 1
+            self.on_fatal(exc)
         except Interrupted:
             log.info("request_interrupted")
             self.lifecycle.requeue(rid)

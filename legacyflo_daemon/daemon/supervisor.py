@@ -5,8 +5,9 @@ under ``Supervisor.run``. An exception in a service is logged once with its trac
 (``service_crashed``) and the service is started again after a pause that doubles each time;
 after ``max_restarts`` crashes in a row the supervisor gives up (``service_gave_up``) and calls
 ``on_give_up`` — the daemon then stops gracefully: in-flight batches finish, unfinished
-requests are re-queued, and nothing is lost. A service that ran for ``healthy_after`` seconds
-before crashing starts a new count.
+requests are re-queued, and nothing is lost. A ``StateUnusable`` (the state store damaged,
+the disk full) is not a crash to retry: it goes to ``on_fatal`` at once. A service that ran
+for ``healthy_after`` seconds before crashing starts a new count.
 
 A service never takes the copies or the mail sender down with it: they live in scopes of their
 own (see ``daemon.app``). Cancellation (the daemon's stop) is never caught here.
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from legacyflo_daemon.errors import StateUnusable
 from legacyflo_daemon.runtime.aio import wait_any
 
 log = structlog.get_logger("legacyflo_daemon.daemon.supervisor")
@@ -36,6 +38,7 @@ class Supervisor:
         first_pause: float = 0.5,
         max_pause: float = 30.0,
         healthy_after: float = 300.0,
+        on_fatal: Callable[[StateUnusable], None] | None = None,
     ) -> None:
         self.stop = stop
         self.on_give_up = on_give_up
@@ -43,6 +46,7 @@ class Supervisor:
         self.first_pause = first_pause
         self.max_pause = max_pause
         self.healthy_after = healthy_after
+        self.on_fatal = on_fatal
         self.crashes: dict[str, int] = {}  # a snapshot for tests and status
 
     async def run(self, name: str, service: Service) -> None:
@@ -54,6 +58,11 @@ class Supervisor:
             started = loop.time()
             try:
                 await service()
+                return
+            except StateUnusable as exc:  # restarting cannot help: the daemon must stop
+                if self.on_fatal is None:
+                    raise
+                self.on_fatal(exc)
                 return
             except Exception:
                 if loop.time() - started >= self.healthy_after:

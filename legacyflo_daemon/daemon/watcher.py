@@ -1,11 +1,11 @@
 """The intake service: CSVs from ``incoming/`` into the state store, and out to ``done/``.
 
 Owns: when files are taken (watchfiles wakes the intake loop; a periodic rescan is the safety
-net; a file is taken once its size stopped changing), reporting the rows rejected at intake,
-setting aside a file on which taking it met a bug (``failed/``, logged once, never retried), and
-retiring a CSV once its last request finished. Parsing, recording and retiring a file are
-blocking (seconds for a 50,000-row file) and run in a worker thread (``spool.intake`` does the
-work); the event loop only waits for them.
+net; a file is taken once its size stopped changing and its last line is finished), reporting
+the rows rejected at intake, setting aside a file on which taking it met a bug (``failed/``,
+logged once, never retried), and retiring a CSV once its last request finished. Parsing,
+recording and retiring a file are blocking (seconds for a 50,000-row file) and run in a worker
+thread (``spool.intake`` does the work); the event loop only waits for them.
 
 Must not: copy mail, or decide when requests run (the scheduler does; ``wake`` tells it that
 work arrived).
@@ -22,6 +22,7 @@ import structlog
 from watchfiles import awatch
 
 from legacyflo_daemon.config.schema import Config
+from legacyflo_daemon.errors import SpoolError
 from legacyflo_daemon.outbox.store import Outbox
 from legacyflo_daemon.report import batch
 from legacyflo_daemon.report.finisher import Finisher
@@ -57,12 +58,13 @@ class Watcher:
         self.whole_file_rejections = 0  # CSVs sent to failed/ as a whole (for --once's exit)
         self.busy = 0  # files being taken right now (claimed, requests not yet queued)
 
-    async def take(self, path: Path) -> None:
-        """Record the claimed CSV ``path`` (in ``processing/``) and report its rejected rows."""
+    async def take(self, path: Path, csv_id: int | None = None) -> None:
+        """Record the claimed CSV ``path`` (in ``processing/``) and report its rejected rows;
+        ``csv_id``: its record when recovery takes it again after a crash while parsing."""
         self.busy += 1
         try:
             try:
-                taken = await in_thread(intake.take, path, self.spool, self.state, utcnow())
+                taken = await in_thread(intake.take, path, self.spool, self.state, utcnow(), csv_id)
             except Exception as exc:  # a bug: set the file aside, never take it again by itself
                 await self._set_aside(path, exc)
                 return
@@ -87,26 +89,41 @@ class Watcher:
             f"{path.name}: internal error while taking it ({type(exc).__name__}); not retried: "
             f"see the daemon log, event csv_internal_error with error_id {error_id}"
         )
-        await in_thread(self.spool.reject_unusable, path, reason)
+        try:
+            await in_thread(self.spool.reject_unusable, path, reason)
+        except (SpoolError, OSError) as move_exc:  # stays in processing/; the daemon goes on
+            log.error("csv_set_aside_failed", file=path.name, error=str(move_exc))
         self.whole_file_rejections += 1
 
     async def complete(self, csv_id: int) -> bool:
-        """Retire ``csv_id`` if every one of its requests is finished (summary, ``done/``)."""
+        """Retire ``csv_id`` if every one of its requests is finished (summary, ``done/``).
+
+        A file-system error (a full disk, a name refused) is logged and leaves the CSV in
+        ``processing/`` for the next start, which repeats the idempotent steps; it never stops
+        the intake of other files."""
         if self.state.unfinished_count(csv_id):
             return False
-        done = await in_thread(
-            intake.complete_if_finished, csv_id, self.spool, self.state, self.outbox, utcnow()
-        )
-        if done and await in_thread(
-            batch.write_batch_report, csv_id, self.state, self.outbox, self.cfg
-        ):
-            self.finisher.on_mail()  # the sender picks it up now
+        try:
+            done = await in_thread(
+                intake.complete_if_finished, csv_id, self.spool, self.state, self.outbox, utcnow()
+            )
+            if done and await in_thread(
+                batch.write_batch_report, csv_id, self.state, self.outbox, self.cfg
+            ):
+                self.finisher.on_mail()  # the sender picks it up now
+        except OSError as exc:
+            log.error("csv_finish_failed", csv_id=csv_id, error=str(exc))
+            return False
         return done
 
     async def take_ready(self) -> None:
         """Claim and take every file of ``incoming/`` whose size stopped changing."""
         stable = self.cfg.daemon.stable_seconds
-        for name in await asyncio.to_thread(self.spool.ready_files, stable_seconds=stable):
+        incomplete = self.cfg.daemon.incomplete_seconds
+        ready = await asyncio.to_thread(
+            self.spool.ready_files, stable_seconds=stable, incomplete_seconds=incomplete
+        )
+        for name in ready:
             if self.stop.is_set():
                 return
             path = self.spool.claim(name)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from legacyflo_daemon.runtime.files import atomic_write, move
+from legacyflo_daemon.runtime.files import atomic_write, move, short_name
 
 SENT = "sent"
 
@@ -57,8 +57,9 @@ class Outbox:
         return path
 
     def write_summary(self, csv_name: str, data: Mapping[str, Any]) -> Path:
-        """Write ``<csv name>.summary.json``."""
-        path = self.dir / _checked_name(f"{csv_name}.summary.json")
+        """Write ``<csv name>.summary.json`` (the name shortened by ``short_name`` when long,
+        as the spool claims it: the summary's name always fits)."""
+        path = self.dir / _checked_name(f"{short_name(csv_name)}.summary.json")
         atomic_write(path, _json_bytes(data))
         return path
 

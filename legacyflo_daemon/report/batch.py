@@ -4,8 +4,9 @@ Owns: what an administrator needs to close a batch: one line per row (account, d
 status, counts, duration, error, the next step) in the mail body and as ``batch.csv``
 attached, and the next step for each kind of outcome. Built only from the result documents
 of the CSV's requests (``outbox/<request_id>.json`` as kept in the state), so it can always be
-rebuilt. ``write_batch_report`` writes it once per CSV into the outbox (``batch-<csv id>.eml``),
-to ``report.batch_to`` or, when that is empty, to every distinct report address of its rows.
+rebuilt. ``write_batch_report`` writes it once per CSV into the outbox as
+``csv-<csv id>.batch.eml`` (no request id ends so), to ``report.batch_to`` or, when that is
+empty, to every distinct report address of its rows.
 Must not: send mail (the outbox's sender does), or name a password.
 """
 
@@ -138,10 +139,10 @@ def build_batch_mail(
 
 
 def write_batch_report(csv_id: int, state: StateStore, outbox: Outbox, cfg: Config) -> bool:
-    """Write the batch report of a finished CSV once (``batch-<csv id>.eml``); False when it
+    """Write the batch report of a finished CSV once (``csv-<csv id>.batch.eml``); False when it
     was written before. Rows without a report address and no ``report.batch_to``: the mail is
     kept in the outbox without recipients."""
-    name = f"batch-{csv_id}"
+    name = f"csv-{csv_id}.batch"
     if (outbox.dir / f"{name}.eml").exists() or (outbox.sent_dir / f"{name}.eml").exists():
         return False
     record = state.csv(csv_id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import secrets
 import stat
@@ -21,6 +22,53 @@ from pathlib import Path
 TEMP_PREFIX = ".lfd-"
 TEMP_SUFFIX = ".tmp"
 _MAX_NAME_TRIES = 10_000
+# A base name the daemon derives other names from (``.lfd-<name>.<hex>.tmp``,
+# ``<name>.error.txt``, ``<name>.summary.json``, ``<stem>-<n><ext>``) stays within this many
+# bytes, so that every derived name fits the usual 255-byte limit of a file name.
+SAFE_NAME_BYTES = 200
+# A name that may still get a ``-<n>`` of ``free_name`` (a claim, a drop) is made this short,
+# so that the unique name is still at most SAFE_NAME_BYTES and is never shortened again.
+UNIQUE_NAME_BYTES = SAFE_NAME_BYTES - 8
+_EXT_MAX = 16  # an extension longer than this is part of the stem when a name is shortened
+
+
+def short_name(name: str, limit: int = SAFE_NAME_BYTES) -> str:
+    """``name`` itself when it takes at most ``limit`` bytes, else a shortened form of it.
+
+    The shortened form is the start of the stem (cut by bytes, never inside a character),
+    ``~`` and 8 hex digits of a hash of the whole name, and the extension: distinct names stay
+    distinct, and the same name always gives the same short name. Names come from the file
+    system, so undecodable bytes (``surrogateescape``) count as the one byte each stands for.
+    """
+    raw = os.fsencode(name)
+    if len(raw) <= limit:
+        return name
+    stem, ext = os.path.splitext(name)
+    if len(os.fsencode(ext)) > _EXT_MAX:
+        stem, ext = name, ""
+    tag = "~" + hashlib.sha256(raw).hexdigest()[:8]
+    room = limit - len(os.fsencode(ext)) - len(tag)
+    kept, used = [], 0
+    for char in stem:
+        size = len(os.fsencode(char))
+        if used + size > room:
+            break
+        kept.append(char)
+        used += size
+    return "".join(kept) + tag + ext
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) with mode 0700 whatever the umask; an existing
+    directory keeps its mode (an administrator may have opened it on purpose)."""
+    if path.is_dir():
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        return
+    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
 
 
 def fsync_dir(path: Path) -> None:
@@ -33,8 +81,9 @@ def fsync_dir(path: Path) -> None:
 
 
 def temp_name(name: str) -> str:
-    """A fresh temporary name for ``name`` in the same directory (dot-leading, ``.tmp``)."""
-    return f"{TEMP_PREFIX}{name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    """A fresh temporary name for ``name`` in the same directory (dot-leading, ``.tmp``); a long
+    ``name`` is shortened (``short_name``), so that the temporary name always fits."""
+    return f"{TEMP_PREFIX}{short_name(name)}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
 
 
 def is_own_temp(name: str) -> bool:

@@ -14,6 +14,7 @@ writes their results).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import secrets
@@ -23,13 +24,13 @@ from typing import Any
 
 import structlog
 
-from legacyflo_daemon.errors import CsvFileError, SpoolError
+from legacyflo_daemon.errors import CsvFileError, SpoolError, StateError
 from legacyflo_daemon.model import RowError, Status
 from legacyflo_daemon.outbox.store import Outbox
 from legacyflo_daemon.request import csvfile
 from legacyflo_daemon.runtime import files
 from legacyflo_daemon.runtime.bulk import cooperative
-from legacyflo_daemon.spool.directory import Spool
+from legacyflo_daemon.spool.directory import Spool, hard_link_warning, hard_links
 from legacyflo_daemon.state.store import StateStore
 
 log = structlog.get_logger("legacyflo_daemon.spool.intake")
@@ -67,29 +68,48 @@ class Taken:
     warnings: tuple[str, ...]
 
 
-def take(path: Path, spool: Spool, state: StateStore, now: dt.datetime) -> Taken | None:
+def take(
+    path: Path, spool: Spool, state: StateStore, now: dt.datetime, csv_id: int | None = None
+) -> Taken | None:
     """Parse ``processing/<name>`` and record its rows; None if the file was rejected as a whole
-    (it is then in ``failed/`` with an ``.error.txt``)."""
+    (it is then in ``failed/`` with an ``.error.txt``).
+
+    The file is recorded (``StateStore.begin_csv``) *before* it is parsed, so that a crash
+    while parsing or recording counts against it at the next start (``daemon.recovery``);
+    ``csv_id`` is that record when recovery takes the file again. A file rejected as a whole,
+    or an exception (a bug, set aside by the caller), forgets the record again."""
+    if csv_id is None:
+        csv_id = state.begin_csv(path.name, path.name, now)
     try:
-        data = files.read_regular(path)
-        parsed = csvfile.parse(data)
-    except CsvFileError as exc:
-        spool.reject_unusable(path, f"{path.name}: {exc}")
-        log.warning("csv_rejected", file=path.name, error=str(exc))
-        return None
-    except OSError as exc:
-        spool.reject_unusable(path, f"{path.name}: cannot be read: {exc.strerror}")
-        log.warning("csv_rejected", file=path.name, error=exc.strerror)
-        return None
-    good = [(new_request_id(path.name, r.row), r) for r in parsed.requests]
-    bad = [(new_request_id(path.name, e.row), e) for e in parsed.errors]
-    csv_id = state.add_csv(
-        path.name,
-        path.name,
-        now,
-        good,
-        [(rid, e.row, e.title, row_error_json(e)) for rid, e in bad],
-    )
+        try:
+            data = files.read_regular(path)
+            parsed = csvfile.parse(data)
+        except CsvFileError as exc:
+            spool.reject_unusable(path, f"{path.name}: {exc}")
+            log.warning("csv_rejected", file=path.name, error=str(exc))
+            state.discard_csv(csv_id)
+            return None
+        except OSError as exc:
+            spool.reject_unusable(path, f"{path.name}: cannot be read: {exc.strerror}")
+            log.warning("csv_rejected", file=path.name, error=exc.strerror)
+            state.discard_csv(csv_id)
+            return None
+        good = [(new_request_id(path.name, r.row), r) for r in parsed.requests]
+        bad = [(new_request_id(path.name, e.row), e) for e in parsed.errors]
+        state.add_csv(
+            path.name,
+            path.name,
+            now,
+            good,
+            [(rid, e.row, e.title, row_error_json(e)) for rid, e in bad],
+            csv_id=csv_id,
+        )
+    except Exception:
+        # A bug (or a full disk): the caller sets the file aside; the record must not stay
+        # behind as a crash to count. The state store's own failure stops the daemon anyway.
+        with contextlib.suppress(StateError):
+            state.discard_csv(csv_id)
+        raise
     log.info("csv_taken", file=path.name, csv_id=csv_id, queued=len(good), rejected=len(bad),
              warnings=list(parsed.warnings), encoding=parsed.encoding)  # fmt: skip
     for e in parsed.errors:
@@ -126,8 +146,11 @@ def complete_if_finished(
     if state.unfinished_count(csv_id):
         return False
     doc = summary(state, csv_id)
-    outbox.write_summary(record.name, doc)
     path = spool.processing / record.name
+    links = hard_links(path)
+    if links > 1:
+        doc["warnings"] = [hard_link_warning(record.name, links)]
+    outbox.write_summary(record.name, doc)
     if path.exists():
         try:
             spool.finish(path, ok=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from legacyflo_daemon.model import Account, DateRange, JobType, Request, Secret, Status
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Messages a destination stored altered (readback): the stored identity stands for the source's
 # in every later comparison of that destination folder, by any request (no re-append).
@@ -56,6 +56,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE failures ADD COLUMN kind TEXT NOT NULL DEFAULT 'failed'",
         ALTERED_TABLE,
     ),
+    4: ("ALTER TABLE csv_files ADD COLUMN crash_mark INTEGER NOT NULL DEFAULT 0",),
 }
 
 SCHEMA = (
@@ -69,7 +70,8 @@ CREATE TABLE IF NOT EXISTS csv_files (
     finished_at TEXT,
     crashes INTEGER NOT NULL DEFAULT 0,
     summary TEXT,                    -- JSON, once finished
-    loaded INTEGER NOT NULL DEFAULT 1  -- 0 while its rows are being recorded (see add_csv)
+    loaded INTEGER NOT NULL DEFAULT 1,  -- 0 while it is parsed and recorded (see add_csv)
+    crash_mark INTEGER NOT NULL DEFAULT 0  -- progress_mark at its last counted crash
 );
 CREATE TABLE IF NOT EXISTS requests (
     id TEXT PRIMARY KEY,

@@ -27,7 +27,9 @@ Must not: do network I/O or know spool paths.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -35,9 +37,10 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from legacyflo_daemon.errors import StateError
+from legacyflo_daemon.errors import StateError, StateUnusable
 from legacyflo_daemon.model import MessageFailure, Request, Status
 from legacyflo_daemon.runtime.bulk import let_loop_run
+from legacyflo_daemon.runtime.files import ensure_private_dir
 from legacyflo_daemon.runtime.secrets import scrub_text
 from legacyflo_daemon.state.schema import (
     MIGRATIONS,
@@ -69,14 +72,86 @@ def _statements(script: str) -> list[str]:
     return out
 
 
+_FULL = {"SQLITE_FULL"}
+_DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+
+
+def state_error(path: Path, exc: sqlite3.Error, doing: str = "") -> StateError:
+    """The ``StateError`` for ``exc``: ``StateUnusable`` (one line saying what to do) when the
+    store cannot be used at all — damaged, disk full, an I/O error — else a plain one."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    base = "_".join(name.split("_")[:2])  # SQLITE_IOERR_WRITE -> SQLITE_IOERR
+    where = f"{path}: {doing}: " if doing else f"{path}: "
+    if base in _FULL or "disk is full" in str(exc) or (base == "SQLITE_IOERR" and _no_space(path)):
+        return StateUnusable(
+            f"{where}the disk is full ({exc}); nothing was lost: free space on the file system "
+            f"holding {path.parent}, then start the daemon again"
+        )
+    if base in _DAMAGED or "malformed" in str(exc) or "not a database" in str(exc):
+        return damaged(path, str(exc))
+    if base == "SQLITE_IOERR":
+        return StateUnusable(
+            f"{where}I/O error ({exc}); check the disk and the file system holding it "
+            "(dmesg), then start the daemon again"
+        )
+    return StateError(f"{where}{exc}")
+
+
+def _no_space(path: Path) -> bool:
+    """Whether the file system of ``path`` is (nearly) full: SQLite reports a full disk met
+    while growing its shared-memory file as an I/O error."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
+
+
+def damaged(path: Path, detail: str) -> StateUnusable:
+    return StateUnusable(
+        f"{path}: the state store is damaged ({detail}); stop every legacyflo-daemon, keep a copy "
+        "of it (with its -wal file), then restore it from a backup, or move it aside to start "
+        "with an empty one and submit the CSVs of processing/ again (a re-run copies only "
+        "what is missing)"
+    )
+
+
+def _private_files(path: Path) -> None:
+    """The state store's directory (0700 when created) and files (0600) private to us,
+    whatever the umask: the store holds passwords. SQLite creates ``-wal`` and ``-shm`` with
+    the database file's mode, so the file is created 0600 *before* SQLite opens it; files of an
+    older install are made 0600 too."""
+    ensure_private_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        with suppress(FileNotFoundError):
+            os.chmod(path.with_name(path.name + suffix), 0o600)
+
+
 class StateStore:
     """One SQLite database; safe to call from the event loop and from worker threads."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, verify: bool = False) -> None:
+        """Open (or create) the store at ``path`` and bring its schema up to date.
+
+        ``verify``: run ``PRAGMA quick_check`` first, before anything is written (the daemon's
+        start); a damaged store raises ``StateUnusable`` and is left exactly as it was."""
         self.path = path
         self._lock = threading.RLock()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _private_files(path)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise StateUnusable(
+                    f"{path}: cannot create the state store: the disk is full; free space on "
+                    f"the file system holding {path.parent}, then start the daemon again"
+                ) from exc
+            raise StateError(f"{path}: cannot create the state store: {exc.strerror}") from exc
+        try:
             self._db = sqlite3.connect(
                 path, isolation_level=None, timeout=10.0, check_same_thread=False
             )
@@ -85,11 +160,18 @@ class StateStore:
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise state_error(path, exc, "cannot open the state store") from exc
+        try:
+            if verify:
+                self.verify()
             self._migrate()
         except sqlite3.Error as exc:
-            raise StateError(f"{path}: cannot open the state store: {exc}") from exc
-        with suppress(OSError):
-            path.chmod(0o600)
+            self._db.close()
+            raise state_error(path, exc, "cannot open the state store") from exc
+        except BaseException:
+            self._db.close()
+            raise
 
     def _migrate(self) -> None:
         row = None
@@ -118,6 +200,27 @@ class StateStore:
                 (str(SCHEMA_VERSION),),
             )
 
+    def verify(self) -> None:
+        """``PRAGMA quick_check``: raises ``StateUnusable`` (saying what to do) when the store is
+        damaged. The daemon calls it at start, before it trusts anything the store says."""
+        try:
+            rows = self._all("PRAGMA quick_check")
+        except StateUnusable:
+            raise
+        except StateError as exc:
+            raise damaged(self.path, str(exc).removeprefix(f"{self.path}: ")) from exc
+        # One row may hold many lines; the first names the problem, the count tells its extent.
+        problems = [
+            line
+            for r in rows
+            if r[0] != "ok"
+            for line in str(r[0]).splitlines()
+            if line.strip() and not line.startswith("***")
+        ]
+        if problems:
+            more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+            raise damaged(self.path, f"quick_check: {problems[0]}{more}")
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -134,14 +237,14 @@ class StateStore:
                     raise
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise StateError(f"{self.path}: {exc}") from exc
+                raise state_error(self.path, exc) from exc
 
     def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:
                 return self._db.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
-                raise StateError(f"{self.path}: {exc}") from exc
+                raise state_error(self.path, exc) from exc
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
         rows = self._all(sql, params)
@@ -156,8 +259,12 @@ class StateStore:
         now: dt.datetime,
         good: Sequence[tuple[str, Request]] = (),
         rejected: Sequence[tuple[str, int, str, Mapping[str, Any]]] = (),
+        *,
+        csv_id: int | None = None,
     ) -> int:
         """Record a claimed CSV and its rows; all or nothing, whatever happens in between.
+
+        ``csv_id``: the record ``begin_csv`` made before parsing (else one is made here).
 
         ``good``: (request_id, request) queued with their passwords; ``rejected``: (request_id,
         row, title, row_error_json) recorded as ``rejected`` at once. The rows are written
@@ -165,13 +272,8 @@ class StateStore:
         call from a worker thread holds the lock for one chunk at a time; a crash in between
         leaves a record that ``discard_unloaded`` removes at the next start.
         """
+        csv_id = self.begin_csv(name, original, now) if csv_id is None else csv_id
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO csv_files(name, original, claimed_at, loaded) VALUES (?, ?, ?, 0)",
-                (name, original, iso(now)),
-            )
-            assert cur.lastrowid is not None
-            csv_id = cur.lastrowid
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM requests").fetchone()[0]
         rows = [self._queued_row(rid, req, now) for rid, req in good]
         rows += [self._rejected_row(*rej, now) for rej in rejected]
@@ -230,10 +332,64 @@ class StateStore:
         return self._csv(row)
 
     def record_crash(self, csv_id: int) -> int:
-        """Count one more daemon crash while ``csv_id`` was being processed; returns the count."""
+        """Count one more daemon crash while ``csv_id`` was being processed; returns the count.
+
+        Only a crash *without progress* counts: when the CSV's ``progress_mark`` grew since the
+        last crash was counted, the count starts again at 0 (the work goes forward, the crashes
+        are not the CSV's doing), and the new mark is kept. So ``max_crashes`` poisons a CSV
+        that keeps taking the daemon down without getting anywhere."""
+        mark = self.progress_mark(csv_id)
         with self._tx() as db:
-            db.execute("UPDATE csv_files SET crashes = crashes + 1 WHERE id = ?", (csv_id,))
+            db.execute(
+                "UPDATE csv_files SET crashes = CASE WHEN ? > crash_mark THEN 0"
+                " ELSE crashes + 1 END, crash_mark = MAX(crash_mark, ?) WHERE id = ?",
+                (mark, mark, csv_id),
+            )
         return self.csv(csv_id).crashes
+
+    def progress_mark(self, csv_id: int) -> int:
+        """A number that grows whenever the CSV's work goes forward, across restarts: its
+        finished requests, plus per folder checkpoint the messages found on the destination
+        (copied + already present, both cumulative across runs) and whether it is done."""
+        row = self._one(
+            "SELECT (SELECT COUNT(*) FROM requests WHERE csv_id = ? AND status NOT IN (?, ?))"
+            " + (SELECT COALESCE(SUM(f.done"
+            "   + COALESCE(json_extract(f.counts, '$.copied'), 0)"
+            "   + COALESCE(json_extract(f.counts, '$.already_present'), 0)), 0)"
+            "   FROM folders f JOIN requests r ON r.id = f.request_id WHERE r.csv_id = ?)",
+            (csv_id, *UNFINISHED, csv_id),
+        )
+        return int(row[0]) if row is not None else 0
+
+    def begin_csv(self, name: str, original: str, now: dt.datetime) -> int:
+        """Record a claimed CSV *before* it is parsed (``loaded = 0``): a crash while it is
+        parsed or recorded then counts against it (``unloaded_csvs`` at the next start), so a
+        file that crashes the parser is set aside after ``max_crashes`` instead of looping."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO csv_files(name, original, claimed_at, loaded) VALUES (?, ?, ?, 0)",
+                (name, original, iso(now)),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    def unloaded_csvs(self) -> list[CsvRecord]:
+        """Records a crash left while their file was parsed or recorded (``begin_csv``)."""
+        rows = self._all("SELECT * FROM csv_files WHERE loaded = 0 ORDER BY id")
+        return [self._csv(r) for r in rows]
+
+    def clear_rows(self, csv_id: int) -> None:
+        """Remove the rows an interrupted recording of ``csv_id`` left (the record stays, with
+        its crash count, for the file to be recorded again)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM requests WHERE csv_id = ?", (csv_id,))
+
+    def discard_csv(self, csv_id: int) -> None:
+        """Forget a record that never finished loading, with its rows (its file was rejected
+        as a whole or set aside)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM requests WHERE csv_id = ?", (csv_id,))
+            db.execute("DELETE FROM csv_files WHERE id = ? AND loaded = 0", (csv_id,))
 
     def finish_csv(self, csv_id: int, summary: Mapping[str, Any], now: dt.datetime) -> None:
         with self._tx() as db:
@@ -398,7 +554,7 @@ class StateStore:
                     self._db.execute("PRAGMA busy_timeout = 0")
                 row = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             except sqlite3.Error as exc:
-                raise StateError(f"{self.path}: {exc}") from exc
+                raise state_error(self.path, exc) from exc
             finally:
                 self._db.execute("PRAGMA busy_timeout = 10000")
         return row is not None and row[0] == 0

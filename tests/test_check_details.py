@@ -143,3 +143,28 @@ def test_the_default_ports_and_a_long_title_fit_80_columns(
     assert "archive.example port 143 (imap.dest_port)" in text
     assert " ".join(title.split()) in " ".join(text.split())  # wrapped, not cut
     assert "P-1" not in text and "P-2" not in text
+
+
+@pytest.mark.parametrize("content", [b"not a certificate\n", b""])
+def test_a_ca_file_that_is_not_a_certificate_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes
+) -> None:
+    bad = tmp_path / "ca.pem"
+    bad.write_bytes(content)
+    rows = (
+        "IMAP,T,ann,dest.example,P-1,archive.example,Data,,"
+        "ann,src.example,P-2,mail.src.example,,,\n"
+    )
+    config = write_config(tmp_path, bad)
+    path = tmp_path / "req.csv"
+    path.write_text(HEADER + rows)
+    for extra in ([], ["--connect"]):
+        assert cli.main(["--config", str(config), "check", *extra, str(path)]) == 2
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert "Traceback" not in err and err.count("\n") == 1
+        assert err == (
+            f"legacyflo-daemon: {bad}: not a usable CA certificate file "
+            '(hosts."mail.src.example".ca_file: no certificate or crl found); '
+            "give the PEM file of the CA that signed the server's certificate\n"
+        )

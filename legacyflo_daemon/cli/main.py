@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from legacyflo_daemon import __version__
-from legacyflo_daemon.cli import describe
+from legacyflo_daemon.cli import cafiles, describe
 from legacyflo_daemon.config.load import load_config
 from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.errors import CsvFileError, LegacyfloError
@@ -120,6 +120,10 @@ def _parse(data: bytes, name: str) -> ParseResult:
 def cmd_check(args: argparse.Namespace, config: Config) -> int:
     data, name = _read_csv(args.file)
     result = _parse(data, name)
+    try:
+        cafiles.check_ca_files(result.requests, config)
+    except cafiles.CaFileError as exc:
+        raise _Fail(str(exc)) from None
     sys.stdout.write(render_check(result))
     sys.stdout.write(describe.render_details(result.requests, config))
     failed_login = False

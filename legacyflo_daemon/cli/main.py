@@ -126,14 +126,21 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
         raise _Fail(str(exc)) from None
     sys.stdout.write(render_check(result))
     sys.stdout.write(describe.render_details(result.requests, config))
-    failed_login = False
-    if args.connect and result.requests:
-        from legacyflo_daemon.cli import preflight
+    failed = False
+    if (args.connect or args.sizes) and result.requests:
+        from legacyflo_daemon.cli import dryrun, preflight
 
-        verdicts = asyncio.run(preflight.check_logins(result.requests, config))
+        verdicts, surveys = asyncio.run(
+            preflight.check_requests(result.requests, config, sizes=args.sizes)
+        )
         sys.stdout.write(preflight.render(verdicts))
-        failed_login = any(v.error is not None for v in verdicts)
-    return BAD_ROWS if result.errors or failed_login else OK
+        failed = any(v.error is not None for v in verdicts)
+        if args.sizes:
+            sys.stdout.write(dryrun.render(surveys, args.rate, config.daemon.max_jobs))
+            failed = failed or any(
+                s.error is not None or any(f.error is not None for f in s.folders) for s in surveys
+            )
+    return BAD_ROWS if result.errors or failed else OK
 
 
 def cmd_submit(args: argparse.Namespace, config: Config) -> int:
@@ -183,6 +190,20 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
 
 # -- parser -----------------------------------------------------------------------------------
 
+# cli.dryrun.ASSUMED_MB_PER_SECOND; repeated so that `check` without --sizes does not import the
+# IMAP code (a test checks they are equal).
+DEFAULT_RATE = 5.0
+
+
+def _positive_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of MB/s, got {text!r}")
+    return value
+
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -220,9 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="validate a request CSV offline",
         description="Validate a request CSV: one verdict per row (OK with a summary, or BAD "
-        "with the field and the fix), then the warnings. Offline unless --connect is given.",
+        "with the field and the fix), the warnings, then every value the daemon will use for "
+        "each good row (servers, ports, TLS, folder, dates; passwords masked). Offline unless "
+        "--connect or --sizes is given.",
         epilog="Exit codes: 0 every row is OK, 1 some row is BAD (or, with --connect, a login "
-        "failed), 2 the file cannot be used.",
+        "failed; with --sizes, something could not be read), 2 the file cannot be used.",
     )
     check.add_argument("file", metavar="FILE.csv", help="the CSV file ('-' reads stdin)")
     check.add_argument(
@@ -230,6 +253,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also log in once to every source and destination account (pre-flight); "
         "exit 1 if a login fails",
+    )
+    check.add_argument(
+        "--sizes",
+        action="store_true",
+        help="the dry run (implies --connect): per account, the source folders that would be "
+        "copied with their messages and bytes in the date range, the folders skipped and why, "
+        "and an estimated duration; reads the source read-only (EXAMINE) and writes nothing; "
+        "exit 1 if something could not be read",
+    )
+    check.add_argument(
+        "--rate",
+        metavar="MB/S",
+        type=_positive_rate,
+        default=DEFAULT_RATE,
+        help=f"copy rate per request assumed by --sizes for the estimate (default {DEFAULT_RATE:g}"
+        "; MB = 10^6 bytes)",
     )
     check.set_defaults(handler=cmd_check)
 

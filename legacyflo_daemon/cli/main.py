@@ -7,7 +7,8 @@ traceback. Argument errors are argparse's (exit 2).
 Must not: hold daemon logic. ``run`` and ``status`` hand over to ``daemon.app`` and
 ``cli.status``, imported only when used (``check`` starts fast and needs neither).
 
-``submit`` drops the file even when some rows are bad (the daemon rejects those rows and reports
+``submit`` drops the file (``cli.drop``: readable by the daemon, or refused) even when some
+rows are bad (the daemon rejects those rows and reports
 each to its requester, exactly as for a file copied into ``incoming/`` by hand); it refuses, and
 writes nothing, only a file the daemon would reject as a whole or one without any request row.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import os
 import re
 import sys
@@ -24,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from legacyflo_daemon import __version__
-from legacyflo_daemon.cli import cafiles, describe
+from legacyflo_daemon.cli import cafiles, describe, drop
 from legacyflo_daemon.config.load import load_config
 from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.errors import CsvFileError, LegacyfloError
@@ -100,6 +102,16 @@ def drop_name(source_name: str) -> str:
 # -- commands ---------------------------------------------------------------------------------
 
 
+# What to do about a CSV that cannot be read, by errno (read_regular's refusals included).
+_READ_HINTS = {
+    errno.ENOENT: "check the file name",
+    errno.EACCES: "you may not read it: ls -l shows its owner and mode",
+    errno.EISDIR: "give a file, not a directory",
+    errno.EINVAL: "give a regular file (not a directory, FIFO or device)",
+    errno.ELOOP: "a symbolic link is refused: give the file it points to",
+}
+
+
 def _read_csv(path: str) -> tuple[bytes, str]:
     """The bytes of ``path`` (``-``: stdin) and the name to show in messages."""
     if path == "-":
@@ -107,7 +119,8 @@ def _read_csv(path: str) -> tuple[bytes, str]:
     try:
         return files.read_regular(Path(path)), path
     except OSError as exc:
-        raise _Fail(f"{path}: cannot read: {exc.strerror or exc}") from None
+        hint = _READ_HINTS.get(exc.errno or 0, "check the path and its permissions")
+        raise _Fail(f"{path}: cannot read: {exc.strerror or exc}; {hint}") from None
 
 
 def _parse(data: bytes, name: str) -> ParseResult:
@@ -150,16 +163,29 @@ def cmd_submit(args: argparse.Namespace, config: Config) -> int:
     if not result.requests and not result.errors:
         raise _Fail(f"{name}: nothing submitted: the file has no request rows")
     spool = Spool(config.daemon.spool)
-    if not spool.incoming.is_dir():
+    try:
+        is_dir = spool.incoming.is_dir()
+    except OSError as exc:  # EACCES on the way: pathlib's is_dir() swallows only "missing"
         raise _Fail(
-            f"{spool.incoming}: no such directory; is this the daemon's spool? "
-            "(give the daemon's config with --config)"
+            f"{spool.incoming}: cannot enter: {exc.strerror or exc}; "
+            f"{drop.cannot_write_hint(spool.incoming, exc)}"
+        ) from None
+    if not is_dir:
+        raise _Fail(
+            f"{spool.incoming}: no such directory: the spool is created by the daemon's first "
+            "start (legacyflo-daemon run), or create it; is this the daemon's spool? (give "
+            "the daemon's config with --config)"
         )
     try:
         name_in_spool = drop_name("request.csv" if args.file == "-" else args.file)
-        target = files.write_new(spool.incoming, name_in_spool, data, 0o600)
+        target = drop.drop(spool.incoming, name_in_spool, data)
+    except drop.DropRefused as exc:
+        raise _Fail(str(exc)) from None
     except OSError as exc:
-        raise _Fail(f"{spool.incoming}: cannot write: {exc.strerror or exc}") from None
+        raise _Fail(
+            f"{spool.incoming}: cannot write: {exc.strerror or exc}; "
+            f"{drop.cannot_write_hint(spool.incoming, exc)}"
+        ) from None
     print(f"Submitted as {target}")
     if result.errors:
         print(
@@ -276,8 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
         "submit",
         parents=[common],
         help="check a request CSV and drop it into the spool",
-        description="Check a request CSV like 'check', then drop it atomically (mode 0600) into "
-        "<spool>/incoming/ as <name>.csv (made unique if the name is taken). A file with some "
+        description="Check a request CSV like 'check', then drop it atomically into "
+        "<spool>/incoming/ as <name>.csv (made unique if the name is taken), readable by the "
+        "daemon: mode 0600 for the daemon's user (root hands it over), 0640 in the spool's "
+        "group for another member of that group; refused when the daemon could not read it. "
+        "A file with some "
         "bad rows is submitted (those rows are rejected and reported by the daemon); a file "
         "rejected as a whole is not.",
         epilog="Exit codes: 0 submitted, 1 submitted but some rows are BAD, 2 not submitted.",

@@ -1,4 +1,5 @@
-"""The ``legacyflo-daemon`` command line: ``run``, ``check``, ``submit``, ``status``.
+"""The ``legacyflo-daemon`` command line: ``run``, ``check``, ``submit``, ``status``,
+``example-config``, ``example-unit``.
 
 Owns: argument parsing, exit codes, and the human output of ``check``/``submit``.
 Exit codes: 0 all good; 1 a CSV has bad rows; 2 the command could not do its job (bad config,
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from legacyflo_daemon import __version__
-from legacyflo_daemon.cli import cafiles, describe, drop
+from legacyflo_daemon.cli import cafiles, describe, drop, examples
 from legacyflo_daemon.config.load import load_config
 from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.errors import CsvFileError, LegacyfloError
@@ -196,6 +197,16 @@ def cmd_submit(args: argparse.Namespace, config: Config) -> int:
     return OK
 
 
+def cmd_example_config(args: argparse.Namespace, config: Config | None) -> int:
+    sys.stdout.write(examples.example_config(production=args.production))
+    return OK
+
+
+def cmd_example_unit(args: argparse.Namespace, config: Config | None) -> int:
+    sys.stdout.write(examples.example_unit(args.kind))
+    return OK
+
+
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     from legacyflo_daemon.runtime.log import configure_logging
 
@@ -314,6 +325,45 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("file", metavar="FILE.csv", help="the CSV file ('-' reads stdin)")
     submit.set_defaults(handler=cmd_submit)
 
+    example = sub.add_parser(
+        "example-config",
+        parents=[common],
+        help="print the example configuration",
+        description="Print config.example.toml (every key with its default and meaning). "
+        "With --production the spool is /var/spool/legacyflo, the directory the systemd files "
+        "set up: the default 'spool' is relative to the config's directory, which /etc is not "
+        "a place for.",
+        epilog="e.g. legacyflo-daemon example-config --production > /etc/legacyflo/config.toml",
+    )
+    example.add_argument(
+        "--production", action="store_true", help="with the production spool /var/spool/legacyflo"
+    )
+    example.set_defaults(handler=cmd_example_config, needs_config=False)
+
+    unit = sub.add_parser(
+        "example-unit",
+        parents=[common],
+        help="print a systemd file (service, sysusers, tmpfiles)",
+        description="Print one of the systemd files shipped with the program:\n"
+        "  service   the unit (Type=notify, watchdog, sandbox, user legacyflo)\n"
+        "  sysusers  the sysusers.d file: system user and group legacyflo\n"
+        "  tmpfiles  the tmpfiles.d file: the spool and /etc/legacyflo",
+        epilog="Install as:\n"
+        + "\n".join(
+            f"  legacyflo-daemon example-unit {kind} > {target}"
+            for kind, target in examples.UNIT_TARGETS.items()
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    unit.add_argument(
+        "kind",
+        nargs="?",
+        default="service",
+        choices=sorted(examples.UNIT_TARGETS),
+        help="which file (default: service)",
+    )
+    unit.set_defaults(handler=cmd_example_unit, needs_config=False)
+
     status = sub.add_parser(
         "status",
         parents=[common],
@@ -334,8 +384,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else FAILED
     _tolerate_unencodable_output()
     try:
-        config_path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or None
-        config = load_config(Path(config_path) if config_path else None)
+        config: Config | None = None
+        if getattr(args, "needs_config", True):  # the example-* commands print files only
+            config_path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or None
+            config = load_config(Path(config_path) if config_path else None)
         code: int = args.handler(args, config)
         return code
     except (_Fail, LegacyfloError) as exc:  # ConfigError, StateError, SpoolError, ...

@@ -109,3 +109,20 @@ def test_the_wheel_holds_the_examples(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         for source, copy in PACKAGED.items():
             assert zf.read(copy) == (ROOT / source).read_bytes(), copy
+
+
+def test_the_readme_installs_each_file_where_the_help_says() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Installing for production") :]
+    section = section[: section.index("\n## ", 1)]
+    for kind, target in examples.UNIT_TARGETS.items():
+        assert f"legacyflo-daemon example-unit {kind} > {target}" in section
+    exec_start = next(
+        line
+        for line in examples.example_unit("service").splitlines()
+        if line.startswith("ExecStart=")
+    )
+    program = exec_start.removeprefix("ExecStart=").split()[0]
+    assert f"ln -sf /opt/legacyflo-daemon/bin/legacyflo-daemon {program}\n" in section
+    assert "example-config --production > /etc/legacyflo/config.toml" in section
+    assert "--config /etc/legacyflo/config.toml" in exec_start

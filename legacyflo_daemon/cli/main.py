@@ -1,5 +1,4 @@
-"""The ``legacyflo-daemon`` command line: ``run``, ``check``, ``submit``, ``status``,
-``example-config``, ``example-unit``.
+"""The ``legacyflo-daemon`` command line: ``run``, ``check``, ``submit``, ``status``.
 
 Owns: argument parsing, exit codes, and the human output of ``check``/``submit``.
 Exit codes: 0 all good; 1 a CSV has bad rows; 2 the command could not do its job (bad config,
@@ -7,6 +6,8 @@ unreadable file, a CSV rejected as a whole, no spool) — always one line on std
 traceback. Argument errors are argparse's (exit 2).
 Must not: hold daemon logic. ``run`` and ``status`` hand over to ``daemon.app`` and
 ``cli.status``, imported only when used (``check`` starts fast and needs neither).
+``example-config`` and ``example-unit`` print the files a production install starts from
+(``cli.examples``); they need no config, so none is loaded for them.
 
 ``submit`` drops the file (``cli.drop``: readable by the daemon, or refused) even when some
 rows are bad (the daemon rejects those rows and reports

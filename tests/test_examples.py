@@ -1,5 +1,5 @@
 """``example-config``/``example-unit``: the installed program prints the checkout's files (the
-packaged copies are identical and really in the wheel), and the production config puts the
+package holds links to them, and the wheel their content), and the production config puts the
 spool where the systemd files make it writable."""
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ PACKAGED = {
 }
 
 
-@pytest.mark.parametrize(("source", "copy"), sorted(PACKAGED.items()))
-def test_the_packaged_copy_is_identical(source: str, copy: str) -> None:
-    assert (ROOT / copy).read_bytes() == (ROOT / source).read_bytes(), (
-        f"copy {source} to {copy} (the installed program prints the copy)"
-    )
+@pytest.mark.parametrize(("source", "packaged"), sorted(PACKAGED.items()))
+def test_the_packaged_file_is_a_link_to_the_checkouts(source: str, packaged: str) -> None:
+    """One file, two names: an edit of the checkout's file is what the program prints."""
+    path = ROOT / packaged
+    assert path.is_symlink(), f"{packaged} must be a symbolic link to {source}"
+    assert path.resolve() == (ROOT / source).resolve()
 
 
 def test_every_systemd_file_is_packaged() -> None:
@@ -83,16 +84,17 @@ def test_the_production_config_has_the_spool_the_systemd_files_set_up(
 
 @pytest.mark.slow
 def test_the_wheel_holds_the_examples(tmp_path: Path) -> None:
-    """Build the wheel from a copy of the sources (the checkout stays clean) and read it."""
+    """Build the wheel from a copy of the sources, links kept as links (the checkout stays
+    clean), and read it: the links' targets are in it."""
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    for name in ("pyproject.toml", "README.md", "LICENSE", "config.example.toml"):
         shutil.copy(ROOT / name, src / name)
-    shutil.copytree(
-        ROOT / "legacyflo_daemon",
-        src / "legacyflo_daemon",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
+    for name in ("legacyflo_daemon", "systemd"):
+        shutil.copytree(
+            ROOT / name, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    assert (src / PACKAGED["config.example.toml"]).is_symlink()
     out = tmp_path / "wheel"
     build = subprocess.run(
         [

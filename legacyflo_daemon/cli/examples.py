@@ -1,9 +1,9 @@
 """``example-config`` and ``example-unit``: the files a production install starts from, printed
 by the installed program (no source checkout needed).
 
-Owns: reading them from the package (``legacyflo_daemon/data/``: copies of the checkout's
-``config.example.toml`` and ``systemd/*``, kept identical by tests/test_examples.py) and the one
-production change of the example config.
+Owns: reading them from the package (``legacyflo_daemon/data/``: symbolic links to the
+checkout's ``config.example.toml`` and ``systemd/*``, so there is one file to edit; the sdist
+and the wheel hold their content) and the one production change of the example config.
 Decision (relative spool): the example's ``spool = "spool"`` is its default, relative to the
 config file's directory; for a config in ``/etc/legacyflo/`` that would be
 ``/etc/legacyflo/spool``, read-only under the unit's ``ProtectSystem=strict``. So

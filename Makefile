@@ -6,9 +6,11 @@
 #               unpacked into .servers/ by testkit/install-servers.sh (see there).
 #   make demo   start two local IMAP servers, drop a sample CSV, run the daemon, show the results.
 #   make bench  the performance benchmark (not part of the test suite).
+#   make wheel  the installable wheel in dist/ (see README.md "Installing for production").
 #
 # Nothing is ever installed into the system Python: every Python package goes into .venv
-# (PYTHON names the interpreter that creates it).
+# (PYTHON names the interpreter that creates it), and every target runs .venv's interpreter
+# and tools, never the system ones; PYTHON is used only to create .venv.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -16,7 +18,7 @@ SERVERS_DIR := .servers
 APT_PACKAGES := dovecot-imapd openssl systemd procps
 SOURCES := legacyflo_daemon tests testkit bench demo
 
-.PHONY: test deps venv lint typecheck imports pytest demo bench
+.PHONY: test deps venv lint typecheck imports pytest demo bench wheel
 
 test: deps lint typecheck imports pytest
 
@@ -51,3 +53,8 @@ demo: deps
 bench: deps
 	$(PY) -m bench.bench_check
 	$(PY) -m bench.bench_copy
+
+# --no-build-isolation: build with .venv's setuptools (from '.[test]'), nothing fetched.
+wheel: venv
+	$(PY) -m pip install --quiet --disable-pip-version-check 'setuptools>=70.1'
+	$(PY) -m pip wheel --no-deps --no-build-isolation --disable-pip-version-check -w dist .

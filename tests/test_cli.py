@@ -205,7 +205,10 @@ def test_config_may_follow_the_command_and_come_from_the_environment(
     assert "daemon.max_jobs" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["check"], ["submit"], ["status"]])
+@pytest.mark.parametrize(
+    "command",
+    [[], ["run"], ["check"], ["submit"], ["status"], ["example-config"], ["example-unit"]],
+)
 def test_help_for_every_command(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([*command, "--help"]) == 0
     out = capsys.readouterr().out

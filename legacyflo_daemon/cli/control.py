@@ -94,12 +94,14 @@ def _rows_by_line(data: bytes, encoding: str) -> tuple[list[str], dict[int, list
     return header, rows
 
 
-def retry_csv(data: bytes, store: StateStore) -> tuple[bytes | None, int, int]:
+def retry_csv(
+    data: bytes, store: StateStore, limits: csvfile.Limits = csvfile.DEFAULT_LIMITS
+) -> tuple[bytes | None, int, int]:
     """``data`` with only its rows that did not succeed: (new file or None when nothing is
     left, rows kept, rows left out because they succeeded). Rows the reader rejects are kept:
     the daemon rejects them again, each with its reason, as for any drop."""
     try:
-        parsed = csvfile.parse(data)
+        parsed = csvfile.parse(data, limits)
     except CsvFileError as exc:
         raise ControlError(f"rejected as a whole: {exc}") from None
     latest: dict[str, tuple[int, Status]] = {}
@@ -132,7 +134,7 @@ def retry(cfg: Config, path: str, drop_name: str) -> str:
         raise ControlError(f"{path}: cannot read: {exc.strerror or exc}") from None
     store = _store(cfg)
     try:
-        new, kept, done = retry_csv(data, store)
+        new, kept, done = retry_csv(data, store, csvfile.Limits.of(cfg.csv))
     finally:
         store.close()
     if new is None:

@@ -7,8 +7,11 @@ unreadable file, a CSV rejected as a whole, no spool) — always one line on std
 traceback. Argument errors are argparse's (exit 2).
 Must not: hold daemon logic. ``run`` and ``status`` hand over to ``daemon.app`` and
 ``cli.status``, imported only when used (``check`` starts fast and needs neither).
+``example-config`` and ``example-unit`` print the files a production install starts from
+(``cli.examples``); they need no config, so none is loaded for them.
 
-``submit`` drops the file even when some rows are bad (the daemon rejects those rows and reports
+``submit`` drops the file (``cli.drop``: readable by the daemon, or refused) even when some
+rows are bad (the daemon rejects those rows and reports
 each to its requester, exactly as for a file copied into ``incoming/`` by hand); it refuses, and
 writes nothing, only a file the daemon would reject as a whole or one without any request row.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import os
 import re
 import sys
@@ -25,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from legacyflo_daemon import __version__
+from legacyflo_daemon.cli import cafiles, describe, drop, examples
 from legacyflo_daemon.config.load import load_config
 from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.errors import CsvFileError, LegacyfloError, StateUnusable
@@ -104,6 +109,16 @@ def drop_name(source_name: str) -> str:
 # -- commands ---------------------------------------------------------------------------------
 
 
+# What to do about a CSV that cannot be read, by errno (read_regular's refusals included).
+_READ_HINTS = {
+    errno.ENOENT: "check the file name",
+    errno.EACCES: "you may not read it: ls -l shows its owner and mode",
+    errno.EISDIR: "give a file, not a directory",
+    errno.EINVAL: "give a regular file (not a directory, FIFO or device)",
+    errno.ELOOP: "a symbolic link is refused: give the file it points to",
+}
+
+
 def _read_csv(path: str) -> tuple[bytes, str]:
     """The bytes of ``path`` (``-``: stdin) and the name to show in messages."""
     if path == "-":
@@ -111,41 +126,63 @@ def _read_csv(path: str) -> tuple[bytes, str]:
     try:
         return files.read_regular(Path(path)), path
     except OSError as exc:
-        raise _Fail(f"{path}: cannot read: {exc.strerror or exc}") from None
+        hint = _READ_HINTS.get(exc.errno or 0, "check the path and its permissions")
+        raise _Fail(f"{path}: cannot read: {exc.strerror or exc}; {hint}") from None
 
 
-def _parse(data: bytes, name: str) -> ParseResult:
+def _parse(data: bytes, name: str, config: Config) -> ParseResult:
+    """``data`` parsed with the config's ``[csv]`` limits, as the daemon will parse it."""
     try:
-        return csvfile.parse(data)
+        return csvfile.parse(data, csvfile.Limits.of(config.csv))
     except CsvFileError as exc:
         raise _Fail(f"{name}: rejected as a whole: {exc}") from None
 
 
 def cmd_check(args: argparse.Namespace, config: Config) -> int:
     data, name = _read_csv(args.file)
-    result = _parse(data, name)
+    result = _parse(data, name, config)
+    try:
+        cafiles.check_ca_files(result.requests, config)
+    except cafiles.CaFileError as exc:
+        raise _Fail(str(exc)) from None
     sys.stdout.write(render_check(result))
-    failed_login = False
-    if args.connect and result.requests:
-        from legacyflo_daemon.cli import preflight
+    sys.stdout.write(describe.render_details(result.requests, config))
+    failed = False
+    if (args.connect or args.sizes) and result.requests:
+        from legacyflo_daemon.cli import dryrun, preflight
 
-        verdicts = asyncio.run(preflight.check_logins(result.requests, config))
+        verdicts, surveys = asyncio.run(
+            preflight.check_requests(result.requests, config, sizes=args.sizes)
+        )
         sys.stdout.write(preflight.render(verdicts))
-        failed_login = any(v.error is not None for v in verdicts)
-    return BAD_ROWS if result.errors or failed_login else OK
+        failed = any(v.error is not None for v in verdicts)
+        if args.sizes:
+            sys.stdout.write(dryrun.render(surveys, args.rate, config.daemon.max_jobs))
+            failed = failed or any(
+                s.error is not None or any(f.error is not None for f in s.folders) for s in surveys
+            )
+    return BAD_ROWS if result.errors or failed else OK
 
 
 def cmd_submit(args: argparse.Namespace, config: Config) -> int:
     data, name = _read_csv(args.file)
-    result = _parse(data, name)
+    result = _parse(data, name, config)
     sys.stdout.write(render_check(result))
     if not result.requests and not result.errors:
         raise _Fail(f"{name}: nothing submitted: the file has no request rows")
     spool = Spool(config.daemon.spool)
-    if not spool.incoming.is_dir():
+    try:
+        is_dir = spool.incoming.is_dir()
+    except OSError as exc:  # EACCES on the way: pathlib's is_dir() swallows only "missing"
         raise _Fail(
-            f"{spool.incoming}: no such directory; is this the daemon's spool? "
-            "(give the daemon's config with --config)"
+            f"{spool.incoming}: cannot enter: {exc.strerror or exc}; "
+            f"{drop.cannot_write_hint(spool.incoming, exc)}"
+        ) from None
+    if not is_dir:
+        raise _Fail(
+            f"{spool.incoming}: no such directory: the spool is created by the daemon's first "
+            "start (legacyflo-daemon run), or create it; is this the daemon's spool? (give "
+            "the daemon's config with --config)"
         )
     try:
         name_in_spool = drop_name("request.csv" if args.file == "-" else args.file)
@@ -153,9 +190,14 @@ def cmd_submit(args: argparse.Namespace, config: Config) -> int:
             # The daemon takes a drop only once its last line looks finished (docs/contract.md
             # §2.2), and this one is whole: a line break at its end changes no row.
             data += b"\r\n"
-        target = files.write_new(spool.incoming, name_in_spool, data, 0o600)
+        target = drop.drop(spool.incoming, name_in_spool, data)
+    except drop.DropRefused as exc:
+        raise _Fail(str(exc)) from None
     except OSError as exc:
-        raise _Fail(f"{spool.incoming}: cannot write: {exc.strerror or exc}") from None
+        raise _Fail(
+            f"{spool.incoming}: cannot write: {exc.strerror or exc}; "
+            f"{drop.cannot_write_hint(spool.incoming, exc)}"
+        ) from None
     print(f"Submitted as {target}")
     if result.errors:
         print(
@@ -163,6 +205,16 @@ def cmd_submit(args: argparse.Namespace, config: Config) -> int:
             file=sys.stderr,
         )
         return BAD_ROWS
+    return OK
+
+
+def cmd_example_config(args: argparse.Namespace, config: Config | None) -> int:
+    sys.stdout.write(examples.example_config(production=args.production))
+    return OK
+
+
+def cmd_example_unit(args: argparse.Namespace, config: Config | None) -> int:
+    sys.stdout.write(examples.example_unit(args.kind))
     return OK
 
 
@@ -196,6 +248,20 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
 
 
 # -- parser -----------------------------------------------------------------------------------
+
+# cli.dryrun.ASSUMED_MB_PER_SECOND; repeated so that `check` without --sizes does not import the
+# IMAP code (a test checks they are equal).
+DEFAULT_RATE = 5.0
+
+
+def _positive_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of MB/s, got {text!r}")
+    return value
 
 
 def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
@@ -247,9 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="validate a request CSV offline",
         description="Validate a request CSV: one verdict per row (OK with a summary, or BAD "
-        "with the field and the fix), then the warnings. Offline unless --connect is given.",
+        "with the field and the fix), the warnings, then every value the daemon will use for "
+        "each good row (servers, ports, TLS, folder, dates; passwords masked). Offline unless "
+        "--connect or --sizes is given.",
         epilog="Exit codes: 0 every row is OK, 1 some row is BAD (or, with --connect, a login "
-        "failed), 2 the file cannot be used.",
+        "failed; with --sizes, something could not be read), 2 the file cannot be used.",
     )
     check.add_argument("file", metavar="FILE.csv", help="the CSV file ('-' reads stdin)")
     check.add_argument(
@@ -258,20 +326,78 @@ def build_parser() -> argparse.ArgumentParser:
         help="also log in once to every source and destination account (pre-flight); "
         "exit 1 if a login fails",
     )
+    check.add_argument(
+        "--sizes",
+        action="store_true",
+        help="the dry run (implies --connect): per account, the source folders that would be "
+        "copied with their messages and bytes in the date range, the folders skipped and why, "
+        "and an estimated duration; reads the source read-only (EXAMINE) and writes nothing; "
+        "exit 1 if something could not be read",
+    )
+    check.add_argument(
+        "--rate",
+        metavar="MB/S",
+        type=_positive_rate,
+        default=DEFAULT_RATE,
+        help=f"copy rate per request assumed by --sizes for the estimate (default {DEFAULT_RATE:g}"
+        "; MB = 10^6 bytes)",
+    )
     check.set_defaults(handler=cmd_check)
 
     submit = sub.add_parser(
         "submit",
         parents=[common],
         help="check a request CSV and drop it into the spool",
-        description="Check a request CSV like 'check', then drop it atomically (mode 0600) into "
-        "<spool>/incoming/ as <name>.csv (made unique if the name is taken). A file with some "
+        description="Check a request CSV like 'check', then drop it atomically into "
+        "<spool>/incoming/ as <name>.csv (made unique if the name is taken), readable by the "
+        "daemon: mode 0600 for the daemon's user (root hands it over), 0640 in the spool's "
+        "group for another member of that group; refused when the daemon could not read it. "
+        "A file with some "
         "bad rows is submitted (those rows are rejected and reported by the daemon); a file "
         "rejected as a whole is not.",
         epilog="Exit codes: 0 submitted, 1 submitted but some rows are BAD, 2 not submitted.",
     )
     submit.add_argument("file", metavar="FILE.csv", help="the CSV file ('-' reads stdin)")
     submit.set_defaults(handler=cmd_submit)
+
+    example = sub.add_parser(
+        "example-config",
+        parents=[common],
+        help="print the example configuration",
+        description="Print config.example.toml (every key with its default and meaning). "
+        "With --production the spool is /var/spool/legacyflo, the directory the systemd files "
+        "set up: the default 'spool' is relative to the config's directory, which /etc is not "
+        "a place for.",
+        epilog="e.g. legacyflo-daemon example-config --production > /etc/legacyflo/config.toml",
+    )
+    example.add_argument(
+        "--production", action="store_true", help="with the production spool /var/spool/legacyflo"
+    )
+    example.set_defaults(handler=cmd_example_config, needs_config=False)
+
+    unit = sub.add_parser(
+        "example-unit",
+        parents=[common],
+        help="print a systemd file (service, sysusers, tmpfiles)",
+        description="Print one of the systemd files shipped with the program:\n"
+        "  service   the unit (Type=notify, watchdog, sandbox, user legacyflo)\n"
+        "  sysusers  the sysusers.d file: system user and group legacyflo\n"
+        "  tmpfiles  the tmpfiles.d file: the spool and /etc/legacyflo",
+        epilog="Install as:\n"
+        + "\n".join(
+            f"  legacyflo-daemon example-unit {kind} > {target}"
+            for kind, target in examples.UNIT_TARGETS.items()
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    unit.add_argument(
+        "kind",
+        nargs="?",
+        default="service",
+        choices=sorted(examples.UNIT_TARGETS),
+        help="which file (default: service)",
+    )
+    unit.set_defaults(handler=cmd_example_unit, needs_config=False)
 
     status = sub.add_parser(
         "status",
@@ -328,8 +454,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # file, a submitted drop) holds or may hold passwords: private whatever the caller's umask.
     old_umask = os.umask(0o077)
     try:
-        config_path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or None
-        config = load_config(Path(config_path) if config_path else None)
+        config: Config | None = None
+        if getattr(args, "needs_config", True):  # the example-* commands print files only
+            config_path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or None
+            config = load_config(Path(config_path) if config_path else None)
         code: int = args.handler(args, config)
         return code
     except (_Fail, LegacyfloError) as exc:  # ConfigError, StateError, SpoolError, ...

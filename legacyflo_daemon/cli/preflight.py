@@ -1,8 +1,9 @@
 """``check --connect``: try both logins of every good row before submitting (docs/contract.md §7.1).
 
 One login attempt per account (never retried: a lockout policy counts failures), at most
-``CONCURRENCY`` at once, each logged out at once. Reports one line per account; nothing is
-read or written on the servers beyond the login itself.
+``CONCURRENCY`` connections at once, each logged out at once. Reports one line per account;
+nothing is read or written on the servers beyond the login itself, except with ``--sizes``
+(the dry run, ``cli.dryrun``), which reads the source read-only on the same sessions.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from legacyflo_daemon.cli import dryrun
 from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.errors import ImapError
 from legacyflo_daemon.imap.endpoint import dest_endpoint, source_endpoint
-from legacyflo_daemon.imap.session import Endpoint, connect
+from legacyflo_daemon.imap.session import Endpoint, Session, connect
 from legacyflo_daemon.model import Request
 
 CONCURRENCY = 4
@@ -28,38 +30,70 @@ class LoginVerdict:
     error: str | None  # None: logged in
 
 
-async def _try(target: Endpoint | str, gate: asyncio.Semaphore) -> str | None:
+async def _open(target: Endpoint | str) -> Session | str:
+    """A logged-in session, or why not (one attempt)."""
     if isinstance(target, str):  # the endpoint could not even be built
         return target
-    async with gate:
+    try:
+        return await connect(target)
+    except ImapError as exc:
+        return str(exc)
+
+
+def _targets(req: Request, cfg: Config) -> list[tuple[str, str, Endpoint | str]]:
+    """(side, account shown, endpoint or why there is none) for the source, then the dest."""
+    out: list[tuple[str, str, Endpoint | str]] = []
+    for side, account, make in (
+        ("source", req.source, source_endpoint),
+        ("destination", req.dest, dest_endpoint),
+    ):
         try:
-            session = await connect(target)
-        except ImapError as exc:
-            return str(exc)
-        await session.logout()
-        return None
+            ep = make(req, cfg)
+        except ImapError as exc:  # e.g. an unusable login_format
+            out.append((side, f"{account.address} on {account.server}", str(exc)))
+            continue
+        out.append((side, f"{account.address} on {ep.host}:{ep.port}", ep))
+    return out
+
+
+async def _row(
+    req: Request, cfg: Config, gate: asyncio.Semaphore, sizes: bool
+) -> tuple[list[LoginVerdict], dryrun.Survey | None]:
+    """Both logins of ``req`` at once; with ``sizes`` and both logged in, its survey on those
+    very sessions (so each account is logged in to once); both logged out at the end."""
+    targets = _targets(req, cfg)
+    found: dryrun.Survey | None = None
+    async with gate:
+        opened = await asyncio.gather(*(_open(target) for *_, target in targets))
+        try:
+            src, dst = opened
+            if sizes and isinstance(src, Session) and isinstance(dst, Session):
+                found = await dryrun.survey(req, cfg, src, dst)
+        finally:
+            await asyncio.gather(*(s.logout() for s in opened if isinstance(s, Session)))
+    verdicts = [
+        LoginVerdict(req.row, side, name, None if isinstance(got, Session) else got)
+        for (side, name, _), got in zip(targets, opened, strict=True)
+    ]
+    return verdicts, found
+
+
+async def check_requests(
+    requests: Sequence[Request], cfg: Config, *, sizes: bool = False
+) -> tuple[list[LoginVerdict], list[dryrun.Survey]]:
+    """Both logins of each request, in row order (source first); with ``sizes``, the dry-run
+    survey of each request whose two logins succeeded, in row order. At most ``CONCURRENCY``
+    connections at once (two per request)."""
+    gate = asyncio.Semaphore(max(1, CONCURRENCY // 2))
+    rows = await asyncio.gather(*(_row(req, cfg, gate, sizes) for req in requests))
+    verdicts = [v for row_verdicts, _ in rows for v in row_verdicts]
+    return verdicts, [found for _, found in rows if found is not None]
 
 
 async def check_logins(requests: Sequence[Request], cfg: Config) -> list[LoginVerdict]:
     """Both logins of each request, in row order (source first)."""
-    gate = asyncio.Semaphore(CONCURRENCY)
-    jobs: list[tuple[int, str, str, Endpoint | str]] = []
-    for req in requests:
-        for side, account, make in (
-            ("source", req.source, source_endpoint),
-            ("destination", req.dest, dest_endpoint),
-        ):
-            try:
-                ep = make(req, cfg)
-            except ImapError as exc:  # e.g. an unusable login_format
-                jobs.append((req.row, side, f"{account.address} on {account.server}", str(exc)))
-                continue
-            jobs.append((req.row, side, f"{account.address} on {ep.host}:{ep.port}", ep))
-    outcomes = await asyncio.gather(*(_try(target, gate) for *_, target in jobs))
-    return [
-        LoginVerdict(row, side, name, err)
-        for (row, side, name, _), err in zip(jobs, outcomes, strict=True)
-    ]
+    verdicts, _ = await check_requests(requests, cfg)
+    return verdicts
 
 
 def render(verdicts: Sequence[LoginVerdict]) -> str:

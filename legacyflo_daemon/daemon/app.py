@@ -47,6 +47,7 @@ from legacyflo_daemon.outbox.sender import MailSender
 from legacyflo_daemon.outbox.store import Outbox
 from legacyflo_daemon.report import archive
 from legacyflo_daemon.report.finisher import Finisher
+from legacyflo_daemon.request import csvfile
 from legacyflo_daemon.runtime import log as logsetup
 from legacyflo_daemon.runtime.aio import wait_any
 from legacyflo_daemon.runtime.clock import utcnow
@@ -67,7 +68,7 @@ class Daemon:
         self.cfg = cfg
         self.once = once
         self.notifier = notifier or Notifier.from_env()
-        self.spool = Spool(cfg.daemon.spool)
+        self.spool = Spool(cfg.daemon.spool, csvfile.Limits.of(cfg.csv))
         self.pool = Pool(Limits.from_config(cfg))
         self.budget = ByteBudget(cfg.daemon.byte_budget_mb * 1024 * 1024)
         self.stopping = asyncio.Event()  # stop taking work; the services end

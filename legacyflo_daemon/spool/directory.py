@@ -104,8 +104,9 @@ def ends_complete(data: bytes) -> bool:
 class Spool:
     """One spool directory. Not thread-safe; use it from one thread (the event loop)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, limits: csvfile.Limits = csvfile.DEFAULT_LIMITS) -> None:
         self.root = root
+        self.limits = limits  # the [csv] limits: redaction must reject exactly what parse does
         self._seen: dict[str, _Seen] = {}
 
     # -- layout ------------------------------------------------------------------------------
@@ -353,7 +354,7 @@ class Spool:
         name = files.free_name(directory, short, also=(ERROR_SUFFIX,))
         target = directory / name
         try:
-            files.atomic_write(target, csvfile.redact(data), FILE_MODE)
+            files.atomic_write(target, csvfile.redact(data, self.limits), FILE_MODE)
             if error is not None:
                 files.atomic_write(directory / (name + ERROR_SUFFIX), _error_text(error), FILE_MODE)
             os.unlink(processing_path)

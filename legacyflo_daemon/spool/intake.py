@@ -82,8 +82,9 @@ def take(
         csv_id = state.begin_csv(path.name, path.name, now)
     try:
         try:
+            csvfile.check_size(path.stat().st_size, spool.limits)  # before reading it whole
             data = files.read_regular(path)
-            parsed = csvfile.parse(data)
+            parsed = csvfile.parse(data, spool.limits)
         except CsvFileError as exc:
             spool.reject_unusable(path, f"{path.name}: {exc}")
             log.warning("csv_rejected", file=path.name, error=str(exc))

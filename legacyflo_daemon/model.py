@@ -177,3 +177,5 @@ class RequestResult:
     # The request's destination folder as the user sees it, in the destination's own hierarchy
     # delimiter ("INBOX/historical_data/Data"); None when the copier never listed the server.
     destination_folder: str | None = None
+    # Source folders not copied by design, with why: (decoded path, reason).
+    skipped: tuple[tuple[str, str], ...] = ()

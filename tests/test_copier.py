@@ -462,3 +462,9 @@ def test_30_mb_message_is_copied_within_150_mb_peak_rss(
     assert out["peak_rss"] < PEAK_RSS_LIMIT, f"peak RSS {peak:.0f} MB ({baseline:.0f} MB before)"
     dest = dest_snapshot(dest_server, dest_account.user)
     assert dest == {"Inbox": expected([big])}
+
+
+def test_the_result_names_the_non_mail_folders_left_out(copied: Copied) -> None:
+    skipped = dict(copied.result.skipped)
+    assert set(skipped) == set(NON_MAIL_FOLDERS), skipped
+    assert all("imap.exclude_folders" in reason for reason in skipped.values())

@@ -179,6 +179,11 @@ def test_a_source_account_never_brings_other_peoples_folders(
     assert _run_once(tmp_path, config, spool, "one", [row]) == 0
     (doc,) = results(spool).values()
     assert [f["source"] for f in doc["folders"]] == ["INBOX"]
+    skipped = {f["folder"]: f["reason"] for f in doc["skipped_folders"]}
+    assert set(skipped) >= {f"user/{bob}/Private", shared}, skipped
+    assert all("only the account's own mail" in r for r in skipped.values())
+    mail = (spool / "outbox" / f"{doc['request_id']}.eml").read_text("utf-8", "replace")
+    assert "Folders not copied, by design" in mail
     with dest.imap(Security.TLS) as conn:
         names = set(read_mailbox(conn).folders)
     archived = {n for n in names if n.startswith("INBOX.historical_data")}

@@ -215,6 +215,14 @@ def _problem_sections(result: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
                 [_failure_line(f) for f in altered],
             )
         )
+    skipped = result.get("skipped_folders") or []
+    if skipped:
+        sections.append(
+            (
+                f"Folders not copied, by design ({len(skipped):,})",
+                [f"{f['folder']}: {f['reason']}" for f in skipped],
+            )
+        )
     return sections
 
 

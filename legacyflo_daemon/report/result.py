@@ -152,4 +152,7 @@ def result_json(
             else None
         ),
         "warnings": [utf8_safe(w) for w in result.warnings],
+        "skipped_folders": [
+            {"folder": utf8_safe(folder), "reason": reason} for folder, reason in result.skipped
+        ],
     }

@@ -88,6 +88,7 @@ class Copier:
     _existing: frozenset[str] = frozenset()  # destination wire names listed at the start
     _failed_folders: set[str] = field(default_factory=set)  # refused folders: not retried
     _dest_top: str | None = None  # <root><delim><destfolder>, decoded, once the plan is made
+    _skipped: list[tuple[str, str]] = field(default_factory=list)  # not copied by design
 
     async def run(self) -> RequestResult:
         started = self.now()
@@ -125,6 +126,7 @@ class Copier:
             failures=failures,
             error=error,
             destination_folder=self._dest_top,
+            skipped=tuple(self._skipped),
         )
 
     async def _run_with_retries(self) -> None:
@@ -349,6 +351,16 @@ class Copier:
             if self.request.jobtype is JobType.EXCHANGEIMAP
             else None
         )
+        self._skipped = [
+            (path, "not a mail folder of Exchange (imap.exclude_folders)")
+            for path in folders.excluded_folders(
+                source, source_delim=src_delim, exclusions=exclusions
+            )
+        ] + [
+            ("/".join(folders.source_path(name, src_delim)),
+             "another user's or a shared folder: only the account's own mail is archived")
+            for name in foreign
+        ]  # fmt: skip
         root = folders.root_path(self.config.imap.dest_root, dst_prefix, dst_delim or ".")
         self._dest_top = (dst_delim or ".").join((*root, self.request.dest_folder))
         plans = folders.plan_folders(

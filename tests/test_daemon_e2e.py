@@ -224,6 +224,13 @@ def test_once_exit_code_says_whether_every_request_succeeded(
     drop_csv(work.spool / "incoming", "once.csv", request_csv(rows))
     with work.daemon("run", once=True) as daemon:
         assert daemon.wait(40) == code, daemon.describe()
+    # run --once ends with one summary line for the administrator.
+    line = daemon.stderr().strip().splitlines()[-1]
+    accounts = 2  # every row, a rejected one included
+    assert line.startswith(f"legacyflo-daemon: {accounts} account(s): "), line
+    assert "messages copied" in line and "failed" in line
+    (event,) = [e for e in daemon.events() if e["event"] == "run_summary"]
+    assert event["accounts"] == accounts and event["copied"] >= 3
 
     doc = summary(work.spool, "once.csv")
     assert doc is not None and doc["counts"] == outcomes

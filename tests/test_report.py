@@ -559,3 +559,18 @@ def test_subject_folding_keeps_the_exact_text(title: str, tmp_path: Path) -> Non
     msg = mail(doc, tmp_path)
     assert msg["Subject"] == subject(doc)
     assert msg["Subject"].startswith("[legacyflo] ")
+
+
+def test_a_mail_with_an_empty_listing_has_no_attachment_and_says_what_next(
+    tmp_path: Path,
+) -> None:
+    msg = mail(make_json(Status.FAILED), tmp_path, listing=iter(()))
+    assert msg.get_content_type() == "multipart/mixed"
+    assert list(msg.iter_attachments()) == []
+    text, html = bodies(msg)
+    assert "Next step:" in text and "check the user id and password" in text
+    assert "legacyflo-daemon retry b.csv" in text and "Next step" in html
+    ok = mail(make_json(Status.SUCCEEDED), tmp_path)
+    text, _ = bodies(ok)
+    assert "Next step:" in text and "nothing" in text
+    assert "Duration:" in text

@@ -30,6 +30,8 @@ import os
 import signal
 import socket
 import stat
+import sys
+import time
 
 import structlog
 
@@ -77,6 +79,7 @@ class Daemon:
         self.supervisor = Supervisor(self.stopping, self._give_up, on_fatal=self._fatal)
         self.fatal: StateUnusable | None = None  # the state store failed: stop, exit 1
         self.started_at = iso(utcnow())
+        self.started_monotonic = time.monotonic()
         self.metrics: Metrics | None = None
 
     # -- entry -------------------------------------------------------------------------------
@@ -211,12 +214,33 @@ class Daemon:
             await self.sender.send_pending()
         outcomes = self.finisher.outcomes
         log.info("daemon_stopped", outcomes=[s.value for s in outcomes], gave_up=self.gave_up)
+        if self.once:
+            self._summary(outcomes)
         if self.gave_up:
             return 1
         if self.once:
             ok = all(s is Status.SUCCEEDED for s in outcomes)
             return 0 if ok and not self.watcher.whole_file_rejections else 1
         return 0
+
+    def _summary(self, outcomes: list[Status]) -> None:
+        """``run --once``: one line for the administrator (stderr; stdout is the JSON log) and
+        the same as a ``run_summary`` event."""
+        counts: dict[str, int] = {}
+        for status in outcomes:
+            counts[status.value] = counts.get(status.value, 0) + 1
+        t = self.finisher.totals
+        took = round(time.monotonic() - self.started_monotonic)
+        log.info("run_summary", accounts=len(outcomes), outcomes=counts, copied=t["copied"],
+                 already_present=t["already_present"], failed=t["failed"], bytes=t["bytes"],
+                 seconds=took)  # fmt: skip
+        by_status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing to do"
+        print(
+            f"legacyflo-daemon: {len(outcomes)} account(s): {by_status}; {t['copied']:,} "
+            f"messages copied ({t['bytes'] / 1e6:,.1f} MB), {t['already_present']:,} already "
+            f"there, {t['failed']:,} failed; {took // 60}m{took % 60:02d}s",
+            file=sys.stderr,
+        )
 
     async def _serve(self, requests: asyncio.TaskGroup) -> None:
         """Run the services until a stop; then end them (never a copy: those are in

@@ -22,7 +22,7 @@ from typing import Any
 
 from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.outbox.store import Outbox
-from legacyflo_daemon.report.mail import MAIL_POLICY, SUBJECT_PREFIX, header_text
+from legacyflo_daemon.report.mail import MAIL_POLICY, SUBJECT_PREFIX, header_text, next_step
 from legacyflo_daemon.runtime.secrets import scrub
 from legacyflo_daemon.state.store import StateStore
 
@@ -30,28 +30,6 @@ COLUMNS = (
     "row", "account", "destination", "status", "copied", "already_present", "failed",
     "duration", "error", "next_step",
 )  # fmt: skip
-
-
-def next_step(result: Mapping[str, Any], csv_name: str) -> str:
-    """What the administrator should do about one row, from its result."""
-    status = result.get("status")
-    error = str(result.get("error") or "")
-    retry = f"legacyflo-daemon retry {csv_name}"
-    if status == "succeeded":
-        return "nothing"
-    if status == "rejected":
-        rejection = result.get("rejection") or {}
-        where = f"field {rejection.get('field')}" if rejection.get("field") else "the row"
-        return f"correct {where} in the CSV, then: {retry}"
-    if status == "cancelled":
-        return f"cancelled on purpose; to finish it: {retry}"
-    if status == "partial":
-        return f"see the failures in this account's report; to copy what is missing: {retry}"
-    if "authentication failed" in error:
-        return f"check the user id and password (and that IMAP is enabled), then: {retry}"
-    if "internal error" in error:
-        return f"report the error id from the daemon log; to try again: {retry}"
-    return f"fix the cause named in the error, then: {retry}"
 
 
 def _duration(result: Mapping[str, Any]) -> str:

@@ -16,6 +16,7 @@ Must not: copy mail. The listing of the destination folder tree is produced by `
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,9 @@ class Finisher:
     listing: ListingSource
     on_mail: Callable[[], None] = lambda: None
     outcomes: list[Status] = field(default_factory=list)  # every final status, in order
+    # Sums over the results written by this process: messages copied/already present/failed,
+    # bytes (the summary of a ``run --once``).
+    totals: Counter[str] = field(default_factory=Counter)
 
     async def copied(
         self,
@@ -128,6 +132,8 @@ class Finisher:
             await in_thread(self._write, request_id, doc, entries, to_addr or None, Path(tmp))
         self.lifecycle.finish(request_id, result.status, doc, utcnow(), error=result.error)
         self.outcomes.append(result.status)
+        for key in ("copied", "already_present", "failed", "bytes"):
+            self.totals[key] += int((doc.get("totals") or {}).get(key, 0))
         self.on_mail()
         log.info("result_written", status=result.status.value, report_to=to_addr or None)
         return doc

@@ -110,6 +110,38 @@ def subject(result: Mapping[str, Any]) -> str:
     return header_text(f"{SUBJECT_PREFIX} {title}: {status}{detail}", 300)
 
 
+def next_step(result: Mapping[str, Any], csv_name: str) -> str:
+    """What the administrator should do about one row, from its result."""
+    status = result.get("status")
+    error = str(result.get("error") or "")
+    retry = f"legacyflo-daemon retry {csv_name}"
+    if status == "succeeded":
+        return "nothing"
+    if status == "rejected":
+        rejection = result.get("rejection") or {}
+        where = f"field {rejection.get('field')}" if rejection.get("field") else "the row"
+        return f"correct {where} in the CSV, then: {retry}"
+    if status == "cancelled":
+        return f"cancelled on purpose; to finish it: {retry}"
+    if status == "partial":
+        return f"see the failures in this account's report; to copy what is missing: {retry}"
+    if "authentication failed" in error:
+        return f"check the user id and password (and that IMAP is enabled), then: {retry}"
+    if "internal error" in error:
+        return f"report the error id from the daemon log; to try again: {retry}"
+    return f"fix the cause named in the error, then: {retry}"
+
+
+def _duration(result: Mapping[str, Any]) -> str | None:
+    try:
+        start = dt.datetime.fromisoformat(str(result["started"]).replace("Z", "+00:00"))
+        end = dt.datetime.fromisoformat(str(result["finished"]).replace("Z", "+00:00"))
+    except (KeyError, ValueError, TypeError):
+        return None
+    seconds = max(0, int((end - start).total_seconds()))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
 def _facts(result: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The key facts as (label, value) pairs, shared by the text and HTML bodies."""
     csv = result["csv"]
@@ -128,6 +160,8 @@ def _facts(result: Mapping[str, Any]) -> list[tuple[str, str]]:
             ("Date range", dates["description"] if dates else "-"),
         ]
     facts += [("Started", result["started"] or "-"), ("Finished", result["finished"] or "-")]
+    if (duration := _duration(result)) is not None:
+        facts.append(("Duration", duration))
     if result["status"] != "rejected":
         t = result["totals"]
         facts.append(
@@ -139,6 +173,7 @@ def _facts(result: Mapping[str, Any]) -> list[tuple[str, str]]:
                 + (f", {t['altered']:,} stored altered" if t.get("altered") else ""),
             )
         )
+    facts.append(("Next step", next_step(result, str(result["csv"]["name"]))))
     return facts
 
 
@@ -339,6 +374,10 @@ def build_mail(
         msg.make_mixed()  # same shape as every other report: mixed > alternative
         return msg.as_bytes()
     with write_listing(listing, tmpdir=tmpdir, compress_above=compress_above) as written:
+        if not written.entries:  # nothing in the destination folder: no empty attachment
+            _set_bodies(msg, result_json, None)
+            msg.make_mixed()
+            return msg.as_bytes()
         _set_bodies(msg, result_json, written)
         maintype, subtype = written.content_type.split("/")
         params = {"charset": "utf-8"} if maintype == "text" else {}

@@ -213,14 +213,12 @@ def _progress(item: Mapping[str, Any]) -> str:
 
 
 def _line(item: Mapping[str, Any]) -> tuple[str, str, str, str]:
-    state = item["state"]
-    if state == "running" and item["phase"]:
-        state = item["phase"] if item["phase"] != "copying" else "running"
+    state = item["state"]  # the phase goes into WHAT: scripts read STATE
     rate = f"{human_size(item['rate_bytes_per_s'])}/s" if item["rate_bytes_per_s"] else ""
     eta = _duration(item["eta_seconds"]) if item["eta_seconds"] is not None else ""
     progress = " ".join(p for p in (_progress(item), rate, eta and f"ETA {eta}") if p)
-    if item["state"] == "running" and item["detail"]:
-        what = item["detail"]
+    if item["state"] == "running" and item["phase"]:
+        what = " ".join(p for p in (item["phase"], item["detail"]) if p)
     elif item["error"]:
         what = item["error"]
     else:

@@ -342,7 +342,7 @@ def test_an_altered_copy_not_read_back_before_a_cut_is_not_appended_again(
     with src_account.imap(src.security) as conn:
         append_messages(conn, "INBOX", [_msg("nomid8", 2019, subject="Grüße", mid=False),
                                         _msg("plain", 2018)])  # fmt: skip
-    real = Session.fetch_stored_from
+    real = Session.fetch_sizes_from
     cuts: list[int] = []
 
     async def cut_once(self: Session, first_uid: int) -> list[object]:
@@ -351,7 +351,7 @@ def test_an_altered_copy_not_read_back_before_a_cut_is_not_appended_again(
             raise TransientError("connection lost (test)")
         return await real(self, first_uid)  # type: ignore[return-value]
 
-    monkeypatch.setattr(Session, "fetch_stored_from", cut_once)
+    monkeypatch.setattr(Session, "fetch_sizes_from", cut_once)
     hosts = {src.server.host: src.host_config(), dst.server.host: dst.host_config()}
     request = make_request(
         Login(src_account.user, PASSWORD, src.server.host, src.port),

@@ -56,6 +56,7 @@ from legacyflo_daemon.imap.syntax.parse import (
     parse_mailbox,
     parse_namespaces,
     parse_search,
+    uid_size_from,
 )
 from legacyflo_daemon.imap.syntax.uidset import expand_uid_set, uid_batches
 from legacyflo_daemon.imap.syntax.wire import (
@@ -406,18 +407,30 @@ class Session:
         out.sort(key=lambda m: m.uid)
         return out
 
-    async def fetch_stored_from(self, first_uid: int) -> list[MessageMeta]:
-        """What the open mailbox holds from UID ``first_uid`` on (``UID FETCH first:*``, one
-        command whatever the count), by ascending UID: size, INTERNALDATE and the whole header
-        block (``BODY.PEEK[HEADER]``) as ``header``. Used to read back what APPENDs stored;
-        RFC 3501 answers ``n:*`` with the last message even when its UID is below ``n``, so
-        that one is dropped here."""
+    async def fetch_sizes_from(self, first_uid: int) -> list[tuple[int, int]]:
+        """(UID, RFC822.SIZE) of every message of the open mailbox from UID ``first_uid`` on
+        (``UID FETCH first:* (UID RFC822.SIZE)``: one command, no literals), by ascending UID.
+        The read-back's first look at what APPENDs stored. RFC 3501 answers ``n:*`` with the
+        last message even when its UID is below ``n``: that one is dropped here."""
         if first_uid < 1:
             raise ValueError(f"first_uid must be at least 1, got {first_uid}")
         what = f"UID FETCH {first_uid}:*"
-        result, items, text = await self._fetch(f"{first_uid}:*", STORED_ITEMS)
+        result, items, text = await self._fetch(f"{first_uid}:*", "(UID RFC822.SIZE)")
         self._check("other", result, text, what)
-        out = [m for m in await self._convert(items, meta_from, what) if m.uid >= first_uid]
+        out = [p for p in await self._convert(items, uid_size_from, what) if p[0] >= first_uid]
+        out.sort()
+        return out
+
+    async def fetch_stored(self, uids: str | Iterable[int]) -> list[MessageMeta]:
+        """Size, INTERNALDATE and the whole header block (``BODY.PEEK[HEADER]``, as
+        ``header``) of messages of the open mailbox, by ascending UID: the read-back's close
+        look at the copies that need one."""
+        out: list[MessageMeta] = []
+        for uid_set in self._batches(uids, META_BATCH):
+            what = f"UID FETCH {uid_set}"
+            result, items, text = await self._fetch(uid_set, STORED_ITEMS)
+            self._check("other", result, text, what)
+            out += await self._convert(items, meta_from, what)
         out.sort(key=lambda m: m.uid)
         return out
 

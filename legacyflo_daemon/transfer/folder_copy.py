@@ -121,6 +121,7 @@ class FolderCopy:
     # Appended, not read back yet: (what was sent, its source meta, \Deleted dropped).
     _unverified: list[tuple[readback.Appended, MessageMeta, bool]] = field(default_factory=list)
     _unverified_bytes: int = 0
+    _source_key: dict[int, str] = field(default_factory=dict)  # source UID -> identity
     _next_uid: int = 1  # the destination folder's UIDNEXT: where the next batch is read back
     dest_name: str = ""  # where this folder is copied to (the plan's, or its safe mapping)
     dest_display: str = ""
@@ -146,6 +147,7 @@ class FolderCopy:
         )
         by_uid = {m.uid: m for m in metas}
         source_keys = [(m.uid, identity.identity(m.header, m.internaldate)) for m in metas]
+        self._source_key = dict(source_keys)
         missing = identity.missing(source_keys, (key for key, _ in dest_keys))
         if missing and self.config.read_back:
             dest_keys = self._adopt_munged_copies(missing, source_keys, dest_keys, by_uid)
@@ -392,7 +394,7 @@ class FolderCopy:
             if self.config.read_back:
                 sent = readback.Appended(
                     uid=msg.uid,
-                    key=identity.identity(meta.header, meta.internaldate),
+                    key=self._source_key[msg.uid],
                     size=size,
                     header=bytes(meta.header),
                     header_block=readback.eight_bit_header(msg.body or b""),
@@ -411,22 +413,38 @@ class FolderCopy:
         pending, self._unverified, self._unverified_bytes = self._unverified, [], 0
         if not pending:
             return
-        stored_metas = await dst.fetch_stored_from(self._next_uid)
-        if len(stored_metas) < len(pending):
+        sizes = await dst.fetch_sizes_from(self._next_uid)
+        if len(sizes) < len(pending):
             # Some servers (Courier) show what was appended to the selected mailbox only
             # after a NOOP; one more look before anything is judged missing.
             await dst.noop()
-            stored_metas = await dst.fetch_stored_from(self._next_uid)
-        if stored_metas:
-            self._next_uid = stored_metas[-1].uid + 1
-        stored = [
-            readback.Stored(
-                m.uid, identity.identity(m.header, m.internaldate), m.size, bytes(m.header)
-            )
-            for m in stored_metas
-        ]
+            sizes = await dst.fetch_sizes_from(self._next_uid)
+        if sizes:
+            self._next_uid = sizes[-1][0] + 1
         by_uid = {sent.uid: (meta, deleted) for sent, meta, deleted in pending}
-        for change in readback.compare([sent for sent, _, _ in pending], stored):
+        if len(sizes) == len(pending):
+            # Appended one after the other, numbered in that order: the i-th new UID is the
+            # i-th message sent. Only a copy whose size differs, or whose header has raw
+            # 8-bit bytes (rewritten without a size change by Cyrus), is read more closely.
+            suspects = {
+                uid: sent
+                for (sent, _meta, _deleted), (uid, size) in zip(pending, sizes, strict=True)
+                if size != sent.size or sent.header_block is not None
+            }
+            looked = await dst.fetch_stored(sorted(suspects)) if suspects else []
+            pairs: list[readback.Pair] = [
+                (suspects[m.uid], _stored(m)) for m in looked if m.uid in suspects
+            ]
+            seen = {m.uid for m in looked}
+            pairs += [(sent, None) for uid, sent in suspects.items() if uid not in seen]
+            changes = readback.judge(pairs)
+        else:
+            # Not one new message per message sent (another client appended too, or the
+            # server dropped some): match what is there by identity instead.
+            looked = await dst.fetch_stored([uid for uid, _ in sizes]) if sizes else []
+            sent_all = [sent for sent, _, _ in pending]
+            changes = readback.compare(sent_all, [_stored(m) for m in looked])
+        for change in changes:
             meta, deleted = by_uid[change.appended.uid]
             log.warning("message_altered", folder=self.plan.source_display,
                         uid=change.appended.uid, difference=change.difference,
@@ -522,3 +540,10 @@ def _unalias(
 def _munge8bit(header: bytes) -> bytes:
     """``header`` as Cyrus's munge8bit stores it: every byte above 0x7F replaced with ``X``."""
     return bytes(c if c < 0x80 else 0x58 for c in header)
+
+
+def _stored(meta: MessageMeta) -> readback.Stored:
+    """A read-back message (its ``header`` the whole stored header block)."""
+    return readback.Stored(
+        meta.uid, identity.identity(meta.header, meta.internaldate), meta.size, meta.header
+    )

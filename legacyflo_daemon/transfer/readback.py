@@ -14,8 +14,11 @@ order (servers give appended messages ascending UIDs in append order); an append
 nothing left to pair with is "not stored" (the server said OK but the folder does not hold it);
 stored messages left over were put there by someone else and are ignored. A message whose header
 holds raw 8-bit bytes is also compared by its whole header block: a rewrite of such bytes keeps
-sizes and may spare the identity fields. Cost: one ``UID FETCH`` (size, date, whole header) per
-read-back, which the copier does every ``READ_BACK_BYTES`` appended and at the end of a folder.
+sizes and may spare the identity fields. The copier reads back every ``READ_BACK_BYTES``
+appended and at the end of a folder: the sizes of the new UIDs (one FETCH without literals),
+then size, date and whole header only of the copies that need a closer look (a size that
+differs, a header with 8-bit bytes); when the new UIDs are not one per message sent, everything
+new is matched by identity (``compare``).
 Must not: talk to a server, or use a size as identity (only an exact copy may confirm by size).
 """
 

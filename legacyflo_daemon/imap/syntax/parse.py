@@ -299,6 +299,14 @@ def _bytes(value: Value | None) -> bytearray | None:
     return None
 
 
+def uid_size_from(item: dict[str, Value]) -> tuple[int, int]:
+    """(UID, RFC822.SIZE) of one FETCH item dict; ``WireError`` without a numeric size."""
+    size = item.get("RFC822.SIZE")
+    if not isinstance(size, str) or not size.isdigit():
+        raise WireError(f"FETCH response for UID {_uid(item)} without RFC822.SIZE")
+    return _uid(item), int(size)
+
+
 def meta_from(item: dict[str, Value]) -> MessageMeta:
     """A ``MessageMeta`` from one FETCH item dict; ``WireError`` without UID or INTERNALDATE."""
     raw = item.get("INTERNALDATE")

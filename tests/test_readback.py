@@ -78,3 +78,25 @@ def test_eight_bit_headers_are_judged_by_their_whole_block() -> None:
 def test_likely_cause_unknown_for_other_rewrites() -> None:
     assert likely_cause(b"Subject: a\r\n", b"Subject: b\r\n") == ""
     assert "not ASCII" in likely_cause(b"Subject: \xc3\xa9\r\n", b"Subject: =?utf-8?q?=C3=A9?=\r\n")
+
+
+def test_trust_is_earned_per_kind_and_lost_for_good_by_one_alteration() -> None:
+    from legacyflo_daemon.transfer.readback import PROBATION, PROBATION_8BIT, Altered, Trust
+
+    trust = Trust()
+    plain = [app(i, f"k{i}") for i in range(PROBATION)]
+    assert not trust.skip(0)
+    trust.learn(plain[:-1], [])
+    assert not trust.skip(0)  # one short of the probation
+    trust.learn(plain[-1:], [])
+    assert trust.skip(0) and not trust.skip(1)  # 8-bit mail has not proven itself yet
+    eight = [app(1000 + i, f"e{i}", block=b"S: \xc3\xa9\r\n\r\n") for i in range(PROBATION_8BIT)]
+    trust.learn(eight, [])
+    assert trust.skip(3)
+    cyrus = Trust()
+    cyrus.learn(plain, [])
+    cyrus.learn(eight, [Altered(eight[0], None, "x", "")])  # munged once: 8-bit never skipped
+    assert cyrus.skip(0) and not cyrus.skip(1)
+    bad = Trust()
+    bad.learn(plain, [Altered(plain[0], None, "x", "")])
+    assert not bad.skip(0)

@@ -47,7 +47,7 @@ from legacyflo_daemon.model import FolderResult, JobType, Request, RequestResult
 from legacyflo_daemon.request import dates
 from legacyflo_daemon.runtime.aio import all_or_first_error, both, wait_any
 from legacyflo_daemon.state.store import FolderCheckpoint, StateStore
-from legacyflo_daemon.transfer import folders
+from legacyflo_daemon.transfer import folders, readback
 from legacyflo_daemon.transfer.backoff import Backoff
 from legacyflo_daemon.transfer.folder_copy import FolderCopy, Interrupted, Progress
 from legacyflo_daemon.transfer.limits import ByteBudget
@@ -89,6 +89,7 @@ class Copier:
     _failed_folders: set[str] = field(default_factory=set)  # refused folders: not retried
     _dest_top: str | None = None  # <root><delim><destfolder>, decoded, once the plan is made
     _skipped: list[tuple[str, str]] = field(default_factory=list)  # not copied by design
+    _trust: readback.Trust = field(default_factory=readback.Trust)  # the destination's record
 
     async def run(self) -> RequestResult:
         started = self.now()
@@ -255,6 +256,7 @@ class Copier:
                 create=create,
                 dest_account=f"{self.request.dest.userid}@{self.request.dest.server}",
                 existing=self._existing,
+                trust=self._trust,
                 dest_name=dest_name,
                 dest_display=dest_display,
             )

@@ -122,6 +122,7 @@ class FolderCopy:
     _unverified: list[tuple[readback.Appended, MessageMeta, bool]] = field(default_factory=list)
     _unverified_bytes: int = 0
     _source_key: dict[int, str] = field(default_factory=dict)  # source UID -> identity
+    trust: readback.Trust = field(default_factory=readback.Trust)  # shared per request
     _next_uid: int = 1  # the destination folder's UIDNEXT: where the next batch is read back
     dest_name: str = ""  # where this folder is copied to (the plan's, or its safe mapping)
     dest_display: str = ""
@@ -413,6 +414,8 @@ class FolderCopy:
         pending, self._unverified, self._unverified_bytes = self._unverified, [], 0
         if not pending:
             return
+        if self.trust.skip(sum(1 for sent, _, _ in pending if sent.header_block is not None)):
+            return  # this destination has proven it stores such mail exactly (readback.Trust)
         sizes = await dst.fetch_sizes_from(self._next_uid)
         if len(sizes) < len(pending):
             # Some servers (Courier) show what was appended to the selected mailbox only
@@ -444,6 +447,7 @@ class FolderCopy:
             looked = await dst.fetch_stored([uid for uid, _ in sizes]) if sizes else []
             sent_all = [sent for sent, _, _ in pending]
             changes = readback.compare(sent_all, [_stored(m) for m in looked])
+        self.trust.learn([sent for sent, _, _ in pending], changes)
         for change in changes:
             meta, deleted = by_uid[change.appended.uid]
             log.warning("message_altered", folder=self.plan.source_display,

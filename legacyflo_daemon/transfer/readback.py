@@ -67,6 +67,47 @@ class Altered:
 
 Pair = tuple[Appended, Stored | None]
 
+# Messages a destination must have stored faithfully (in this request) before its read-backs
+# are skipped: all messages, and those whose header has raw 8-bit bytes.
+PROBATION = 200
+PROBATION_8BIT = 20
+
+
+@dataclass
+class Trust:
+    """What one destination has shown during one request, shared by its folder copies.
+
+    Altering mail is a server's setting (munge8bit, a header it adds), not chance: once a
+    destination has stored ``PROBATION`` messages (``PROBATION_8BIT`` with raw 8-bit headers)
+    exactly and altered none, reading back costs a round trip per folder for nothing, and is
+    skipped for the rest of the request; 8-bit messages keep being read back until they have
+    proven themselves too. A destination that altered anything is read back to the end.
+    """
+
+    faithful: int = 0
+    faithful_8bit: int = 0
+    altered: bool = False
+    altered_8bit: bool = False
+
+    def skip(self, eight_bit: int) -> bool:
+        """Whether a read-back of messages (``eight_bit`` of them with 8-bit headers) may be
+        skipped."""
+        sizes = not self.altered and self.faithful >= PROBATION
+        bits = eight_bit == 0 or (not self.altered_8bit and self.faithful_8bit >= PROBATION_8BIT)
+        return sizes and bits
+
+    def learn(self, sent: list[Appended], changes: list[Altered]) -> None:
+        """Count what a read-back of ``sent`` found."""
+        changed = {c.appended.uid for c in changes}
+        for a in sent:
+            eight_bit = a.header_block is not None
+            if a.uid in changed:
+                self.altered = True
+                self.altered_8bit |= eight_bit
+            else:
+                self.faithful += 1
+                self.faithful_8bit += int(eight_bit)
+
 
 def eight_bit_header(message: bytes | bytearray) -> bytes | None:
     """The header block of ``message`` (blank line included) if it holds raw 8-bit bytes, else

@@ -101,9 +101,11 @@ class Trust:
         changed = {c.appended.uid for c in changes}
         for a in sent:
             eight_bit = a.header_block is not None
-            if a.uid in changed:
-                self.altered = True
-                self.altered_8bit |= eight_bit
+            if a.uid in changed:  # an 8-bit header's change says nothing about other mail
+                if eight_bit:
+                    self.altered_8bit = True
+                else:
+                    self.altered = True
             else:
                 self.faithful += 1
                 self.faithful_8bit += int(eight_bit)

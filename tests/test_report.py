@@ -574,3 +574,13 @@ def test_a_mail_with_an_empty_listing_has_no_attachment_and_says_what_next(
     text, _ = bodies(ok)
     assert "Next step:" in text and "nothing" in text
     assert "Duration:" in text
+
+
+def test_the_text_body_fits_78_columns_with_a_block_per_folder(tmp_path: Path) -> None:
+    doc = make_json(Status.SUCCEEDED)
+    doc["folders"][0]["note"] = "a long note " * 12
+    text, _ = bodies(mail(doc, tmp_path))
+    folder_part = text[text.index("Folders:") :].split("\n\n")[0]
+    assert all(len(line) <= 78 for line in folder_part.splitlines()), folder_part
+    assert "  INBOX\n    -> " in folder_part
+    assert "1,000 in range: 990 copied, 10 already present, 0 failed" in folder_part

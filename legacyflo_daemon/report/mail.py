@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import re
+import textwrap
 from collections.abc import Iterable, Mapping
 from email.header import Header
 from email.message import EmailMessage
@@ -196,18 +197,31 @@ def _cell(key: str, value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _align(index: int, cell: str, width: int) -> str:
-    numeric = 2 <= index < len(_FOLDER_COLUMNS) - 1  # counts and size: right-aligned
-    return cell.rjust(width) if numeric else cell.ljust(width)
-
-
 def _text_table(folders: list[Mapping[str, Any]]) -> list[str]:
-    rows = [[title for _, title in _FOLDER_COLUMNS], *(_folder_cells(f) for f in folders)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_FOLDER_COLUMNS))]
-    return [
-        "  " + " | ".join(_align(i, c, widths[i]) for i, c in enumerate(row)).rstrip()
-        for row in rows
-    ]
+    """The folders for a plain-text mail: a short block per folder, within 78 columns (a
+    table of every column was ~150 wide and wrapped into noise in mail clients)."""
+    lines: list[str] = []
+    for f in folders:
+        lines.append(f"  {f['source']}")
+        lines += _wrapped(f"-> {f['destination']}")
+        counts = (
+            f"{f['in_range']:,} in range: {f['copied']:,} copied, "
+            f"{f['already_present']:,} already present, {f['failed']:,} failed, "
+            f"{human_size(f['bytes'])}"
+        )
+        if f.get("altered"):
+            counts += f", {f['altered']:,} stored altered"
+        if f.get("deleted_dropped"):
+            counts += f", \\Deleted dropped on {f['deleted_dropped']:,}"
+        lines += _wrapped(counts)
+        for label in ("error", "note"):
+            if f.get(label):
+                lines += _wrapped(f"{label}: {f[label]}")
+    return lines
+
+
+def _wrapped(text: str) -> list[str]:
+    return textwrap.wrap(text, width=78, initial_indent="    ", subsequent_indent="      ")
 
 
 def _folder_cells(folder: Mapping[str, Any]) -> list[str]:

@@ -363,7 +363,8 @@ def test_stop_timeout_covers_the_grace_period() -> None:
 def test_spool_paths_agree_across_files() -> None:
     spool = unit_value("ReadWritePaths")
     tmpfiles = [line.split() for line in TMPFILES.read_text().splitlines() if line[:1] == "d"]
-    assert ["d", spool, "0700", "legacyflo", "legacyflo", "-"] in tmpfiles
+    assert ["d", spool, "2750", "legacyflo", "legacyflo", "-"] in tmpfiles
+    assert ["d", f"{spool}/incoming", "2770", "legacyflo", "legacyflo", "-"] in tmpfiles
     assert spool in SYSUSERS.read_text()
 
 
@@ -451,7 +452,13 @@ def test_sysusers_and_tmpfiles_create_user_and_spool(tmp_path: Path) -> None:
     assert user[6] == "/usr/sbin/nologin"
     assert int(groups["legacyflo"][2]) == gid
     spool = (root / "var/spool/legacyflo").stat()
-    assert (oct(spool.st_mode & 0o7777), spool.st_uid, spool.st_gid) == ("0o700", uid, gid)
+    assert (oct(spool.st_mode & 0o7777), spool.st_uid, spool.st_gid) == ("0o2750", uid, gid)
+    incoming = (root / "var/spool/legacyflo/incoming").stat()
+    assert (oct(incoming.st_mode & 0o7777), incoming.st_uid, incoming.st_gid) == (
+        "0o2770",
+        uid,
+        gid,
+    )
     etc = (root / "etc/legacyflo").stat()
     assert (oct(etc.st_mode & 0o7777), etc.st_uid, etc.st_gid) == ("0o750", 0, gid)
 

@@ -1,7 +1,9 @@
 """``legacyflo-daemon status``: whether the daemon runs, and what each request is doing.
 
 Reads the state store only (SQLite allows a reader beside the running daemon's writer), so it
-works while the daemon runs; writes nothing. The pure part (``view``, ``table``, ``detail``)
+works while the daemon runs; writes nothing. An administrator who may read the spool but not
+the store (it holds queued passwords) gets the same document from ``<spool>/status.json``,
+which the daemon rewrites every 15 s. The pure part (``view``, ``table``, ``detail``)
 builds a documented document (``legacyflo_daemon/status.schema.json``, printed by ``--json``)
 from what the store holds, and renders it for 80 columns.
 
@@ -21,8 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -30,159 +30,18 @@ from typing import Any, TextIO
 
 from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.errors import StateError
-from legacyflo_daemon.model import Status
 from legacyflo_daemon.report.mail import human_size
-from legacyflo_daemon.state.store import RequestRow, StateStore
+from legacyflo_daemon.state.store import StateStore
+from legacyflo_daemon.state.view import (
+    SNAPSHOT_NAME,
+    daemon_view,
+    detail,
+    from_snapshot,
+    request_view,
+    view,
+)
 
-STATUS_VERSION = 1
-STALE_INTERVALS = 3  # a heartbeat older than this many intervals means the daemon is gone
 WIDTH = 80
-_ORDER = {
-    "failed": 0,
-    "partial": 1,
-    "rejected": 2,
-    "cancelled": 3,
-    "interrupted": 3,
-    "running": 4,
-    "queued": 5,
-    "succeeded": 6,
-}
-
-
-def _time(text: str | None) -> dt.datetime | None:
-    return dt.datetime.fromisoformat(text) if text else None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, but another user's
-        return True
-    return True
-
-
-def daemon_view(heartbeat: Mapping[str, Any] | None, now: dt.datetime) -> dict[str, Any]:
-    """Whether the daemon runs, from its heartbeat (see the module docstring)."""
-    if heartbeat is None:
-        return {"running": False, "summary": "not running (it never ran with this state)"}
-    at = _time(str(heartbeat.get("at", ""))) or now
-    age = (now - at).total_seconds()
-    interval = float(heartbeat.get("interval", 5.0))
-    pid = int(heartbeat.get("pid", 0))
-    host = str(heartbeat.get("host", ""))
-    out: dict[str, Any] = {
-        "pid": pid,
-        "host": host,
-        "started_at": heartbeat.get("started_at"),
-        "last_seen": heartbeat.get("at"),
-        "heartbeat_age_seconds": round(age, 1),
-    }
-    fresh = heartbeat.get("state") == "running" and age <= STALE_INTERVALS * max(interval, 5.0)
-    if fresh and host == socket.gethostname() and not _pid_alive(pid):
-        fresh = False
-    seen = f"{at:%Y-%m-%d %H:%M:%S} UTC"
-    if fresh:
-        since = heartbeat.get("started_at")
-        summary = f"running (pid {pid} on {host}, since {since}, heartbeat {age:.0f} s ago)"
-    elif heartbeat.get("state") == "stopped":
-        summary = f"not running (stopped cleanly at {seen})"
-    else:
-        summary = f"not running (stopped unexpectedly; last seen {seen})"
-    out |= {"running": fresh, "summary": summary}
-    return out
-
-
-def request_view(
-    r: RequestRow,
-    phase: tuple[str, str, str] | None,
-    result: Mapping[str, Any] | None,
-    csv_name: str,
-    daemon_running: bool,
-    now: dt.datetime,
-) -> dict[str, Any]:
-    """One request as ``status --json`` shows it."""
-    state = r.status.value
-    if r.status is Status.RUNNING and not daemon_running:
-        state = "interrupted"
-    started, finished = _time(r.started_at), _time(r.finished_at)
-    out: dict[str, Any] = {
-        "id": r.id,
-        "csv": csv_name,
-        "row": r.row,
-        "title": r.title,
-        "state": state,
-        "phase": phase[0] if phase and state == "running" else None,
-        "detail": phase[1] if phase and state == "running" else None,
-        "started_at": r.started_at,
-        "finished_at": r.finished_at,
-        "duration_seconds": (
-            round(((finished or now) - started).total_seconds()) if started else None
-        ),
-        "error": r.error,
-    }
-    totals = (result or {}).get("totals") or {}
-    if r.status.finished and totals:
-        out["messages"] = {
-            "in_range": totals.get("in_range", 0),
-            "copied": totals.get("copied", 0),
-            "already_present": totals.get("already_present", 0),
-            "failed": totals.get("failed", 0),
-        }
-        out["bytes"] = {"copied": totals.get("bytes", 0)}
-        out["rate_bytes_per_s"] = out["eta_seconds"] = None
-        return out
-    out["messages"] = {"done": r.msgs_done, "total": r.msgs_total}
-    out["bytes"] = {"done": r.bytes_done, "total": r.bytes_total}
-    rate = eta = None
-    progress_at = _time(r.progress_at)
-    if state == "running" and started and progress_at and r.bytes_done > 0:
-        seconds = max(1.0, (progress_at - started).total_seconds())
-        rate = r.bytes_done / seconds
-        eta = round(max(0, r.bytes_total - r.bytes_done) / rate) if rate > 0 else None
-    out["rate_bytes_per_s"] = round(rate) if rate is not None else None
-    out["eta_seconds"] = eta
-    return out
-
-
-def view(
-    store: StateStore,
-    now: dt.datetime,
-    *,
-    csv: str | None = None,
-    state: str | None = None,
-) -> dict[str, Any]:
-    """The whole ``status --json`` document (filters: a CSV's name, a state)."""
-    daemon = daemon_view(store.heartbeat(), now)
-    phases = store.phases()
-    names: dict[int, str] = {}
-    requests: list[tuple[int, dict[str, Any]]] = []
-    latest: dict[str, tuple[int, Status]] = {}
-    keys = store.request_keys()
-    for r in store.requests():
-        key = keys.get(r.id)
-        if key is not None and (key not in latest or latest[key][0] < r.seq):
-            latest[key] = (r.seq, r.status)
-    for r in store.requests():
-        key = keys.get(r.id)
-        if key is not None and latest[key][0] != r.seq and latest[key][1] is Status.SUCCEEDED:
-            continue  # a later request for the same account and folder succeeded
-        if r.csv_id not in names:
-            names[r.csv_id] = store.csv(r.csv_id).original
-        if csv is not None and names[r.csv_id] != csv:
-            continue
-        result = store.result(r.id) if r.status.finished else None
-        item = request_view(r, phases.get(r.id), result, names[r.csv_id], daemon["running"], now)
-        if state is not None and item["state"] != state:
-            continue
-        requests.append((r.seq, item))
-    requests.sort(key=lambda pair: (_ORDER.get(pair[1]["state"], 9), pair[0]))  # then FIFO
-    listed = [item for _, item in requests]
-    counts: dict[str, int] = {}
-    for item in listed:
-        counts[item["state"]] = counts.get(item["state"], 0) + 1
-    return {"version": STATUS_VERSION, "daemon": daemon, "counts": counts, "requests": listed}
 
 
 def _duration(seconds: float | None) -> str:
@@ -230,6 +89,8 @@ def table(doc: Mapping[str, Any], width: int = WIDTH) -> str:
     """``status``'s text: the daemon line, one line per request, a count line; every line
     at most ``width`` columns (the last column is cut, marked with an ellipsis)."""
     lines = [f"daemon: {doc['daemon']['summary']}"[:width], ""]
+    if doc.get("source"):  # read from the daemon's snapshot, not the store
+        lines[1:1] = [f"(from {doc['source']})"[:width]]
     rows = [("REQUEST", "STATE", "PROGRESS", "WHAT")] + [_line(i) for i in doc["requests"]]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
@@ -241,34 +102,6 @@ def table(doc: Mapping[str, Any], width: int = WIDTH) -> str:
         lines.append(f"{head}  {what}".rstrip())
     counts = ", ".join(f"{n} {s}" for s, n in sorted(doc["counts"].items())) or "no requests"
     return "\n".join([*lines, "", counts]) + "\n"
-
-
-def detail(store: StateStore, request_id: str, now: dt.datetime) -> dict[str, Any]:
-    """``status <request-id>``: the request, its folders (checkpoints or result) and failures."""
-    r = store.request_row(request_id)
-    daemon = daemon_view(store.heartbeat(), now)
-    result = store.result(r.id) if r.status.finished else None
-    item = request_view(
-        r, store.phases().get(r.id), result, store.csv(r.csv_id).original, daemon["running"], now
-    )
-    if result is not None:
-        item["folders"] = [
-            {k: f.get(k) for k in ("source", "destination", "in_range", "copied",
-                                   "already_present", "failed", "error", "note")}
-            for f in result.get("folders", [])
-        ]  # fmt: skip
-        item["failures"] = result.get("failures", [])
-    else:
-        item["folders"] = [
-            {"source": name, "done": cp.done, **cp.counts}
-            for name, cp in sorted(store.folder_checkpoints(r.id).items())
-        ]
-        item["failures"] = [
-            {"folder": f.folder, "uid": f.uid, "date": f.date, "subject": f.subject,
-             "reason": f.reason, "kind": f.kind}
-            for f in store.failures(r.id)
-        ]  # fmt: skip
-    return {"version": STATUS_VERSION, "daemon": daemon, "request": item}
 
 
 def detail_text(doc: Mapping[str, Any], width: int = WIDTH) -> str:
@@ -318,27 +151,14 @@ def main(
     out: TextIO | None = None,
 ) -> int:
     stream = out or sys.stdout
-    path = cfg.daemon.state_path
-    if not path.exists():
-        print(
-            f"legacyflo-daemon status: no state store at {path}: the daemon has not run with "
-            "this config yet (start it with: legacyflo-daemon run)",
-            file=sys.stderr,
-        )
-        return 1
     try:
         while True:
-            store = StateStore(path)
-            try:
-                now = dt.datetime.now(dt.UTC)
-                if request_id is not None:
-                    doc = detail(store, request_id, now)
-                    text = json.dumps(doc, indent=2) + "\n" if as_json else detail_text(doc)
-                else:
-                    doc = view(store, now, csv=csv, state=state)
-                    text = json.dumps(doc, indent=2) + "\n" if as_json else table(doc)
-            finally:
-                store.close()
+            now = dt.datetime.now(dt.UTC)
+            doc = _document(cfg, now, request_id, csv, state)
+            if request_id is not None:
+                text = json.dumps(doc, indent=2) + "\n" if as_json else detail_text(doc)
+            else:
+                text = json.dumps(doc, indent=2) + "\n" if as_json else table(doc)
             if watch:
                 stream.write("\x1b[H\x1b[2J")
             stream.write(text)
@@ -346,11 +166,73 @@ def main(
             if not watch:
                 return 0
             time.sleep(2.0)
-    except StateError as exc:
+    except _NoStatus as exc:
         print(f"legacyflo-daemon status: {exc}", file=sys.stderr)
-        return 2
+        return 1 if exc.never_ran else 2
     except KeyboardInterrupt:
         return 0
+
+
+class _NoStatus(Exception):
+    def __init__(self, message: str, *, never_ran: bool = False) -> None:
+        super().__init__(message)
+        self.never_ran = never_ran
+
+
+def _document(
+    cfg: Config, now: dt.datetime, request_id: str | None, csv: str | None, state: str | None
+) -> dict[str, Any]:
+    """The status document from the state store, or, for an administrator who may read the
+    spool but not the store (the service's group), from ``<spool>/status.json``, which the
+    daemon rewrites every few seconds."""
+    path = cfg.daemon.state_path
+    try:
+        if not path.exists():
+            raise _NoStatus(
+                f"no state store at {path}: the daemon has not run with this config yet "
+                "(start it with: legacyflo-daemon run)",
+                never_ran=True,
+            )
+        store = StateStore(path)
+    except (StateError, OSError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return _from_snapshot(cfg, now, request_id, csv, state, f"{path}: {reason}")
+    try:
+        if request_id is not None:
+            return detail(store, request_id, now)
+        return view(store, now, csv=csv, state=state)
+    except StateError as exc:
+        raise _NoStatus(str(exc)) from None
+    finally:
+        store.close()
+
+
+def _from_snapshot(
+    cfg: Config,
+    now: dt.datetime,
+    request_id: str | None,
+    csv: str | None,
+    state: str | None,
+    why: str,
+) -> dict[str, Any]:
+    path = cfg.daemon.spool / SNAPSHOT_NAME
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        raise _NoStatus(
+            f"{why}; and no readable {path} (the daemon writes it for members of the spool's "
+            "group: see the README, 'Installing for production')"
+        ) from None
+    if request_id is not None:
+        raise _NoStatus(f"{why}: the details of one request need read access to the state store")
+    doc = from_snapshot(data, now)
+    doc["requests"] = [
+        r
+        for r in doc.get("requests", [])
+        if (csv is None or r.get("csv") == csv) and (state is None or r.get("state") == state)
+    ]
+    doc["source"] = f"{path}, written {data.get('written_at')}"
+    return doc
 
 
 __all__: Sequence[str] = ("daemon_view", "detail", "main", "request_view", "table", "view")

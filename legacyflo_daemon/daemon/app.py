@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import signal
 import socket
@@ -50,18 +51,22 @@ from legacyflo_daemon.outbox.store import Outbox
 from legacyflo_daemon.report import archive
 from legacyflo_daemon.report.finisher import Finisher
 from legacyflo_daemon.request import csvfile
+from legacyflo_daemon.runtime import files
 from legacyflo_daemon.runtime import log as logsetup
 from legacyflo_daemon.runtime.aio import wait_any
+from legacyflo_daemon.runtime.bulk import in_thread
 from legacyflo_daemon.runtime.clock import utcnow
 from legacyflo_daemon.runtime.files import ensure_private_dir
 from legacyflo_daemon.runtime.lock import ExclusiveLock, lock_paths
 from legacyflo_daemon.runtime.systemd import Notifier, watchdog_task
 from legacyflo_daemon.spool.directory import Spool
+from legacyflo_daemon.state import view
 from legacyflo_daemon.state.lifecycle import Lifecycle
 from legacyflo_daemon.state.schema import iso
 from legacyflo_daemon.state.store import StateStore
 from legacyflo_daemon.transfer.limits import ByteBudget
 
+SNAPSHOT_SECONDS = 15.0  # <spool>/status.json is rewritten this often (a scan of the requests)
 log = structlog.get_logger("legacyflo_daemon.daemon.app")
 
 
@@ -80,6 +85,7 @@ class Daemon:
         self.fatal: StateUnusable | None = None  # the state store failed: stop, exit 1
         self.started_at = iso(utcnow())
         self.started_monotonic = time.monotonic()
+        self._snapshot_at = -SNAPSHOT_SECONDS  # the first status loop writes one at once
         self.metrics: Metrics | None = None
 
     # -- entry -------------------------------------------------------------------------------
@@ -323,7 +329,25 @@ class Daemon:
                 f"{counts[Status.RUNNING]} running, {counts[Status.QUEUED]} queued"
             )
             self._heartbeat("running")
+            now = asyncio.get_running_loop().time()
+            if now - self._snapshot_at >= SNAPSHOT_SECONDS:
+                self._snapshot_at = now
+                await in_thread(self._write_snapshot)
             await wait_any((self.stopping,), PROGRESS_SECONDS)
+
+    def _write_snapshot(self) -> None:
+        """``<spool>/status.json``, mode 0640: ``status`` for administrators who may read the
+        spool (its group) but not the state store, which holds queued passwords. No secret is
+        in it: titles, ids, counts, scrubbed errors."""
+        data = view.snapshot(self.state, utcnow())
+        try:
+            files.atomic_write(
+                self.spool.root / view.SNAPSHOT_NAME,
+                json.dumps(data, sort_keys=True).encode(),
+                0o640,
+            )
+        except OSError as exc:
+            log.warning("status_snapshot_failed", error=exc.strerror or str(exc))
 
     def _heartbeat(self, state: str) -> None:
         """Record that this daemon is ``state`` (running, stopped) now; ``status`` trusts a

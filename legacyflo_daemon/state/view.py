@@ -1,0 +1,236 @@
+"""The status document: whether the daemon runs, and what each request is doing. Pure reads.
+
+Owns: the document ``status --json`` prints (``legacyflo_daemon/status.schema.json``) and its
+truth rules, built from a ``StateStore`` alone, so that the command line and the daemon (which
+writes it as ``<spool>/status.json`` for administrators without access to the store) show the
+same thing. Must not: write to the store.
+
+Truth rules (decisions):
+
+- The daemon is *running* only while its heartbeat (written every few seconds) is fresh, and,
+  on this machine, its pid is alive. Otherwise it is "not running", with when it was last seen
+  and whether it stopped cleanly. While it is down, a request left ``running`` in the store is
+  shown as ``interrupted`` (it resumes at the next start), without rate or ETA.
+- A finished request shows the counts of its result (copied, already present, failed), not the
+  live counters of its last run, which start again at 0 after a resume.
+- Failures first, then running, queued, and finished ones. A request superseded by a later
+  request for the same account and folder (a retry) that succeeded is left out of the list.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from legacyflo_daemon.model import Status
+from legacyflo_daemon.state.store import RequestRow, StateStore
+
+STATUS_VERSION = 1
+STALE_INTERVALS = 3  # a heartbeat older than this many intervals means the daemon is gone
+_ORDER = {
+    "failed": 0,
+    "partial": 1,
+    "rejected": 2,
+    "cancelled": 3,
+    "interrupted": 3,
+    "running": 4,
+    "queued": 5,
+    "succeeded": 6,
+}
+
+
+def _time(text: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(text) if text else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+def daemon_view(heartbeat: Mapping[str, Any] | None, now: dt.datetime) -> dict[str, Any]:
+    """Whether the daemon runs, from its heartbeat (see the module docstring)."""
+    if heartbeat is None:
+        return {"running": False, "summary": "not running (it never ran with this state)"}
+    at = _time(str(heartbeat.get("at", ""))) or now
+    age = (now - at).total_seconds()
+    interval = float(heartbeat.get("interval", 5.0))
+    pid = int(heartbeat.get("pid", 0))
+    host = str(heartbeat.get("host", ""))
+    out: dict[str, Any] = {
+        "pid": pid,
+        "host": host,
+        "started_at": heartbeat.get("started_at"),
+        "last_seen": heartbeat.get("at"),
+        "heartbeat_age_seconds": round(age, 1),
+    }
+    fresh = heartbeat.get("state") == "running" and age <= STALE_INTERVALS * max(interval, 5.0)
+    if fresh and host == socket.gethostname() and not _pid_alive(pid):
+        fresh = False
+    seen = f"{at:%Y-%m-%d %H:%M:%S} UTC"
+    if fresh:
+        since = heartbeat.get("started_at")
+        summary = f"running (pid {pid} on {host}, since {since}, heartbeat {age:.0f} s ago)"
+    elif heartbeat.get("state") == "stopped":
+        summary = f"not running (stopped cleanly at {seen})"
+    else:
+        summary = f"not running (stopped unexpectedly; last seen {seen})"
+    out |= {"running": fresh, "summary": summary}
+    return out
+
+
+def request_view(
+    r: RequestRow,
+    phase: tuple[str, str, str] | None,
+    result: Mapping[str, Any] | None,
+    csv_name: str,
+    daemon_running: bool,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    """One request as ``status --json`` shows it."""
+    state = r.status.value
+    if r.status is Status.RUNNING and not daemon_running:
+        state = "interrupted"
+    started, finished = _time(r.started_at), _time(r.finished_at)
+    out: dict[str, Any] = {
+        "id": r.id,
+        "csv": csv_name,
+        "row": r.row,
+        "title": r.title,
+        "state": state,
+        "phase": phase[0] if phase and state == "running" else None,
+        "detail": phase[1] if phase and state == "running" else None,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "duration_seconds": (
+            round(((finished or now) - started).total_seconds()) if started else None
+        ),
+        "error": r.error,
+    }
+    totals = (result or {}).get("totals") or {}
+    if r.status.finished and totals:
+        out["messages"] = {
+            "in_range": totals.get("in_range", 0),
+            "copied": totals.get("copied", 0),
+            "already_present": totals.get("already_present", 0),
+            "failed": totals.get("failed", 0),
+        }
+        out["bytes"] = {"copied": totals.get("bytes", 0)}
+        out["rate_bytes_per_s"] = out["eta_seconds"] = None
+        return out
+    out["messages"] = {"done": r.msgs_done, "total": r.msgs_total}
+    out["bytes"] = {"done": r.bytes_done, "total": r.bytes_total}
+    rate = eta = None
+    progress_at = _time(r.progress_at)
+    if state == "running" and started and progress_at and r.bytes_done > 0:
+        seconds = max(1.0, (progress_at - started).total_seconds())
+        rate = r.bytes_done / seconds
+        eta = round(max(0, r.bytes_total - r.bytes_done) / rate) if rate > 0 else None
+    out["rate_bytes_per_s"] = round(rate) if rate is not None else None
+    out["eta_seconds"] = eta
+    return out
+
+
+def view(
+    store: StateStore,
+    now: dt.datetime,
+    *,
+    csv: str | None = None,
+    state: str | None = None,
+) -> dict[str, Any]:
+    """The whole ``status --json`` document (filters: a CSV's name, a state)."""
+    daemon = daemon_view(store.heartbeat(), now)
+    phases = store.phases()
+    names: dict[int, str] = {}
+    requests: list[tuple[int, dict[str, Any]]] = []
+    latest: dict[str, tuple[int, Status]] = {}
+    keys = store.request_keys()
+    for r in store.requests():
+        key = keys.get(r.id)
+        if key is not None and (key not in latest or latest[key][0] < r.seq):
+            latest[key] = (r.seq, r.status)
+    for r in store.requests():
+        key = keys.get(r.id)
+        if key is not None and latest[key][0] != r.seq and latest[key][1] is Status.SUCCEEDED:
+            continue  # a later request for the same account and folder succeeded
+        if r.csv_id not in names:
+            names[r.csv_id] = store.csv(r.csv_id).original
+        if csv is not None and names[r.csv_id] != csv:
+            continue
+        result = store.result(r.id) if r.status.finished else None
+        item = request_view(r, phases.get(r.id), result, names[r.csv_id], daemon["running"], now)
+        if state is not None and item["state"] != state:
+            continue
+        requests.append((r.seq, item))
+    requests.sort(key=lambda pair: (_ORDER.get(pair[1]["state"], 9), pair[0]))  # then FIFO
+    listed = [item for _, item in requests]
+    counts: dict[str, int] = {}
+    for item in listed:
+        counts[item["state"]] = counts.get(item["state"], 0) + 1
+    return {"version": STATUS_VERSION, "daemon": daemon, "counts": counts, "requests": listed}
+
+
+def detail(store: StateStore, request_id: str, now: dt.datetime) -> dict[str, Any]:
+    """``status <request-id>``: the request, its folders (checkpoints or result) and failures."""
+    r = store.request_row(request_id)
+    daemon = daemon_view(store.heartbeat(), now)
+    result = store.result(r.id) if r.status.finished else None
+    item = request_view(
+        r, store.phases().get(r.id), result, store.csv(r.csv_id).original, daemon["running"], now
+    )
+    if result is not None:
+        item["folders"] = [
+            {k: f.get(k) for k in ("source", "destination", "in_range", "copied",
+                                   "already_present", "failed", "error", "note")}
+            for f in result.get("folders", [])
+        ]  # fmt: skip
+        item["failures"] = result.get("failures", [])
+    else:
+        item["folders"] = [
+            {"source": name, "done": cp.done, **cp.counts}
+            for name, cp in sorted(store.folder_checkpoints(r.id).items())
+        ]
+        item["failures"] = [
+            {"folder": f.folder, "uid": f.uid, "date": f.date, "subject": f.subject,
+             "reason": f.reason, "kind": f.kind}
+            for f in store.failures(r.id)
+        ]  # fmt: skip
+    return {"version": STATUS_VERSION, "daemon": daemon, "request": item}
+
+
+SNAPSHOT_NAME = "status.json"  # in the spool: the status document for the service's group
+
+
+def snapshot(store: StateStore, now: dt.datetime) -> dict[str, Any]:
+    """What the daemon writes to ``<spool>/status.json``: ``view`` and the raw heartbeat, so
+    a reader can tell again whether the daemon still runs when it reads the file."""
+    return {"written_at": now.isoformat(), "heartbeat": store.heartbeat(), "doc": view(store, now)}
+
+
+def from_snapshot(data: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:
+    """The status document from a snapshot, judged again at ``now``: the daemon's state from
+    the heartbeat it holds; if the daemon is not running, its running requests are
+    ``interrupted``, without rate or ETA."""
+    doc = dict(data["doc"])
+    doc["daemon"] = daemon_view(data.get("heartbeat"), now)
+    if not doc["daemon"]["running"]:
+        requests = []
+        for item in doc.get("requests", []):
+            if item.get("state") == "running":
+                item = {**item, "state": "interrupted", "phase": None, "detail": None,
+                        "rate_bytes_per_s": None, "eta_seconds": None}  # fmt: skip
+            requests.append(item)
+        doc["requests"] = requests
+        counts: dict[str, int] = {}
+        for item in requests:
+            counts[item["state"]] = counts.get(item["state"], 0) + 1
+        doc["counts"] = counts
+    return doc

@@ -125,6 +125,7 @@ class ScriptedServer:
                     await send(b'* LIST () "/" ')
                     while True:
                         await send(_CHUNK)
+                        await asyncio.sleep(0)  # as in _fetch: one step, one chunk
                 if not await self._answer(tag, name, rest, reader, send, caps):
                     break
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -208,6 +209,9 @@ class ScriptedServer:
                 piece = _CHUNK[: min(left, len(_CHUNK))]
                 await send(piece)  # type: ignore[misc]
                 left -= len(piece)
+                # drain() does not yield while the reader keeps up: without this, one step of
+                # this task writes for hundreds of ms (the tests' loop-blocking check sees it).
+                await asyncio.sleep(0)
             await send(b")\r\n")  # type: ignore[misc]
 
 

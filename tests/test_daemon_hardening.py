@@ -176,6 +176,9 @@ def test_every_file_the_daemon_creates_is_private_under_umask_022(
         assert daemon.wait(15) == 0, daemon.describe()
     modes |= {p: _mode(p) for p in [work.spool, *work.spool.rglob("*"), work.log_file]}
     assert len(modes) > 15
+    # One file is meant for the spool's group, and holds no secret: the status snapshot.
+    snapshot = work.spool / "status.json"
+    assert oct(modes.pop(snapshot)) == "0o640"
     assert {p: oct(m) for p, m in modes.items() if m & 0o077} == {}
 
 

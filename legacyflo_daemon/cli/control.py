@@ -27,10 +27,11 @@ from pathlib import Path
 
 from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.errors import CsvFileError, StateError
-from legacyflo_daemon.model import Request, Status
+from legacyflo_daemon.model import Status
 from legacyflo_daemon.request import csvfile
 from legacyflo_daemon.runtime import files
 from legacyflo_daemon.spool.directory import Spool
+from legacyflo_daemon.state.schema import request_key
 from legacyflo_daemon.state.store import StateStore
 
 PROG = "legacyflo-daemon"
@@ -73,14 +74,6 @@ def cancel(cfg: Config, target: str, now: dt.datetime | None = None) -> str:
     return f"cancel requested for {len(ids)} request(s) of {target}; {later}"
 
 
-def request_key(req: Request) -> str:
-    """The same key as ``StateStore.request_keys``: account, destination and folder."""
-    return (
-        f"{req.source.userid}@{req.source.server}>{req.dest.userid}@{req.dest.server}"
-        f"/{req.dest_folder}"
-    ).lower()
-
-
 def _rows_by_line(data: bytes, encoding: str) -> tuple[list[str], dict[int, list[str]]]:
     """The header and each data row by the line it starts on (as ``csvfile`` numbers rows)."""
     reader = csv.reader(io.StringIO(data.decode(encoding, "replace"), newline=""))
@@ -104,16 +97,11 @@ def retry_csv(
         parsed = csvfile.parse(data, limits)
     except CsvFileError as exc:
         raise ControlError(f"rejected as a whole: {exc}") from None
-    latest: dict[str, tuple[int, Status]] = {}
-    keys = store.request_keys()
-    for r in store.requests():
-        key = keys.get(r.id)
-        if key is not None and (key not in latest or latest[key][0] < r.seq):
-            latest[key] = (r.seq, r.status)
+    latest = store.latest_by_key()
     succeeded = {
         req.row
         for req in parsed.requests
-        if latest.get(request_key(req), (0, None))[1] is Status.SUCCEEDED
+        if (last := latest.get(request_key(req))) is not None and last.status is Status.SUCCEEDED
     }
     header, rows = _rows_by_line(data, parsed.encoding)
     kept = [cells for line, cells in sorted(rows.items()) if line not in succeeded]

@@ -7,16 +7,8 @@ which the daemon rewrites every 15 s. The pure part (``view``, ``table``, ``deta
 builds a documented document (``legacyflo_daemon/status.schema.json``, printed by ``--json``)
 from what the store holds, and renders it for 80 columns.
 
-Truth rules (decisions):
-
-- The daemon is *running* only while its heartbeat (written every few seconds) is fresh, and,
-  on this machine, its pid is alive. Otherwise it is "not running", with when it was last seen
-  and whether it stopped cleanly. While it is down, a request left ``running`` in the store is
-  shown as ``interrupted`` (it resumes at the next start), without rate or ETA.
-- A finished request shows the counts of its result (copied, already present, failed), not the
-  live counters of its last run, which start again at 0 after a resume.
-- Failures first, then running, queued, and finished ones. A request superseded by a later
-  request for the same account and folder (a retry) that succeeded is left out of the list.
+The truth rules (when the daemon counts as running, which counts a request shows, the
+order) are ``state.view``'s.
 """
 
 from __future__ import annotations

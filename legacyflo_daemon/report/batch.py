@@ -22,7 +22,13 @@ from typing import Any
 
 from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.outbox.store import Outbox
-from legacyflo_daemon.report.mail import MAIL_POLICY, SUBJECT_PREFIX, header_text, next_step
+from legacyflo_daemon.report.mail import (
+    MAIL_POLICY,
+    SUBJECT_PREFIX,
+    duration_text,
+    header_text,
+    next_step,
+)
 from legacyflo_daemon.runtime.secrets import scrub
 from legacyflo_daemon.state.store import StateStore
 
@@ -30,16 +36,6 @@ COLUMNS = (
     "row", "account", "destination", "status", "copied", "already_present", "failed",
     "duration", "error", "next_step",
 )  # fmt: skip
-
-
-def _duration(result: Mapping[str, Any]) -> str:
-    try:
-        start = dt.datetime.fromisoformat(str(result["started"]).replace("Z", "+00:00"))
-        end = dt.datetime.fromisoformat(str(result["finished"]).replace("Z", "+00:00"))
-    except (KeyError, ValueError, TypeError):
-        return ""
-    seconds = int((end - start).total_seconds())
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
 def rows(results: Sequence[Mapping[str, Any]], csv_name: str) -> list[dict[str, str]]:
@@ -61,7 +57,7 @@ def rows(results: Sequence[Mapping[str, Any]], csv_name: str) -> list[dict[str, 
                 "copied": str(totals.get("copied", "")),
                 "already_present": str(totals.get("already_present", "")),
                 "failed": str(totals.get("failed", "")),
-                "duration": _duration(r),
+                "duration": duration_text(r) or "",
                 "error": str(r.get("error") or ""),
                 "next_step": next_step(r, csv_name),
             }

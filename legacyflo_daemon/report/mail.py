@@ -133,7 +133,8 @@ def next_step(result: Mapping[str, Any], csv_name: str) -> str:
     return f"fix the cause named in the error, then: {retry}"
 
 
-def _duration(result: Mapping[str, Any]) -> str | None:
+def duration_text(result: Mapping[str, Any]) -> str | None:
+    """How long a request ran (``1h02m05s``), from its result; None when not known."""
     try:
         start = dt.datetime.fromisoformat(str(result["started"]).replace("Z", "+00:00"))
         end = dt.datetime.fromisoformat(str(result["finished"]).replace("Z", "+00:00"))
@@ -161,7 +162,7 @@ def _facts(result: Mapping[str, Any]) -> list[tuple[str, str]]:
             ("Date range", dates["description"] if dates else "-"),
         ]
     facts += [("Started", result["started"] or "-"), ("Finished", result["finished"] or "-")]
-    if (duration := _duration(result)) is not None:
+    if (duration := duration_text(result)) is not None:
         facts.append(("Duration", duration))
     if result["status"] != "rejected":
         t = result["totals"]

@@ -165,6 +165,13 @@ def iso(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).isoformat(timespec="seconds")
 
 
+def request_key(req: Request) -> str:
+    """What a request copies (source account, destination account and folder, any case): two
+    requests with one key are the same row run again (a retry)."""
+    src, dst = req.source, req.dest
+    return f"{src.userid}@{src.server}>{dst.userid}@{dst.server}/{req.dest_folder}".lower()
+
+
 def request_to_json(req: Request) -> str:
     """Serialise ``req`` without its passwords."""
 

@@ -669,8 +669,8 @@ class StateStore:
     # -- what the running daemon says (status) -------------------------------------------------
 
     def request_keys(self) -> dict[str, str]:
-        """request id -> what it copies (source account, destination account and folder, any
-        case): two requests with one key are the same row run again (a retry)."""
+        """request id -> ``schema.request_key`` of every request that has one (not rejected
+        rows)."""
         out: dict[str, str] = {}
         for r in self._all("SELECT id, request FROM requests WHERE request IS NOT NULL"):
             d = json.loads(r["request"])
@@ -678,8 +678,19 @@ class StateStore:
             out[r["id"]] = (
                 f"{src['userid']}@{src['server']}>{dst['userid']}@{dst['server']}"
                 f"/{d['dest_folder']}"
-            ).lower()
+            ).lower()  # schema.request_key, read from the stored JSON
         return out
+
+    def latest_by_key(self, rows: Sequence[RequestRow] | None = None) -> dict[str, RequestRow]:
+        """``schema.request_key`` -> the latest request (highest ``seq``) with that key, among
+        ``rows`` (default: every request)."""
+        keys = self.request_keys()
+        latest: dict[str, RequestRow] = {}
+        for r in self.requests() if rows is None else rows:
+            key = keys.get(r.id)
+            if key is not None and (key not in latest or latest[key].seq < r.seq):
+                latest[key] = r
+        return latest
 
     def unfinished_of(self, target: str) -> list[str] | None:
         """The unfinished request ids ``target`` names: a request id, or a CSV by the name it

@@ -151,15 +151,12 @@ def view(
     phases = store.phases()
     names: dict[int, str] = {}
     requests: list[tuple[int, dict[str, Any]]] = []
-    latest: dict[str, tuple[int, Status]] = {}
+    rows = store.requests()
     keys = store.request_keys()
-    for r in store.requests():
-        key = keys.get(r.id)
-        if key is not None and (key not in latest or latest[key][0] < r.seq):
-            latest[key] = (r.seq, r.status)
-    for r in store.requests():
-        key = keys.get(r.id)
-        if key is not None and latest[key][0] != r.seq and latest[key][1] is Status.SUCCEEDED:
+    latest = store.latest_by_key(rows)
+    for r in rows:
+        last = latest.get(keys.get(r.id, ""))
+        if last is not None and last.seq != r.seq and last.status is Status.SUCCEEDED:
             continue  # a later request for the same account and folder succeeded
         if r.csv_id not in names:
             names[r.csv_id] = store.csv(r.csv_id).original

@@ -49,7 +49,12 @@ from legacyflo_daemon.runtime.aio import all_or_first_error, both, wait_any
 from legacyflo_daemon.state.store import FolderCheckpoint, StateStore
 from legacyflo_daemon.transfer import folders, readback
 from legacyflo_daemon.transfer.backoff import Backoff
-from legacyflo_daemon.transfer.folder_copy import FolderCopy, Interrupted, Progress
+from legacyflo_daemon.transfer.folder_copy import (
+    FolderCopy,
+    Interrupted,
+    Progress,
+    result_from_counts,
+)
 from legacyflo_daemon.transfer.limits import ByteBudget
 from legacyflo_daemon.transfer.recorder import ListingRecorder, request_top, selectable_under
 
@@ -115,7 +120,9 @@ class Copier:
                 # Not finished in this run (the request failed meanwhile): what its batches
                 # stored still counts, so the result equals what the destination holds.
                 counts = checkpoints[plan.source_name].counts
-                ordered.append(_result_from_counts(plan, counts, self._destination(plan)[1]))
+                ordered.append(
+                    result_from_counts(plan, counts, self._destination(plan)[1], plan.note)
+                )
         if status is Status.SUCCEEDED and (failures or any(f.error for f in ordered)):
             status = Status.PARTIAL
         return RequestResult(
@@ -199,7 +206,9 @@ class Copier:
             if plan.selectable and cp is not None and cp.done:
                 if plan.source_name not in self._results:  # finished in an earlier run
                     display = self._destination(plan)[1]
-                    self._results[plan.source_name] = _result_from_counts(plan, cp.counts, display)
+                    self._results[plan.source_name] = result_from_counts(
+                        plan, cp.counts, display, plan.note
+                    )
             elif plan.selectable:
                 todo.append(plan)
         workers = [self._first_worker(src, dst, todo, checkpoints)]
@@ -424,23 +433,6 @@ async def connect_pair(request: Request, config: Config) -> tuple[Session, Sessi
 async def _namespace_and_list(session: Session) -> tuple[Namespaces, list[ListEntry]]:
     """The namespaces and every listed folder of ``session`` (names include their prefix)."""
     return await session.namespaces(), await session.list_folders()
-
-
-def _result_from_counts(
-    plan: folders.FolderPlan, counts: dict[str, int], destination: str
-) -> FolderResult:
-    return FolderResult(
-        source=plan.source_display,
-        destination=destination,
-        in_range=counts.get("in_range", 0),
-        copied=counts.get("copied", 0),
-        already_present=counts.get("already_present", 0),
-        failed=counts.get("failed", 0),
-        bytes=counts.get("bytes", 0),
-        deleted_dropped=counts.get("deleted_dropped", 0),
-        altered=counts.get("altered", 0),
-        note=plan.note,
-    )
 
 
 __all__ = ["Copier", "Interrupted", "Progress"]

@@ -204,7 +204,7 @@ class FolderCopy:
             if spare[munged] <= 0:
                 continue
             spare[munged] -= 1
-            source_key = dict(source_keys)[uid]
+            source_key = self._source_key[uid]
             why = (
                 "altered by the destination: found after an interruption, its raw 8-bit "
                 "header bytes replaced with 'X' (Cyrus IMAP's munge8bit setting)"
@@ -502,18 +502,7 @@ class FolderCopy:
         return self._result_with(self.counts)
 
     def _result_with(self, counts: dict[str, int]) -> FolderResult:
-        return FolderResult(
-            source=self.plan.source_display,
-            destination=self.dest_display,
-            in_range=counts.get("in_range", 0),
-            copied=counts.get("copied", 0),
-            already_present=counts.get("already_present", 0),
-            failed=counts.get("failed", 0),
-            bytes=counts.get("bytes", 0),
-            deleted_dropped=counts.get("deleted_dropped", 0),
-            altered=counts.get("altered", 0),
-            note=self._note,
-        )
+        return result_from_counts(self.plan, counts, self.dest_display, self._note)
 
     def failed_result(self, error: str) -> FolderResult:
         """The result of this folder when it could not be copied (``error``: why, with the
@@ -550,4 +539,22 @@ def _stored(meta: MessageMeta) -> readback.Stored:
     """A read-back message (its ``header`` the whole stored header block)."""
     return readback.Stored(
         meta.uid, identity.identity(meta.header, meta.internaldate), meta.size, meta.header
+    )
+
+
+def result_from_counts(
+    plan: folders.FolderPlan, counts: dict[str, int], destination: str, note: str
+) -> FolderResult:
+    """A folder's result from its counters (a checkpoint's or a pass's)."""
+    return FolderResult(
+        source=plan.source_display,
+        destination=destination,
+        in_range=counts.get("in_range", 0),
+        copied=counts.get("copied", 0),
+        already_present=counts.get("already_present", 0),
+        failed=counts.get("failed", 0),
+        bytes=counts.get("bytes", 0),
+        deleted_dropped=counts.get("deleted_dropped", 0),
+        altered=counts.get("altered", 0),
+        note=note,
     )

@@ -17,7 +17,8 @@ Owns: ``IdentityPlatform``, a thread serving (with the test CA's certificate, ``
   client-credentials token is the application's, not a user's: see ``dovecot_conf``).
 
 Every token issued is kept in ``issued`` (tests search written files for them); ``requests``
-counts the calls per path. Must not: be used outside tests.
+counts the calls per path, ``token_requests`` the token requests per client id.
+Must not: be used outside tests.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ class IdentityPlatform:
     apps: dict[str, App] = field(default_factory=dict)
     issued: list[str] = field(default_factory=list)
     requests: dict[str, int] = field(default_factory=dict)
+    token_requests: dict[str, int] = field(default_factory=dict)  # by client_id, refused too
     _tokens: dict[str, _Token] = field(default_factory=dict)
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
@@ -244,6 +246,9 @@ class IdentityPlatform:
         time.sleep(self.token_delay)
         if tenant not in self.tenants:
             return self._aad_error(400, "invalid_request", 90002, f"Tenant '{tenant}' not found.")
+        with self._lock:
+            client = form.get("client_id", "")
+            self.token_requests[client] = self.token_requests.get(client, 0) + 1
         if form.get("grant_type") != "client_credentials":
             return self._aad_error(400, "unsupported_grant_type", 70003, "Unsupported grant.")
         app = self.apps.get(form.get("client_id", ""))

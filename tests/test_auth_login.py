@@ -12,7 +12,7 @@ import asyncio
 import base64
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,9 +25,11 @@ from legacyflo_daemon.imap.session import connect
 from legacyflo_daemon.imap.syntax import sasl
 from legacyflo_daemon.model import Account, Secret
 from legacyflo_daemon.runtime.secrets import scrub_text
+from testkit.cyrus import CyrusServer
 from testkit.dovecot import DovecotServer
 from testkit.dovecot_conf import ServerKind
 from testkit.identity import IdentityPlatform, make_client_certificate
+from testkit.imap import ServerAccount
 from testkit.master import missing_dovecot
 from testkit.tlsca import TlsCa
 
@@ -387,3 +389,26 @@ async def test_an_admin_that_may_not_impersonate_names_what_to_grant(
     text = await refused(auth_server, host, AuthenticationFailed)
     assert "administrator 'mary' acting as" in text and "marys-own-pw" not in text
     assert "Add-MailboxPermission" in text and "master = yes" in text
+
+
+async def test_cyrus_admin_with_sasl_authzid(
+    cyrus_server: CyrusServer, new_cyrus_account: Callable[..., ServerAccount], files: Path
+) -> None:
+    """Cyrus lets an account listed in ``admins`` act as any user (SASL PLAIN authzid)."""
+    account = new_cyrus_account("marys-own-pw")
+    (files / "cyrus-admin").write_text(cyrus_server.admin_password + "\n")
+    host = HostConfig(
+        tls="implicit",
+        ca_file=cyrus_server.ca_file,
+        auth="admin",
+        admin_user=cyrus_server.admin_user,
+        admin_password_file=files / "cyrus-admin",
+        sasl_authzid=True,
+    )
+    acct = Account(account.user, "contoso.com", Secret(""), cyrus_server.host, None)
+    session = await connect(endpoint(acct, cyrus_server.port_tls, host, Config()))
+    try:
+        names = [entry.name for entry in await session.list_folders()]
+    finally:
+        await session.logout()
+    assert names == ["INBOX"]  # the user's own view, not the admin's (user.* of everyone)

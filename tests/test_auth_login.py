@@ -412,3 +412,12 @@ async def test_cyrus_admin_with_sasl_authzid(
     finally:
         await session.logout()
     assert names == ["INBOX"]  # the user's own view, not the admin's (user.* of everyone)
+
+
+async def test_oauth2_on_a_server_without_oauth_mechanisms_asks_for_no_token(
+    identity: IdentityPlatform, source_server: DovecotServer, tls_ca: TlsCa, files: Path
+) -> None:
+    host = oauth_host(identity, tls_ca, files, client_id=new_app(identity, secret=SECRET))
+    text = await refused(source_server, host, PermanentError)
+    assert "neither AUTH=XOAUTH2 nor AUTH=OAUTHBEARER" in text
+    assert oauth2.provider_for(host).fetched == 0

@@ -183,24 +183,25 @@ async def _authenticate_plain(
 
 
 async def _authenticate_bearer(conn: Connection, bearer: Bearer) -> tuple[Reply, str, Secret]:
-    """One OAuth login: (reply, mechanism, the token sent)."""
+    """One OAuth login: (reply, mechanism, the token sent). The mechanism is chosen before a
+    token is asked for: a server that takes neither needs no token."""
     ep = conn.ep
-    token = await bearer.provider.token(ep.host)
     if "AUTH=OAUTHBEARER" in conn.capabilities:
-        data = sasl.oauthbearer(ep.user, token.reveal(), ep.host, ep.port)
-        return (
-            await _authenticate(conn, "OAUTHBEARER", data, sasl.OAUTHBEARER_ABORT),
-            ("OAUTHBEARER"),
-            token,
+        mechanism, abort = "OAUTHBEARER", sasl.OAUTHBEARER_ABORT
+    elif "AUTH=XOAUTH2" in conn.capabilities:
+        mechanism, abort = "XOAUTH2", sasl.XOAUTH2_ABORT
+    else:
+        raise PermanentError(
+            'the server offers neither AUTH=XOAUTH2 nor AUTH=OAUTHBEARER: auth = "oauth2" '
+            "cannot log in here (is it Exchange Online, outlook.office365.com?)",
+            host=ep.host,
         )
-    if "AUTH=XOAUTH2" in conn.capabilities:
+    token = await bearer.provider.token(ep.host)
+    if mechanism == "OAUTHBEARER":
+        data = sasl.oauthbearer(ep.user, token.reveal(), ep.host, ep.port)
+    else:
         data = sasl.xoauth2(ep.user, token.reveal())
-        return await _authenticate(conn, "XOAUTH2", data, sasl.XOAUTH2_ABORT), "XOAUTH2", token
-    raise PermanentError(
-        'the server offers neither AUTH=XOAUTH2 nor AUTH=OAUTHBEARER: auth = "oauth2" cannot '
-        "log in here (is it Exchange Online, outlook.office365.com?)",
-        host=ep.host,
-    )
+    return await _authenticate(conn, mechanism, data, abort), mechanism, token
 
 
 def _refused(ep: Endpoint, reply: Reply, mechanism: str) -> AuthenticationFailed:

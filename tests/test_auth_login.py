@@ -277,8 +277,9 @@ async def test_a_valid_token_for_an_app_without_mailbox_access_names_what_to_gra
     assert status[server_fixture] in text
     # The refused token is not offered again: the next login asks for a new one.
     provider = oauth2.provider_for(host)
+    first = identity.issued[-1]
     await refused(server, host, AuthenticationFailed)
-    assert provider.fetched == 2
+    assert provider.fetched == 2 and identity.issued[-1] != first
 
 
 async def test_an_unreachable_authority_is_transient(tls_ca: TlsCa, files: Path) -> None:

@@ -11,8 +11,8 @@ Rules:
 - A token is used until ``margin`` seconds before it expires (300 s, or a third of its
   lifetime for short-lived tokens), then a new one is obtained; connections that are already
   logged in keep their session (IMAP checks a token at login only), a reconnect logs in with
-  the new token. ``msal``'s own cache treats a token as expired 5 minutes before its end, so
-  asking it again at our margin gets a new token, never the old one.
+  the new token. ``msal``'s cache is emptied before each request, so that a renewal (or the
+  replacement of a token a server refused) always gets a new token, never the old one.
 - Every token, the client secret and the certificate's private key are registered with
   ``runtime.secrets`` the moment they are read or obtained (the last ``KEEP_TOKENS`` tokens stay
   registered: a session logged in with an older one stopped using it at its login).
@@ -47,7 +47,7 @@ OWNER = "auth.oauth2"
 # in flight in a login. Each registered token costs ~7 ms of regex compilation at every change
 # of the registry (runtime.secrets), so the list stays short.
 KEEP_TOKENS = 2
-MAX_MARGIN = 300.0  # seconds before expiry when a token is renewed (msal's own cache: 5 min)
+MAX_MARGIN = 300.0  # seconds before expiry when a token is renewed
 HTTP_TIMEOUT = 30.0  # seconds for one request to the identity platform
 _AADSTS = re.compile(r"AADSTS(\d+)")
 
@@ -148,6 +148,11 @@ class TokenProvider:
             try:
                 if self._client is None:
                     self._client = self._make_client(server)
+                # Our own rule decides that a new token is due (or that the server refused the
+                # current one): msal's cache must not hand the old one back.
+                cache = self._client.token_cache
+                for entry in list(cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
+                    cache.remove_at(entry)
                 result = self._client.acquire_token_for_client(scopes=[self.app.scope])
             except requests.exceptions.SSLError:
                 raise PermanentError(

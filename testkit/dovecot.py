@@ -35,6 +35,7 @@ from testkit.dovecot_conf import (
     ServerAddresses,
     ServerKind,
     render_config,
+    render_oauth2_conf,
 )
 from testkit.master import ENV, MasterProcess, free_port, missing_dovecot
 from testkit.tlsca import TlsCa
@@ -59,12 +60,21 @@ class DovecotServer:
         addresses: ServerAddresses | None = None,
         max_userip_connections: int = 1000,
         extra_conf: str = "",
+        master_users: bool = False,
+        oauth2_introspection_url: str | None = None,
+        oauth2_mechanisms: str = "xoauth2 oauthbearer",
     ) -> None:
+        """``master_users``: a master passdb (``add_master_user``); ``oauth2_introspection_url``:
+        an oauth2 passdb that checks tokens there (``testkit.identity``), offered as
+        ``oauth2_mechanisms`` ("xoauth2", "oauthbearer" or both)."""
         self.kind = kind
         self.tls = tls
         self.addresses = addresses or DEFAULT_ADDRESSES[kind]
         self.max_userip_connections = max_userip_connections
         self.extra_conf = extra_conf
+        self.master_users = master_users
+        self.oauth2_introspection_url = oauth2_introspection_url
+        self.oauth2_mechanisms = oauth2_mechanisms
         self.name = f"lf-{kind.value}-{os.getpid()}-{next(_counter)}"
         self.root = Path(tempfile.mkdtemp(prefix=f"lf-dovecot-{kind.value}-"))
         self.root.chmod(0o755)  # the mail processes (nobody) must traverse it
@@ -160,6 +170,11 @@ class DovecotServer:
             max_userip_connections=self.max_userip_connections,
             run_as=self._run_as,
             extra=self.extra_conf,
+            master_users_file=self.root / "masters" if self.master_users else None,
+            oauth2_conf=self.root / "dovecot-oauth2.conf.ext"
+            if self.oauth2_introspection_url is not None
+            else None,
+            oauth2_mechanisms=self.oauth2_mechanisms,
         )
 
     def start(self, timeout: float = 10.0) -> Self:
@@ -179,7 +194,17 @@ class DovecotServer:
             ports = self._ports or self._pick_ports()
             shutil.rmtree(self.root / "run", ignore_errors=True)
             (self.root / "run").mkdir()
-            self.conf_path.write_text(render_config(self._settings(ports)))
+            settings = self._settings(ports)
+            if settings.master_users_file is not None and not settings.master_users_file.exists():
+                settings.master_users_file.write_text("")
+            if settings.oauth2_conf is not None and self.oauth2_introspection_url is not None:
+                ca = self.root / "oauth2-ca.pem"  # readable by the auth process's user
+                ca.write_bytes(self.tls.ca_file.read_bytes())
+                ca.chmod(0o644)
+                settings.oauth2_conf.write_text(
+                    render_oauth2_conf(self.oauth2_introspection_url, ca)
+                )
+            self.conf_path.write_text(render_config(settings))
             if self._master.start(self.host, ports, timeout):
                 self._ports = ports
                 return self
@@ -238,6 +263,14 @@ class DovecotServer:
             tmp.write_text(f"{name}:{{PLAIN.b64}}{encoded}\n")
             tmp.rename(self.users_dir / name)  # never seen half-written
             self._users.add(name)
+
+    def add_master_user(self, name: str, password: str) -> None:
+        """Add a master user (needs ``master_users=True``): it logs in as any user ``u`` with
+        ``u*name`` and its own password, or with SASL PLAIN and authzid ``u``. Dovecot re-reads
+        the file at most once per second: wait a second before relying on a change."""
+        encoded = base64.b64encode(password.encode()).decode()
+        with self._lock, open(self.root / "masters", "a") as fp:
+            fp.write(f"{name}:{{PLAIN.b64}}{encoded}\n")
 
     def new_user(self, password: str, prefix: str = "u") -> str:
         """Add a user with a name unique in this process and return the name."""

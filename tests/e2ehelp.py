@@ -84,10 +84,12 @@ def write_config(
     imap: Mapping[str, object] | None = None,
     log_file: Path | None = None,
     smtp_port: int | None = None,
+    hosts: Mapping[str, Mapping[str, object]] | None = None,
 ) -> Path:
     """A config for the test servers: both hosts implicit TLS verified with the test CA, the
     destination's implicit-TLS port, JSON logs, quick intake and retries; ``daemon``/``imap``
-    override or add keys of those tables."""
+    override or add keys of those tables; ``hosts`` (host name -> keys) adds keys to a server's
+    ``[hosts."x"]`` table, or tables for other names (implicit TLS with the source's CA)."""
     daemon_table: dict[str, object] = {
         "spool": spool,
         "max_jobs": 3,
@@ -112,9 +114,14 @@ def write_config(
     parts = [_table("daemon", daemon_table), _table("imap", imap_table), _table("log", log_table)]
     if smtp_port is not None:
         parts.append(_table("smtp", {"host": "127.0.0.1", "port": smtp_port, "tls": "none"}))
+    extra = dict(hosts or {})
     for server in (source, dest):
-        host = {"tls": "implicit", "ca_file": server.ca_file}
+        host = {"tls": "implicit", "ca_file": server.ca_file, **extra.pop(server.host, {})}
         parts.append(_table(f'hosts."{server.host}"', host))
+    for name, keys in extra.items():
+        parts.append(
+            _table(f'hosts."{name}"', {"tls": "implicit", "ca_file": source.ca_file, **keys})
+        )
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
 
@@ -124,7 +131,8 @@ class Row:
     """One request row: ``source`` copied into ``dest`` under ``folder``.
 
     ``source_port`` defaults to the source's implicit-TLS port (a proxy's port can be given);
-    ``source_password`` overrides the real one (a wrong-password row).
+    ``source_password`` overrides the real one (a wrong-password row, an empty one);
+    ``source_host`` another name of the source server (``localhost``, another address).
     """
 
     source: ServerAccount
@@ -132,6 +140,7 @@ class Row:
     folder: str
     source_port: int | None = None
     source_password: str | None = field(default=None, repr=False)
+    source_host: str | None = None  # another name of the source server (its own config)
     report_to: str = ""
     jobtype: str = "EXCHANGEIMAP"
     title: str = ""
@@ -153,7 +162,7 @@ class Row:
             "sourceuserpassword": (
                 self.source.password if self.source_password is None else self.source_password
             ),
-            "sourceserver": self.source.host,
+            "sourceserver": self.source_host or self.source.host,
             "sourceserverport": str(self.source_port or self.source.port_tls),
             "since": self.since,
             "before": self.before,
@@ -322,6 +331,7 @@ class Work:
         daemon: Mapping[str, object] | None = None,
         imap: Mapping[str, object] | None = None,
         smtp_port: int | None = None,
+        hosts: Mapping[str, Mapping[str, object]] | None = None,
     ) -> Path:
         """(Re)write ``config.toml`` (see ``write_config``), logging to ``daemon.log`` too."""
         return write_config(
@@ -333,6 +343,7 @@ class Work:
             imap=imap,
             log_file=self.log_file,
             smtp_port=smtp_port,
+            hosts=hosts,
         )
 
     def daemon(

@@ -122,7 +122,7 @@ def retry(cfg: Config, path: str, drop_name: str) -> str:
         raise ControlError(f"{path}: cannot read: {exc.strerror or exc}") from None
     store = _store(cfg)
     try:
-        new, kept, done = retry_csv(data, store, csvfile.Limits.of(cfg.csv))
+        new, kept, done = retry_csv(data, store, csvfile.Limits.of(cfg.csv, cfg.passwordless()))
     finally:
         store.close()
     if new is None:

@@ -2,7 +2,8 @@
 
 Owns: the per-request detail block of ``check``/``submit`` (job type and title, report
 address, both accounts with their login name, server, port and where the port came from, TLS
-mode and certificate checking, the destination folder path, the date range in words), wrapped
+mode and certificate checking, how each side authenticates (``auth``), the destination folder
+path, the date range in words), wrapped
 to ``WIDTH`` columns, passwords always shown as ``********``; and ``tls_mode``, the TLS mode a
 connection will use.
 Must not: open a file or a connection. The port comes from ``imap.endpoint.port_for`` and the
@@ -67,9 +68,33 @@ def _certificate(host: HostConfig, mode: TlsMode) -> str:
     return checked if mode != "starttls-or-plain" else f"when TLS: {checked}"
 
 
+def auth_words(host: HostConfig) -> str:
+    """How an account of ``host`` (settings of one direction) authenticates, in words: the
+    row's password, an OAuth 2.0 token (which application) or an administrator's
+    impersonation (how). Nothing secret, no file read."""
+    if host.auth == "oauth2":
+        how = "certificate" if host.client_certificate_file is not None else "client secret"
+        return (
+            f"OAuth 2.0 token (auth oauth2) of application {host.client_id}, tenant "
+            f"{host.tenant}, {how}, from {host.authority.rstrip('/')}; XOAUTH2 or OAUTHBEARER"
+        )
+    if host.auth == "admin":
+        if host.sasl_authzid:
+            return (
+                f"impersonated (auth admin) by administrator {host.admin_user}: SASL PLAIN "
+                "with the login as authorization identity, password from admin_password_file"
+            )
+        return (
+            f"impersonated (auth admin) by administrator {host.admin_user}: the login name "
+            "above, password from admin_password_file"
+        )
+    return f"password {REDACTED}"
+
+
 def account_lines(account: Account, direction: Direction, cfg: Config) -> list[str]:
-    """Three values: ``user@domain (login NAME), password ********``, ``server port N
-    (origin)`` and ``TLS mode, certificate checking``."""
+    """Three values: ``user@domain (login NAME), <how it authenticates>`` (``auth_words``:
+    ``password ********``, an OAuth token, an administrator), ``server port N (origin)`` and
+    ``TLS mode, certificate checking``."""
     host = cfg.host_for(account.server, direction)
     try:
         login = login_name(account, host)
@@ -84,7 +109,7 @@ def account_lines(account: Account, direction: Direction, cfg: Config) -> list[s
     if host.legacy_tls:
         how.append("TLS 1.0 allowed (legacy_tls)")
     return [
-        _clean(f"{who}, password {REDACTED}"),
+        _clean(f"{who}, {auth_words(host)}"),
         _clean(f"{account.server} port {port} ({_port_origin(account, direction, cfg)})"),
         _clean(", ".join(how)),
     ]

@@ -133,7 +133,7 @@ def _read_csv(path: str) -> tuple[bytes, str]:
 def _parse(data: bytes, name: str, config: Config) -> ParseResult:
     """``data`` parsed with the config's ``[csv]`` limits, as the daemon will parse it."""
     try:
-        return csvfile.parse(data, csvfile.Limits.of(config.csv))
+        return csvfile.parse(data, csvfile.Limits.of(config.csv, config.passwordless()))
     except CsvFileError as exc:
         raise _Fail(f"{name}: rejected as a whole: {exc}") from None
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from legacyflo_daemon.cli import dryrun
 from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.errors import ImapError
-from legacyflo_daemon.imap.endpoint import dest_endpoint, source_endpoint
+from legacyflo_daemon.imap.endpoint import Bearer, Impersonation, dest_endpoint, source_endpoint
 from legacyflo_daemon.imap.session import Endpoint, Session, connect
 from legacyflo_daemon.model import Request
 
@@ -52,8 +52,18 @@ def _targets(req: Request, cfg: Config) -> list[tuple[str, str, Endpoint | str]]
         except ImapError as exc:  # e.g. an unusable login_format
             out.append((side, f"{account.address} on {account.server}", str(exc)))
             continue
-        out.append((side, f"{account.address} on {ep.host}:{ep.port}", ep))
+        out.append((side, f"{account.address} on {ep.host}:{ep.port}{_how(ep)}", ep))
     return out
+
+
+def _how(ep: Endpoint) -> str:
+    """How the login authenticates, when not with the row's password."""
+    if isinstance(ep.auth, Bearer):
+        return f" with an OAuth 2.0 token of application {ep.auth.provider.app.client_id}"
+    if isinstance(ep.auth, Impersonation):
+        how = "SASL PLAIN authzid" if ep.auth.sasl else f"login {ep.user}"
+        return f" as administrator {ep.auth.admin} ({how})"
+    return ""
 
 
 async def _row(

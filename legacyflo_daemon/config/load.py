@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from legacyflo_daemon.config.schema import (
+    AUTH_MODES,
     DIRECTIONS,
     Config,
     CsvConfig,
@@ -74,10 +75,24 @@ def _address(v: str) -> str | None:
 
 def _login_format(v: str) -> str | None:
     try:
-        v.format(user="u", domain="d")
+        v.format(user="u", domain="d", admin="a")
     except (KeyError, IndexError, ValueError) as exc:
-        return f"only {{user}} and {{domain}} may be used ({exc!s})"
+        return f"only {{user}}, {{domain}} and {{admin}} may be used ({exc!s})"
     return None if "{user}" in v else "must contain {user}"
+
+
+def _https_url(v: str) -> str | None:
+    rest = v.removeprefix("https://")
+    if rest == v or not rest or any(c.isspace() for c in v) or "?" in v or "#" in v:
+        return f"must be an https:// URL like https://login.microsoftonline.com, got {v!r}"
+    return None
+
+
+def _thumbprint(v: str) -> str | None:
+    bare = v.replace(":", "")
+    if len(bare) != 40 or any(c not in "0123456789abcdefABCDEF" for c in bare):
+        return "must be the certificate's SHA-1 thumbprint: 40 hexadecimal digits"
+    return None
 
 
 def _folders(v: tuple[str, ...]) -> str | None:
@@ -146,12 +161,28 @@ _CHECKS: dict[str, Check] = {
     "hosts.tls": _one_of("auto", "implicit", "starttls"),
     "hosts.max_connections": _POSITIVE,
     "hosts.max_per_login": _POSITIVE,
+    "hosts.auth": _one_of(*AUTH_MODES),
+    "hosts.tenant": _not_blank,
+    "hosts.client_id": _not_blank,
+    "hosts.client_certificate_thumbprint": _thumbprint,
+    "hosts.authority": _https_url,
+    "hosts.scope": _not_blank,
+    "hosts.admin_user": _not_blank,
 }
-_LOWERCASE = {"log.level", "log.format", "smtp.tls", "hosts.tls"}
+_LOWERCASE = {"log.level", "log.format", "smtp.tls", "hosts.tls", "hosts.auth"}
 _REJECTED = {
     "smtp.password": "a password is not accepted in the config file (it is often readable by "
     "others and ends up in backups): use password_file or password_env",
+    "hosts.client_secret": "a secret is not accepted in the config file (it is often readable "
+    "by others and ends up in backups): put it in a file and give client_secret_file",
+    "hosts.admin_password": "a password is not accepted in the config file (it is often "
+    "readable by others and ends up in backups): use admin_password_file",
 }
+# A host's keys naming files that must exist (checked for the base table and each sub-table).
+_HOST_FILES = (
+    "ca_file", "client_secret_file", "client_certificate_file", "authority_ca_file",
+    "admin_password_file",
+)  # fmt: skip
 _SECTIONS: dict[str, type[Any]] = {
     "daemon": DaemonConfig,
     "csv": CsvConfig,
@@ -294,11 +325,16 @@ class _Reader:
             raise self.fail("imap.backoff_max", "must not be smaller than imap.backoff_base")
         files: list[tuple[str, Path | None]] = []
         for n, h in cfg.hosts.items():
-            files.append((f'hosts."{n}".ca_file', h.ca_file))
+            for name in _HOST_FILES:
+                files.append((f'hosts."{n}".{name}', getattr(h, name)))
+                for direction in DIRECTIONS:
+                    given = getattr(h.side(direction), name)
+                    if given != getattr(h, name):  # given in the sub-table
+                        files.append((f'hosts."{n}".{direction}.{name}', given))
             for direction in DIRECTIONS:
-                ca_file = h.side(direction).ca_file
-                if ca_file != h.ca_file:  # given in the sub-table
-                    files.append((f'hosts."{n}".{direction}.ca_file', ca_file))
+                side = h.side(direction)
+                where = f'hosts."{n}"' + (f".{direction}" if side is not h else "")
+                self.auth_checks(side, where)
         smtp = cfg.smtp
         if smtp is not None:
             files += [("smtp.ca_file", smtp.ca_file), ("smtp.password_file", smtp.password_file)]
@@ -312,6 +348,40 @@ class _Reader:
         for key, file in files:
             if file is not None and not file.is_file():
                 raise self.fail(key, f"{file} is not a readable file")
+
+    def auth_checks(self, h: HostConfig, where: str) -> None:
+        """The keys ``auth`` needs for one direction of a host (``where`` names its table)."""
+        if h.auth == "oauth2":
+            for name in ("tenant", "client_id"):
+                if getattr(h, name) is None:
+                    raise self.fail(f"{where}.{name}", 'missing: auth = "oauth2" needs it')
+            secret, cert = h.client_secret_file, h.client_certificate_file
+            if (secret is None) == (cert is None):
+                raise self.fail(
+                    f"{where}.client_secret_file",
+                    'auth = "oauth2" needs exactly one of client_secret_file and '
+                    "client_certificate_file",
+                )
+        elif h.auth == "admin":
+            for name in ("admin_user", "admin_password_file"):
+                if getattr(h, name) is None:
+                    raise self.fail(f"{where}.{name}", 'missing: auth = "admin" needs it')
+            has_admin = "{admin}" in h.login_format
+            if h.sasl_authzid and has_admin:
+                raise self.fail(
+                    f"{where}.login_format",
+                    "with sasl_authzid the login name is the mailbox's only (authorization "
+                    "identity): remove {admin}",
+                )
+            if not h.sasl_authzid and not has_admin:
+                raise self.fail(
+                    f"{where}.login_format",
+                    "auth = \"admin\" needs {admin} in it (e.g. '{domain}\\{admin}\\{user}' "
+                    "for Exchange, '{user}*{admin}' for Dovecot master users) or "
+                    "sasl_authzid = true",
+                )
+        elif "{admin}" in h.login_format:
+            raise self.fail(f"{where}.login_format", '{admin} needs auth = "admin"')
 
 
 def load_config(path: Path | None) -> Config:

@@ -13,7 +13,9 @@ in a limit must not silently leave the default in force. The one exception to "a
 dataclass": ``[hosts."x".source]`` and ``[hosts."x".dest]`` take the keys of ``[hosts."x"]``
 and are merged over them into ``HostConfig.source``/``HostConfig.dest``.
 
-Relative paths (``spool``, ``state_file``, ``log.file``, ``ca_file``, ``password_file``) are
+Relative paths (``spool``, ``state_file``, ``log.file``, ``ca_file``, ``password_file`` and the
+hosts' ``client_secret_file``, ``client_certificate_file``, ``authority_ca_file``,
+``admin_password_file``) are
 relative to the directory of the config file; without a config file they stay relative to the
 working directory (the defaults: ``./spool``).
 """
@@ -45,6 +47,10 @@ DEFAULT_EXCLUDED_FOLDERS: tuple[str, ...] = (
 Direction = Literal["source", "dest"]
 DIRECTIONS: tuple[Direction, ...] = ("source", "dest")
 
+AUTH_MODES = ("password", "oauth2", "admin")
+DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
+EXCHANGE_ONLINE_SCOPE = "https://outlook.office365.com/.default"
+
 
 @dataclass(frozen=True, slots=True)
 class HostConfig:
@@ -66,7 +72,24 @@ class HostConfig:
     # "auto": 993 is implicit TLS, other ports STARTTLS; "implicit" forces TLS from the first
     # byte on any port (e.g. 9993); "starttls" forces STARTTLS even on 993.
     tls: str = "auto"
-    login_format: str = "{user}"  # also "{user}@{domain}" or "DOMAIN\\{user}"
+    login_format: str = "{user}"  # also "{user}@{domain}", "DOMAIN\\{user}", "{user}*{admin}"
+    # How to log in (``auth``): "password" (the CSV's password; the default), "oauth2" (an
+    # access token of the Microsoft identity platform, client-credentials flow: SASL XOAUTH2
+    # or OAUTHBEARER) or "admin" (impersonation with the administrator below: SASL PLAIN with
+    # the row's user as authorization identity when ``sasl_authzid``, else LOGIN with the
+    # ``login_format`` name, which then holds ``{admin}``, and the admin's password).
+    auth: str = "password"
+    tenant: str | None = None  # oauth2: directory (tenant) ID or primary domain
+    client_id: str | None = None  # oauth2: application (client) ID
+    client_secret_file: Path | None = None  # oauth2: the secret's value, one line
+    client_certificate_file: Path | None = None  # oauth2: PEM with private key and certificate
+    client_certificate_thumbprint: str | None = None  # oauth2: SHA-1 hex; None: from the file
+    authority: str = DEFAULT_AUTHORITY  # oauth2: https://login.microsoftonline.us (GCC High)
+    authority_ca_file: Path | None = None  # oauth2: CA bundle for the authority's certificate
+    scope: str = EXCHANGE_ONLINE_SCOPE  # oauth2
+    admin_user: str | None = None  # admin: the administrator's login name
+    admin_password_file: Path | None = None  # admin: its password, one line
+    sasl_authzid: bool = False  # admin: AUTHENTICATE PLAIN with authzid = the row's login
     max_connections: int | None = None  # cap for this host (default: daemon.max_per_host)
     max_per_login: int | None = None  # cap per login on this host (default: imap.max_per_login)
     source: HostConfig | None = None  # the settings as a source: base keys + [..source]
@@ -81,6 +104,11 @@ class HostConfig:
         if self.source is None and self.dest is None:
             return self
         return replace(self, source=None, dest=None)
+
+    @property
+    def needs_password(self) -> bool:
+        """Whether the CSV must give this account's password (``auth = "password"``)."""
+        return self.auth == "password"
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +216,8 @@ class CsvConfig:
     """Limits on one request CSV (docs/contract.md §3.7), all inclusive maxima.
 
     The CSV reader takes them as ``request.csvfile.Limits`` (same field names and defaults;
-    ``Limits.of(config.csv)`` converts): ``config`` and ``request`` are sibling layers that do
-    not import each other.
+    ``Limits.of(config.csv, config.passwordless())`` converts): ``config`` and ``request`` are
+    sibling layers that do not import each other.
     """
 
     max_bytes: int = 64 * 1024 * 1024  # the whole file; larger goes to failed/ unread
@@ -225,3 +253,14 @@ class Config:
         the ``[hosts."name".<direction>]`` keys, else the ``[hosts."name"]`` keys, else the
         defaults. The result's own ``source``/``dest`` are None."""
         return self.host(name).side(direction)
+
+    def passwordless(self) -> frozenset[tuple[Direction, str]]:
+        """(direction, host name lower-cased) of every host whose accounts need no password in
+        the CSV for that direction (``auth`` is "oauth2" or "admin"); what the CSV reader
+        takes as ``request.rows.Limits.passwordless``."""
+        return frozenset(
+            (direction, name)
+            for name, host in self.hosts.items()
+            for direction in DIRECTIONS
+            if not host.side(direction).needs_password
+        )

@@ -75,7 +75,7 @@ class Daemon:
         self.cfg = cfg
         self.once = once
         self.notifier = notifier or Notifier.from_env()
-        self.spool = Spool(cfg.daemon.spool, csvfile.Limits.of(cfg.csv))
+        self.spool = Spool(cfg.daemon.spool, csvfile.Limits.of(cfg.csv, cfg.passwordless()))
         self.pool = Pool(Limits.from_config(cfg))
         self.budget = ByteBudget(cfg.daemon.byte_budget_mb * 1024 * 1024)
         self.stopping = asyncio.Event()  # stop taking work; the services end

@@ -47,11 +47,13 @@ _TICK = 1.0  # seconds between watchdog checks (less for small timeouts)
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A tagged reply: ``result`` OK/NO/BAD, untagged ``lines`` for the command, ``text``."""
+    """A tagged reply: ``result`` OK/NO/BAD, untagged ``lines`` for the command, ``text``;
+    ``challenges``: the continuation texts ``run(cancel=...)`` answered with its abort."""
 
     result: str
     lines: list[bytes | bytearray]
     text: str
+    challenges: tuple[bytes, ...] = ()
 
 
 class Connection:
@@ -189,6 +191,7 @@ class Connection:
         fetch: bool,
         sends: Sequence[Sequence[Chunk]],
         cancel: bool,
+        abort: bytes = b"*",
     ) -> Any:
         first, immediate, literal_sends = split_args(args)
         tag, loop = self.proto.new_tag(), self.proto.loop
@@ -202,6 +205,7 @@ class Connection:
                 immediate=immediate,
                 sends=[*literal_sends, *sends],
                 cancel=cancel,
+                abort=abort,
                 loop=loop,
                 prefix=prefix,
             )
@@ -217,19 +221,21 @@ class Connection:
         fetch: bool = False,
         sends: Sequence[Sequence[Chunk]] = (),
         cancel: bool = False,
+        abort: bytes = b"*",
         allowance: float = 0.0,
         silence: float | None = None,
     ) -> Reply:
         """Send one command and wait for its tagged reply (OK, NO or BAD; anything else kills).
 
-        ``what`` names the operation in error messages (never put a password in it). Raises
+        ``what`` names the operation in error messages (never put a password in it). With
+        ``cancel``, an extra continuation request is answered with ``abort`` (SASL). Raises
         ``TransientError``/``PermanentError`` for network and protocol trouble, ``InternalError``
         (chained to the original exception) for a bug; either kills the connection.
         """
         self.check_alive()
         async with self._lock:
             self.check_alive()
-            command = self._command(name, args, prefix, fetch, sends, cancel)
+            command = self._command(name, args, prefix, fetch, sends, cancel, abort)
             if isinstance(command, ContinuationCommand):
                 self.proto.continuation_target = command
             try:
@@ -248,7 +254,8 @@ class Connection:
         if response.result not in ("OK", "NO", "BAD"):
             self.kill(f"unexpected reply {response.result!r}")
             raise TransientError(f"{what}: unexpected reply {response.result!r}", host=self.host)
-        return Reply(response.result, lines, text)
+        challenges = tuple(command.challenges) if isinstance(command, ContinuationCommand) else ()
+        return Reply(response.result, lines, text, challenges)
 
     async def capability(self) -> frozenset[str]:
         reply = await self.run("CAPABILITY", what="CAPABILITY")

@@ -7,7 +7,8 @@ direction (``Config.host_for``: ``[hosts."x".source]``/``[hosts."x".dest]`` over
 one, else the host's ``port``, else 993 for the source and ``imap.dest_port`` for the
 destination); port 993 is implicit TLS and any other port STARTTLS unless the host's ``tls``
 says otherwise; plain LOGIN only where ``allow_plaintext`` says so; the login name follows the
-host's ``login_format``;
+host's ``login_format``; the host's ``auth`` picks the credentials (the row's password, an
+administrator's impersonation ``Impersonation`` or an OAuth token ``Bearer``);
 ``make_ssl_context`` (the only place TLS settings are decided) and ``translate``/``chain``: the
 one classification of foreign exceptions. Network, ``ssl``, unreadable-response and aioimaplib
 protocol errors become ``TransientError``/``PermanentError``; any other exception is a bug and
@@ -24,6 +25,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from legacyflo_daemon.auth.admin import admin_password
+from legacyflo_daemon.auth.oauth2 import TokenProvider, provider_for
 from legacyflo_daemon.config.schema import Config, Direction, HostConfig
 from legacyflo_daemon.errors import ImapError, InternalError, PermanentError, TransientError
 from legacyflo_daemon.imap._aioimaplib.protocol import ProtocolError
@@ -36,12 +39,31 @@ _OP_LEGACY_SERVER_CONNECT = getattr(ssl, "OP_LEGACY_SERVER_CONNECT", 0x4)
 
 
 @dataclass(frozen=True, slots=True)
+class Impersonation:
+    """``auth = "admin"``: ``Endpoint.password`` is the administrator ``admin``'s. With
+    ``sasl``, AUTHENTICATE PLAIN as ``admin`` with ``Endpoint.user`` as authorization identity
+    (RFC 4616); else LOGIN as ``Endpoint.user`` (its ``login_format`` holds the admin)."""
+
+    admin: str
+    sasl: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Bearer:
+    """``auth = "oauth2"``: an access token from ``provider`` for ``Endpoint.user``, sent as
+    OAUTHBEARER when the server offers it, else XOAUTH2. ``Endpoint.password`` is empty."""
+
+    provider: TokenProvider
+
+
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """Where and how to log in. ``tls``: ``implicit`` (993), ``starttls`` (required),
     ``starttls-or-plain`` (when offered, else plaintext), ``plain`` (never TLS).
 
     ``timeout``: seconds of silence after which a command is given up; ``connect_timeout``:
     for TCP + TLS handshake + greeting. ``ssl_context`` None means a verifying default.
+    ``auth``: None for the account's own password, else how to log in without it.
     """
 
     host: str
@@ -52,6 +74,7 @@ class Endpoint:
     password: Secret
     timeout: float = 60.0
     connect_timeout: float = 30.0
+    auth: Impersonation | Bearer | None = None
 
 
 def make_ssl_context(ca_file: Path | str | None, verify: bool, legacy_tls: bool) -> ssl.SSLContext:
@@ -77,9 +100,12 @@ def make_ssl_context(ca_file: Path | str | None, verify: bool, legacy_tls: bool)
 
 
 def login_name(account: Account, host: HostConfig) -> str:
-    """The user name to send for ``account`` (``{user}``, ``{user}@{domain}``, ``DOM\\{user}``)."""
+    """The user name to send for ``account`` (``{user}``, ``{user}@{domain}``, ``DOM\\{user}``,
+    with ``auth = "admin"`` also ``{domain}\\{admin}\\{user}`` or ``{user}*{admin}``)."""
     try:
-        return host.login_format.format(user=account.userid, domain=account.domain)
+        return host.login_format.format(
+            user=account.userid, domain=account.domain, admin=host.admin_user or ""
+        )
     except (KeyError, IndexError, ValueError) as exc:
         raise PermanentError(
             f"hosts.{account.server!r}.login_format {host.login_format!r} is not usable: {exc}",
@@ -88,19 +114,32 @@ def login_name(account: Account, host: HostConfig) -> str:
 
 
 def endpoint(account: Account, port: int, host: HostConfig, cfg: Config) -> Endpoint:
-    """The endpoint for ``account`` on ``port`` with the overrides of its host."""
+    """The endpoint for ``account`` on ``port`` with the overrides of its host.
+
+    With ``auth = "admin"`` the administrator's password file is read here (``PermanentError``
+    naming the key when it cannot be); with ``"oauth2"`` the application's shared token
+    provider is attached (no token is asked for before the login).
+    """
     tls: TlsMode = "implicit"
     if not (host.tls == "implicit" or (host.tls == "auto" and port == 993)):
         tls = "starttls-or-plain" if host.allow_plaintext else "starttls"
+    auth: Impersonation | Bearer | None = None
+    password = account.password
+    if host.auth == "admin":
+        password = admin_password(host, account.server)
+        auth = Impersonation(host.admin_user or "", host.sasl_authzid)
+    elif host.auth == "oauth2":
+        password, auth = Secret(""), Bearer(provider_for(host))
     return Endpoint(
         host=account.server,
         port=port,
         tls=tls,
         ssl_context=make_ssl_context(host.ca_file, host.tls_verify, host.legacy_tls),
         user=login_name(account, host),
-        password=account.password,
+        password=password,
         timeout=cfg.imap.timeout,
         connect_timeout=cfg.imap.connect_timeout,
+        auth=auth,
     )
 
 

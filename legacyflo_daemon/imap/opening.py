@@ -16,21 +16,40 @@ Rules:
 - ``AUTHENTICATE PLAIN`` when ``AUTH=PLAIN`` is offered (carries any user name and password,
   SASL-IR in one line when offered, an unexpected challenge is cancelled with ``*``); else
   ``LOGIN`` with quoted strings, or literals for what a quoted string cannot carry.
+- Impersonation (``endpoint.Impersonation``) with ``sasl``: ``AUTHENTICATE PLAIN`` with the
+  mailbox as authorization identity, which needs ``AUTH=PLAIN``; without: as above.
+- OAuth (``endpoint.Bearer``): ``AUTHENTICATE OAUTHBEARER`` when offered, else ``XOAUTH2``; a
+  server's error challenge (``+ <base64 JSON>``) is answered as the mechanism wants (an empty
+  line, ``AQ==``) and its status goes into the error. A refused token is dropped from the
+  provider (the next login asks for a new one) but never retried here.
+- A refusal under impersonation or OAuth names what to grant (``AuthenticationFailed``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import ssl
 
-from legacyflo_daemon.errors import ConnectionLimited, PermanentError, TransientError
+from legacyflo_daemon.errors import (
+    AuthenticationFailed,
+    ConnectionLimited,
+    PermanentError,
+    TransientError,
+)
 from legacyflo_daemon.imap._aioimaplib.protocol import AUTH, LOGOUT, NONAUTH, ImapProtocol
 from legacyflo_daemon.imap.connection import Connection, Reply
-from legacyflo_daemon.imap.endpoint import Endpoint, chain, make_ssl_context, translate
-from legacyflo_daemon.imap.syntax import responses
+from legacyflo_daemon.imap.endpoint import (
+    Bearer,
+    Endpoint,
+    Impersonation,
+    chain,
+    make_ssl_context,
+    translate,
+)
+from legacyflo_daemon.imap.syntax import responses, sasl
 from legacyflo_daemon.imap.syntax.parse import code_capabilities
 from legacyflo_daemon.imap.syntax.wire import CRLF, astring, decode
+from legacyflo_daemon.model import Secret
 
 
 def _context(ep: Endpoint) -> ssl.SSLContext:
@@ -140,17 +159,76 @@ async def start(ep: Endpoint) -> Connection:
     return conn
 
 
-async def _authenticate_plain(conn: Connection, user: str, password: str) -> Reply:
-    raw = b"\0".join(s.encode("utf-8", "surrogateescape") for s in ("", user, password))
-    token = base64.b64encode(raw).decode("ascii")
+async def _authenticate(conn: Connection, mechanism: str, data: str, abort: bytes) -> Reply:
+    """``AUTHENTICATE mechanism`` with the initial response ``data`` (base64): in the command
+    line with SASL-IR, else on the first continuation; a challenge after it gets ``abort``."""
     if "SASL-IR" in conn.capabilities:
-        return await conn.run("AUTHENTICATE", ["PLAIN", token], what="AUTHENTICATE", cancel=True)
+        return await conn.run(
+            "AUTHENTICATE", [mechanism, data], what="AUTHENTICATE", cancel=True, abort=abort
+        )
     return await conn.run(
         "AUTHENTICATE",
-        ["PLAIN"],
+        [mechanism],
         what="AUTHENTICATE",
-        sends=[[token.encode("ascii") + CRLF]],
+        sends=[[data.encode("ascii") + CRLF]],
         cancel=True,
+        abort=abort,
+    )
+
+
+async def _authenticate_plain(
+    conn: Connection, user: str, password: str, authzid: str = ""
+) -> Reply:
+    return await _authenticate(conn, "PLAIN", sasl.plain(user, password, authzid), b"*")
+
+
+async def _authenticate_bearer(conn: Connection, bearer: Bearer) -> tuple[Reply, str, Secret]:
+    """One OAuth login: (reply, mechanism, the token sent). The mechanism is chosen before a
+    token is asked for: a server that takes neither needs no token."""
+    ep = conn.ep
+    if "AUTH=OAUTHBEARER" in conn.capabilities:
+        mechanism, abort = "OAUTHBEARER", sasl.OAUTHBEARER_ABORT
+    elif "AUTH=XOAUTH2" in conn.capabilities:
+        mechanism, abort = "XOAUTH2", sasl.XOAUTH2_ABORT
+    else:
+        raise PermanentError(
+            'the server offers neither AUTH=XOAUTH2 nor AUTH=OAUTHBEARER: auth = "oauth2" '
+            "cannot log in here (is it Exchange Online, outlook.office365.com?)",
+            host=ep.host,
+        )
+    token = await bearer.provider.token(ep.host)
+    if mechanism == "OAUTHBEARER":
+        data = sasl.oauthbearer(ep.user, token.reveal(), ep.host, ep.port)
+    else:
+        data = sasl.xoauth2(ep.user, token.reveal())
+    return await _authenticate(conn, mechanism, data, abort), mechanism, token
+
+
+def _refused(ep: Endpoint, reply: Reply, mechanism: str) -> AuthenticationFailed:
+    """The one-line error for a login refused under impersonation or OAuth: what to grant."""
+    said = responses.one_line(reply.text, [ep.password]) or "(no text from the server)"
+    if isinstance(ep.auth, Bearer):
+        app = ep.auth.provider.app
+        status = next((sasl.challenge_status(c) for c in reply.challenges), None)
+        detail = f"{said}; {status}" if status else said
+        return AuthenticationFailed(
+            f"{mechanism} token of application {app.client_id} refused for {ep.user!r} "
+            f"({detail}): the application needs the Office 365 Exchange Online application "
+            "permission IMAP.AccessAsApp with admin consent, a service principal in Exchange "
+            f"(New-ServicePrincipal -AppId {app.client_id} -ObjectId <its enterprise "
+            "application's object ID>) and access to this mailbox (Add-MailboxPermission "
+            f"-Identity {ep.user} -User <that service principal> -AccessRights FullAccess)",
+            host=ep.host,
+        )
+    assert isinstance(ep.auth, Impersonation)
+    admin = ep.auth.admin
+    return AuthenticationFailed(
+        f"authentication failed for administrator {admin!r} acting as {ep.user!r} ({said}): "
+        f"either admin_password_file is wrong or {admin!r} may not open this mailbox; grant it "
+        f"(Exchange: Add-MailboxPermission -Identity <mailbox> -User {admin} -AccessRights "
+        "FullAccess; Dovecot: a master user in a passdb with master = yes; Cyrus: admins in "
+        "imapd.conf)",
+        host=ep.host,
     )
 
 
@@ -175,11 +253,26 @@ async def login(conn: Connection) -> None:
                 "the user name or password contains a NUL character, which IMAP cannot send",
                 host=ep.host,
             )
-        if "AUTH=PLAIN" in conn.capabilities:
+        mechanism, token = "", None
+        if isinstance(ep.auth, Bearer):
+            reply, mechanism, token = await _authenticate_bearer(conn, ep.auth)
+        elif isinstance(ep.auth, Impersonation) and ep.auth.sasl:
+            if "AUTH=PLAIN" not in conn.capabilities:
+                raise PermanentError(
+                    "the server does not offer AUTHENTICATE PLAIN, which sasl_authzid needs: "
+                    "use login_format with {admin} instead",
+                    host=ep.host,
+                )
+            reply = await _authenticate_plain(conn, ep.auth.admin, password, authzid=user)
+        elif "AUTH=PLAIN" in conn.capabilities:
             reply = await _authenticate_plain(conn, user, password)
         else:
             reply = await conn.run("LOGIN", [astring(user), astring(password)], what="LOGIN")
         outcome = responses.classify_login(reply.result, reply.text)
+        if outcome == "auth" and ep.auth is not None:
+            if isinstance(ep.auth, Bearer) and token is not None:
+                ep.auth.provider.invalidate(token)
+            raise _refused(ep, reply, mechanism)
         if outcome != "ok":
             what = f"authentication failed for {user!r}" if outcome == "auth" else "login"
             raise responses.error_for(

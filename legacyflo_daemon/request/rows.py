@@ -69,12 +69,19 @@ class Limits:
     max_userid_chars: int = 255
     max_password_bytes: int = 1000
     max_folder_chars: int = 255
+    # (direction "source"/"dest", host name lower-cased) whose password cell may be empty: the
+    # daemon logs in there without the row's password (``auth = "oauth2"`` or ``"admin"``;
+    # ``config.schema.Config.passwordless`` gives them). Not a limit, but what the rows must
+    # know of the configuration, passed in as a value so that this module stays pure.
+    passwordless: frozenset[tuple[str, str]] = frozenset()
 
     @classmethod
-    def of(cls, settings: object) -> Limits:
+    def of(cls, settings: object, passwordless: frozenset[tuple[str, str]] = frozenset()) -> Limits:
         """The limits read from the attributes of the same names of ``settings`` (the
-        configuration's ``CsvConfig``: ``Limits.of(config.csv)``)."""
-        return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
+        configuration's ``CsvConfig``), with ``passwordless``: ``Limits.of(config.csv,
+        config.passwordless())``."""
+        names = (f.name for f in dataclasses.fields(cls) if f.name != "passwordless")
+        return cls(**{name: getattr(settings, name) for name in names}, passwordless=passwordless)
 
 
 DEFAULT_LIMITS = Limits()
@@ -139,7 +146,7 @@ def row(
         return RowError(record.line, None, message)
     if was_dropped:
         dropped.append(record.line)
-    check = _Check(values)
+    check = _Check(values, limits.passwordless)
     for field_name, fix, where in early:
         check.fail(field_name, fix, where)
     request = check.request(record.line, title, report_to)
@@ -254,8 +261,11 @@ def _longer(text: str, most: int, in_bytes: bool) -> bool:
 class _Check:
     """Validates the values of one row; ``problems`` collects (field, message) in column order."""
 
-    def __init__(self, values: dict[str, str]) -> None:
+    def __init__(
+        self, values: dict[str, str], passwordless: frozenset[tuple[str, str]] = frozenset()
+    ) -> None:
         self.values = values
+        self.passwordless = passwordless
         self.problems: list[tuple[str | None, str]] = []
 
     def fail(self, field: str | None, fix: str, where: str = "") -> None:
@@ -302,7 +312,11 @@ class _Check:
                 self.fail(f"{side}userid", "userid", domain_field)
         if _CONTROL.search(userid):
             self.fail(f"{side}userid", "control")
-        password = self.required(password_field)
+        named = self.values.get(f"{side}server", "").lower()
+        if (side, named) in self.passwordless:  # the daemon logs in there without it
+            password = self.values.get(password_field, "")
+        else:
+            password = self.required(password_field)
         server = self.required(f"{side}server")
         host = _host(server)
         if server and host is None:

@@ -39,8 +39,10 @@ class ContinuationCommand(SafeCommand):
 
     ``immediate`` is written right after the first line (non-synchronizing literals);
     ``sends[i]`` on the i-th ``+`` continuation request. Chunks are written as they are, never
-    copied or joined. With ``cancel``, one extra continuation is answered with ``*`` (aborts an
-    AUTHENTICATE whose credentials the server challenged); any other is a protocol error.
+    copied or joined. With ``cancel``, one extra continuation is answered with ``abort`` (``*``
+    aborts an AUTHENTICATE whose credentials the server challenged; an OAuth mechanism's error
+    challenge takes its own answer) and its text (after ``+``) is kept in ``challenges``; any
+    other is a protocol error.
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class ContinuationCommand(SafeCommand):
         immediate: Sequence[Chunk] = (),
         sends: Sequence[Sequence[Chunk]] = (),
         cancel: bool = False,
+        abort: bytes = b"*",
         loop: asyncio.AbstractEventLoop,
         prefix: str | None = None,
     ) -> None:
@@ -58,14 +61,17 @@ class ContinuationCommand(SafeCommand):
         self.immediate = list(immediate)
         self._sends = [list(s) for s in sends]
         self._cancel = cancel
+        self._abort = _CANCEL_SASL if abort == b"*" else abort + CRLF
+        self.challenges: list[bytes] = []
 
-    def next_chunks(self) -> list[Chunk] | None:
-        """What to write for one continuation request; None when nothing is left."""
+    def next_chunks(self, line: bytes = b"+") -> list[Chunk] | None:
+        """What to write for the continuation request ``line``; None when nothing is left."""
         if self._sends:
             return self._sends.pop(0)
         if self._cancel:
             self._cancel = False
-            return [_CANCEL_SASL]
+            self.challenges.append(bytes(line[1:]).strip())
+            return [self._abort]
         return None
 
 

@@ -315,7 +315,7 @@ class ImapProtocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
             target is self.pending_sync_command
             or any(c is target for c in self.pending_async_commands.values())
         )
-        chunks = target.next_chunks() if waiting and target is not None else None
+        chunks = target.next_chunks(line) if waiting and target is not None else None
         if chunks is None:
             self.fail("unexpected continuation request from the server")
         else:

@@ -32,11 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msal
-import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-
 from legacyflo_daemon.config.schema import HostConfig
 from legacyflo_daemon.errors import AuthenticationFailed, PermanentError, TransientError
 from legacyflo_daemon.model import Secret
@@ -140,6 +135,9 @@ class TokenProvider:
     # -- in a worker thread ----------------------------------------------------------------------
 
     def _fetch(self, server: str) -> str:
+        # Here, in the worker thread, not at the top: see msal_client's docstring.
+        from legacyflo_daemon.auth import msal_client
+
         with self._lock:
             current = self._current
             if current is not None and time.time() < current[1]:
@@ -147,20 +145,18 @@ class TokenProvider:
             started = time.time()
             try:
                 if self._client is None:
-                    self._client = self._make_client(server)
+                    self._client = msal_client.make_client(self.app, server, self._secrets)
                 # Our own rule decides that a new token is due (or that the server refused the
                 # current one): msal's cache must not hand the old one back.
-                cache = self._client.token_cache
-                for entry in list(cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
-                    cache.remove_at(entry)
+                msal_client.clear_cache(self._client)
                 result = self._client.acquire_token_for_client(scopes=[self.app.scope])
-            except requests.exceptions.SSLError:
+            except msal_client.SSLError:
                 raise PermanentError(
                     f"identity platform {self.app.authority}: certificate verify failed (give "
                     "its CA in authority_ca_file)",
                     host=server,
                 ) from None
-            except requests.exceptions.RequestException as exc:
+            except msal_client.RequestException as exc:
                 raise TransientError(
                     f"identity platform {self.app.authority} unreachable ({type(exc).__name__})",
                     host=server,
@@ -178,112 +174,6 @@ class TokenProvider:
             self._current = (token, started + lifetime - _margin(lifetime))
             self.fetched += 1
             return token
-
-    def _make_client(self, server: str) -> Any:
-        app = self.app
-        credential: str | dict[str, str]
-        if app.client_secret_file is not None:
-            credential = _read(app.client_secret_file, "client_secret_file", server).strip()
-            if not credential:
-                raise PermanentError(
-                    f"client_secret_file {app.client_secret_file} is empty: put the client "
-                    "secret's value into it",
-                    host=server,
-                )
-            register_secret(credential, owner=OWNER)
-            self._secrets.append(credential)
-        elif app.client_certificate_file is not None:
-            credential = _certificate(app, server, self._secrets)
-        else:
-            raise PermanentError("oauth2 needs client_secret_file or client_certificate_file")
-        return msal.ConfidentialClientApplication(
-            app.client_id,
-            client_credential=credential,
-            authority=app.authority_url,
-            # Discovery only at the authority itself: never a call to another host (the
-            # instance-discovery endpoint of login.microsoftonline.com) for a configured one.
-            instance_discovery=False,
-            http_client=_HttpClient(app.authority_ca_file),
-            token_cache=msal.TokenCache(),
-        )
-
-
-class _HttpClient(requests.Session):
-    """msal's HTTP client: every request verifies the authority with ``ca_file`` (else the
-    system's CAs) and has a timeout.
-
-    Why not msal's ``verify=`` (which sets ``Session.verify``): requests lets the environment's
-    ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` override a session's ``verify`` (only a
-    per-request ``verify`` wins over them), so a configured ``authority_ca_file`` would be
-    silently ignored wherever those are set. Proxies from the environment still apply.
-    """
-
-    def __init__(self, ca_file: Path | None) -> None:
-        super().__init__()
-        self._ca_file = str(ca_file) if ca_file is not None else None
-
-    def request(self, method: str, url: Any, *args: Any, **kwargs: Any) -> Any:
-        if self._ca_file is not None:
-            kwargs["verify"] = self._ca_file
-        kwargs.setdefault("timeout", HTTP_TIMEOUT)
-        return super().request(method, url, *args, **kwargs)
-
-
-def _read(path: Path, key: str, server: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise PermanentError(f"{key} {path}: cannot read: {reason}", host=server) from None
-
-
-def _certificate(app: Application, server: str, registered: list[str]) -> dict[str, str]:
-    """msal's certificate credential from ``client_certificate_file``: the private key (PEM)
-    and the SHA-1 thumbprint, given or computed from the certificate in the file."""
-    path = app.client_certificate_file
-    assert path is not None
-    text = _read(path, "client_certificate_file", server)
-    data = text.encode()
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
-        raise PermanentError(
-            f"client_certificate_file {path}: no unencrypted private key in PEM form",
-            host=server,
-        ) from None
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    for secret in (key_pem, *_pem_lines(text), *_pem_lines(key_pem)):
-        register_secret(secret, owner=OWNER)
-        registered.append(secret)
-    thumbprint = app.client_certificate_thumbprint
-    if thumbprint is None:
-        try:
-            cert = x509.load_pem_x509_certificate(data)
-        except ValueError:
-            raise PermanentError(
-                f"client_certificate_file {path}: no certificate in it; add it, or give "
-                "client_certificate_thumbprint",
-                host=server,
-            ) from None
-        thumbprint = cert.fingerprint(hashes.SHA1()).hex()  # noqa: S303 - the x5t Entra uses
-    return {"private_key": key_pem, "thumbprint": thumbprint.replace(":", "").upper()}
-
-
-def _pem_lines(pem: str) -> list[str]:
-    """The base64 lines of the private-key blocks of ``pem`` (scrubbed one by one)."""
-    lines, inside = [], False
-    for line in pem.splitlines():
-        if line.startswith("-----BEGIN") and "PRIVATE KEY" in line:
-            inside = True
-        elif line.startswith("-----END"):
-            inside = False
-        elif inside and line.strip():
-            lines.append(line.strip())
-    return lines
 
 
 # AADSTS code -> (what is wrong, what to do). The codes of the Microsoft identity platform's

@@ -38,6 +38,7 @@ from testkit.dovecot_conf import ServerKind
 from testkit.exchange_front import ExchangeFront
 from testkit.imap import DEST_PASSWORD, HOSTILE_PASSWORD, ServerAccount
 from testkit.master import missing_dovecot
+from testkit.postgres import PostgresServer, missing_postgres
 from testkit.proxy import FaultProxy
 from testkit.tlsca import TlsCa, make_tls_ca
 from tests import closing
@@ -61,6 +62,8 @@ _SERVER_FIXTURES = {
     "courier_account",
     "new_courier_account",
     "exchange_front",
+    "postgres_server",
+    "postgres_url",
 }
 
 # Loopback addresses of the session's Cyrus and Courier servers: apart from the Dovecot source
@@ -337,6 +340,27 @@ def new_cyrus_account(cyrus_server: CyrusServer) -> Callable[..., ServerAccount]
 def cyrus_account(new_cyrus_account: Callable[..., ServerAccount]) -> ServerAccount:
     """A fresh, empty Cyrus user whose password is ``HOSTILE_PASSWORD``."""
     return new_cyrus_account(HOSTILE_PASSWORD)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL 15 on 127.0.0.1 (``testkit/postgres.py``), started once per
+    session; ``url(db)``, ``new_database()``, ``sql(...)``, ``log_text()``."""
+    reason = missing_postgres()
+    if reason is not None:
+        pytest.skip(reason)
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The ``postgresql://`` URL (with its password) of a fresh, empty database."""
+    return postgres_server.new_database()
 
 
 @pytest.fixture(scope="session")

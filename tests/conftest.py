@@ -363,6 +363,35 @@ def postgres_url(postgres_server: PostgresServer) -> str:
     return postgres_server.new_database()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """``new_store(verify=False)`` opens one state store, again and again (a restart), on each
+    engine in turn: the SQLite file ``tmp_path/s.db``, then a fresh PostgreSQL database. The
+    ``engine`` attribute says which; every store opened is closed at the end."""
+    from legacyflo_daemon.state.engine import PostgresEngine
+    from legacyflo_daemon.state.store import StateStore
+
+    opened: list[StateStore] = []
+    if request.param == "sqlite":
+        path = tmp_path / "s.db"
+
+        def make(**kw: Any) -> StateStore:
+            opened.append(StateStore(path, **kw))
+            return opened[-1]
+    else:
+        url = request.getfixturevalue("postgres_server").new_database()
+
+        def make(**kw: Any) -> StateStore:
+            opened.append(StateStore(PostgresEngine(url), **kw))
+            return opened[-1]
+
+    make.engine = request.param  # type: ignore[attr-defined]
+    yield make
+    for store in opened:
+        with contextlib.suppress(Exception):
+            store.close()
+
+
 @pytest.fixture(scope="session")
 def courier_server(tls_ca: TlsCa) -> Iterator[CourierServer]:
     """Courier-IMAP 5.0 on 127.0.0.3: ``port_plain`` only, STARTTLS required before login."""

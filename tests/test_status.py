@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import jsonschema
@@ -66,8 +67,8 @@ def test_a_fresh_heartbeat_of_a_dead_process_is_not_running() -> None:
     assert got["running"] is False and "stopped unexpectedly" in got["summary"]
 
 
-def _store(tmp_path: Path) -> tuple[StateStore, Lifecycle]:
-    store = StateStore(tmp_path / "state.sqlite3")
+def _store(new_store: Callable[..., StateStore]) -> tuple[StateStore, Lifecycle]:
+    store = new_store()
     reqs = [
         (f"req-{i}", make_request(Login(f"user{i}", "pw", "src"), Login(f"arch{i}", "pw", "dst")))
         for i in range(4)
@@ -89,8 +90,10 @@ def _finish(
 TOTALS = {"in_range": 640, "copied": 340, "already_present": 300, "failed": 0, "bytes": 10**6}
 
 
-def test_status_view_tells_state_phase_and_result_counts(tmp_path: Path) -> None:
-    store, life = _store(tmp_path)
+def test_status_view_tells_state_phase_and_result_counts(
+    new_store: Callable[..., StateStore],
+) -> None:
+    store, life = _store(new_store)
     _finish(life, "req-0", Status.FAILED, {}, "authentication failed: wrong password")
     _finish(life, "req-1", Status.SUCCEEDED, TOTALS)
     life.start("req-2", NOW - dt.timedelta(minutes=2))
@@ -132,8 +135,10 @@ def test_status_view_tells_state_phase_and_result_counts(tmp_path: Path) -> None
     store.close()
 
 
-def test_a_successful_retry_takes_the_place_of_the_failure_and_filters(tmp_path: Path) -> None:
-    store, life = _store(tmp_path)
+def test_a_successful_retry_takes_the_place_of_the_failure_and_filters(
+    new_store: Callable[..., StateStore],
+) -> None:
+    store, life = _store(new_store)
     _finish(life, "req-0", Status.FAILED, {}, "connection refused")
     _finish(life, "req-retry", Status.SUCCEEDED, TOTALS)
     ids = [r["id"] for r in view(store, NOW)["requests"]]
@@ -149,8 +154,10 @@ def test_a_successful_retry_takes_the_place_of_the_failure_and_filters(tmp_path:
     store.close()
 
 
-def test_status_of_one_request_shows_its_folders_and_failures(tmp_path: Path) -> None:
-    store, life = _store(tmp_path)
+def test_status_of_one_request_shows_its_folders_and_failures(
+    new_store: Callable[..., StateStore],
+) -> None:
+    store, life = _store(new_store)
     life.start("req-1", NOW)
     from legacyflo_daemon.model import MessageFailure
     from legacyflo_daemon.state.store import FolderCheckpoint

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.errors import StateError
 from legacyflo_daemon.report.mail import human_size
-from legacyflo_daemon.state.store import StateStore
+from legacyflo_daemon.state.store import open_store
 from legacyflo_daemon.state.view import (
     SNAPSHOT_NAME,
     daemon_view,
@@ -179,13 +179,13 @@ def _document(
     daemon rewrites every few seconds."""
     path = cfg.daemon.state_path
     try:
-        if not path.exists():
+        if cfg.state.url is None and not path.exists():
             raise _NoStatus(
                 f"no state store at {path}: the daemon has not run with this config yet "
                 "(start it with: legacyflo-daemon run)",
                 never_ran=True,
             )
-        store = StateStore(path)
+        store = open_store(cfg)
     except (StateError, OSError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return _from_snapshot(cfg, now, request_id, csv, state, f"{path}: {reason}")

@@ -63,7 +63,7 @@ from legacyflo_daemon.spool.directory import Spool
 from legacyflo_daemon.state import view
 from legacyflo_daemon.state.lifecycle import Lifecycle
 from legacyflo_daemon.state.schema import iso
-from legacyflo_daemon.state.store import StateStore
+from legacyflo_daemon.state.store import open_store
 from legacyflo_daemon.transfer.limits import ByteBudget
 
 SNAPSHOT_SECONDS = 15.0  # <spool>/status.json is rewritten this often (a scan of the requests)
@@ -96,7 +96,7 @@ class Daemon:
             self.spool.ensure()
             warn_at_start(self.cfg, self.spool)
             # A damaged store stops the start, saying what to do, before anything is written.
-            self.state = StateStore(self.cfg.daemon.state_path, verify=True)
+            self.state = open_store(self.cfg, verify=True)
             try:
                 code = await self._run()
             finally:
@@ -121,7 +121,9 @@ class Daemon:
         state_dir = self.cfg.daemon.state_path.parent
         held: list[ExclusiveLock] = []
         try:
-            for path in lock_paths(self.spool.root, self.cfg.daemon.state_path):
+            # A shared database (PostgreSQL) has no lock file: the spool's lock is the one.
+            state_file = None if self.cfg.state.url else self.cfg.daemon.state_path
+            for path in lock_paths(self.spool.root, state_file):
                 if path.parent == state_dir:
                     ensure_private_dir(state_dir)
                 held.append(ExclusiveLock.acquire(path))
@@ -213,7 +215,7 @@ class Daemon:
             if not purged:
                 # A reader held the WAL through the busy timeout; SQLite truncates it when the
                 # last connection closes, else the next start does (see above).
-                log.warning("state_purge_incomplete", state=str(self.state.path),
+                log.warning("state_purge_incomplete", state=self.state.where,
                             reason="a reader holds the state store (status?)")  # fmt: skip
             log.info("daemon_shutdown", requeued=requeued)
         if self.once and smtp is not None:

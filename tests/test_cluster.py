@@ -8,8 +8,11 @@ As in ``test_daemon_signals.py``, the source is reached through a slow ``FaultPr
 
 from __future__ import annotations
 
+import re
+import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -18,17 +21,20 @@ from testkit.imap import ServerAccount
 from testkit.postgres import PostgresServer
 from testkit.proxy import FaultProxy
 from tests.e2ehelp import (
+    DaemonProcess,
     Work,
     check_log_lines,
     drop_csv,
     files_containing,
     request_csv,
     results,
+    summary,
     wait_until,
 )
 from tests.test_daemon_signals import BIG, assert_all_done_exactly_once, big_rows, copied_so_far
 
 NewAccount = Callable[..., ServerAccount]
+T = TypeVar("T")
 
 
 def use_postgres(work: Work, pg: PostgresServer, url: str) -> Path:
@@ -58,6 +64,8 @@ def test_a_daemon_on_postgres_killed_9_mid_copy_resumes_exactly_once(
     total = 2 * sum(BIG.values())
     work.configure(imap={"fetch_batch": 5})
     use_postgres(work, postgres_server, url)
+    with work.config.open("a", encoding="utf-8") as f:
+        f.write(f"lease_seconds = {LEASE}\n")  # the next daemon has another name: it waits
     drop_csv(work.spool / "incoming", "big.csv", request_csv(rows))
     with work.daemon("first") as first:
         first.wait_for_event("folder_started", 20)
@@ -69,6 +77,8 @@ def test_a_daemon_on_postgres_killed_9_mid_copy_resumes_exactly_once(
     with work.daemon("second", once=True) as second:
         assert second.wait(60) == 0, second.describe()
     assert check_log_lines(second.lines(), results(work.spool)) == []
+    taken = [e for e in second.events() if e["event"] == "crash_detected"]
+    assert len(taken) == 1 and len(taken[0]["requests"]) == 2  # the first's, after its lease
     assert_all_done_exactly_once(work, rows, "big.csv")
     copied = sum(f["copied"] for r in results(work.spool).values() for f in r["folders"])
     present = sum(f["already_present"] for r in results(work.spool).values() for f in r["folders"])
@@ -79,3 +89,85 @@ def test_a_daemon_on_postgres_killed_9_mid_copy_resumes_exactly_once(
     for name in ("first", "second"):
         for path in (work.root / f"{name}.stdout", work.root / f"{name}.stderr"):
             assert postgres_server.password not in path.read_text(errors="replace")
+
+
+def node_config(work: Work, name: str, **daemon: object) -> Path:
+    """A copy of ``work``'s config (with its ``[state]``) for node ``name``: ``daemon`` keys
+    replace those of ``[daemon]``; ``[state] node`` is ``name``."""
+    text = work.config.read_text(encoding="utf-8")
+    for key, value in daemon.items():
+        rendered = str(value).lower() if isinstance(value, bool) else repr(value)
+        if f"\n{key} = " in text:
+            text = re.sub(rf"\n{key} = [^\n]*", f"\n{key} = {rendered}", text, count=1)
+        else:
+            text = text.replace("[daemon]\n", f"[daemon]\n{key} = {rendered}\n", 1)
+    text += f'node = "{name}"\nlease_seconds = {LEASE}\n'
+    path = work.root / f"config-{name}.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+LEASE = 4.0  # seconds: a dead node's requests are taken over this long after its last renewal
+
+
+def _when(value: T, test: Callable[[T], bool]) -> T | None:
+    return value if test(value) else None
+
+
+def running_on(pg: PostgresServer, url: str) -> dict[str, str]:
+    """request id -> node, of the running requests (read from the database itself)."""
+    rows = pg.sql("SELECT id, node FROM requests WHERE status = 'running'", url.rsplit("/", 1)[1])
+    return {str(r[0]): str(r[1]) for r in rows}
+
+
+@pytest.mark.slow
+def test_two_daemons_one_queue_one_killed_9_mid_copy_the_other_finishes_exactly_once(
+    work: Work,
+    postgres_server: PostgresServer,
+    new_source_account: NewAccount,
+    new_dest_account: NewAccount,
+    slow_source: FaultProxy,
+) -> None:
+    url = postgres_server.new_database()
+    dest = new_dest_account('two "nodes" pw, \\ ö')
+    rows = big_rows(4, new_source_account, dest, slow_source)
+    total = 4 * sum(BIG.values())
+    work.configure(imap={"fetch_batch": 5}, daemon={"max_jobs": 2, "max_per_host": 4})
+    use_postgres(work, postgres_server, url)
+    a_config = node_config(work, "node-a")
+    b_config = node_config(work, "node-b", intake=False)  # a pure worker on the same spool
+    drop_csv(work.spool / "incoming", "two.csv", request_csv(rows))
+    with (
+        DaemonProcess(a_config, work.root, name="a") as a,
+        DaemonProcess(b_config, work.root, name="b") as b,
+    ):
+        a.wait_for_event("daemon_ready", 30)
+        b.wait_for_event("daemon_ready", 30)
+        # Both nodes copy: two requests each (max_jobs = 2), every one claimed once.
+        nodes = wait_until(
+            lambda: _when(running_on(postgres_server, url), lambda r: len(r) == 4),
+            30, "four running requests", a,
+        )  # fmt: skip
+        assert sorted(nodes.values()) == ["node-a", "node-a", "node-b", "node-b"]
+        wait_until(lambda: copied_so_far(rows) >= 40 or None, 30, "40 messages copied", a)
+        a.kill()
+        at_kill = copied_so_far(rows)
+        assert 0 < at_kill < total, "the kill must land in the middle of the copy"
+        killed = {rid for rid, node in nodes.items() if node == "node-a"}
+        # node-b takes node-a's requests over once their lease ran out, and finishes all.
+        taken = b.wait_for(lambda e: e.get("event") == "requests_taken_over", 30, "take-over")
+        assert set(taken["requests"]) == killed
+        wait_until(lambda: summary(work.spool, "two.csv"), 120, "two.csv done", b)
+        b.send(signal.SIGTERM)
+        assert b.wait(20) == 0, b.describe()
+    assert_all_done_exactly_once(work, rows, "two.csv")
+    found = results(work.spool)
+    copied = sum(f["copied"] for r in found.values() for f in r["folders"])
+    present = sum(f["already_present"] for r in found.values() for f in r["folders"])
+    assert copied + present == total
+    events = b.events()
+    started = [e["request_id"] for e in events if e.get("event") == "request_started"]
+    assert sorted(started) == sorted([*killed, *(set(nodes) - killed)])  # each resumed once
+    assert check_log_lines(b.lines(), found) == []
+    crashes = [e for e in events if e.get("event") == "crash_detected"]
+    assert [(e["csv"], sorted(e["requests"])) for e in crashes] == [("two.csv", sorted(killed))]

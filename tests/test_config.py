@@ -453,6 +453,9 @@ def test_state_url_and_its_password_given_apart(tmp_path: Path) -> None:
         ('url = "postgresql:///lf"', "must name the database server"),
         ('url = "postgresql://u@db:99999/lf"', "not a valid URL"),
         ('password_env = "X"', "state.url: missing: a password is set but no database URL"),
+        ('url = "postgresql://u@db/lf"\nnode = "a b"', "state.node: must be 1 to 64 letters"),
+        ('node = "a"', "state.node: needs state.url"),
+        ('url = "postgresql://u@db/lf"\nlease_seconds = 1', "must be at least 3"),
         (
             'url = "postgresql://u@db/lf"\npassword_file = "pw"\npassword_env = "X"',
             "give password_file or password_env, not both",
@@ -466,3 +469,10 @@ def test_bad_state_settings_are_one_line_naming_the_key(
     with pytest.raises(ConfigError, match=words) as caught:
         load_text(tmp_path, f"[state]\n{text}\n")
     assert "s3cret" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_pure_worker_needs_a_shared_state(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"daemon\.intake: false needs state\.url"):
+        load_text(tmp_path, "[daemon]\nintake = false\n")
+    cfg = load_text(tmp_path, '[daemon]\nintake = false\n[state]\nurl = "postgresql://u@db/lf"\n')
+    assert cfg.daemon.intake is False and cfg.state.lease_seconds == 60.0

@@ -73,6 +73,12 @@ def _address(v: str) -> str | None:
     return None
 
 
+def _node_name(v: str) -> str | None:
+    if not v or len(v) > 64 or not all(c.isalnum() or c in "._-" for c in v):
+        return "must be 1 to 64 letters, digits, '.', '_' or '-' (it names files in the spool)"
+    return None
+
+
 def _database_url(v: str) -> str | None:
     from urllib.parse import urlsplit
 
@@ -162,6 +168,8 @@ _CHECKS: dict[str, Check] = {
     "smtp.scan_interval": _at_least(0.1),
     "state.url": _database_url,
     "state.password_env": _not_blank,
+    "state.node": _node_name,
+    "state.lease_seconds": _at_least(3),
     "report.from_address": _address,
     "report.compress_listing_above_kb": _at_least(0),
     "hosts.port": _PORT,
@@ -339,6 +347,12 @@ class _Reader:
             raise self.fail("state.password_env", "give password_file or password_env, not both")
         if state.url is None and (state.password_file or state.password_env):
             raise self.fail("state.url", "missing: a password is set but no database URL")
+        if state.url is None and state.node is not None:
+            raise self.fail("state.node", "needs state.url: only a shared database has nodes")
+        if state.url is None and not cfg.daemon.intake:
+            raise self.fail(
+                "daemon.intake", "false needs state.url: a worker serves a shared queue"
+            )
         for key, file in files:
             if file is not None and not file.is_file():
                 raise self.fail(key, f"{file} is not a readable file")

@@ -97,6 +97,7 @@ class DaemonConfig:
     incomplete_seconds: float = 3600.0  # an unfinished last line this long: set aside in failed/
     rescan_seconds: float = 60.0
     max_crashes: int = 3  # a CSV that crashed the daemon this often goes to failed/
+    intake: bool = True  # false: a pure worker of a cluster, never takes files from incoming/
 
     @property
     def state_path(self) -> Path:
@@ -186,6 +187,8 @@ class StateConfig:
     url: str | None = None  # "postgresql://legacyflo@db.example.com:5432/legacyflo"
     password_file: Path | None = None
     password_env: str | None = None
+    node: str | None = None  # this daemon's name in the cluster; None: "<host name>-<pid>"
+    lease_seconds: float = 60.0  # a dead node's requests are taken over after this long
 
     def password(self) -> Secret | None:
         """The database password (``password_file`` or ``password_env``), read at use."""

@@ -18,6 +18,12 @@ finish (``report.finisher``), retire its CSV if it was the last one. What ends i
 When no request runs, the state store's WAL is truncated (``purge_freed_pages``), so erased
 passwords do not outlive their requests there.
 
+Several daemons on one shared state (``[state] url``): a request starts only once this node
+claimed it (``Lifecycle.claim``: another node may have been quicker, then it is skipped). A
+request whose lease this node lost (``lose``: its heartbeat could not renew it in time, and
+another node took it over) is stopped at its next batch boundary and left alone: no requeue,
+no result, no mail; the node that now holds it finishes it.
+
 Must not: parse CSVs or talk IMAP itself.
 """
 
@@ -89,6 +95,11 @@ class Scheduler:
         # The state store cannot be used (damaged, disk full): the daemon stops. Set by the app.
         self.on_fatal: Callable[[StateUnusable], None] = lambda exc: None
         self.interrupted = 0  # requests re-queued because the daemon is stopping
+        self.lost: set[str] = set()  # running here, but leased to another node now
+        # Per-request scratch directories carry the node's name on a shared spool, so that a
+        # node's recovery removes its own only.
+        node = lifecycle.node
+        self.work_prefix = WORK_PREFIX if node is None else f"{WORK_PREFIX}{node}-"
 
     # -- the service ------------------------------------------------------------------------
 
@@ -113,6 +124,8 @@ class Scheduler:
                     log.info("request_cancel_requested", request_id=rid)
                     copier.cancelled = True
                     copier.stop.set()
+                elif self.state.status_of(rid) is Status.RUNNING and self.lifecycle.node:
+                    continue  # running on another node: that node applies it
                 elif self.state.status_of(rid) is Status.QUEUED:
                     row = self.state.request_row(rid)
                     csv_name = self.state.csv(row.csv_id).name
@@ -137,11 +150,29 @@ class Scheduler:
             if rid not in self.tasks:
                 candidates.append((rid, slot_for(self.state.load_request(rid))))
         for rid in self.pool.pick(candidates):
-            self.lifecycle.start(rid, utcnow())
+            if not self.lifecycle.claim(rid, utcnow()):
+                self.pool.release(rid)  # another node claimed it first
+                continue
             self.tasks[rid] = requests.create_task(self._run(rid), name=f"request {rid}")
 
+    def lose(self, held: set[str]) -> None:
+        """The heartbeat renewed the leases of ``held``: every request running here that is
+        not among them now belongs to another node; stop it without a trace (see the module
+        docstring)."""
+        for rid in set(self.tasks) - held - self.lost:
+            log.error("request_lease_lost", request_id=rid,
+                      reason="another daemon took it over; it stops here")  # fmt: skip
+            self.lost.add(rid)
+            copier = self.copiers.get(rid)
+            if copier is not None:
+                copier.stop.set()
+
     def idle(self) -> bool:
-        return not self.tasks and not self.state.queued(per_csv=1)
+        """Nothing runs here and nothing is queued; in a shared state, nothing runs on another
+        node either (``--once`` waits to take over a dead node's requests)."""
+        if self.tasks or self.state.queued(per_csv=1):
+            return False
+        return self.lifecycle.node is None or not self.state.unfinished_counts()[Status.RUNNING]
 
     def purge_if_idle(self) -> None:
         """Truncate the WAL once no request runs; while a reader holds it (busy), try again at
@@ -188,9 +219,12 @@ class Scheduler:
         except StateUnusable as exc:  # not this request's fault: the daemon stops, exit 1
             self.on_fatal(exc)
         except Interrupted:
-            log.info("request_interrupted")
-            self.lifecycle.requeue(rid)
-            self.interrupted += 1
+            if rid in self.lost:
+                log.info("request_left_to_another_node")
+            else:
+                log.info("request_interrupted")
+                self.lifecycle.requeue(rid)
+                self.interrupted += 1
         except Exception as exc:  # a bug: fail this request once, touch no other
             await self._fail_internal(rid, csv_name, req, exc)
         finally:
@@ -203,6 +237,7 @@ class Scheduler:
             self.pool.release(rid)
             self.tasks.pop(rid, None)
             self.progress.pop(rid, None)
+            self.lost.discard(rid)
             self._purge_pending = True
             self.wake.set()
         structlog.contextvars.unbind_contextvars("request_id")  # CSV events are not the request's
@@ -216,7 +251,7 @@ class Scheduler:
         log.info("request_started", title=req.title, source=req.source.address,
                  source_server=req.source.server, dest=req.dest.address,
                  dest_server=req.dest.server, folder=req.dest_folder)  # fmt: skip
-        with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=self.outbox_dir) as work:
+        with tempfile.TemporaryDirectory(prefix=self.work_prefix, dir=self.outbox_dir) as work:
             recorder = ListingRecorder(Path(work))
             # Its own stop: set by a cancel of this request, or by the daemon's stop (drain).
             stop = asyncio.Event()
@@ -238,6 +273,8 @@ class Scheduler:
             finally:
                 await _cancel_and_wait(ticker)
             self._save_progress(rid, copier.progress)
+            if rid in self.lost:  # its result and mail are the new holder's to write
+                raise Interrupted("lease lost")
             doc = await self.finisher.copied(rid, csv_name, req, result, recorder)
         log.info("request_finished", status=result.status.value, totals=doc.get("totals"),
                  failures=len(result.failures), error=result.error)  # fmt: skip

@@ -85,6 +85,10 @@ class Engine(Protocol):
 
     def verify(self) -> None: ...
 
+    def try_lock(self, key: str) -> bool: ...
+
+    def unlock(self, key: str) -> None: ...
+
     def purge_freed_pages(self, *, wait: bool) -> bool: ...
 
     def close(self) -> None: ...
@@ -248,6 +252,14 @@ class SqliteEngine:
         if problems:
             more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
             raise damaged(self.path, f"quick_check: {problems[0]}{more}")
+
+    def try_lock(self, key: str) -> bool:
+        """The only daemon (the spool's lock file proves it) needs no lock of its own."""
+        del key
+        return True
+
+    def unlock(self, key: str) -> None:
+        del key
 
     def purge_freed_pages(self, *, wait: bool) -> bool:
         """Fold the WAL into the main file (where ``secure_delete`` zeroed freed content) and
@@ -429,6 +441,16 @@ class PostgresEngine:
     def verify(self) -> None:
         """PostgreSQL checks its own pages; a reachable server is all this asks."""
         self.all("SELECT 1")
+
+    def try_lock(self, key: str) -> bool:
+        """Take the session-level advisory lock named ``key`` if no other node holds it; it is
+        released by ``unlock``, or by the server when this node's connection ends (kill -9,
+        power loss), so a dead node never keeps it."""
+        rows = self.all("SELECT pg_try_advisory_lock(hashtext(?))", (key,))
+        return bool(rows[0][0])
+
+    def unlock(self, key: str) -> None:
+        self.all("SELECT pg_advisory_unlock(hashtext(?))", (key,))
 
     def purge_freed_pages(self, *, wait: bool) -> bool:
         """VACUUM the tables that held passwords, so no dead row version keeps one (see the

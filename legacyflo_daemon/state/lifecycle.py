@@ -120,9 +120,13 @@ class Lifecycle:
     def requeue_all_running(self) -> int:
         """At start-up and at exit: every running request back to queued (in a shared state:
         every one of this node's). Returns the count."""
+        return len(self.requeue_own())
+
+    def requeue_own(self) -> list[tuple[str, int]]:
+        """``requeue_all_running``, with the (id, csv id) of each request."""
         sources, _ = TRANSITIONS[Transition.REQUEUE]
         (source,) = sources
-        return len(self.store.apply_bulk_transition(source, Status.QUEUED, node=self.node))
+        return self.store.apply_bulk_transition(source, Status.QUEUED, node=self.node)
 
     def finish(
         self,

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Collection, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,18 @@ class StateStore:
 
     def close(self) -> None:
         self._engine.close()
+
+    @contextmanager
+    def exclusive(self, key: str) -> Iterator[bool]:
+        """Whether this daemon, alone among those sharing the store, may do ``key`` now (True
+        for the only daemon of an SQLite store). Held until the block ends, or until this
+        daemon dies: PostgreSQL releases a dead connection's advisory locks."""
+        mine = self._engine.try_lock(key)
+        try:
+            yield mine
+        finally:
+            if mine:
+                self._engine.unlock(key)
 
     def _tx(self) -> AbstractContextManager[Tx]:
         return self._engine.tx()

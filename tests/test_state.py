@@ -467,3 +467,19 @@ def test_postgres_claim_skips_a_row_another_node_holds_instead_of_waiting(
     assert Lifecycle(st, "node-a").claim("r1", NOW) is True
     other.close()
     st.close()
+
+
+def test_connections_and_allowances_are_shared_between_nodes(new_store: NewStore) -> None:
+    st = new_store()
+    st.add_csv("a.csv", "a.csv", NOW, [("r1", make_request(2)), ("r2", make_request(3, "D2"))])
+    a, b = Lifecycle(st, "node-a"), Lifecycle(st, "node-b")
+    assert a.claim("r1", NOW) and b.claim("r2", NOW)
+    st.set_pairs("r2", 3)
+    held = (("baya.com", "dst.example"), ("john@baya.com", "john@dst.example"))
+    assert st.connections_elsewhere("node-a") == [(*held, 3)]  # node-b's r2, not r1
+    assert st.connections_elsewhere("node-b") == [(*held, 1)]  # a claim holds one pair
+    st.learn_allowance("baya.com", 3, 100)
+    st.learn_allowance("baya.com", 5, 200)  # the lowest stands; learnt again at 200
+    st.learn_allowance("john@baya.com", 1, 50)
+    assert st.allowances(since=100) == {"baya.com": 3}
+    assert st.allowances(since=0) == {"baya.com": 3, "john@baya.com": 1}

@@ -59,6 +59,8 @@ CANDIDATES = 200  # queued requests of each CSV looked at per scheduling pass
 PROGRESS_SECONDS = 5.0
 METRICS_SECONDS = 1.0  # gauges (requests by state, queue, connections) refreshed this often
 WORK_PREFIX = ".work-"  # per-request scratch directories in outbox/ (listing data)
+ADMISSION = "admission"  # the cluster lock held while a node admits requests or extends one
+ALLOWANCE_SECONDS = 3600.0  # an allowance learnt from a refusal holds this long in a cluster
 
 
 class Scheduler:
@@ -144,6 +146,24 @@ class Scheduler:
         self.metrics.refresh(counts, counts[Status.QUEUED.value], self.pool.connections())
 
     def start_ready(self, requests: asyncio.TaskGroup) -> None:
+        # A cluster admits requests one node at a time, each counting what the others hold
+        # (``_sync_pool``): two nodes deciding at once could each take the last connection.
+        with self.state.exclusive(ADMISSION) as mine:
+            if mine:
+                self._sync_pool()
+                self._start_ready(requests)
+
+    def _sync_pool(self) -> None:
+        """A cluster: the pool learns what the other nodes hold now and every allowance any
+        node learnt from refusals (for ``ALLOWANCE_SECONDS``)."""
+        node = self.lifecycle.node
+        if node is None:
+            return
+        self.pool.elsewhere(self.state.connections_elsewhere(node))
+        since = int(utcnow().timestamp() - ALLOWANCE_SECONDS)
+        self.pool.learn(self.state.allowances(since))
+
+    def _start_ready(self, requests: asyncio.TaskGroup) -> None:
         queued = self.state.queued(per_csv=CANDIDATES)
         candidates = []
         for rid in fair_order([(r.id, r.csv_id) for r in queued]):
@@ -260,7 +280,7 @@ class Scheduler:
             copier = Copier(rid, req, self.cfg, self.state, self.budget, stop=stop)
             self.copiers[rid] = copier
             copier.listing = recorder
-            copier.extra_pair = lambda: self.pool.try_extend(rid)
+            copier.extra_pair = lambda: self._extend(rid)
             copier.release_pair = lambda: self._shrink(rid)
             copier.on_limited = lambda host: self._limited(rid, host)
             shown: list[tuple[str, str]] = []
@@ -297,13 +317,31 @@ class Scheduler:
             # next start (its outbox files are written again then).
             log.exception("request_finish_failed")
 
+    def _extend(self, rid: str) -> bool:
+        """One more connection pair for ``rid`` if every cap (of the cluster) still holds."""
+        with self.state.exclusive(ADMISSION) as mine:
+            if not mine:
+                return False  # another node is deciding; the copier asks again later
+            self._sync_pool()
+            if not self.pool.try_extend(rid):
+                return False
+            if self.lifecycle.node is not None:
+                self.state.set_pairs(rid, self.pool.pairs(rid))
+            return True
+
     def _limited(self, rid: str, host: str) -> None:
+        self._sync_pool()
+        now = int(utcnow().timestamp())
         for lowered in self.pool.limited(rid, host):
             log.warning("connection_allowance_lowered", key=lowered.key, limit=lowered.limit,
                         host=host)  # fmt: skip
+            if self.lifecycle.node is not None:
+                self.state.learn_allowance(lowered.key, lowered.limit, now)
 
     def _shrink(self, rid: str) -> None:
         self.pool.shrink(rid)
+        if self.lifecycle.node is not None:
+            self.state.set_pairs(rid, self.pool.pairs(rid))
         self.wake.set()  # the freed connections may let a queued request start
 
     def _phase_changed(self, rid: str, p: Progress, shown: list[tuple[str, str]]) -> None:

@@ -92,7 +92,9 @@ class Lifecycle:
         if self.node is None:
             self.start(request_id, now)
             return True
-        sets = {"started_at": iso(now), "node": self.node, "lease_until": self.lease_end(now)}
+        # One connection pair from the start: the other nodes' admission counts it at once.
+        sets = {"started_at": iso(now), "node": self.node, "lease_until": self.lease_end(now),
+                "pairs": 1}  # fmt: skip
         sources, _ = TRANSITIONS[Transition.START]
         return self.store.apply_transition(
             request_id, sources, Status.RUNNING, sets, skip_locked=True

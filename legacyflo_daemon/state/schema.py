@@ -41,6 +41,11 @@ CREATE TABLE IF NOT EXISTS nodes (
     doc TEXT NOT NULL,               -- JSON heartbeat: pid, host, started_at, at, state
     seen_at INTEGER NOT NULL         -- epoch seconds of its last heartbeat
 );
+CREATE TABLE IF NOT EXISTS allowances (
+    key TEXT PRIMARY KEY,            -- a host, or "user@host": what a server's refusal lowered
+    lim INTEGER NOT NULL,            -- connections it allows, learnt from the refusal
+    learnt_at INTEGER NOT NULL       -- epoch seconds
+);
 CREATE TABLE IF NOT EXISTS commands (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL,              -- "cancel"
@@ -65,6 +70,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     5: (
         "ALTER TABLE requests ADD COLUMN node TEXT",
         "ALTER TABLE requests ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE requests ADD COLUMN pairs INTEGER NOT NULL DEFAULT 0",
     ),
 }
 
@@ -106,7 +112,8 @@ CREATE TABLE IF NOT EXISTS requests (
     bytes_total INTEGER NOT NULL DEFAULT 0,
     progress_at TEXT,
     node TEXT,                       -- the daemon running it (while running)
-    lease_until INTEGER NOT NULL DEFAULT 0  -- epoch seconds: its node's lease ends (running)
+    lease_until INTEGER NOT NULL DEFAULT 0, -- epoch seconds: its node's lease ends (running)
+    pairs INTEGER NOT NULL DEFAULT 0 -- connection pairs (source + destination) it holds (running)
 );
 CREATE INDEX IF NOT EXISTS requests_status ON requests(status, seq);
 CREATE INDEX IF NOT EXISTS requests_csv ON requests(csv_id, status, seq);

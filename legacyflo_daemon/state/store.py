@@ -55,6 +55,7 @@ from legacyflo_daemon.state.schema import (
 
 __all__ = ["CsvRecord", "FolderCheckpoint", "RequestRow", "StateStore", "request_to_json"]
 
+Held = tuple[tuple[str, str], tuple[str, str], int]  # (hosts, logins, pairs) of a request
 CHUNK = 1000  # rows per transaction (or per read) of the heavy operations
 UNFINISHED = (Status.QUEUED.value, Status.RUNNING.value)
 
@@ -502,6 +503,49 @@ class StateStore:
                 " UPDATE SET doc = excluded.doc, seen_at = excluded.seen_at",
                 (name, json.dumps(dict(doc), sort_keys=True), seen_at),
             )
+
+    def connections_elsewhere(self, node: str) -> list[Held]:
+        """The IMAP connections the requests running on other nodes hold: per request, its
+        (source, destination) servers and logins as ``daemon.pool.slot_for`` names them, and
+        its connection pairs."""
+        rows = self._all(
+            "SELECT request, pairs FROM requests WHERE status = ? AND request IS NOT NULL"
+            " AND (node IS NULL OR node <> ?)",
+            (Status.RUNNING.value, node),
+        )
+        out = []
+        for r in rows:
+            d = json.loads(r[0])
+            src, dst = d["source"], d["dest"]
+            hosts = (str(src["server"]).lower(), str(dst["server"]).lower())
+            logins = (
+                f"{src['userid']}@{src['server']}".lower(),
+                f"{dst['userid']}@{dst['server']}".lower(),
+            )
+            out.append((hosts, logins, int(r[1])))
+        return out
+
+    def set_pairs(self, request_id: str, pairs: int) -> None:
+        """The connection pairs ``request_id`` holds now (the other nodes count them)."""
+        with self._tx() as db:
+            db.execute("UPDATE requests SET pairs = ? WHERE id = ?", (pairs, request_id))
+
+    def learn_allowance(self, key: str, limit: int, now: int) -> None:
+        """A server's refusal lowered ``key`` (a host, or "user@host") to ``limit``
+        connections; the lowest learnt stands, for every node."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO allowances(key, lim, learnt_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET learnt_at = excluded.learnt_at,"
+                " lim = CASE WHEN excluded.lim < allowances.lim THEN excluded.lim"
+                " ELSE allowances.lim END",
+                (key, limit, now),
+            )
+
+    def allowances(self, since: int) -> dict[str, int]:
+        """key -> connections allowed, of the allowances learnt at ``since`` or later."""
+        rows = self._all("SELECT key, lim FROM allowances WHERE learnt_at >= ?", (since,))
+        return {str(r[0]): int(r[1]) for r in rows}
 
     def nodes(self) -> dict[str, dict[str, Any]]:
         """node name -> its last heartbeat document."""

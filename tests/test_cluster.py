@@ -8,15 +8,20 @@ As in ``test_daemon_signals.py``, the source is reached through a slow ``FaultPr
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import re
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from aiosmtpd.controller import Controller
 
 from testkit.imap import ServerAccount
 from testkit.postgres import PostgresServer
@@ -24,10 +29,13 @@ from testkit.proxy import FaultProxy
 from tests.e2ehelp import (
     DaemonProcess,
     LogMark,
+    MailCatcher,
     Work,
+    archive_problems_of,
     check_log_lines,
     drop_csv,
     files_containing,
+    free_port,
     request_csv,
     results,
     summary,
@@ -112,6 +120,10 @@ def node_config(work: Work, name: str, **daemon: object) -> Path:
 LEASE = 4.0  # seconds: a dead node's requests are taken over this long after its last renewal
 
 
+def _mails(catcher: MailCatcher, reports: int, batches: int) -> bool:
+    return len(catcher.mails) >= reports and len(catcher.batch_mails) >= batches
+
+
 def _when(value: T, test: Callable[[T], bool]) -> T | None:
     return value if test(value) else None
 
@@ -186,3 +198,107 @@ def test_two_daemons_one_queue_one_killed_9_mid_copy_the_other_finishes_exactly_
     # The servers' own logs: never more than 3 sessions at once, both nodes together.
     for mark in marks:
         assert 2 <= mark.max_concurrent() <= 3, mark.server.host
+
+
+@pytest.mark.slow
+def test_three_daemons_share_a_spool_and_a_database_one_killed_9_mid_copy(
+    work: Work,
+    postgres_server: PostgresServer,
+    new_source_account: NewAccount,
+    new_dest_account: NewAccount,
+    slow_source: FaultProxy,
+) -> None:
+    url = postgres_server.new_database()
+    dest = new_dest_account('three "nodes" pw, \\ ö')
+    rows = [
+        dataclasses.replace(row, report_to=f"owner{i}@example.com")
+        for i, row in enumerate(big_rows(6, new_source_account, dest, slow_source))
+    ]
+    total = 6 * sum(BIG.values())
+    catcher = MailCatcher()
+    smtp = Controller(catcher, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    names = ("node-a", "node-b", "node-c")
+    try:
+        # Alone, each node would run 2 requests (6 connections per server for three nodes);
+        # the cap of 4 per server holds for the three together.
+        work.configure(
+            imap={"fetch_batch": 5, "folder_workers": 1},
+            daemon={"max_jobs": 2, "max_per_host": 4},
+            smtp_port=smtp.port,
+        )
+        use_postgres(work, postgres_server, url)
+        configs = [node_config(work, name) for name in names]  # every node takes files
+        marks = LogMark(work.source), LogMark(work.dest)
+        with contextlib.ExitStack() as stack:
+            nodes = [
+                stack.enter_context(DaemonProcess(c, work.root, name=n))
+                for c, n in zip(configs, names, strict=True)
+            ]
+            for node in nodes:
+                node.wait_for_event("daemon_ready", 30)
+            # Two files dropped at once into the one incoming/ that all three watch.
+            drop_csv(work.spool / "incoming", "one.csv", request_csv(rows[:3]))
+            drop_csv(work.spool / "incoming", "two.csv", request_csv(rows[3:]))
+            wait_until(lambda: copied_so_far(rows) >= 40 or None, 60, "40 copied", nodes[0])
+            running = running_on(postgres_server, url)
+            assert len(running) == 4, running  # the cap, for the three nodes together
+            victim_name = Counter(running.values()).most_common(1)[0][0]
+            victim = nodes[names.index(victim_name)]
+            victim.kill()
+            killed = {rid for rid, n in running.items() if n == victim_name}
+            at_kill = copied_so_far(rows)
+            assert 0 < at_kill < total, "the kill must land in the middle of the copy"
+            survivors = [n for n in nodes if n is not victim]
+            for name in ("one.csv", "two.csv"):
+                done = functools.partial(summary, work.spool, name)
+                wait_until(done, 180, f"{name} done", survivors[0])
+            wait_until(functools.partial(_mails, catcher, 6, 2), 30, "8 mails", survivors[0])
+            time.sleep(2.0)  # a second delivery of any mail would arrive by now
+            for node in survivors:
+                node.send(signal.SIGTERM)
+            for node in survivors:
+                assert node.wait(30) == 0, node.describe()
+    finally:
+        smtp.stop()
+
+    # Each file was claimed by one node; every request finished once, every mailbox exact.
+    events = {n: d.events() for n, d in zip(names, nodes, strict=True)}
+    claimed = [e["file"] for evs in events.values() for e in evs if e["event"] == "spool_claimed"]
+    assert sorted(claimed) == ["one.csv", "two.csv"], claimed
+    found = results(work.spool)
+    assert len(found) == 6 and {r["status"] for r in found.values()} == {"succeeded"}
+    assert work.files("processing") == [] and work.files("failed") == []
+    assert work.files("done") == ["one.csv", "two.csv"]
+    for name, part in (("one.csv", rows[:3]), ("two.csv", rows[3:])):
+        doc = summary(work.spool, name)
+        assert doc is not None and doc["counts"] == {"succeeded": len(part)}
+    assert archive_problems_of((r.source, r.dest, r.folder) for r in rows) == []
+    copied = sum(f["copied"] for r in found.values() for f in r["folders"])
+    present = sum(f["already_present"] for r in found.values() for f in r["folders"])
+    assert copied + present == total
+    # The dead node's requests were taken over by a survivor, after its lease.
+    taken = [
+        set(e["requests"])
+        for n in names
+        if n != victim_name
+        for e in events[n]
+        if e["event"] == "requests_taken_over"
+    ]
+    assert set().union(*taken) == killed and sum(len(t) for t in taken) == len(killed)
+    # One report mail per request and one batch report per CSV, across the three nodes.
+    assert sorted(r for _f, rcpts, _d in catcher.mails for r in rcpts) == sorted(
+        f"owner{i}@example.com" for i in range(6)
+    )
+    assert len(catcher.batch_mails) == 2
+    sent = [e for evs in events.values() for e in evs if e["event"] == "report_sent"]
+    assert len(sent) == 8, sent
+    assert [p for p in work.files("outbox") if p.endswith(".eml")] == []  # none pending
+    assert len([p for p in work.files("outbox/sent") if p.endswith(".eml")]) == 8
+    # The servers' own logs: never more than 4 sessions at once, the three nodes together.
+    for mark in marks:
+        assert 3 <= mark.max_concurrent() <= 4, mark.server.host
+    # No password (IMAP or database) in anything the nodes wrote.
+    secrets = [r.source.password for r in rows] + [dest.password, postgres_server.password]
+    leaks = files_containing(work.root, secrets)
+    assert set(leaks) <= {work.root / "db-password"}, leaks

@@ -159,6 +159,7 @@ class Daemon:
             interval=smtp.scan_interval if smtp else 60.0,
             backoff_base=smtp.retry_base if smtp else 30.0,
             backoff_max=smtp.retry_max if smtp else 3600.0,
+            exclusive=self.state.exclusive if self.node is not None else None,
         )
         self.finisher = Finisher(
             cfg, self.lifecycle, self.outbox, archive.listing_source(cfg), self.sender.kick

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import re
 import signal
 import time
@@ -38,6 +39,7 @@ from tests.e2ehelp import (
     free_port,
     request_csv,
     results,
+    run_cli,
     summary,
     wait_until,
 )
@@ -249,6 +251,18 @@ def test_three_daemons_share_a_spool_and_a_database_one_killed_9_mid_copy(
             killed = {rid for rid, n in running.items() if n == victim_name}
             at_kill = copied_so_far(rows)
             assert 0 < at_kill < total, "the kill must land in the middle of the copy"
+            # status, from any node's config: every node, which are alive, who runs what.
+            shown = run_cli("status", "--json", "--config", str(configs[0]))
+            assert shown.returncode == 0, shown.stderr
+            doc = json.loads(shown.stdout)
+            alive = {n["name"]: n["running"] for n in doc["nodes"]}
+            assert alive == {name: name != victim_name for name in names}, doc["nodes"]
+            listed = {r["id"]: (r["state"], r.get("node")) for r in doc["requests"]}
+            for state, node in listed.values():  # running: on a live node, named
+                assert state != "running" or alive.get(node) is True, listed
+            for rid in killed:  # interrupted while its node is gone, until taken over
+                state, node = listed[rid]
+                assert (state, node) == ("interrupted", victim_name) or state != "interrupted"
             survivors = [n for n in nodes if n is not victim]
             for name in ("one.csv", "two.csv"):
                 done = functools.partial(summary, work.spool, name)

@@ -172,3 +172,38 @@ def test_status_of_one_request_shows_its_folders_and_failures(
     assert "INBOX → done: 5 copied" in text and "Sent → in progress: 2 copied" in text
     assert "failed: Sent UID 4 'Hello': too big" in text
     store.close()
+
+
+def test_a_cluster_shows_each_node_and_the_node_of_each_running_request(
+    new_store: Callable[..., StateStore],
+) -> None:
+    store, _ = _store(new_store)
+    alive = Lifecycle(store, "node-a")
+    dead = Lifecycle(store, "node-b")
+    assert alive.claim("req-1", NOW) and dead.claim("req-2", NOW)
+    store.set_phase("req-1", "copying", "INBOX", NOW)
+    beat = _beat("running", 2)
+    store.set_node("node-a", {**beat, "node": "node-a", "running": 1}, 0)
+    store.set_node("node-b", {**_beat("running", 2, pid=_dead_pid()), "node": "node-b"}, 0)
+    store.set_node("old", {**_beat("stopped", 3 * 86400), "node": "old"}, 0)  # long gone
+    doc = view(store, NOW)
+    jsonschema.validate(doc, SCHEMA)
+    assert doc["daemon"] == {
+        "running": True,
+        "summary": "1 of 2 nodes running (node-a); gone: node-b",
+    }
+    assert [(n["name"], n["running"], n["requests"]) for n in doc["nodes"]] == [
+        ("node-a", True, 1),
+        ("node-b", False, 0),
+    ]
+    states = {r["id"]: (r["state"], r.get("node")) for r in doc["requests"]}
+    assert states["req-1"] == ("running", "node-a")
+    assert states["req-2"] == ("interrupted", "node-b")  # its node is gone: taken over soon
+    assert states["req-3"] == ("queued", None)
+    text = table(doc)
+    assert "node node-a: running 1 request(s)" in text and "node node-b: gone" in text
+    assert "[node-a] copying INBOX" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    one = detail(store, "req-1", NOW)
+    jsonschema.validate(one, SCHEMA)
+    assert one["request"]["node"] == "node-a" and "Node:     node-a" in detail_text(one)

@@ -70,6 +70,8 @@ def _line(item: Mapping[str, Any]) -> tuple[str, str, str, str]:
     progress = " ".join(p for p in (_progress(item), rate, eta and f"ETA {eta}") if p)
     if item["state"] == "running" and item["phase"]:
         what = " ".join(p for p in (item["phase"], item["detail"]) if p)
+        if item.get("node"):
+            what = f"[{item['node']}] {what}"
     elif item["error"]:
         what = item["error"]
     else:
@@ -83,6 +85,11 @@ def table(doc: Mapping[str, Any], width: int = WIDTH) -> str:
     lines = [f"daemon: {doc['daemon']['summary']}"[:width], ""]
     if doc.get("source"):  # read from the daemon's snapshot, not the store
         lines[1:1] = [f"(from {doc['source']})"[:width]]
+    for node in doc.get("nodes", []):  # a cluster: one line per node
+        state = f"running {node['requests']} request(s)" if node["running"] else "gone"
+        seen = f", last seen {node['last_seen']}" if not node["running"] else ""
+        text = f"node {node['name']}: {state} (pid {node['pid']} on {node['host']}{seen})"
+        lines.insert(-1, text[:width])
     rows = [("REQUEST", "STATE", "PROGRESS", "WHAT")] + [_line(i) for i in doc["requests"]]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
@@ -104,6 +111,7 @@ def detail_text(doc: Mapping[str, Any], width: int = WIDTH) -> str:
         ("CSV", f"{item['csv']}, row {item['row']}"),
         ("Title", item["title"]),
         ("State", item["state"] + (f" ({item['phase']})" if item["phase"] else "")),
+        *([("Node", item["node"])] if item.get("node") else []),
         ("Progress", _progress(item) or "-"),
         ("Duration", _duration(item["duration_seconds"]) or "-"),
     ]

@@ -174,7 +174,7 @@ class Daemon:
             self.scheduler.wake.set,
         )  # fmt: skip
         if cfg.metrics.listen is not None:
-            self.metrics = Metrics()
+            self.metrics = Metrics(self.node)
             try:
                 self.metrics.start(cfg.metrics.listen)
             except OSError as exc:

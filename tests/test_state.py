@@ -411,7 +411,7 @@ def test_a_request_is_claimed_by_one_node_renewed_and_taken_over_when_its_lease_
     assert b.claim("r2", NOW) is True
     assert (st.request_row("r1").node, st.request_row("r2").node) == ("node-a", "node-b")
     later = NOW + dt.timedelta(seconds=20)
-    assert a.renew(later) == {"r1"}  # node-a's lease now ends at +50 s, node-b's at +30 s
+    assert a.renew(later, {"r1"}) == {"r1"}  # node-a's lease now ends at +50 s, node-b's +30 s
     assert b.take_over(NOW + dt.timedelta(seconds=29)) == []  # nobody's lease ended yet
     assert a.take_over(NOW + dt.timedelta(seconds=31)) == [("r2", 1)]  # node-b died
     assert st.request_row("r2").status is Status.QUEUED and st.request_row("r2").node is None
@@ -421,7 +421,12 @@ def test_a_request_is_claimed_by_one_node_renewed_and_taken_over_when_its_lease_
         b.requeue("r2")
     with pytest.raises(InternalError):
         b.finish("r2", Status.SUCCEEDED, {}, NOW)
-    assert b.renew(later) == set()  # ...and its heartbeat learns that it holds nothing
+    assert b.renew(later, {"r2"}) == set()  # ...and its heartbeat learns it holds nothing
+    # A request left running without a task (its result could not be written) is not renewed:
+    # its lease runs out and another node runs it again.
+    assert a.renew(later, {"r1"}) == {"r1"}
+    assert a.take_over(NOW + dt.timedelta(seconds=31)) == [("r2", 1)]  # r2 was never renewed
+    assert a.claim("r2", NOW)
     # node-a stops: only its own requests go back to the queue.
     assert b.claim("r1", NOW) is False
     assert a.requeue_all_running() == 2
@@ -433,7 +438,7 @@ def test_the_only_daemon_starts_and_requeues_without_nodes(new_store: NewStore) 
     st.add_csv("a.csv", "a.csv", NOW, [("r1", make_request(2))])
     only = Lifecycle(st)
     assert only.claim("r1", NOW) is True and st.request_row("r1").node is None
-    assert only.renew(NOW) == set()
+    assert only.renew(NOW, {"r1"}) == set()
     assert only.requeue_all_running() == 1
 
 

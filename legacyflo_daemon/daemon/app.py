@@ -356,7 +356,8 @@ class Daemon:
         requests of nodes whose leases ran out (they died), and record this node as alive."""
         interval = self.cfg.state.lease_seconds / 3
         while not self.stopping.is_set():
-            self.scheduler.lose(self.lifecycle.renew(utcnow()))
+            running = set(self.scheduler.tasks)
+            self.scheduler.lose(self.lifecycle.renew(utcnow(), running))
             taken = await take_over(self.cfg, self.state, self.lifecycle, self.spool,
                                     self.finisher)  # fmt: skip
             if taken:

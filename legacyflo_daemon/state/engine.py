@@ -370,7 +370,15 @@ class PostgresEngine:
         psycopg = self._psycopg
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
             return self._conn
-        extra: dict[str, Any] = {"application_name": "legacyflo-daemon"}
+        # TCP keepalives: a database cut off without a reset is noticed in about 25 s instead
+        # of the kernel's retransmission timeout (many minutes with the event loop waiting).
+        extra: dict[str, Any] = {
+            "application_name": "legacyflo-daemon",
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        }
         if self._password is not None:
             extra["password"] = self._password
         try:

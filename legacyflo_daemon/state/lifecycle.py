@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -100,11 +100,12 @@ class Lifecycle:
             request_id, sources, Status.RUNNING, sets, skip_locked=True
         )
 
-    def renew(self, now: dt.datetime) -> set[str]:
-        """Renew this node's leases; the requests still this node's (a shared state)."""
+    def renew(self, now: dt.datetime, ids: Collection[str]) -> set[str]:
+        """Renew this node's leases on ``ids`` (the requests it runs); those still this
+        node's (a shared state)."""
         if self.node is None:
             return set()
-        return self.store.renew_leases(self.node, self.lease_end(now))
+        return self.store.renew_leases(self.node, self.lease_end(now), ids)
 
     def take_over(self, now: dt.datetime) -> list[tuple[str, int]]:
         """Requeue the running requests whose node's lease ran out (it died: kill -9, power

@@ -485,13 +485,19 @@ class StateStore:
             ).fetchall()
         return [(str(r[0]), int(r[1])) for r in rows]
 
-    def renew_leases(self, node: str, until: int) -> set[str]:
-        """Extend to ``until`` (epoch seconds) the lease of every request ``node`` runs; the
-        ids renewed (a request missing from them is no longer this node's)."""
+    def renew_leases(self, node: str, until: int, ids: Collection[str]) -> set[str]:
+        """Extend to ``until`` (epoch seconds) the leases of ``ids`` that ``node`` still holds;
+        the ids renewed (one missing is no longer this node's). A request left running with
+        no task behind it (its result could not be written) is not renewed: its lease runs
+        out and another node runs it again."""
+        if not ids:
+            return set()
+        marks = ", ".join("?" for _ in ids)
         with self._tx() as db:
             rows = db.execute(
-                "UPDATE requests SET lease_until = ? WHERE status = ? AND node = ? RETURNING id",
-                (until, Status.RUNNING.value, node),
+                "UPDATE requests SET lease_until = ?"  # noqa: S608 - only placeholders
+                f" WHERE status = ? AND node = ? AND id IN ({marks}) RETURNING id",
+                (until, Status.RUNNING.value, node, *ids),
             ).fetchall()
         return {str(r[0]) for r in rows}
 

@@ -72,6 +72,8 @@ class StateStore:
         ``verify``: check the database first, before anything is written (the daemon's
         start); a damaged store raises ``StateUnusable`` and is left exactly as it was."""
         self._engine: Engine = SqliteEngine(target) if isinstance(target, Path) else target
+        # The SQLite file (None for a database server); ``where`` names either in messages.
+        self.path: Path | None = target if isinstance(target, Path) else None
         self.where = self._engine.where
         self.shared = self._engine.shared
         self._lock = self._engine.lock

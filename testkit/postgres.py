@@ -16,6 +16,7 @@ pytest's ``tmp_path`` for the same reason as Dovecot: that tree is 0700 for root
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -166,6 +167,17 @@ class PostgresServer:
         if self._process is not None:
             self._process.stop(grace=10)
             self._process = None
+
+    def crash(self) -> None:
+        """SIGKILL the whole server (a power loss, a crash): every client's connection ends
+        at once. ``stop`` (SIGTERM) would be PostgreSQL's "smart" shutdown, which waits for the
+        clients to disconnect."""
+        if self._process is not None and self._process.pid is not None:
+            import signal
+
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+            self.stop()
 
     def remove(self) -> None:
         self.stop()

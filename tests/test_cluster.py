@@ -316,3 +316,32 @@ def test_three_daemons_share_a_spool_and_a_database_one_killed_9_mid_copy(
     secrets = [r.source.password for r in rows] + [dest.password, postgres_server.password]
     leaks = files_containing(work.root, secrets)
     assert set(leaks) <= {work.root / "db-password"}, leaks
+
+
+@pytest.mark.slow
+def test_a_node_that_loses_its_database_stops_copying_at_once_in_one_line(
+    work: Work,
+    new_source_account: NewAccount,
+    new_dest_account: NewAccount,
+    slow_source: FaultProxy,
+) -> None:
+    with PostgresServer() as pg:  # its own server: this test stops it
+        url = pg.new_database()
+        dest = new_dest_account('lost "db" pw, \\ ö')
+        rows = big_rows(2, new_source_account, dest, slow_source)
+        work.configure(imap={"fetch_batch": 5, "folder_workers": 1}, daemon={"grace_seconds": 30.0})
+        use_postgres(work, pg, url)
+        drop_csv(work.spool / "incoming", "lost.csv", request_csv(rows))
+        with work.daemon("node") as node:
+            wait_until(lambda: copied_so_far(rows) >= 20 or None, 30, "20 copied", node)
+            pg.crash()
+            stopped = time.monotonic()
+            assert node.wait(20) == 1, node.describe()
+            took = time.monotonic() - stopped
+        at_exit = copied_so_far(rows)
+        time.sleep(1.0)
+        assert copied_so_far(rows) == at_exit < 2 * sum(BIG.values())  # nothing appended after
+    assert took < 10.0, f"{took:.1f} s: the 30 s grace must not apply without the database"
+    (line,) = node.stderr().splitlines()
+    assert "check that the PostgreSQL server runs" in line and pg.password not in line
+    assert f"legacyflo@127.0.0.1:{pg.port}/" in line

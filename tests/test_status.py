@@ -207,3 +207,10 @@ def test_a_cluster_shows_each_node_and_the_node_of_each_running_request(
     one = detail(store, "req-1", NOW)
     jsonschema.validate(one, SCHEMA)
     assert one["request"]["node"] == "node-a" and "Node:     node-a" in detail_text(one)
+
+
+def test_a_pid_is_checked_only_in_the_same_pid_namespace() -> None:
+    beat = _beat("running", 1, pid=_dead_pid())
+    assert daemon_view({**beat, "pidns": os.readlink("/proc/self/ns/pid")}, NOW)["running"] is False
+    # Another container on this host name: its pid means nothing here; the fresh beat counts.
+    assert daemon_view({**beat, "pidns": "pid:[1]"}, NOW)["running"] is True

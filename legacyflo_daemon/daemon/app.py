@@ -28,6 +28,7 @@ import asyncio
 import gc
 import json
 import os
+import secrets
 import signal
 import socket
 import stat
@@ -90,7 +91,11 @@ class Daemon:
         # This daemon's name among those sharing a state (README "Deployment"); None: alone.
         self.node: str | None = None
         if cfg.state.url is not None:
-            self.node = cfg.state.node or f"{socket.gethostname()}-{os.getpid()}"
+            # Nodes in containers may share a host name and a pid: the random part keeps
+            # their default names apart.
+            self.node = cfg.state.node or (
+                f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+            )
 
     # -- entry -------------------------------------------------------------------------------
 
@@ -208,7 +213,10 @@ class Daemon:
         try:
             async with asyncio.TaskGroup() as requests:
                 await self._serve(requests)
-                await self.scheduler.drain(cfg.daemon.grace_seconds)
+                # A node of a cluster that lost its database stops copying at once: its leases
+                # run out meanwhile, and another node must not find it still appending.
+                lost_db = self.fatal is not None and self.node is not None
+                await self.scheduler.drain(0.0 if lost_db else cfg.daemon.grace_seconds)
         finally:
             sender_stop.set()
             await sender
@@ -389,6 +397,7 @@ class Daemon:
             "state": state,
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            "pidns": _pid_namespace(),
             "started_at": self.started_at,
             "at": iso(now),
             "interval": PROGRESS_SECONDS,
@@ -399,6 +408,14 @@ class Daemon:
                     "running": len(self.scheduler.tasks)}  # fmt: skip
             self.state.set_node(self.node, doc, int(now.timestamp()))
         self.state.set_heartbeat(doc)
+
+
+def _pid_namespace() -> str:
+    """This process's pid namespace (``status`` checks a pid only inside the same one)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def warn_at_start(cfg: Config, spool: Spool) -> None:

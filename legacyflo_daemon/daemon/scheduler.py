@@ -251,7 +251,10 @@ class Scheduler:
             if req is not None:
                 for account in (req.source, req.dest):
                     forget_secret(account.password, user=account.userid, owner=rid)
-            self.state.clear_phase(rid)
+            try:
+                self.state.clear_phase(rid)
+            except StateUnusable as exc:  # the store went away meanwhile: the daemon stops
+                self.on_fatal(exc)
             self.copiers.pop(rid, None)
             self._counted.pop(rid, None)
             self.pool.release(rid)

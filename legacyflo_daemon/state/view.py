@@ -61,6 +61,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 def daemon_view(heartbeat: Mapping[str, Any] | None, now: dt.datetime) -> dict[str, Any]:
     """Whether the daemon runs, from its heartbeat (see the module docstring)."""
     if heartbeat is None:
@@ -78,7 +85,9 @@ def daemon_view(heartbeat: Mapping[str, Any] | None, now: dt.datetime) -> dict[s
         "heartbeat_age_seconds": round(age, 1),
     }
     fresh = heartbeat.get("state") == "running" and age <= STALE_INTERVALS * max(interval, 5.0)
-    if fresh and host == socket.gethostname() and not _pid_alive(pid):
+    # The pid means something only on this machine, in this pid namespace (containers).
+    here = host == socket.gethostname() and heartbeat.get("pidns", "") in ("", _pid_namespace())
+    if fresh and here and not _pid_alive(pid):
         fresh = False
     seen = f"{at:%Y-%m-%d %H:%M:%S} UTC"
     if fresh:

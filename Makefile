@@ -15,7 +15,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SERVERS_DIR := .servers
-APT_PACKAGES := dovecot-imapd openssl systemd procps
+APT_PACKAGES := dovecot-imapd openssl systemd procps postgresql
 SOURCES := legacyflo_daemon tests testkit bench demo
 
 .PHONY: test deps venv lint typecheck imports pytest demo bench wheel
@@ -24,7 +24,8 @@ test: deps lint typecheck imports pytest
 
 deps: venv
 	@if ! command -v dovecot >/dev/null 2>&1 || ! command -v systemd-analyze >/dev/null 2>&1 \
-		|| ! test -x /bin/kill; then \
+		|| ! test -x /bin/kill \
+		|| ! test -x /usr/lib/postgresql/15/bin/initdb; then \
 		echo "installing Debian packages: $(APT_PACKAGES)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
 	fi

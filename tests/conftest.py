@@ -38,6 +38,7 @@ from testkit.dovecot_conf import ServerKind
 from testkit.exchange_front import ExchangeFront
 from testkit.imap import DEST_PASSWORD, HOSTILE_PASSWORD, ServerAccount
 from testkit.master import missing_dovecot
+from testkit.postgres import PostgresServer, missing_postgres
 from testkit.proxy import FaultProxy
 from testkit.tlsca import TlsCa, make_tls_ca
 from tests import closing
@@ -61,6 +62,8 @@ _SERVER_FIXTURES = {
     "courier_account",
     "new_courier_account",
     "exchange_front",
+    "postgres_server",
+    "postgres_url",
 }
 
 # Loopback addresses of the session's Cyrus and Courier servers: apart from the Dovecot source
@@ -337,6 +340,56 @@ def new_cyrus_account(cyrus_server: CyrusServer) -> Callable[..., ServerAccount]
 def cyrus_account(new_cyrus_account: Callable[..., ServerAccount]) -> ServerAccount:
     """A fresh, empty Cyrus user whose password is ``HOSTILE_PASSWORD``."""
     return new_cyrus_account(HOSTILE_PASSWORD)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL 15 on 127.0.0.1 (``testkit/postgres.py``), started once per
+    session; ``url(db)``, ``new_database()``, ``sql(...)``, ``log_text()``."""
+    reason = missing_postgres()
+    if reason is not None:
+        pytest.skip(reason)
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The ``postgresql://`` URL (with its password) of a fresh, empty database."""
+    return postgres_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """``new_store(verify=False)`` opens one state store, again and again (a restart), on each
+    engine in turn: the SQLite file ``tmp_path/s.db``, then a fresh PostgreSQL database. The
+    ``engine`` attribute says which; every store opened is closed at the end."""
+    from legacyflo_daemon.state.engine import PostgresEngine
+    from legacyflo_daemon.state.store import StateStore
+
+    opened: list[StateStore] = []
+    if request.param == "sqlite":
+        path = tmp_path / "s.db"
+
+        def make(**kw: Any) -> StateStore:
+            opened.append(StateStore(path, **kw))
+            return opened[-1]
+    else:
+        url = request.getfixturevalue("postgres_server").new_database()
+
+        def make(**kw: Any) -> StateStore:
+            opened.append(StateStore(PostgresEngine(url), **kw))
+            return opened[-1]
+
+    make.engine = request.param  # type: ignore[attr-defined]
+    yield make
+    for store in opened:
+        with contextlib.suppress(Exception):
+            store.close()
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from legacyflo_daemon.config.schema import (
     MetricsConfig,
     ReportConfig,
     SmtpConfig,
+    StateConfig,
 )
 from legacyflo_daemon.errors import ConfigError
 from legacyflo_daemon.model import Secret
@@ -45,6 +46,7 @@ def test_no_file_means_the_defaults() -> None:
     assert cfg.daemon.spool == Path("spool")
     assert cfg.daemon.state_path == Path("spool/state.sqlite3")
     assert cfg.smtp is None and cfg.hosts == {}
+    assert cfg.state == StateConfig()  # SQLite: the zero-setup default
 
 
 def test_an_empty_file_means_the_defaults_with_the_spool_beside_it(tmp_path: Path) -> None:
@@ -357,6 +359,7 @@ def test_the_example_documents_every_key() -> None:
         "report": ReportConfig,
         "smtp": SmtpConfig,
         "metrics": MetricsConfig,
+        "state": StateConfig,
     }
     assert set(doc) == {*expected, "hosts"}
     for section, cls in expected.items():
@@ -382,7 +385,11 @@ def test_the_documented_example_values_are_valid(tmp_path: Path) -> None:
     """The example's disabled settings, enabled, load (given the files they name exist)."""
     text = _DISABLED_SETTING.sub("", EXAMPLE.read_text())
     doc = tomllib.loads(text)
-    for section, key in (("smtp", "ca_file"), ("smtp", "password_file")):
+    for section, key in (
+        ("smtp", "ca_file"),
+        ("smtp", "password_file"),
+        ("state", "password_file"),
+    ):
         doc[section][key] = str(tmp_path / key)
         (tmp_path / key).write_text("x\n")
     (host,) = doc["hosts"].values()
@@ -391,6 +398,7 @@ def test_the_documented_example_values_are_valid(tmp_path: Path) -> None:
         host[key] = str(tmp_path / key)
         (tmp_path / key).write_text("x\n")
     del doc["smtp"]["password_env"]  # the example shows both alternatives
+    del doc["state"]["password_env"]
     doc["daemon"]["state_file"] = "state.db"
     doc["log"]["file"] = "d.log"
     lines = []
@@ -427,3 +435,49 @@ def _toml(value: object) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return repr(value)
+
+
+# -- [state]: a shared PostgreSQL database -----------------------------------------------------
+
+
+def test_state_url_and_its_password_given_apart(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("s3cret:@/\n")
+    cfg = load_text(
+        tmp_path,
+        '[state]\nurl = "postgresql://legacyflo@db.example.com:5432/lf"\npassword_file = "pw"\n',
+    )
+    assert cfg.state.url == "postgresql://legacyflo@db.example.com:5432/lf"
+    assert cfg.state.password() == Secret("s3cret:@/")
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('url = "postgresql://u:s3cret@db/lf"', "must not contain the password"),
+        ('url = "mysql://u@db/lf"', "must be a PostgreSQL URL"),
+        ('url = "postgresql:///lf"', "must name the database server"),
+        ('url = "postgresql://u@db:99999/lf"', "not a valid URL"),
+        ('password_env = "X"', "state.url: missing: a password is set but no database URL"),
+        ('url = "postgresql://u@db/lf"\nnode = "a b"', "state.node: must be 1 to 64 letters"),
+        ('node = "a"', "state.node: needs state.url"),
+        ('url = "postgresql://u@db/lf"\nlease_seconds = 1', "must be at least 3"),
+        (
+            'url = "postgresql://u@db/lf"\npassword_file = "pw"\npassword_env = "X"',
+            "give password_file or password_env, not both",
+        ),
+    ],
+)
+def test_bad_state_settings_are_one_line_naming_the_key(
+    tmp_path: Path, text: str, words: str
+) -> None:
+    (tmp_path / "pw").write_text("x\n")
+    with pytest.raises(ConfigError, match=words) as caught:
+        load_text(tmp_path, f"[state]\n{text}\n")
+    assert "s3cret" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_pure_worker_needs_a_shared_state(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"daemon\.intake: false needs state\.url"):
+        load_text(tmp_path, "[daemon]\nintake = false\n")
+    cfg = load_text(tmp_path, '[daemon]\nintake = false\n[state]\nurl = "postgresql://u@db/lf"\n')
+    assert cfg.daemon.intake is False and cfg.state.lease_seconds == 60.0

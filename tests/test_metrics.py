@@ -78,3 +78,20 @@ def test_metrics_are_scraped_over_http_during_a_copy(
         assert "src" not in text.replace("legacyflo", "")  # no account names in labels
         daemon.send(signal.SIGTERM)
         assert daemon.wait(20) == 0
+
+
+def test_a_cluster_node_labels_every_metric_with_its_name() -> None:
+    m = Metrics("node-a")
+    m.copied(5, 500)
+    m.retried("throttled")
+    m.refresh({"running": 1}, 3, {"imap.example.com": 2})
+    text = generate_latest(m.registry).decode()
+    node = 'node="node-a"'
+    assert _value(text, "legacyflo_messages_copied_total", f"{{{node}}}") == 5
+    assert _value(text, "legacyflo_bytes_copied_total", f"{{{node}}}") == 500
+    assert _value(text, "legacyflo_retries_total", f'{{kind="throttled",{node}}}') == 1
+    assert _value(text, "legacyflo_requests", f'{{{node},state="running"}}') == 1
+    assert _value(text, "legacyflo_queue_depth", f"{{{node}}}") == 3
+    assert _value(text, "legacyflo_connections", f'{{host="imap.example.com",{node}}}') == 2
+    samples = [line for line in text.splitlines() if line.startswith("legacyflo_")]
+    assert samples and all(node in line for line in samples), samples

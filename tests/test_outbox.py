@@ -30,6 +30,9 @@ from legacyflo_daemon.outbox.smtp import deliver, envelope, smtp_password
 from legacyflo_daemon.outbox.store import Outbox, move_to_sent
 from legacyflo_daemon.report.mail import build_mail
 from legacyflo_daemon.runtime.log import configure_logging, reset_logging
+from legacyflo_daemon.state.engine import PostgresEngine
+from legacyflo_daemon.state.store import StateStore
+from testkit.postgres import PostgresServer
 from tests.test_report import NOW, attachment, entries, make_json
 
 PASSWORD = 'sm"tp p@ss\\wörd'
@@ -445,3 +448,29 @@ async def test_a_bug_while_sending_is_logged_once_and_that_mail_set_aside(
     monkeypatch.setattr("legacyflo_daemon.outbox.sender.deliver", deliver)
     assert await MailSender(outbox, config(port, "none", None, None)).send_pending() == 1
     assert not r1.exists() and len(rec.messages) == 3
+
+
+async def test_senders_of_several_nodes_on_one_outbox_deliver_each_mail_once(
+    server: Server, outbox: Outbox, pwfile: Path, postgres_server: PostgresServer
+) -> None:
+    """A cluster: three nodes' senders on one shared outbox, passing over the same pending
+    mails at the same moment; each mail's lease (a lock in the shared database) lets one
+    deliver it."""
+    rec, port = server("plain")
+    url = postgres_server.new_database()
+    # Three nodes, three sessions; opened off the loop (connecting is blocking I/O).
+    stores = await asyncio.to_thread(lambda: [StateStore(PostgresEngine(url)) for _ in range(3)])
+    senders = [
+        MailSender(outbox, config(port, "none", pwfile, None), exclusive=s.exclusive)
+        for s in stores
+    ]
+    for i in range(12):
+        outbox.write_mail(f"r{i}", eml(subject=f"s{i}"))
+    with capture_logs() as logs:
+        delivered = await asyncio.gather(*(s.send_pending() for s in senders))
+    subjects = sorted(message_from_bytes(data)["Subject"] for _f, _t, data in rec.messages)
+    assert subjects == sorted(f"s{i}" for i in range(12))  # each once
+    assert sum(delivered) == 12 and outbox.pending_mails() == []
+    assert [e for e in logs if e["event"] == "report_send_failed"] == []
+    for store in stores:
+        store.close()

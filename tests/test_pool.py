@@ -122,3 +122,30 @@ def test_a_hosts_caps_come_from_the_config_the_smaller_direction_winning() -> No
     assert limits.login_caps == {"plain": 3, "split": 1, "one-side": 2}
     assert limits.host_cap("split") == 2 and limits.host_cap("none") == 8
     assert limits.login_cap("admin@one-side") == 2 and limits.login_cap("u@none") == 4
+
+
+# -- a cluster: the caps hold for every node together -------------------------------------------
+
+
+def test_what_other_nodes_hold_counts_against_every_cap() -> None:
+    pool = Pool(Limits(max_jobs=10, max_per_host=3, max_per_login=2))
+    # Another node runs two requests on h1 (one with an extra pair) as admin@h1.
+    pool.elsewhere([(("h1", "archive"), ("admin@h1", "a@archive"), 2),
+                    (("h1", "archive"), ("other@h1", "b@archive"), 1)])  # fmt: skip
+    assert pool.pick([("r1", slot("h1", user="x"))]) == []  # h1: 3 of 3 elsewhere
+    assert pool.pick([("r2", slot("h2", user="admin"))]) == []  # archive: 3 of 3 elsewhere
+    assert pool.pick([("r2", slot("h2", "vault", user="admin"))]) == ["r2"]
+    assert pool.connections() == {"h2": 1, "vault": 1}  # only this node's own
+    pool.elsewhere([(("h1", "archive"), ("admin@h1", "a@archive"), 1)])  # one ended there
+    assert pool.pick([("r3", slot("h1", "vault", user="admin"))]) == ["r3"]
+    assert pool.try_extend("r3") is False  # admin@h1: 2 of 2 with the other node's
+    assert pool.pairs("r3") == 1 and pool.pairs("nope") == 0
+
+
+def test_allowances_learnt_by_any_node_lower_the_caps_here() -> None:
+    pool = Pool(Limits(max_jobs=10, max_per_host=8, max_per_login=4))
+    pool.learn({"h1": 1, "admin@h2": 1})
+    assert (pool.host_cap("h1"), pool.login_cap("admin@h2"), pool.host_cap("h2")) == (1, 1, 8)
+    pool.learn({"h1": 5})  # a higher one learnt later does not raise it again
+    assert pool.host_cap("h1") == 1
+    assert pool.pick([("r1", slot("h1", "h9")), ("r2", slot("h1", "h8", user="v"))]) == ["r1"]

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import jsonschema
@@ -66,8 +67,8 @@ def test_a_fresh_heartbeat_of_a_dead_process_is_not_running() -> None:
     assert got["running"] is False and "stopped unexpectedly" in got["summary"]
 
 
-def _store(tmp_path: Path) -> tuple[StateStore, Lifecycle]:
-    store = StateStore(tmp_path / "state.sqlite3")
+def _store(new_store: Callable[..., StateStore]) -> tuple[StateStore, Lifecycle]:
+    store = new_store()
     reqs = [
         (f"req-{i}", make_request(Login(f"user{i}", "pw", "src"), Login(f"arch{i}", "pw", "dst")))
         for i in range(4)
@@ -89,8 +90,10 @@ def _finish(
 TOTALS = {"in_range": 640, "copied": 340, "already_present": 300, "failed": 0, "bytes": 10**6}
 
 
-def test_status_view_tells_state_phase_and_result_counts(tmp_path: Path) -> None:
-    store, life = _store(tmp_path)
+def test_status_view_tells_state_phase_and_result_counts(
+    new_store: Callable[..., StateStore],
+) -> None:
+    store, life = _store(new_store)
     _finish(life, "req-0", Status.FAILED, {}, "authentication failed: wrong password")
     _finish(life, "req-1", Status.SUCCEEDED, TOTALS)
     life.start("req-2", NOW - dt.timedelta(minutes=2))
@@ -132,8 +135,10 @@ def test_status_view_tells_state_phase_and_result_counts(tmp_path: Path) -> None
     store.close()
 
 
-def test_a_successful_retry_takes_the_place_of_the_failure_and_filters(tmp_path: Path) -> None:
-    store, life = _store(tmp_path)
+def test_a_successful_retry_takes_the_place_of_the_failure_and_filters(
+    new_store: Callable[..., StateStore],
+) -> None:
+    store, life = _store(new_store)
     _finish(life, "req-0", Status.FAILED, {}, "connection refused")
     _finish(life, "req-retry", Status.SUCCEEDED, TOTALS)
     ids = [r["id"] for r in view(store, NOW)["requests"]]
@@ -149,8 +154,10 @@ def test_a_successful_retry_takes_the_place_of_the_failure_and_filters(tmp_path:
     store.close()
 
 
-def test_status_of_one_request_shows_its_folders_and_failures(tmp_path: Path) -> None:
-    store, life = _store(tmp_path)
+def test_status_of_one_request_shows_its_folders_and_failures(
+    new_store: Callable[..., StateStore],
+) -> None:
+    store, life = _store(new_store)
     life.start("req-1", NOW)
     from legacyflo_daemon.model import MessageFailure
     from legacyflo_daemon.state.store import FolderCheckpoint
@@ -165,3 +172,45 @@ def test_status_of_one_request_shows_its_folders_and_failures(tmp_path: Path) ->
     assert "INBOX → done: 5 copied" in text and "Sent → in progress: 2 copied" in text
     assert "failed: Sent UID 4 'Hello': too big" in text
     store.close()
+
+
+def test_a_cluster_shows_each_node_and_the_node_of_each_running_request(
+    new_store: Callable[..., StateStore],
+) -> None:
+    store, _ = _store(new_store)
+    alive = Lifecycle(store, "node-a")
+    dead = Lifecycle(store, "node-b")
+    assert alive.claim("req-1", NOW) and dead.claim("req-2", NOW)
+    store.set_phase("req-1", "copying", "INBOX", NOW)
+    beat = _beat("running", 2)
+    store.set_node("node-a", {**beat, "node": "node-a", "running": 1}, 0)
+    store.set_node("node-b", {**_beat("running", 2, pid=_dead_pid()), "node": "node-b"}, 0)
+    store.set_node("old", {**_beat("stopped", 3 * 86400), "node": "old"}, 0)  # long gone
+    doc = view(store, NOW)
+    jsonschema.validate(doc, SCHEMA)
+    assert doc["daemon"] == {
+        "running": True,
+        "summary": "1 of 2 nodes running (node-a); gone: node-b",
+    }
+    assert [(n["name"], n["running"], n["requests"]) for n in doc["nodes"]] == [
+        ("node-a", True, 1),
+        ("node-b", False, 0),
+    ]
+    states = {r["id"]: (r["state"], r.get("node")) for r in doc["requests"]}
+    assert states["req-1"] == ("running", "node-a")
+    assert states["req-2"] == ("interrupted", "node-b")  # its node is gone: taken over soon
+    assert states["req-3"] == ("queued", None)
+    text = table(doc)
+    assert "node node-a: running 1 request(s)" in text and "node node-b: gone" in text
+    assert "[node-a] copying INBOX" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    one = detail(store, "req-1", NOW)
+    jsonschema.validate(one, SCHEMA)
+    assert one["request"]["node"] == "node-a" and "Node:     node-a" in detail_text(one)
+
+
+def test_a_pid_is_checked_only_in_the_same_pid_namespace() -> None:
+    beat = _beat("running", 1, pid=_dead_pid())
+    assert daemon_view({**beat, "pidns": os.readlink("/proc/self/ns/pid")}, NOW)["running"] is False
+    # Another container on this host name: its pid means nothing here; the fresh beat counts.
+    assert daemon_view({**beat, "pidns": "pid:[1]"}, NOW)["running"] is True

@@ -32,7 +32,7 @@ from legacyflo_daemon.request import csvfile
 from legacyflo_daemon.runtime import files
 from legacyflo_daemon.spool.directory import Spool
 from legacyflo_daemon.state.schema import request_key
-from legacyflo_daemon.state.store import StateStore
+from legacyflo_daemon.state.store import StateStore, open_store
 
 PROG = "legacyflo-daemon"
 
@@ -43,10 +43,10 @@ class ControlError(Exception):
 
 def _store(cfg: Config) -> StateStore:
     path = cfg.daemon.state_path
-    if not path.exists():
+    if cfg.state.url is None and not path.exists():
         raise ControlError(f"no state store at {path}: the daemon has not run with this config yet")
     try:
-        return StateStore(path)
+        return open_store(cfg)
     except StateError as exc:
         raise ControlError(str(exc)) from None
 

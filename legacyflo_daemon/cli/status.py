@@ -23,7 +23,7 @@ from typing import Any, TextIO
 from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.errors import StateError
 from legacyflo_daemon.report.mail import human_size
-from legacyflo_daemon.state.store import StateStore
+from legacyflo_daemon.state.store import open_store
 from legacyflo_daemon.state.view import (
     SNAPSHOT_NAME,
     daemon_view,
@@ -70,6 +70,8 @@ def _line(item: Mapping[str, Any]) -> tuple[str, str, str, str]:
     progress = " ".join(p for p in (_progress(item), rate, eta and f"ETA {eta}") if p)
     if item["state"] == "running" and item["phase"]:
         what = " ".join(p for p in (item["phase"], item["detail"]) if p)
+        if item.get("node"):
+            what = f"[{item['node']}] {what}"
     elif item["error"]:
         what = item["error"]
     else:
@@ -83,6 +85,11 @@ def table(doc: Mapping[str, Any], width: int = WIDTH) -> str:
     lines = [f"daemon: {doc['daemon']['summary']}"[:width], ""]
     if doc.get("source"):  # read from the daemon's snapshot, not the store
         lines[1:1] = [f"(from {doc['source']})"[:width]]
+    for node in doc.get("nodes", []):  # a cluster: one line per node
+        state = f"running {node['requests']} request(s)" if node["running"] else "gone"
+        seen = f", last seen {node['last_seen']}" if not node["running"] else ""
+        text = f"node {node['name']}: {state} (pid {node['pid']} on {node['host']}{seen})"
+        lines.insert(-1, text[:width])
     rows = [("REQUEST", "STATE", "PROGRESS", "WHAT")] + [_line(i) for i in doc["requests"]]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
@@ -104,6 +111,7 @@ def detail_text(doc: Mapping[str, Any], width: int = WIDTH) -> str:
         ("CSV", f"{item['csv']}, row {item['row']}"),
         ("Title", item["title"]),
         ("State", item["state"] + (f" ({item['phase']})" if item["phase"] else "")),
+        *([("Node", item["node"])] if item.get("node") else []),
         ("Progress", _progress(item) or "-"),
         ("Duration", _duration(item["duration_seconds"]) or "-"),
     ]
@@ -179,13 +187,13 @@ def _document(
     daemon rewrites every few seconds."""
     path = cfg.daemon.state_path
     try:
-        if not path.exists():
+        if cfg.state.url is None and not path.exists():
             raise _NoStatus(
                 f"no state store at {path}: the daemon has not run with this config yet "
                 "(start it with: legacyflo-daemon run)",
                 never_ran=True,
             )
-        store = StateStore(path)
+        store = open_store(cfg)
     except (StateError, OSError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return _from_snapshot(cfg, now, request_id, csv, state, f"{path}: {reason}")

@@ -32,6 +32,7 @@ from legacyflo_daemon.config.schema import (
     MetricsConfig,
     ReportConfig,
     SmtpConfig,
+    StateConfig,
 )
 from legacyflo_daemon.errors import ConfigError
 
@@ -71,6 +72,32 @@ def _address(v: str) -> str | None:
     if not at or not local or not domain or any(c.isspace() or c in "<>" for c in v):
         return f"must be a mail address like legacyflo@example.com, got {v!r}"
     return None
+
+
+def _node_name(v: str) -> str | None:
+    if not v or len(v) > 64 or not all(c.isalnum() or c in "._-" for c in v):
+        return "must be 1 to 64 letters, digits, '.', '_' or '-' (it names files in the spool)"
+    return None
+
+
+def _database_url(v: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(v)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parts.scheme not in ("postgresql", "postgres"):
+        return "must be a PostgreSQL URL like postgresql://legacyflo@db.example.com/legacyflo"
+    if parts.password is not None:
+        return (
+            "must not contain the password (URLs end up in messages and logs): use "
+            "state.password_file or state.password_env"
+        )
+    if not parts.hostname and "host=" not in parts.query:
+        return "must name the database server, e.g. postgresql://legacyflo@db.example.com/legacyflo"
+    return _no_control(v)
 
 
 def _login_format(v: str) -> str | None:
@@ -154,6 +181,10 @@ _CHECKS: dict[str, Check] = {
     "smtp.retry_base": _at_least(0.1),
     "smtp.retry_max": _at_least(0.1),
     "smtp.scan_interval": _at_least(0.1),
+    "state.url": _database_url,
+    "state.password_env": _not_blank,
+    "state.node": _node_name,
+    "state.lease_seconds": _at_least(3),
     "report.from_address": _address,
     "report.compress_listing_above_kb": _at_least(0),
     "hosts.port": _PORT,
@@ -190,6 +221,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "log": LogConfig,
     "report": ReportConfig,
     "smtp": SmtpConfig,
+    "state": StateConfig,
     "metrics": MetricsConfig,
 }
 
@@ -345,6 +377,18 @@ class _Reader:
                 raise self.fail("smtp.username", "missing: a password is set but no username")
             if smtp.username is not None and not has_password:
                 raise self.fail("smtp.username", "needs password_file or password_env")
+        state = cfg.state
+        files.append(("state.password_file", state.password_file))
+        if state.password_file is not None and state.password_env is not None:
+            raise self.fail("state.password_env", "give password_file or password_env, not both")
+        if state.url is None and (state.password_file or state.password_env):
+            raise self.fail("state.url", "missing: a password is set but no database URL")
+        if state.url is None and state.node is not None:
+            raise self.fail("state.node", "needs state.url: only a shared database has nodes")
+        if state.url is None and not cfg.daemon.intake:
+            raise self.fail(
+                "daemon.intake", "false needs state.url: a worker serves a shared queue"
+            )
         for key, file in files:
             if file is not None and not file.is_file():
                 raise self.fail(key, f"{file} is not a readable file")

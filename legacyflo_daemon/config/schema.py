@@ -125,6 +125,7 @@ class DaemonConfig:
     incomplete_seconds: float = 3600.0  # an unfinished last line this long: set aside in failed/
     rescan_seconds: float = 60.0
     max_crashes: int = 3  # a CSV that crashed the daemon this often goes to failed/
+    intake: bool = True  # false: a pure worker of a cluster, never takes files from incoming/
 
     @property
     def state_path(self) -> Path:
@@ -179,23 +180,47 @@ class SmtpConfig:
         naming the key when the file cannot be read or the variable is not set; the daemon calls
         this once at start so that a bad setting fails early.
         """
-        if self.password_file is not None:
-            try:
-                text = self.password_file.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-                raise ConfigError(
-                    str(self.password_file), "smtp.password_file", f"cannot read: {reason}"
-                ) from None
-            return Secret(text.rstrip("\r\n"))
-        if self.password_env is not None:
-            value = os.environ.get(self.password_env)
-            if value is None:
-                raise ConfigError(
-                    "environment", "smtp.password_env", f"variable {self.password_env} is not set"
-                )
-            return Secret(value)
-        return None
+        return read_password("smtp", self.password_file, self.password_env)
+
+
+def read_password(section: str, file: Path | None, env: str | None) -> Secret | None:
+    """The password of ``[section]`` from ``file`` (its first line) or the variable ``env``;
+    None if neither is set. ``ConfigError`` names the key when it cannot be read."""
+    if file is not None:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(
+                str(file), f"{section}.password_file", f"cannot read: {reason}"
+            ) from None
+        return Secret(text.rstrip("\r\n"))
+    if env is not None:
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError(
+                "environment", f"{section}.password_env", f"variable {env} is not set"
+            )
+        return Secret(value)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    """Where the state lives. Without ``url``: the embedded SQLite file
+    (``daemon.state_file``), for one daemon. With ``url``: a PostgreSQL database that several
+    daemons on several machines share (one queue, README "Deployment"); its password is given
+    apart, never in the URL (which appears in messages)."""
+
+    url: str | None = None  # "postgresql://legacyflo@db.example.com:5432/legacyflo"
+    password_file: Path | None = None
+    password_env: str | None = None
+    node: str | None = None  # this daemon's name in the cluster; None: "<host name>-<pid>"
+    lease_seconds: float = 60.0  # a dead node's requests are taken over after this long
+
+    def password(self) -> Secret | None:
+        """The database password (``password_file`` or ``password_env``), read at use."""
+        return read_password("state", self.password_file, self.password_env)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +261,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     smtp: SmtpConfig | None = None
+    state: StateConfig = field(default_factory=StateConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     hosts: dict[str, HostConfig] = field(default_factory=dict)  # keys lower-cased
     path: Path | None = None  # the file it was read from, for messages

@@ -28,6 +28,7 @@ import asyncio
 import gc
 import json
 import os
+import secrets
 import signal
 import socket
 import stat
@@ -40,7 +41,7 @@ from legacyflo_daemon.config.load import load_config
 from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.daemon.metrics import Metrics
 from legacyflo_daemon.daemon.pool import Limits, Pool
-from legacyflo_daemon.daemon.recovery import recover
+from legacyflo_daemon.daemon.recovery import recover, take_over
 from legacyflo_daemon.daemon.scheduler import PROGRESS_SECONDS, Scheduler
 from legacyflo_daemon.daemon.supervisor import Service, Supervisor
 from legacyflo_daemon.daemon.watcher import Watcher
@@ -63,7 +64,7 @@ from legacyflo_daemon.spool.directory import Spool
 from legacyflo_daemon.state import view
 from legacyflo_daemon.state.lifecycle import Lifecycle
 from legacyflo_daemon.state.schema import iso
-from legacyflo_daemon.state.store import StateStore
+from legacyflo_daemon.state.store import open_store
 from legacyflo_daemon.transfer.limits import ByteBudget
 
 SNAPSHOT_SECONDS = 15.0  # <spool>/status.json is rewritten this often (a scan of the requests)
@@ -87,6 +88,14 @@ class Daemon:
         self.started_monotonic = time.monotonic()
         self._snapshot_at = -SNAPSHOT_SECONDS  # the first status loop writes one at once
         self.metrics: Metrics | None = None
+        # This daemon's name among those sharing a state (README "Deployment"); None: alone.
+        self.node: str | None = None
+        if cfg.state.url is not None:
+            # Nodes in containers may share a host name and a pid: the random part keeps
+            # their default names apart.
+            self.node = cfg.state.node or (
+                f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+            )
 
     # -- entry -------------------------------------------------------------------------------
 
@@ -96,7 +105,7 @@ class Daemon:
             self.spool.ensure()
             warn_at_start(self.cfg, self.spool)
             # A damaged store stops the start, saying what to do, before anything is written.
-            self.state = StateStore(self.cfg.daemon.state_path, verify=True)
+            self.state = open_store(self.cfg, verify=True)
             try:
                 code = await self._run()
             finally:
@@ -118,10 +127,16 @@ class Daemon:
         ``AlreadyRunning`` (one line naming the holder's pid, exit 2) before it reads or writes
         anything but the lock files (and the directories that hold them)."""
         self.spool.ensure_root()
+        if self.node is not None:
+            # Daemons sharing a state share the spool too: the database arbitrates (leases,
+            # the intake lock), not a lock file.
+            return []
         state_dir = self.cfg.daemon.state_path.parent
         held: list[ExclusiveLock] = []
         try:
-            for path in lock_paths(self.spool.root, self.cfg.daemon.state_path):
+            # A shared database (PostgreSQL) has no lock file: the spool's lock is the one.
+            state_file = None if self.cfg.state.url else self.cfg.daemon.state_path
+            for path in lock_paths(self.spool.root, state_file):
                 if path.parent == state_dir:
                     ensure_private_dir(state_dir)
                 held.append(ExclusiveLock.acquire(path))
@@ -139,7 +154,7 @@ class Daemon:
 
     async def _run(self) -> int:
         cfg, smtp = self.cfg, self.cfg.smtp
-        self.lifecycle = Lifecycle(self.state)
+        self.lifecycle = Lifecycle(self.state, self.node, cfg.state.lease_seconds)
         self.outbox = Outbox(self.spool.outbox)
         if smtp is not None:
             smtp.password()  # a missing password file/variable stops the start, naming the key
@@ -149,6 +164,7 @@ class Daemon:
             interval=smtp.scan_interval if smtp else 60.0,
             backoff_base=smtp.retry_base if smtp else 30.0,
             backoff_max=smtp.retry_max if smtp else 3600.0,
+            exclusive=self.state.exclusive if self.node is not None else None,
         )
         self.finisher = Finisher(
             cfg, self.lifecycle, self.outbox, archive.listing_source(cfg), self.sender.kick
@@ -163,7 +179,7 @@ class Daemon:
             self.scheduler.wake.set,
         )  # fmt: skip
         if cfg.metrics.listen is not None:
-            self.metrics = Metrics()
+            self.metrics = Metrics(self.node)
             try:
                 self.metrics.start(cfg.metrics.listen)
             except OSError as exc:
@@ -177,7 +193,8 @@ class Daemon:
         self._install_signals()
         await recover(cfg, self.state, self.lifecycle, self.spool, self.outbox, self.finisher,
                       self.watcher)  # fmt: skip
-        await self.watcher.initial()
+        if cfg.daemon.intake:
+            await self.watcher.initial()
         # A WAL that a crash (or a reader that held it at the last stop) left behind may still
         # hold passwords of finished requests: truncate it before serving, or retry when idle.
         if not self.state.purge_freed_pages():
@@ -187,7 +204,7 @@ class Daemon:
         # grows with the heap).
         gc.freeze()
         self.notifier.ready()
-        log.info("daemon_ready", spool=str(self.spool.root), once=self.once,
+        log.info("daemon_ready", spool=str(self.spool.root), once=self.once, node=self.node,
                  queued=self.state.unfinished_counts()[Status.QUEUED])  # fmt: skip
         sender_stop = asyncio.Event()
         # The sender is never cancelled: a mail the SMTP server accepted must reach sent/
@@ -196,7 +213,10 @@ class Daemon:
         try:
             async with asyncio.TaskGroup() as requests:
                 await self._serve(requests)
-                await self.scheduler.drain(cfg.daemon.grace_seconds)
+                # A node of a cluster that lost its database stops copying at once: its leases
+                # run out meanwhile, and another node must not find it still appending.
+                lost_db = self.fatal is not None and self.node is not None
+                await self.scheduler.drain(0.0 if lost_db else cfg.daemon.grace_seconds)
         finally:
             sender_stop.set()
             await sender
@@ -213,7 +233,7 @@ class Daemon:
             if not purged:
                 # A reader held the WAL through the busy timeout; SQLite truncates it when the
                 # last connection closes, else the next start does (see above).
-                log.warning("state_purge_incomplete", state=str(self.state.path),
+                log.warning("state_purge_incomplete", state=self.state.where,
                             reason="a reader holds the state store (status?)")  # fmt: skip
             log.info("daemon_shutdown", requeued=requeued)
         if self.once and smtp is not None:
@@ -252,13 +272,16 @@ class Daemon:
         """Run the services until a stop; then end them (never a copy: those are in
         ``requests``)."""
         services: dict[str, Service] = {
-            "intake": self.watcher.intake_loop,
             "scheduler": lambda: self.scheduler.run(requests, self.stopping),
             "status": self._status_loop,
             "watchdog": lambda: watchdog_task(self.notifier, lambda: True),
         }
-        if not self.once:
-            services["watcher"] = self.watcher.watch
+        if self.cfg.daemon.intake:
+            services["intake"] = self.watcher.intake_loop
+            if not self.once:
+                services["watcher"] = self.watcher.watch
+        if self.node is not None:
+            services["leases"] = self._lease_loop
         tasks = [
             asyncio.create_task(self.supervisor.run(name, service), name=f"service {name}")
             for name, service in services.items()
@@ -335,6 +358,22 @@ class Daemon:
                 await in_thread(self._write_snapshot)
             await wait_any((self.stopping,), PROGRESS_SECONDS)
 
+    async def _lease_loop(self) -> None:
+        """A shared state, every third of ``lease_seconds``: renew this node's leases (a
+        request whose lease is gone is another node's now: ``Scheduler.lose``), take over the
+        requests of nodes whose leases ran out (they died), and record this node as alive."""
+        interval = self.cfg.state.lease_seconds / 3
+        while not self.stopping.is_set():
+            running = set(self.scheduler.tasks)
+            self.scheduler.lose(self.lifecycle.renew(utcnow(), running))
+            taken = await take_over(self.cfg, self.state, self.lifecycle, self.spool,
+                                    self.finisher)  # fmt: skip
+            if taken:
+                log.warning("requests_taken_over", requests=sorted(rid for rid, _ in taken))
+                self.scheduler.wake.set()
+            self._heartbeat("running")
+            await wait_any((self.stopping,), interval)
+
     def _write_snapshot(self) -> None:
         """``<spool>/status.json``, mode 0640: ``status`` for administrators who may read the
         spool (its group) but not the state store, which holds queued passwords. No secret is
@@ -351,17 +390,32 @@ class Daemon:
 
     def _heartbeat(self, state: str) -> None:
         """Record that this daemon is ``state`` (running, stopped) now; ``status`` trusts a
-        running heartbeat only while it is fresh (``HEARTBEAT_STALE``)."""
-        self.state.set_heartbeat(
-            {
-                "state": state,
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "started_at": self.started_at,
-                "at": iso(utcnow()),
-                "interval": PROGRESS_SECONDS,
-            }
-        )
+        running heartbeat only while it is fresh (``HEARTBEAT_STALE``). A node of a shared
+        state records it under its name too (``status`` lists the nodes)."""
+        now = utcnow()
+        doc = {
+            "state": state,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "pidns": _pid_namespace(),
+            "started_at": self.started_at,
+            "at": iso(now),
+            "interval": PROGRESS_SECONDS,
+        }
+        if self.node is not None:
+            interval = min(PROGRESS_SECONDS, self.cfg.state.lease_seconds / 3)
+            doc |= {"node": self.node, "interval": interval,
+                    "running": len(self.scheduler.tasks)}  # fmt: skip
+            self.state.set_node(self.node, doc, int(now.timestamp()))
+        self.state.set_heartbeat(doc)
+
+
+def _pid_namespace() -> str:
+    """This process's pid namespace (``status`` checks a pid only inside the same one)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def warn_at_start(cfg: Config, spool: Spool) -> None:

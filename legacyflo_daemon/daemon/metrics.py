@@ -15,7 +15,11 @@ Metrics (all prefixed ``legacyflo_``):
 - ``connections{host}``: IMAP connections in use per server (the pool's bookkeeping)
 - ``heartbeat_timestamp_seconds``: when the daemon last said it was alive (also in the state)
 
-Labels name servers and states, never accounts or folders (cardinality, and privacy).
+Labels name servers and states, never accounts or folders (cardinality, and privacy). A node
+of a cluster (several daemons sharing ``[state] url``) adds ``node="<[state] node>"`` to every
+metric, so that one Prometheus scraping every node tells them apart; ``requests`` and
+``queue_depth`` are the cluster's (each node reads them from the shared state), the others
+this node's.
 Must not: read the state store or the pool from the HTTP thread.
 """
 
@@ -31,30 +35,41 @@ RETRY_KINDS = ("connection_limit", "throttled", "transient")
 
 
 class Metrics:
-    """The daemon's metrics; ``start`` serves them, ``stop`` ends the server."""
+    """The daemon's metrics; ``start`` serves them, ``stop`` ends the server. ``node``: this
+    daemon's name in a cluster (the ``node`` label of every metric), None when alone."""
 
-    def __init__(self) -> None:
+    def __init__(self, node: str | None = None) -> None:
         self.registry = CollectorRegistry()
+        self.node = node
         r = self.registry
-        self.requests = Gauge("legacyflo_requests", "Requests by state.", ["state"], registry=r)
-        self.queue_depth = Gauge("legacyflo_queue_depth", "Queued requests.", registry=r)
+        n = ["node"] if node is not None else []
+        self.requests = Gauge("legacyflo_requests", "Requests by state.", ["state", *n], registry=r)
+        self.queue_depth = Gauge("legacyflo_queue_depth", "Queued requests.", n, registry=r)
         self.messages = Counter(
-            "legacyflo_messages_copied", "Messages stored on a destination.", registry=r
+            "legacyflo_messages_copied", "Messages stored on a destination.", n, registry=r
         )
-        self.bytes = Counter("legacyflo_bytes_copied", "Bytes of messages stored.", registry=r)
+        self.bytes = Counter("legacyflo_bytes_copied", "Bytes of messages stored.", n, registry=r)
         self.retries = Counter(
-            "legacyflo_retries", "Retries after transient trouble, by kind.", ["kind"], registry=r
-        )
+            "legacyflo_retries", "Retries after transient trouble, by kind.", ["kind", *n],
+            registry=r,
+        )  # fmt: skip
         self.connections = Gauge(
-            "legacyflo_connections", "IMAP connections in use per server.", ["host"], registry=r
-        )
+            "legacyflo_connections", "IMAP connections in use per server.", ["host", *n],
+            registry=r,
+        )  # fmt: skip
         self.heartbeat = Gauge(
-            "legacyflo_heartbeat_timestamp_seconds", "Last heartbeat (Unix time).", registry=r
+            "legacyflo_heartbeat_timestamp_seconds", "Last heartbeat (Unix time).", n, registry=r
         )
-        for kind in RETRY_KINDS:  # present from the start, at 0
-            self.retries.labels(kind)
         self._server: Any = None
         self._hosts: set[str] = set()
+        for kind in RETRY_KINDS:  # present from the start, at 0
+            self._at(self.retries, kind)
+
+    def _at(self, metric: Any, *values: str) -> Any:
+        """``metric`` with its label ``values``, and this node's label in a cluster."""
+        if self.node is not None:
+            values = (*values, self.node)
+        return metric.labels(*values) if values else metric
 
     def start(self, listen: str) -> None:
         """Serve ``/metrics`` on ``host:port`` (``OSError`` if the address cannot be bound)."""
@@ -71,23 +86,23 @@ class Metrics:
 
     def copied(self, messages: int, nbytes: int) -> None:
         if messages > 0:
-            self.messages.inc(messages)
+            self._at(self.messages).inc(messages)
         if nbytes > 0:
-            self.bytes.inc(nbytes)
+            self._at(self.bytes).inc(nbytes)
 
     def retried(self, kind: str) -> None:
-        self.retries.labels(kind if kind in RETRY_KINDS else "transient").inc()
+        self._at(self.retries, kind if kind in RETRY_KINDS else "transient").inc()
 
     def refresh(
         self, by_state: Mapping[str, int], queued: int, connections: Mapping[str, int]
     ) -> None:
         """The gauges, from the loop: request counts, queue, connections, heartbeat."""
         for state, n in by_state.items():
-            self.requests.labels(state).set(n)
-        self.queue_depth.set(queued)
+            self._at(self.requests, state).set(n)
+        self._at(self.queue_depth).set(queued)
         for host in self._hosts - set(connections):
-            self.connections.labels(host).set(0)
+            self._at(self.connections, host).set(0)
         for host, n in connections.items():
-            self.connections.labels(host).set(n)
+            self._at(self.connections, host).set(n)
         self._hosts |= set(connections)
-        self.heartbeat.set(time.time())
+        self._at(self.heartbeat).set(time.time())

@@ -8,6 +8,11 @@ in as the same admin all count against it). Each running request holds one conne
 source and one to its destination, plus the extra pairs ``try_extend`` granted it (folders
 copied side by side) while the caps left room; those go back as soon as its folders run out.
 
+Several daemons sharing a state (a cluster): the caps hold for all of them together. The
+scheduler hands the pool what the other nodes hold (``elsewhere``) and the allowances any node
+learnt (``learn``) before each decision, under the cluster's admission lock; the pool counts
+those connections as if they were its own, so one node's decision respects every cap.
+
 Fairness: queued requests are taken round-robin across CSV files, FIFO within a file, so a
 10,000-row CSV dropped first does not hold back a one-row CSV dropped after it. A request that
 cannot start because its server is saturated does not block the ones behind it.
@@ -110,6 +115,25 @@ class Pool:
         # the run: a server's real limit may be below what the config says.
         self.learnt_hosts: dict[str, int] = {}
         self.learnt_logins: dict[str, int] = {}
+        # Connections the other nodes of a cluster hold (hosts, logins), set by ``elsewhere``.
+        self.others: tuple[Counter[str], Counter[str]] = (Counter(), Counter())
+
+    def elsewhere(self, held: Iterable[tuple[Sequence[str], Sequence[str], int]]) -> None:
+        """What the other nodes hold now: per request, its hosts, its logins and its pairs."""
+        hosts: Counter[str] = Counter()
+        logins: Counter[str] = Counter()
+        for request_hosts, request_logins, pairs in held:
+            for _ in range(max(1, pairs)):
+                hosts.update(request_hosts)
+                logins.update(request_logins)
+        self.others = (hosts, logins)
+
+    def learn(self, allowances: dict[str, int]) -> None:
+        """Allowances learnt (by any node) from refusals: a key with "@" is a login, else a
+        host; the lowest stands."""
+        for key, limit in allowances.items():
+            learnt = self.learnt_logins if "@" in key else self.learnt_hosts
+            learnt[key] = min(limit, learnt.get(key, limit))
 
     def host_cap(self, host: str) -> int:
         return min(self.limits.host_cap(host), self.learnt_hosts.get(host, 1 << 30))
@@ -139,9 +163,10 @@ class Pool:
                 lowered.append(Lowered(login, cap))
         return lowered
 
-    def _usage(self) -> tuple[Counter[str], Counter[str]]:
-        hosts: Counter[str] = Counter()
-        logins: Counter[str] = Counter()
+    def _usage(self, *, others: bool = True) -> tuple[Counter[str], Counter[str]]:
+        """Connections per host and per login: this node's, plus the other nodes' (``others``)."""
+        hosts: Counter[str] = Counter(self.others[0]) if others else Counter()
+        logins: Counter[str] = Counter(self.others[1]) if others else Counter()
         for rid, slot in self.running.items():
             for _ in range(1 + self.extra[rid]):
                 hosts.update(slot.hosts)
@@ -149,8 +174,8 @@ class Pool:
         return hosts, logins
 
     def connections(self) -> dict[str, int]:
-        """IMAP connections in use per server (each running request's pairs)."""
-        return dict(self._usage()[0])
+        """IMAP connections this node uses per server (each running request's pairs)."""
+        return dict(self._usage(others=False)[0])
 
     def try_extend(self, request_id: str) -> bool:
         """Grant a running request one more connection pair if every cap still holds."""
@@ -195,6 +220,10 @@ class Pool:
             logins.update(slot.logins)
             started.append(rid)
         return started
+
+    def pairs(self, request_id: str) -> int:
+        """Connection pairs ``request_id`` holds (0 when not running here)."""
+        return 1 + self.extra[request_id] if request_id in self.running else 0
 
     def release(self, request_id: str) -> None:
         self.running.pop(request_id, None)

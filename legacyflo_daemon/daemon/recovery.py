@@ -14,6 +14,13 @@ Order matters, each step idempotent so that a crash during recovery is repaired 
 5. write the results of rejected rows whose result was never written, and retire every CSV
    whose requests are all finished.
 
+Several daemons sharing a state (``[state] url``) and a spool: a starting node must not take
+what another, alive, is doing. Steps 1-2 touch only the requests of this node's name and those
+whose lease ran out (``take_over``, which every node also runs while it serves: that is how a
+dead node's requests find a new one); step 3 removes this node's scratch directories only;
+steps 4-5 run only on a node that takes files (``daemon.intake``), and while it holds the
+``intake`` lock, so that no other node is between claiming a file and recording it.
+
 Must not: copy mail, or wait for anything but local files and the state store.
 """
 
@@ -50,16 +57,60 @@ async def recover(
     finisher: Finisher,
     watcher: Watcher,
 ) -> None:
-    running = state.with_status(Status.RUNNING)
-    for csv_id in sorted({r.csv_id for r in running}):
-        crashes = state.record_crash(csv_id)
-        log.warning("crash_detected", csv=state.csv(csv_id).name, crashes=crashes)
-        if crashes >= cfg.daemon.max_crashes:
-            await _poison(state, spool, finisher, csv_id, crashes)
-    requeued = lifecycle.requeue_all_running()
+    if lifecycle.node is None:
+        running = state.with_status(Status.RUNNING)
+        for csv_id in sorted({r.csv_id for r in running}):
+            crashes = state.record_crash(csv_id)
+            log.warning("crash_detected", csv=state.csv(csv_id).name, crashes=crashes)
+            if crashes >= cfg.daemon.max_crashes:
+                await _poison(state, spool, finisher, csv_id, crashes)
+        requeued = lifecycle.requeue_all_running()
+    else:
+        requeued = len(await take_over(cfg, state, lifecycle, spool, finisher, mine=True))
     spool.remove_stale_temps()
-    for scratch in outbox.dir.glob(f"{WORK_PREFIX}*"):  # left by a crash
+    prefix = WORK_PREFIX if lifecycle.node is None else f"{WORK_PREFIX}{lifecycle.node}-"
+    for scratch in outbox.dir.glob(f"{prefix}*"):  # left by a crash
         shutil.rmtree(scratch, ignore_errors=True)
+    if cfg.daemon.intake:
+        with state.exclusive("intake") as alone:
+            if alone:
+                await _recover_intake(cfg, state, spool, finisher, watcher)
+            else:
+                log.info("recovery_intake_left", reason="another daemon takes files right now")
+    log.info("recovered", requeued=requeued)
+
+
+async def take_over(
+    cfg: Config,
+    state: StateStore,
+    lifecycle: Lifecycle,
+    spool: Spool,
+    finisher: Finisher,
+    *,
+    mine: bool = False,
+) -> list[tuple[str, int]]:
+    """A shared state: requeue the running requests whose node's lease ran out (and, with
+    ``mine``, at start, this node's own from before a crash), counting a crash for each of
+    their CSVs as a restart does; their (id, csv id). A CSV poisoned by its crashes fails
+    only once no other node runs one of its requests."""
+    now = utcnow()
+    taken = lifecycle.take_over(now)
+    if mine:
+        taken += lifecycle.requeue_own()
+    for csv_id in sorted({c for _, c in taken}):
+        crashes = state.record_crash(csv_id)
+        ids = sorted(rid for rid, c in taken if c == csv_id)
+        log.warning("crash_detected", csv=state.csv(csv_id).name, crashes=crashes, requests=ids)
+        busy = any(r.status is Status.RUNNING for r in state.requests(csv_id))
+        if crashes >= cfg.daemon.max_crashes and not busy:
+            await _poison(state, spool, finisher, csv_id, crashes)
+    return taken
+
+
+async def _recover_intake(
+    cfg: Config, state: StateStore, spool: Spool, finisher: Finisher, watcher: Watcher
+) -> None:
+    """Steps 4 and 5 (see the module docstring)."""
     for record in state.unloaded_csvs():  # the daemon died while parsing or recording it
         with _per_file("reload", record.name):
             await _reload(cfg, state, spool, watcher, record)
@@ -75,7 +126,6 @@ async def recover(
                 with structlog.contextvars.bound_contextvars(request_id=rid):
                     await finisher.rejected(rid, record.name, err)
             await watcher.complete(record.id)
-    log.info("recovered", requeued=requeued)
 
 
 async def _reload(

@@ -18,6 +18,12 @@ finish (``report.finisher``), retire its CSV if it was the last one. What ends i
 When no request runs, the state store's WAL is truncated (``purge_freed_pages``), so erased
 passwords do not outlive their requests there.
 
+Several daemons on one shared state (``[state] url``): a request starts only once this node
+claimed it (``Lifecycle.claim``: another node may have been quicker, then it is skipped). A
+request whose lease this node lost (``lose``: its heartbeat could not renew it in time, and
+another node took it over) is stopped at its next batch boundary and left alone: no requeue,
+no result, no mail; the node that now holds it finishes it.
+
 Must not: parse CSVs or talk IMAP itself.
 """
 
@@ -53,6 +59,8 @@ CANDIDATES = 200  # queued requests of each CSV looked at per scheduling pass
 PROGRESS_SECONDS = 5.0
 METRICS_SECONDS = 1.0  # gauges (requests by state, queue, connections) refreshed this often
 WORK_PREFIX = ".work-"  # per-request scratch directories in outbox/ (listing data)
+ADMISSION = "admission"  # the cluster lock held while a node admits requests or extends one
+ALLOWANCE_SECONDS = 3600.0  # an allowance learnt from a refusal holds this long in a cluster
 
 
 class Scheduler:
@@ -89,6 +97,11 @@ class Scheduler:
         # The state store cannot be used (damaged, disk full): the daemon stops. Set by the app.
         self.on_fatal: Callable[[StateUnusable], None] = lambda exc: None
         self.interrupted = 0  # requests re-queued because the daemon is stopping
+        self.lost: set[str] = set()  # running here, but leased to another node now
+        # Per-request scratch directories carry the node's name on a shared spool, so that a
+        # node's recovery removes its own only.
+        node = lifecycle.node
+        self.work_prefix = WORK_PREFIX if node is None else f"{WORK_PREFIX}{node}-"
 
     # -- the service ------------------------------------------------------------------------
 
@@ -113,6 +126,8 @@ class Scheduler:
                     log.info("request_cancel_requested", request_id=rid)
                     copier.cancelled = True
                     copier.stop.set()
+                elif self.state.status_of(rid) is Status.RUNNING and self.lifecycle.node:
+                    continue  # running on another node: that node applies it
                 elif self.state.status_of(rid) is Status.QUEUED:
                     row = self.state.request_row(rid)
                     csv_name = self.state.csv(row.csv_id).name
@@ -131,17 +146,53 @@ class Scheduler:
         self.metrics.refresh(counts, counts[Status.QUEUED.value], self.pool.connections())
 
     def start_ready(self, requests: asyncio.TaskGroup) -> None:
+        # A cluster admits requests one node at a time, each counting what the others hold
+        # (``_sync_pool``): two nodes deciding at once could each take the last connection.
+        with self.state.exclusive(ADMISSION) as mine:
+            if mine:
+                self._sync_pool()
+                self._start_ready(requests)
+
+    def _sync_pool(self) -> None:
+        """A cluster: the pool learns what the other nodes hold now and every allowance any
+        node learnt from refusals (for ``ALLOWANCE_SECONDS``)."""
+        node = self.lifecycle.node
+        if node is None:
+            return
+        self.pool.elsewhere(self.state.connections_elsewhere(node))
+        since = int(utcnow().timestamp() - ALLOWANCE_SECONDS)
+        self.pool.learn(self.state.allowances(since))
+
+    def _start_ready(self, requests: asyncio.TaskGroup) -> None:
         queued = self.state.queued(per_csv=CANDIDATES)
         candidates = []
         for rid in fair_order([(r.id, r.csv_id) for r in queued]):
             if rid not in self.tasks:
                 candidates.append((rid, slot_for(self.state.load_request(rid))))
         for rid in self.pool.pick(candidates):
-            self.lifecycle.start(rid, utcnow())
+            if not self.lifecycle.claim(rid, utcnow()):
+                self.pool.release(rid)  # another node claimed it first
+                continue
             self.tasks[rid] = requests.create_task(self._run(rid), name=f"request {rid}")
 
+    def lose(self, held: set[str]) -> None:
+        """The heartbeat renewed the leases of ``held``: every request running here that is
+        not among them now belongs to another node; stop it without a trace (see the module
+        docstring)."""
+        for rid in set(self.tasks) - held - self.lost:
+            log.error("request_lease_lost", request_id=rid,
+                      reason="another daemon took it over; it stops here")  # fmt: skip
+            self.lost.add(rid)
+            copier = self.copiers.get(rid)
+            if copier is not None:
+                copier.stop.set()
+
     def idle(self) -> bool:
-        return not self.tasks and not self.state.queued(per_csv=1)
+        """Nothing runs here and nothing is queued; in a shared state, nothing runs on another
+        node either (``--once`` waits to take over a dead node's requests)."""
+        if self.tasks or self.state.queued(per_csv=1):
+            return False
+        return self.lifecycle.node is None or not self.state.unfinished_counts()[Status.RUNNING]
 
     def purge_if_idle(self) -> None:
         """Truncate the WAL once no request runs; while a reader holds it (busy), try again at
@@ -188,21 +239,28 @@ class Scheduler:
         except StateUnusable as exc:  # not this request's fault: the daemon stops, exit 1
             self.on_fatal(exc)
         except Interrupted:
-            log.info("request_interrupted")
-            self.lifecycle.requeue(rid)
-            self.interrupted += 1
+            if rid in self.lost:
+                log.info("request_left_to_another_node")
+            else:
+                log.info("request_interrupted")
+                self.lifecycle.requeue(rid)
+                self.interrupted += 1
         except Exception as exc:  # a bug: fail this request once, touch no other
             await self._fail_internal(rid, csv_name, req, exc)
         finally:
             if req is not None:
                 for account in (req.source, req.dest):
                     forget_secret(account.password, user=account.userid, owner=rid)
-            self.state.clear_phase(rid)
+            try:
+                self.state.clear_phase(rid)
+            except StateUnusable as exc:  # the store went away meanwhile: the daemon stops
+                self.on_fatal(exc)
             self.copiers.pop(rid, None)
             self._counted.pop(rid, None)
             self.pool.release(rid)
             self.tasks.pop(rid, None)
             self.progress.pop(rid, None)
+            self.lost.discard(rid)
             self._purge_pending = True
             self.wake.set()
         structlog.contextvars.unbind_contextvars("request_id")  # CSV events are not the request's
@@ -216,7 +274,7 @@ class Scheduler:
         log.info("request_started", title=req.title, source=req.source.address,
                  source_server=req.source.server, dest=req.dest.address,
                  dest_server=req.dest.server, folder=req.dest_folder)  # fmt: skip
-        with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=self.outbox_dir) as work:
+        with tempfile.TemporaryDirectory(prefix=self.work_prefix, dir=self.outbox_dir) as work:
             recorder = ListingRecorder(Path(work))
             # Its own stop: set by a cancel of this request, or by the daemon's stop (drain).
             stop = asyncio.Event()
@@ -225,7 +283,7 @@ class Scheduler:
             copier = Copier(rid, req, self.cfg, self.state, self.budget, stop=stop)
             self.copiers[rid] = copier
             copier.listing = recorder
-            copier.extra_pair = lambda: self.pool.try_extend(rid)
+            copier.extra_pair = lambda: self._extend(rid)
             copier.release_pair = lambda: self._shrink(rid)
             copier.on_limited = lambda host: self._limited(rid, host)
             shown: list[tuple[str, str]] = []
@@ -238,6 +296,8 @@ class Scheduler:
             finally:
                 await _cancel_and_wait(ticker)
             self._save_progress(rid, copier.progress)
+            if rid in self.lost:  # its result and mail are the new holder's to write
+                raise Interrupted("lease lost")
             doc = await self.finisher.copied(rid, csv_name, req, result, recorder)
         log.info("request_finished", status=result.status.value, totals=doc.get("totals"),
                  failures=len(result.failures), error=result.error)  # fmt: skip
@@ -260,13 +320,31 @@ class Scheduler:
             # next start (its outbox files are written again then).
             log.exception("request_finish_failed")
 
+    def _extend(self, rid: str) -> bool:
+        """One more connection pair for ``rid`` if every cap (of the cluster) still holds."""
+        with self.state.exclusive(ADMISSION) as mine:
+            if not mine:
+                return False  # another node is deciding; the copier asks again later
+            self._sync_pool()
+            if not self.pool.try_extend(rid):
+                return False
+            if self.lifecycle.node is not None:
+                self.state.set_pairs(rid, self.pool.pairs(rid))
+            return True
+
     def _limited(self, rid: str, host: str) -> None:
+        self._sync_pool()
+        now = int(utcnow().timestamp())
         for lowered in self.pool.limited(rid, host):
             log.warning("connection_allowance_lowered", key=lowered.key, limit=lowered.limit,
                         host=host)  # fmt: skip
+            if self.lifecycle.node is not None:
+                self.state.learn_allowance(lowered.key, lowered.limit, now)
 
     def _shrink(self, rid: str) -> None:
         self.pool.shrink(rid)
+        if self.lifecycle.node is not None:
+            self.state.set_pairs(rid, self.pool.pairs(rid))
         self.wake.set()  # the freed connections may let a queued request start
 
     def _phase_changed(self, rid: str, p: Progress, shown: list[tuple[str, str]]) -> None:

@@ -103,17 +103,22 @@ class Watcher:
         the intake of other files."""
         if self.state.unfinished_count(csv_id):
             return False
-        try:
-            done = await in_thread(
-                intake.complete_if_finished, csv_id, self.spool, self.state, self.outbox, utcnow()
-            )
-            if done and await in_thread(
-                batch.write_batch_report, csv_id, self.state, self.outbox, self.cfg
-            ):
-                self.finisher.on_mail()  # the sender picks it up now
-        except OSError as exc:
-            log.error("csv_finish_failed", csv_id=csv_id, error=str(exc))
-            return False
+        # Two daemons finishing a CSV's last requests at once: one retires it, once.
+        with self.state.exclusive(f"complete {csv_id}") as mine:
+            if not mine:
+                return False
+            try:
+                done = await in_thread(
+                    intake.complete_if_finished, csv_id, self.spool, self.state, self.outbox,
+                    utcnow(),
+                )  # fmt: skip
+                if done and await in_thread(
+                    batch.write_batch_report, csv_id, self.state, self.outbox, self.cfg
+                ):
+                    self.finisher.on_mail()  # the sender picks it up now
+            except OSError as exc:
+                log.error("csv_finish_failed", csv_id=csv_id, error=str(exc))
+                return False
         return done
 
     async def take_ready(self) -> None:
@@ -123,12 +128,20 @@ class Watcher:
         ready = await asyncio.to_thread(
             self.spool.ready_files, stable_seconds=stable, incomplete_seconds=incomplete
         )
-        for name in ready:
-            if self.stop.is_set():
-                return
-            path = self.spool.claim(name)
-            if path is not None:
-                await self.take(path)
+        if not ready:
+            return
+        # Daemons sharing a spool and a state claim files one node at a time: a file claimed
+        # (renamed into processing/) is recorded before another node may look at processing/
+        # (recovery takes what the state does not know).
+        with self.state.exclusive("intake") as mine:
+            if not mine:
+                return  # another node takes files right now; the next rescan looks again
+            for name in ready:
+                if self.stop.is_set():
+                    return
+                path = self.spool.claim(name)
+                if path is not None:
+                    await self.take(path)
 
     async def initial(self) -> None:
         """Take what is in ``incoming/`` before READY (files still growing are left for later)."""

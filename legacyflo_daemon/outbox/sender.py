@@ -7,6 +7,11 @@ Errors: only ``SmtpError`` (what ``deliver`` makes of every SMTP, TLS, network a
 failure, and a mail file that cannot be read) is delivery trouble, retried with backoff. Any
 other exception is a bug: logged once with its traceback, and that mail is set aside (it stays
 in ``outbox/`` and is not tried again until the next start) while the others go on.
+Daemons sharing a spool (a cluster): every node's sender sees every pending mail; a mail is
+delivered only while its node holds the mail's lease (``exclusive``, a lock in the shared
+database that the server releases when the node dies) and only if it is still pending once the
+lease is held, so each mail goes out once across the nodes.
+
 Must not: talk SMTP or write files (``outbox.smtp.deliver``, ``outbox.store.Outbox``), retry a
 bug, or ever stop on a failing mail: ``run`` never raises, and mails wait in ``outbox/``.
 """
@@ -14,6 +19,9 @@ bug, or ever stop on a failing mail: ``run`` never raises, and mails wait in ``o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,8 +61,12 @@ class MailSender:
         backoff_base: float = 30.0,
         backoff_max: float = 3600.0,
         local_hostname: str | None = None,
+        exclusive: Callable[[str], AbstractContextManager[bool]] | None = None,
     ) -> None:
+        """``exclusive(key)``: the cluster's lease on ``key`` (True while this node holds it);
+        None for the only daemon."""
         self.outbox = outbox
+        self.exclusive = exclusive or (lambda key: contextlib.nullcontext(True))
         self.smtp = smtp
         self.interval = interval
         self.backoff_base = backoff_base
@@ -125,11 +137,15 @@ class MailSender:
             return 0
         request_id = path.stem
         try:
-            if not await asyncio.to_thread(_has_recipient, path):
-                self._unaddressed.add(path.name)
-                self._log.info("report_not_addressed", request_id=request_id)
-                return 0
-            await deliver(path, smtp, local_hostname=self.local_hostname)
+            with self.exclusive(f"mail {path.name}") as mine:
+                # Another node delivers it right now, or did since the pass listed it.
+                if not mine or not await asyncio.to_thread(path.exists):
+                    return 0
+                if not await asyncio.to_thread(_has_recipient, path):
+                    self._unaddressed.add(path.name)
+                    self._log.info("report_not_addressed", request_id=request_id)
+                    return 0
+                await deliver(path, smtp, local_hostname=self.local_hostname)
         except SmtpError as exc:  # delivery trouble: try again after a while
             count = attempts.count + 1 if attempts else 1
             wait = min(self.backoff_base * 2 ** (count - 1), self.backoff_max)

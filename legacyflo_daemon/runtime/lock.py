@@ -76,11 +76,11 @@ def _read_pid(fd: int) -> int | None:
     return None
 
 
-def lock_paths(spool: Path, state_file: Path) -> list[Path]:
+def lock_paths(spool: Path, state_file: Path | None) -> list[Path]:
     """The lock files of a daemon on ``spool`` with ``state_file``: ``<spool>/.lock``, plus
     ``<state file>.lock`` when the state file is not directly in the spool (another daemon may
-    share that state store with a different spool)."""
+    share that state store with a different spool); None: a database server, no file."""
     paths = [spool / ".lock"]
-    if state_file.parent.resolve() != spool.resolve():
+    if state_file is not None and state_file.parent.resolve() != spool.resolve():
         paths.append(state_file.with_name(state_file.name + ".lock"))
     return paths

@@ -16,13 +16,21 @@ twice, revived after it finished), which is a bug. It is logged loudly with the 
 raised as ``InternalError``; the request's stored status is left as it was.
 
 ``TRANSITIONS`` and ``allowed`` are pure; ``Lifecycle`` applies them to a ``StateStore``.
+
+Several daemons on one shared state (``[state] url``): each is a *node*, and ``Lifecycle`` is
+given its name. ``claim`` is its start: the request is locked (``FOR UPDATE SKIP LOCKED``) and
+leased to the node until ``lease_until``; another node that tried the same request at the same
+moment is told False, which is no bug. The node's heartbeat renews its leases
+(``StateStore.renew_leases``); ``take_over`` re-queues the requests of a node whose leases
+ran out (it died) so that any node resumes them from their checkpoints. Requeue and finish of a
+running request also require that it is still this node's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -64,22 +72,64 @@ def allowed(transition: Transition, current: Status, new: Status) -> bool:
 class Lifecycle:
     """Applies the transitions of ``TRANSITIONS`` to requests in ``store``."""
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, node: str | None = None, lease_seconds: float = 60.0):
+        """``node``: this daemon's name in a shared state (None: the only daemon)."""
         self.store = store
+        self.node = node
+        self.lease_seconds = lease_seconds
+
+    def lease_end(self, now: dt.datetime) -> int:
+        """Epoch seconds when a lease taken or renewed at ``now`` ends."""
+        return int(now.timestamp() + self.lease_seconds)
 
     def start(self, request_id: str, now: dt.datetime) -> None:
         """queued → running; the first start also records ``started_at``."""
         self._apply(request_id, Transition.START, Status.RUNNING, {"started_at": iso(now)})
+
+    def claim(self, request_id: str, now: dt.datetime) -> bool:
+        """queued → running, leased to this node: True when it is now ours, False when another
+        node claimed it first (or holds its row right now). The only daemon: ``start``."""
+        if self.node is None:
+            self.start(request_id, now)
+            return True
+        # One connection pair from the start: the other nodes' admission counts it at once.
+        sets = {"started_at": iso(now), "node": self.node, "lease_until": self.lease_end(now),
+                "pairs": 1}  # fmt: skip
+        sources, _ = TRANSITIONS[Transition.START]
+        return self.store.apply_transition(
+            request_id, sources, Status.RUNNING, sets, skip_locked=True
+        )
+
+    def renew(self, now: dt.datetime, ids: Collection[str]) -> set[str]:
+        """Renew this node's leases on ``ids`` (the requests it runs); those still this
+        node's (a shared state)."""
+        if self.node is None:
+            return set()
+        return self.store.renew_leases(self.node, self.lease_end(now), ids)
+
+    def take_over(self, now: dt.datetime) -> list[tuple[str, int]]:
+        """Requeue the running requests whose node's lease ran out (it died: kill -9, power
+        loss, network cut); their (id, csv id). Each goes to one node, whoever calls first."""
+        sources, _ = TRANSITIONS[Transition.REQUEUE]
+        (source,) = sources
+        return self.store.apply_bulk_transition(
+            source, Status.QUEUED, lease_before=int(now.timestamp())
+        )
 
     def requeue(self, request_id: str) -> None:
         """running → queued: the copy stopped before its end and resumes later."""
         self._apply(request_id, Transition.REQUEUE, Status.QUEUED, {})
 
     def requeue_all_running(self) -> int:
-        """At start-up and at exit: every running request back to queued. Returns the count."""
+        """At start-up and at exit: every running request back to queued (in a shared state:
+        every one of this node's). Returns the count."""
+        return len(self.requeue_own())
+
+    def requeue_own(self) -> list[tuple[str, int]]:
+        """``requeue_all_running``, with the (id, csv id) of each request."""
         sources, _ = TRANSITIONS[Transition.REQUEUE]
         (source,) = sources
-        return self.store.apply_bulk_transition(source, Status.QUEUED)
+        return self.store.apply_bulk_transition(source, Status.QUEUED, node=self.node)
 
     def finish(
         self,
@@ -114,6 +164,7 @@ class Lifecycle:
             new,
             sets,
             without_result=transition is Transition.RECORD_REJECTION,
+            node=self.node,
         ):
             return
         current = self.store.status_of(request_id)

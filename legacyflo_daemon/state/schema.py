@@ -13,7 +13,7 @@ from typing import Any
 
 from legacyflo_daemon.model import Account, DateRange, JobType, Request, Secret, Status
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Messages a destination stored altered (readback): the stored identity stands for the source's
 # in every later comparison of that destination folder, by any request (no re-append).
@@ -36,6 +36,16 @@ CREATE TABLE IF NOT EXISTS phases (
     detail TEXT NOT NULL,            -- the folder being copied, the retry's error and next try
     updated_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS nodes (
+    name TEXT PRIMARY KEY,           -- [state] node: one daemon of a cluster
+    doc TEXT NOT NULL,               -- JSON heartbeat: pid, host, started_at, at, state
+    seen_at INTEGER NOT NULL         -- epoch seconds of its last heartbeat
+);
+CREATE TABLE IF NOT EXISTS allowances (
+    key TEXT PRIMARY KEY,            -- a host, or "user@host": what a server's refusal lowered
+    lim INTEGER NOT NULL,            -- connections it allows, learnt from the refusal
+    learnt_at INTEGER NOT NULL       -- epoch seconds
+);
 CREATE TABLE IF NOT EXISTS commands (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL,              -- "cancel"
@@ -57,11 +67,19 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         ALTERED_TABLE,
     ),
     4: ("ALTER TABLE csv_files ADD COLUMN crash_mark INTEGER NOT NULL DEFAULT 0",),
+    5: (
+        "ALTER TABLE requests ADD COLUMN node TEXT",
+        "ALTER TABLE requests ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE requests ADD COLUMN pairs INTEGER NOT NULL DEFAULT 0",
+    ),
 }
 
+# Made first, alone: the schema version it holds decides the migrations.
+META = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);\n"
+
 SCHEMA = (
-    """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    META
+    + """
 CREATE TABLE IF NOT EXISTS csv_files (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL,              -- file name under processing/
@@ -92,7 +110,10 @@ CREATE TABLE IF NOT EXISTS requests (
     msgs_total INTEGER NOT NULL DEFAULT 0,
     bytes_done INTEGER NOT NULL DEFAULT 0,
     bytes_total INTEGER NOT NULL DEFAULT 0,
-    progress_at TEXT
+    progress_at TEXT,
+    node TEXT,                       -- the daemon running it (while running)
+    lease_until INTEGER NOT NULL DEFAULT 0, -- epoch seconds: its node's lease ends (running)
+    pairs INTEGER NOT NULL DEFAULT 0 -- connection pairs (source + destination) it holds (running)
 );
 CREATE INDEX IF NOT EXISTS requests_status ON requests(status, seq);
 CREATE INDEX IF NOT EXISTS requests_csv ON requests(csv_id, status, seq);
@@ -149,6 +170,7 @@ class RequestRow:
     bytes_done: int
     bytes_total: int
     progress_at: str | None
+    node: str | None = None  # the daemon running it (a shared state), None when not running
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,9 @@
-"""The state store: an embedded SQLite file holding the daemon's durable state.
+"""The state store: the daemon's durable state, in an embedded SQLite file (the default) or a
+shared PostgreSQL database (``[state] url``; ``state.engine`` holds what differs).
 
 Owns: claimed CSV files (with their crash counts), requests, the passwords of unfinished
-requests, per-folder copy checkpoints, per-message failures and live progress. Kept behind this
-one class so that a shared database can later replace SQLite without touching the callers.
+requests, per-folder copy checkpoints, per-message failures and live progress. Every query is
+written once, in the SQL both engines accept; callers do not know which engine runs.
 Request *status* is written only through ``apply_transition``, which only ``state.lifecycle``
 calls: that module owns the transition table.
 
@@ -21,28 +22,26 @@ when it finishes. ``secure_delete`` makes SQLite overwrite freed content; ``purg
 truncates the WAL (the daemon calls it when no request runs, and at exit), after which no copy
 of a finished request's password survives in the database or its WAL.
 
-Must not: do network I/O or know spool paths.
+Must not: know spool paths, or talk to anything but its database.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import json
-import os
-import sqlite3
-import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from legacyflo_daemon.errors import StateError, StateUnusable
+from legacyflo_daemon.config.schema import Config
+from legacyflo_daemon.errors import StateError
 from legacyflo_daemon.model import MessageFailure, Request, Status
 from legacyflo_daemon.runtime.bulk import let_loop_run
-from legacyflo_daemon.runtime.files import ensure_private_dir
 from legacyflo_daemon.runtime.secrets import scrub_text
+from legacyflo_daemon.state.engine import Engine, Row, SqliteEngine, Tx
 from legacyflo_daemon.state.schema import (
+    META,
     MIGRATIONS,
     SCHEMA,
     SCHEMA_VERSION,
@@ -56,143 +55,59 @@ from legacyflo_daemon.state.schema import (
 
 __all__ = ["CsvRecord", "FolderCheckpoint", "RequestRow", "StateStore", "request_to_json"]
 
+Held = tuple[tuple[str, str], tuple[str, str], int]  # (hosts, logins, pairs) of a request
 CHUNK = 1000  # rows per transaction (or per read) of the heavy operations
 UNFINISHED = (Status.QUEUED.value, Status.RUNNING.value)
 
 
-def _statements(script: str) -> list[str]:
-    """The SQL statements of ``script`` (comments may hold ``;``); ``executescript`` would
-    commit the transaction they must run in."""
-    out, current = [], ""
-    for line in script.splitlines(keepends=True):
-        current += line
-        if sqlite3.complete_statement(current):
-            out.append(current)
-            current = ""
-    return out
-
-
-_FULL = {"SQLITE_FULL"}
-_DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
-
-
-def state_error(path: Path, exc: sqlite3.Error, doing: str = "") -> StateError:
-    """The ``StateError`` for ``exc``: ``StateUnusable`` (one line saying what to do) when the
-    store cannot be used at all — damaged, disk full, an I/O error — else a plain one."""
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    base = "_".join(name.split("_")[:2])  # SQLITE_IOERR_WRITE -> SQLITE_IOERR
-    where = f"{path}: {doing}: " if doing else f"{path}: "
-    if base in _FULL or "disk is full" in str(exc) or (base == "SQLITE_IOERR" and _no_space(path)):
-        return StateUnusable(
-            f"{where}the disk is full ({exc}); nothing was lost: free space on the file system "
-            f"holding {path.parent}, then start the daemon again"
-        )
-    if base in _DAMAGED or "malformed" in str(exc) or "not a database" in str(exc):
-        return damaged(path, str(exc))
-    if base == "SQLITE_IOERR":
-        return StateUnusable(
-            f"{where}I/O error ({exc}); check the disk and the file system holding it "
-            "(dmesg), then start the daemon again"
-        )
-    return StateError(f"{where}{exc}")
-
-
-def _no_space(path: Path) -> bool:
-    """Whether the file system of ``path`` is (nearly) full: SQLite reports a full disk met
-    while growing its shared-memory file as an I/O error."""
-    try:
-        st = os.statvfs(path.parent)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < 64 * 1024
-
-
-def damaged(path: Path, detail: str) -> StateUnusable:
-    return StateUnusable(
-        f"{path}: the state store is damaged ({detail}); stop every legacyflo-daemon, keep a copy "
-        "of it (with its -wal file), then restore it from a backup, or move it aside to start "
-        "with an empty one and submit the CSVs of processing/ again (a re-run copies only "
-        "what is missing)"
-    )
-
-
-def _private_files(path: Path) -> None:
-    """The state store's directory (0700 when created) and files (0600) private to us,
-    whatever the umask: the store holds passwords. SQLite creates ``-wal`` and ``-shm`` with
-    the database file's mode, so the file is created 0600 *before* SQLite opens it; files of an
-    older install are made 0600 too."""
-    ensure_private_dir(path.parent)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-    for suffix in ("-wal", "-shm", "-journal"):
-        with suppress(FileNotFoundError):
-            os.chmod(path.with_name(path.name + suffix), 0o600)
-
-
 class StateStore:
-    """One SQLite database; safe to call from the event loop and from worker threads."""
+    """One database (``state.engine``); safe to call from the event loop and from worker
+    threads."""
 
-    def __init__(self, path: Path, *, verify: bool = False) -> None:
-        """Open (or create) the store at ``path`` and bring its schema up to date.
+    def __init__(self, target: Path | Engine, *, verify: bool = False) -> None:
+        """Open (or create) the store and bring its schema up to date.
 
-        ``verify``: run ``PRAGMA quick_check`` first, before anything is written (the daemon's
+        ``target``: the SQLite file's path (the default engine), or an engine
+        (``PostgresEngine`` for ``[state] url``; see ``open_store``).
+        ``verify``: check the database first, before anything is written (the daemon's
         start); a damaged store raises ``StateUnusable`` and is left exactly as it was."""
-        self.path = path
-        self._lock = threading.RLock()
-        try:
-            _private_files(path)
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise StateUnusable(
-                    f"{path}: cannot create the state store: the disk is full; free space on "
-                    f"the file system holding {path.parent}, then start the daemon again"
-                ) from exc
-            raise StateError(f"{path}: cannot create the state store: {exc.strerror}") from exc
-        try:
-            self._db = sqlite3.connect(
-                path, isolation_level=None, timeout=10.0, check_same_thread=False
-            )
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA secure_delete = ON")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.Error as exc:
-            raise state_error(path, exc, "cannot open the state store") from exc
+        self._engine: Engine = SqliteEngine(target) if isinstance(target, Path) else target
+        # The SQLite file (None for a database server); ``where`` names either in messages.
+        self.path: Path | None = target if isinstance(target, Path) else None
+        self.where = self._engine.where
+        self.shared = self._engine.shared
+        self._lock = self._engine.lock
         try:
             if verify:
                 self.verify()
             self._migrate()
-        except sqlite3.Error as exc:
-            self._db.close()
-            raise state_error(path, exc, "cannot open the state store") from exc
-        except BaseException:
-            self._db.close()
+        except BaseException as exc:
+            self._engine.close()
+            translated = self._engine.error(exc, "cannot open the state store")
+            if translated is not None:
+                raise translated from exc
             raise
 
     def _migrate(self) -> None:
-        row = None
-        with suppress(sqlite3.OperationalError):  # a new file has no meta table yet
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        found = SCHEMA_VERSION if row is None else int(row["value"])
-        if found > SCHEMA_VERSION:
-            raise StateError(
-                f"{self.path}: state schema version {found} is newer than this daemon's "
-                f"({SCHEMA_VERSION}); run the newer version, or finish its requests first"
-            )
         with self._tx() as db:
-            for statement in _statements(SCHEMA):  # what is missing (CREATE … IF NOT EXISTS)
+            for statement in self._engine.statements(META):
+                db.execute(statement)
+            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            found = SCHEMA_VERSION if row is None else int(row[0])
+            if found > SCHEMA_VERSION:
+                raise StateError(
+                    f"{self.where}: state schema version {found} is newer than this daemon's "
+                    f"({SCHEMA_VERSION}); run the newer version, or finish its requests first"
+                )
+            for statement in self._engine.statements(SCHEMA):  # what is missing (IF NOT EXISTS)
                 db.execute(statement)
             for version in range(found + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[version]:
+                for statement in self._engine.statements(";\n".join(MIGRATIONS[version]) + ";"):
                     try:
                         db.execute(statement)
-                    except sqlite3.OperationalError as exc:
+                    except Exception as exc:
                         # The table was missing and has just been made whole from SCHEMA.
-                        if "duplicate column name" not in str(exc):
+                        if not self._engine.is_duplicate_column(exc):
                             raise
             db.execute(
                 "INSERT INTO meta(key, value) VALUES ('schema', ?)"
@@ -201,52 +116,33 @@ class StateStore:
             )
 
     def verify(self) -> None:
-        """``PRAGMA quick_check``: raises ``StateUnusable`` (saying what to do) when the store is
-        damaged. The daemon calls it at start, before it trusts anything the store says."""
-        try:
-            rows = self._all("PRAGMA quick_check")
-        except StateUnusable:
-            raise
-        except StateError as exc:
-            raise damaged(self.path, str(exc).removeprefix(f"{self.path}: ")) from exc
-        # One row may hold many lines; the first names the problem, the count tells its extent.
-        problems = [
-            line
-            for r in rows
-            if r[0] != "ok"
-            for line in str(r[0]).splitlines()
-            if line.strip() and not line.startswith("***")
-        ]
-        if problems:
-            more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
-            raise damaged(self.path, f"quick_check: {problems[0]}{more}")
+        """Raises ``StateUnusable`` (saying what to do) when the store is damaged (SQLite's
+        ``quick_check``). The daemon calls it at start, before it trusts anything the store
+        says."""
+        self._engine.verify()
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._engine.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise state_error(self.path, exc) from exc
+    def exclusive(self, key: str) -> Iterator[bool]:
+        """Whether this daemon, alone among those sharing the store, may do ``key`` now (True
+        for the only daemon of an SQLite store). Held until the block ends, or until this
+        daemon dies: PostgreSQL releases a dead connection's advisory locks."""
+        mine = self._engine.try_lock(key)
+        try:
+            yield mine
+        finally:
+            if mine:
+                self._engine.unlock(key)
 
-    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            try:
-                return self._db.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise state_error(self.path, exc) from exc
+    def _tx(self) -> AbstractContextManager[Tx]:
+        return self._engine.tx()
 
-    def _one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self._engine.all(sql, params)
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         rows = self._all(sql, params)
         return rows[0] if rows else None
 
@@ -342,8 +238,9 @@ class StateStore:
         with self._tx() as db:
             db.execute(
                 "UPDATE csv_files SET crashes = CASE WHEN ? > crash_mark THEN 0"
-                " ELSE crashes + 1 END, crash_mark = MAX(crash_mark, ?) WHERE id = ?",
-                (mark, mark, csv_id),
+                " ELSE crashes + 1 END,"
+                " crash_mark = CASE WHEN ? > crash_mark THEN ? ELSE crash_mark END WHERE id = ?",
+                (mark, mark, mark, csv_id),
             )
         return self.csv(csv_id).crashes
 
@@ -351,12 +248,16 @@ class StateStore:
         """A number that grows whenever the CSV's work goes forward, across restarts: its
         finished requests, plus per folder checkpoint the messages found on the destination
         (copied + already present, both cumulative across runs) and whether it is done."""
+        copied = self._engine.json_int("f.counts", "copied")
+        present = self._engine.json_int("f.counts", "already_present")
+        # The engine's JSON spelling is the only text put in: no input reaches the SQL.
+        sql = (
+            "SELECT (SELECT COUNT(*) FROM requests WHERE csv_id = ? AND status NOT IN (?, ?))"  # noqa: S608
+            f" + (SELECT COALESCE(SUM(f.done + {copied} + {present}), 0)"
+            "   FROM folders f JOIN requests r ON r.id = f.request_id WHERE r.csv_id = ?)"
+        )
         row = self._one(
-            "SELECT (SELECT COUNT(*) FROM requests WHERE csv_id = ? AND status NOT IN (?, ?))"
-            " + (SELECT COALESCE(SUM(f.done"
-            "   + COALESCE(json_extract(f.counts, '$.copied'), 0)"
-            "   + COALESCE(json_extract(f.counts, '$.already_present'), 0)), 0)"
-            "   FROM folders f JOIN requests r ON r.id = f.request_id WHERE r.csv_id = ?)",
+            sql,
             (csv_id, *UNFINISHED, csv_id),
         )
         return int(row[0]) if row is not None else 0
@@ -366,12 +267,12 @@ class StateStore:
         parsed or recorded then counts against it (``unloaded_csvs`` at the next start), so a
         file that crashes the parser is set aside after ``max_crashes`` instead of looping."""
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO csv_files(name, original, claimed_at, loaded) VALUES (?, ?, ?, 0)",
+            row = db.execute(
+                "INSERT INTO csv_files(name, original, claimed_at, loaded) VALUES (?, ?, ?, 0)"
+                " RETURNING id",
                 (name, original, iso(now)),
-            )
-            assert cur.lastrowid is not None
-            return cur.lastrowid
+            ).fetchone()
+            return int(row[0])
 
     def unloaded_csvs(self) -> list[CsvRecord]:
         """Records a crash left while their file was parsed or recorded (``begin_csv``)."""
@@ -407,7 +308,7 @@ class StateStore:
         return int(row[0]) if row is not None else 0
 
     @staticmethod
-    def _csv(row: sqlite3.Row) -> CsvRecord:
+    def _csv(row: Row) -> CsvRecord:
         return CsvRecord(
             row["id"], row["name"], row["original"], row["crashes"], row["finished_at"] is not None
         )
@@ -516,51 +417,160 @@ class StateStore:
         sets: Mapping[str, Any],
         *,
         without_result: bool = False,
+        node: str | None = None,
+        skip_locked: bool = False,
     ) -> bool:
         """``UPDATE … WHERE status IN expected``: True when the one row changed.
 
         ``sets``: other columns to write (names from this module's callers, never input);
         ``without_result``: also require that no result is recorded yet. A transition that
         erases the passwords (``secrets = None`` in ``sets``) is what makes a request's
-        credentials unrecoverable from the main database file (``secure_delete``)."""
+        credentials unrecoverable from the main database file (``secure_delete``).
+
+        A shared state (several daemons): ``node`` also requires that a *running* request is
+        that node's (a node that lost its lease to another never requeues or finishes what the
+        other now runs); ``skip_locked`` first locks the row with ``SELECT … FOR UPDATE SKIP
+        LOCKED`` and gives up (False) at once when another node's transaction holds it, so
+        that nodes claiming from one queue never wait for each other. SQLite has one writer
+        (``BEGIN IMMEDIATE``): there the row needs no lock of its own."""
         columns = "".join(f", {name} = ?" for name in sets)
         marks = ", ".join("?" for _ in expected)
         extra = " AND result IS NULL" if without_result else ""
+        owner: tuple[Any, ...] = ()
+        if node is not None:
+            extra += " AND (status <> ? OR node = ?)"
+            owner = (Status.RUNNING.value, node)
         with self._tx() as db:
+            if skip_locked and self.shared:
+                found = db.execute(
+                    f"SELECT id FROM requests WHERE id = ? AND status IN ({marks})"  # noqa: S608
+                    " FOR UPDATE SKIP LOCKED",
+                    (request_id, *(s.value for s in expected)),
+                ).fetchone()
+                if found is None:
+                    return False
             cur = db.execute(
                 f"UPDATE requests SET status = ?{columns}"  # noqa: S608 - column names are ours
                 f" WHERE id = ? AND status IN ({marks}){extra}",
-                (new.value, *sets.values(), request_id, *(s.value for s in expected)),
+                (new.value, *sets.values(), request_id, *(s.value for s in expected), *owner),
             )
             return cur.rowcount == 1
 
-    def apply_bulk_transition(self, expected: Status, new: Status) -> int:
-        """Every request in ``expected`` to ``new`` (the restart's running → queued)."""
+    def apply_bulk_transition(
+        self,
+        expected: Status,
+        new: Status,
+        *,
+        node: str | None = None,
+        lease_before: int | None = None,
+    ) -> list[tuple[str, int]]:
+        """Requests in ``expected`` to ``new``, their (id, csv id): every one (the restart of
+        the only daemon), or, in a shared state, those of ``node`` and those whose lease ended
+        before ``lease_before`` (epoch seconds; a node that died). Their node is cleared. One
+        statement: of several nodes taking over at once, each request goes to one."""
+        where = "status = ?"
+        params: list[Any] = [expected.value]
+        owners = []
+        if node is not None:
+            owners.append("node = ?")
+            params.append(node)
+        if lease_before is not None:
+            owners.append("lease_until < ?")
+            params.append(lease_before)
+        if owners:
+            where += f" AND ({' OR '.join(owners)})"
         with self._tx() as db:
-            cur = db.execute(
-                "UPDATE requests SET status = ? WHERE status = ?", (new.value, expected.value)
+            rows = db.execute(
+                f"UPDATE requests SET status = ?, node = NULL WHERE {where}"  # noqa: S608
+                " RETURNING id, csv_id",
+                (new.value, *params),
+            ).fetchall()
+        return [(str(r[0]), int(r[1])) for r in rows]
+
+    def renew_leases(self, node: str, until: int, ids: Collection[str]) -> set[str]:
+        """Extend to ``until`` (epoch seconds) the leases of ``ids`` that ``node`` still holds;
+        the ids renewed (one missing is no longer this node's). A request left running with
+        no task behind it (its result could not be written) is not renewed: its lease runs
+        out and another node runs it again."""
+        if not ids:
+            return set()
+        marks = ", ".join("?" for _ in ids)
+        with self._tx() as db:
+            rows = db.execute(
+                "UPDATE requests SET lease_until = ?"  # noqa: S608 - only placeholders
+                f" WHERE status = ? AND node = ? AND id IN ({marks}) RETURNING id",
+                (until, Status.RUNNING.value, node, *ids),
+            ).fetchall()
+        return {str(r[0]) for r in rows}
+
+    def set_node(self, name: str, doc: Mapping[str, Any], seen_at: int) -> None:
+        """A cluster node's heartbeat (``status`` lists the nodes and which are alive)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO nodes(name, doc, seen_at) VALUES (?, ?, ?) ON CONFLICT(name) DO"
+                " UPDATE SET doc = excluded.doc, seen_at = excluded.seen_at",
+                (name, json.dumps(dict(doc), sort_keys=True), seen_at),
             )
-            return cur.rowcount
+
+    def connections_elsewhere(self, node: str) -> list[Held]:
+        """The IMAP connections the requests running on other nodes hold: per request, its
+        (source, destination) servers and logins as ``daemon.pool.slot_for`` names them, and
+        its connection pairs."""
+        rows = self._all(
+            "SELECT request, pairs FROM requests WHERE status = ? AND request IS NOT NULL"
+            " AND (node IS NULL OR node <> ?)",
+            (Status.RUNNING.value, node),
+        )
+        out = []
+        for r in rows:
+            d = json.loads(r[0])
+            src, dst = d["source"], d["dest"]
+            hosts = (str(src["server"]).lower(), str(dst["server"]).lower())
+            logins = (
+                f"{src['userid']}@{src['server']}".lower(),
+                f"{dst['userid']}@{dst['server']}".lower(),
+            )
+            out.append((hosts, logins, int(r[1])))
+        return out
+
+    def set_pairs(self, request_id: str, pairs: int) -> None:
+        """The connection pairs ``request_id`` holds now (the other nodes count them)."""
+        with self._tx() as db:
+            db.execute("UPDATE requests SET pairs = ? WHERE id = ?", (pairs, request_id))
+
+    def learn_allowance(self, key: str, limit: int, now: int) -> None:
+        """A server's refusal lowered ``key`` (a host, or "user@host") to ``limit``
+        connections; the lowest learnt stands, for every node."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO allowances(key, lim, learnt_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET learnt_at = excluded.learnt_at,"
+                " lim = CASE WHEN excluded.lim < allowances.lim THEN excluded.lim"
+                " ELSE allowances.lim END",
+                (key, limit, now),
+            )
+
+    def allowances(self, since: int) -> dict[str, int]:
+        """key -> connections allowed, of the allowances learnt at ``since`` or later."""
+        rows = self._all("SELECT key, lim FROM allowances WHERE learnt_at >= ?", (since,))
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        """node name -> its last heartbeat document."""
+        rows = self._all("SELECT name, doc FROM nodes ORDER BY name")
+        return {str(r[0]): dict(json.loads(r[1])) for r in rows}
 
     def purge_freed_pages(self, *, wait: bool = False) -> bool:
-        """Fold the WAL into the main file (where ``secure_delete`` zeroed freed content) and
-        truncate it to zero bytes, so no erased password survives in it. True when done.
+        """Make erased passwords unrecoverable from the database's files (SQLite: fold the WAL
+        into the main file, where ``secure_delete`` zeroed freed content, and truncate it;
+        PostgreSQL: VACUUM). True when done.
 
         Without ``wait`` it gives up at once when a reader (``status --watch``) or a writer is
         busy, instead of blocking up to the busy timeout; the caller tries again later."""
-        with self._lock:
-            try:
-                if not wait:
-                    self._db.execute("PRAGMA busy_timeout = 0")
-                row = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            except sqlite3.Error as exc:
-                raise state_error(self.path, exc) from exc
-            finally:
-                self._db.execute("PRAGMA busy_timeout = 10000")
-        return row is not None and row[0] == 0
+        return self._engine.purge_freed_pages(wait=wait)
 
     @staticmethod
-    def _req(r: sqlite3.Row) -> RequestRow:
+    def _req(r: Row) -> RequestRow:
         return RequestRow(
             id=r["id"],
             csv_id=r["csv_id"],
@@ -577,6 +587,7 @@ class StateStore:
             bytes_done=r["bytes_done"],
             bytes_total=r["bytes_total"],
             progress_at=r["progress_at"],
+            node=r["node"],
         )
 
     # -- checkpoints, progress and failures ----------------------------------------------------
@@ -620,8 +631,10 @@ class StateStore:
     def add_failure(self, request_id: str, f: MessageFailure) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO failures(request_id, folder, uid, date, subject, reason,"
-                " kind) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO failures(request_id, folder, uid, date, subject, reason, kind)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(request_id, folder, uid) DO UPDATE"
+                " SET date = excluded.date, subject = excluded.subject,"
+                " reason = excluded.reason, kind = excluded.kind",
                 (request_id, f.folder, f.uid, f.date, f.subject, scrub_text(f.reason), f.kind),
             )
 
@@ -632,8 +645,9 @@ class StateStore:
         of the source message ``source_key`` (``dest``: "user@server", any case)."""
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO altered_copies(dest, folder, stored_key, source_key,"
-                " reason) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO altered_copies(dest, folder, stored_key, source_key, reason)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(dest, folder, stored_key, source_key)"
+                " DO UPDATE SET reason = excluded.reason",
                 (dest.lower(), folder, stored_key, source_key, reason),
             )
 
@@ -765,3 +779,16 @@ class StateStore:
     def command_done(self, command_id: int, now: dt.datetime) -> None:
         with self._tx() as db:
             db.execute("UPDATE commands SET done_at = ? WHERE id = ?", (iso(now), command_id))
+
+
+def open_store(cfg: Config, *, verify: bool = False) -> StateStore:
+    """The store the configuration names: the PostgreSQL database of ``[state] url`` (its
+    password read now from ``password_file``/``password_env``), else the SQLite file
+    ``daemon.state_path``. ``ConfigError`` when the password cannot be read."""
+    if cfg.state.url is None:
+        return StateStore(cfg.daemon.state_path, verify=verify)
+    from legacyflo_daemon.state.engine import PostgresEngine
+
+    password = cfg.state.password()
+    engine = PostgresEngine(cfg.state.url, None if password is None else password.reveal())
+    return StateStore(engine, verify=verify)

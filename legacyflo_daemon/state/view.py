@@ -15,6 +15,10 @@ Truth rules (decisions):
   live counters of its last run, which start again at 0 after a resume.
 - Failures first, then running, queued, and finished ones. A request superseded by a later
   request for the same account and folder (a retry) that succeeded is left out of the list.
+- Several daemons on one shared state (a cluster): each node's heartbeat is judged alone
+  (``nodes``: every node seen in the last ``NODES_SHOWN_SECONDS``); the daemon "runs" while
+  any node does; a running request shows its node, and is ``interrupted`` while its node is
+  gone (another node takes it over once its lease ran out).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from legacyflo_daemon.state.store import RequestRow, StateStore
 
 STATUS_VERSION = 1
 STALE_INTERVALS = 3  # a heartbeat older than this many intervals means the daemon is gone
+NODES_SHOWN_SECONDS = 86400.0  # a cluster node gone longer than this is no longer listed
 _ORDER = {
     "failed": 0,
     "partial": 1,
@@ -56,6 +61,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 def daemon_view(heartbeat: Mapping[str, Any] | None, now: dt.datetime) -> dict[str, Any]:
     """Whether the daemon runs, from its heartbeat (see the module docstring)."""
     if heartbeat is None:
@@ -73,7 +85,9 @@ def daemon_view(heartbeat: Mapping[str, Any] | None, now: dt.datetime) -> dict[s
         "heartbeat_age_seconds": round(age, 1),
     }
     fresh = heartbeat.get("state") == "running" and age <= STALE_INTERVALS * max(interval, 5.0)
-    if fresh and host == socket.gethostname() and not _pid_alive(pid):
+    # The pid means something only on this machine, in this pid namespace (containers).
+    here = host == socket.gethostname() and heartbeat.get("pidns", "") in ("", _pid_namespace())
+    if fresh and here and not _pid_alive(pid):
         fresh = False
     seen = f"{at:%Y-%m-%d %H:%M:%S} UTC"
     if fresh:
@@ -85,6 +99,30 @@ def daemon_view(heartbeat: Mapping[str, Any] | None, now: dt.datetime) -> dict[s
         summary = f"not running (stopped unexpectedly; last seen {seen})"
     out |= {"running": fresh, "summary": summary}
     return out
+
+
+def nodes_view(nodes: Mapping[str, Mapping[str, Any]], now: dt.datetime) -> list[dict[str, Any]]:
+    """The nodes of a cluster (name -> heartbeat), each judged like ``daemon_view``; those
+    gone longer than ``NODES_SHOWN_SECONDS`` are left out."""
+    out = []
+    for name, beat in sorted(nodes.items()):
+        seen = daemon_view(beat, now)
+        if not seen["running"] and seen["heartbeat_age_seconds"] > NODES_SHOWN_SECONDS:
+            continue
+        out.append({"name": name, "running": seen["running"], "host": seen["host"],
+                    "pid": seen["pid"], "last_seen": seen["last_seen"],
+                    "requests": int(beat.get("running", 0)) if seen["running"] else 0})  # fmt: skip
+    return out
+
+
+def cluster_daemon(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``daemon`` object of a cluster: running while any node runs."""
+    alive = [n["name"] for n in nodes if n["running"]]
+    gone = [n["name"] for n in nodes if not n["running"]]
+    summary = f"{len(alive)} of {len(nodes)} nodes running"
+    summary += f" ({', '.join(alive)})" if alive else ""
+    summary += f"; gone: {', '.join(gone)}" if gone else ""
+    return {"running": bool(alive), "summary": summary}
 
 
 def request_view(
@@ -115,6 +153,8 @@ def request_view(
         ),
         "error": r.error,
     }
+    if r.node is not None:
+        out["node"] = r.node if r.status is Status.RUNNING else None
     totals = (result or {}).get("totals") or {}
     if r.status.finished and totals:
         out["messages"] = {
@@ -147,7 +187,7 @@ def view(
     state: str | None = None,
 ) -> dict[str, Any]:
     """The whole ``status --json`` document (filters: a CSV's name, a state)."""
-    daemon = daemon_view(store.heartbeat(), now)
+    daemon, nodes, alive = _daemon_and_nodes(store, now)
     phases = store.phases()
     names: dict[int, str] = {}
     requests: list[tuple[int, dict[str, Any]]] = []
@@ -163,7 +203,8 @@ def view(
         if csv is not None and names[r.csv_id] != csv:
             continue
         result = store.result(r.id) if r.status.finished else None
-        item = request_view(r, phases.get(r.id), result, names[r.csv_id], daemon["running"], now)
+        running = daemon["running"] if not nodes else r.node in alive
+        item = request_view(r, phases.get(r.id), result, names[r.csv_id], running, now)
         if state is not None and item["state"] != state:
             continue
         requests.append((r.seq, item))
@@ -172,16 +213,31 @@ def view(
     counts: dict[str, int] = {}
     for item in listed:
         counts[item["state"]] = counts.get(item["state"], 0) + 1
-    return {"version": STATUS_VERSION, "daemon": daemon, "counts": counts, "requests": listed}
+    doc = {"version": STATUS_VERSION, "daemon": daemon, "counts": counts, "requests": listed}
+    if nodes:
+        doc["nodes"] = nodes
+    return doc
+
+
+def _daemon_and_nodes(
+    store: StateStore, now: dt.datetime
+) -> tuple[dict[str, Any], list[dict[str, Any]], set[str]]:
+    """The daemon object, the cluster's nodes (empty for the only daemon) and the names of
+    those running."""
+    nodes = nodes_view(store.nodes(), now)
+    if not nodes:
+        return daemon_view(store.heartbeat(), now), [], set()
+    return cluster_daemon(nodes), nodes, {n["name"] for n in nodes if n["running"]}
 
 
 def detail(store: StateStore, request_id: str, now: dt.datetime) -> dict[str, Any]:
     """``status <request-id>``: the request, its folders (checkpoints or result) and failures."""
     r = store.request_row(request_id)
-    daemon = daemon_view(store.heartbeat(), now)
+    daemon, nodes, alive = _daemon_and_nodes(store, now)
+    running = daemon["running"] if not nodes else r.node in alive
     result = store.result(r.id) if r.status.finished else None
     item = request_view(
-        r, store.phases().get(r.id), result, store.csv(r.csv_id).original, daemon["running"], now
+        r, store.phases().get(r.id), result, store.csv(r.csv_id).original, running, now
     )
     if result is not None:
         item["folders"] = [
@@ -209,7 +265,8 @@ SNAPSHOT_NAME = "status.json"  # in the spool: the status document for the servi
 def snapshot(store: StateStore, now: dt.datetime) -> dict[str, Any]:
     """What the daemon writes to ``<spool>/status.json``: ``view`` and the raw heartbeat, so
     a reader can tell again whether the daemon still runs when it reads the file."""
-    return {"written_at": now.isoformat(), "heartbeat": store.heartbeat(), "doc": view(store, now)}
+    return {"written_at": now.isoformat(), "heartbeat": store.heartbeat(),
+            "nodes": store.nodes(), "doc": view(store, now)}  # fmt: skip
 
 
 def from_snapshot(data: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:
@@ -217,11 +274,16 @@ def from_snapshot(data: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:
     the heartbeat it holds; if the daemon is not running, its running requests are
     ``interrupted``, without rate or ETA."""
     doc = dict(data["doc"])
-    doc["daemon"] = daemon_view(data.get("heartbeat"), now)
-    if not doc["daemon"]["running"]:
+    nodes = nodes_view(data.get("nodes") or {}, now)
+    doc["daemon"] = cluster_daemon(nodes) if nodes else daemon_view(data.get("heartbeat"), now)
+    alive = {n["name"] for n in nodes if n["running"]}
+    if nodes:
+        doc["nodes"] = nodes
+    if not doc["daemon"]["running"] or nodes:
         requests = []
         for item in doc.get("requests", []):
-            if item.get("state") == "running":
+            gone = not doc["daemon"]["running"] or item.get("node") not in alive
+            if item.get("state") == "running" and gone:
                 item = {**item, "state": "interrupted", "phase": None, "detail": None,
                         "rate_bytes_per_s": None, "eta_seconds": None}  # fmt: skip
             requests.append(item)

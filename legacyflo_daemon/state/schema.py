@@ -13,7 +13,7 @@ from typing import Any
 
 from legacyflo_daemon.model import Account, DateRange, JobType, Request, Secret, Status
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Messages a destination stored altered (readback): the stored identity stands for the source's
 # in every later comparison of that destination folder, by any request (no re-append).
@@ -57,6 +57,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         ALTERED_TABLE,
     ),
     4: ("ALTER TABLE csv_files ADD COLUMN crash_mark INTEGER NOT NULL DEFAULT 0",),
+    5: ("ALTER TABLE requests ADD COLUMN msgs_present INTEGER NOT NULL DEFAULT 0",),
 }
 
 SCHEMA = (
@@ -92,7 +93,8 @@ CREATE TABLE IF NOT EXISTS requests (
     msgs_total INTEGER NOT NULL DEFAULT 0,
     bytes_done INTEGER NOT NULL DEFAULT 0,
     bytes_total INTEGER NOT NULL DEFAULT 0,
-    progress_at TEXT
+    progress_at TEXT,
+    msgs_present INTEGER NOT NULL DEFAULT 0  -- of msgs_done: already present
 );
 CREATE INDEX IF NOT EXISTS requests_status ON requests(status, seq);
 CREATE INDEX IF NOT EXISTS requests_csv ON requests(csv_id, status, seq);
@@ -149,6 +151,7 @@ class RequestRow:
     bytes_done: int
     bytes_total: int
     progress_at: str | None
+    msgs_present: int = 0  # of msgs_done, found already present
 
 
 @dataclass(frozen=True, slots=True)

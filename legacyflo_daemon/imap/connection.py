@@ -6,7 +6,8 @@ results beyond OK/NO/BAD (``imap`` does) or log anything (passwords and bodies p
 
 Rules:
 - Every command holds the connection's ``asyncio.Lock``: aioimaplib mixes up concurrent
-  commands on one connection (docs/imap-interop.md §1.1).
+  commands on one connection (docs/imap-interop.md §1.1). ``run_pipelined`` holds it for a
+  group of commands written at once and answered in order (one round trip for all).
 - Every command runs under a watchdog: it fails with ``TransientError`` as soon as the
   connection is lost (aioimaplib never fails pending commands itself), after ``timeout``
   seconds without a byte received or sent, or after ``20 * timeout`` (+ ``allowance``) overall.

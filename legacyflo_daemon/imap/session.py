@@ -18,6 +18,11 @@ them (quoted string, or a literal for 8-bit). Batches: one FETCH asks for at mos
 ``BODY_BATCH`` (bodies) or ``META_BATCH`` (metadata) UIDs, and at most ~8,000 characters of
 UID set (Exchange's MaxCommandSize); larger requests are split here.
 
+Round trips: the per-folder steps (``namespaces_and_folders``, ``create_folders``,
+``count_messages``, ``open_folder``) pipeline their commands (``Connection.run_pipelined``):
+one round trip each, whatever the number of commands. Only commands that need no continuation
+are pipelined; a folder name that must be sent as a literal takes the one-by-one path.
+
 Dead sessions: after a timeout, a lost connection, a protocol surprise or an unreadable reply
 the session is dead and every later call raises ``TransientError`` at once; reconnect. A
 ``NO``/``BAD`` reply does not kill a session.

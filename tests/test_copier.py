@@ -319,6 +319,7 @@ async def test_copy_over_starttls(
         assert {(x.local_port, x.tls) for x in logins} == {(server.port_plain, True)}
 
 
+@pytest.mark.parametrize("pairs", [1, 4], ids=["one-pair", "extra-pairs-granted"])
 @pytest.mark.parametrize("side", ["source", "dest"])
 async def test_wrong_password_fails_at_once_after_one_login_attempt(
     source_server: DovecotServer,
@@ -327,7 +328,10 @@ async def test_wrong_password_fails_at_once_after_one_login_attempt(
     dest_account: ServerAccount,
     tmp_path: Path,
     side: str,
+    pairs: int,
 ) -> None:
+    """Also when extra connection pairs are granted (they open their connections beside the
+    first pair's): none of them sends a login before the first pair's logins succeeded."""
     load_exchange_corpus(source_server, source_account.user)
     wrong = "Wr0ng-pa$$word-" + side
     run = direct_run(
@@ -337,9 +341,14 @@ async def test_wrong_password_fails_at_once_after_one_login_attempt(
         source_password=wrong if side == "source" else None,
         dest_password=wrong if side == "dest" else None,
         retries=6,
+        folder_workers=pairs,
     )
     started = time.monotonic()
-    result = await run.run()
+    copier = run.copier()
+    granted: list[int] = []
+    copier.extra_pair = lambda: granted.append(1) is None
+    result = await copier.run()
+    assert len(granted) == pairs - 1  # a first run asks for its extra pairs at once
     elapsed = time.monotonic() - started
     assert result.status is Status.FAILED
     assert result.error is not None and "authentication failed" in result.error

@@ -41,6 +41,7 @@ from legacyflo_daemon.errors import (
     TransientError,
 )
 from legacyflo_daemon.imap import session as imap_session
+from legacyflo_daemon.imap.connection import Connection
 from legacyflo_daemon.imap.endpoint import dest_endpoint, source_endpoint
 from legacyflo_daemon.imap.session import Session, connect
 from legacyflo_daemon.model import FolderResult, JobType, Request, RequestResult, Status
@@ -190,17 +191,27 @@ class Copier:
         self.progress.messages_total = self.progress.messages_done
         self.progress.bytes_total = self.progress.bytes_done
         self.progress.phase, self.progress.detail = "connecting", ""
-        src, dst = await connect_pair(self.request, self.config)
         early: list[asyncio.Future[tuple[Session, Session]]] = []
+        logged_in = asyncio.Event()  # the first pair's logins succeeded
+        if not self.state.folder_checkpoints(self.request_id):
+            # A first run will most likely copy several folders: the extra connection pairs
+            # make their TCP and TLS handshakes beside the first pair's, log in once its logins
+            # succeeded (a wrong password is tried once, never four times at once), and are
+            # ready when the listing is (a re-run, which may have nothing left to copy, asks
+            # for them once it knows).
+            for _ in range(self.config.imap.folder_workers - 1):
+                if not self.extra_pair():
+                    break
+                early.append(
+                    asyncio.ensure_future(connect_pair(self.request, self.config, logged_in))
+                )
         try:
-            if not self.state.folder_checkpoints(self.request_id):
-                # A first run will most likely copy several folders: the extra connection
-                # pairs log in while this one lists and counts (a re-run, which may have
-                # nothing left to copy, asks for them once it knows).
-                for _ in range(self.config.imap.folder_workers - 1):
-                    if not self.extra_pair():
-                        break
-                    early.append(asyncio.ensure_future(connect_pair(self.request, self.config)))
+            src, dst = await connect_pair(self.request, self.config)
+        except BaseException:
+            await self._drop_unused(early)
+            raise
+        logged_in.set()
+        try:
             await self._copy_all(src, dst, early)
         finally:
             await self._drop_unused(early)
@@ -486,7 +497,9 @@ class Copier:
                  uncounted=sum(1 for n in self._counts.values() if n is None))  # fmt: skip
 
 
-async def connect_pair(request: Request, config: Config) -> tuple[Session, Session]:
+async def connect_pair(
+    request: Request, config: Config, ready: asyncio.Event | None = None
+) -> tuple[Session, Session]:
     """Log in to the source, then to the destination.
 
     The destination's TCP and TLS handshake runs while the source logs in, but its login is
@@ -494,25 +507,44 @@ async def connect_pair(request: Request, config: Config) -> tuple[Session, Sessi
     a login attempt on the destination account (nothing for a lockout policy to count).
     When the source fails, the destination's handshake is cancelled and whatever it opened or
     raised is dropped; the source's error (or our own cancellation) is what propagates.
+    With ``ready``, both handshakes run at once and no login is sent before it is set (an
+    extra pair waits for the first pair's logins; cancel it if they fail).
     """
     dst_open = asyncio.ensure_future(
         imap_session.open_unauthenticated(dest_endpoint(request, config))
     )
     try:
-        src = await connect(source_endpoint(request, config))
+        if ready is None:
+            src = await connect(source_endpoint(request, config))
+        else:
+            src_open = asyncio.ensure_future(
+                imap_session.open_unauthenticated(source_endpoint(request, config))
+            )
+            try:
+                await ready.wait()
+                src = await imap_session.authenticate(await src_open)
+            except BaseException:
+                await _drop_opening(src_open)
+                raise
     except BaseException:
-        dst_open.cancel()
-        # Waits for the handshake task to end without raising its outcome; a cancellation of
-        # this task during the wait propagates (it replaces the source's error).
-        await asyncio.wait((dst_open,))
-        if not dst_open.cancelled() and dst_open.exception() is None:
-            imap_session.close_unauthenticated(dst_open.result())
+        await _drop_opening(dst_open)
         raise
     try:
         return src, await imap_session.authenticate(await dst_open)
     except BaseException:
         await src.logout()
         raise
+
+
+async def _drop_opening(opening: asyncio.Future[Connection]) -> None:
+    """Cancel an ``open_unauthenticated`` under way and close what it opened, if anything.
+
+    Waits for the task to end without raising its outcome; a cancellation of the caller
+    during the wait propagates (it replaces the error being handled)."""
+    opening.cancel()
+    await asyncio.wait((opening,))
+    if not opening.cancelled() and opening.exception() is None:
+        imap_session.close_unauthenticated(opening.result())
 
 
 __all__ = ["Copier", "Interrupted", "Progress"]

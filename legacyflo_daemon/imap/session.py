@@ -554,12 +554,18 @@ class Session:
                 uids = sorted(set(parse_search(found.lines)))
             return info, await self.fetch_meta(uids)
         metas: list[MessageMeta] = []
-        if first and first <= info.exists and replies[-1].result == "OK":
+        if first and first <= info.exists:
+            # The FETCH was valid for the folder as opened: its refusal (throttling with a
+            # backoff hint, say) is an answer to act on, as for any FETCH.
+            fetched = replies[-1]
+            self._check("other", fetched.result, fetched.text, f"FETCH 1:{first}")
             with self._parsing(f"FETCH 1:{first}"):
-                items = fetch_items(replies[-1].lines)
+                items = fetch_items(fetched.lines)
             metas = await self._convert(items, meta_from, f"FETCH 1:{first}")
         else:
-            first = 0  # nothing usable fetched yet: read the folder as it is now
+            # Fewer messages than counted (expunged meanwhile): the FETCH named numbers that
+            # do not exist and proves nothing; read the folder as it is now.
+            first = 0
         metas += await self.fetch_meta_all(info.exists, start=first + 1)
         metas.sort(key=lambda m: m.uid)
         return info, metas

@@ -240,7 +240,7 @@ class Copier:
         ``imap.folder_workers`` connection pairs copy folders side by side (each extra pair
         only if the pool grants it within the per-server and per-login limits). ``early``:
         extra pairs already logging in (granted by the pool); a worker takes each one it
-        needs out of the list, the caller closes the rest."""
+        needs out of the list and the rest are closed before the copy starts."""
         early = [] if early is None else early
         self._plans = await self._plan(src, dst)
         checkpoints = self.state.folder_checkpoints(self.request_id)
@@ -274,6 +274,9 @@ class Copier:
             else:
                 break
             workers.append(self._extra_worker(todo, checkpoints, opening))
+        # Early pairs beyond what the folders need: closed and given back to the pool now (they
+        # hold connection slots other requests may be waiting for).
+        await self._drop_unused(early)
         interrupted: list[bool] = []
 
         async def until_stopped(worker: Awaitable[None]) -> None:

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.bench_env import BenchEnv, Mailbox, Sizes
+from bench.bench_env import LATENCY, BenchEnv, Mailbox, Sizes
 from bench.bench_report import (
     RB_OFF,
     SCENARIOS,
@@ -40,6 +40,8 @@ from bench.bench_report import (
 from bench.bench_runs import Pair, Sample, prepare_daemon, run_daemon, run_reference
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# The small mailbox (issue 14), on loopback and over a WAN: scenario -> seconds added each way.
+SMALL_WAN = {"small": 0.0, "small-wan25": 0.025, "small-wan50": 0.050}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -58,6 +60,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="corpus size factor: 1 = 20,000 messages (~1 GB), 50 mailboxes of 400",
     )
     p.add_argument("--mailboxes", type=int, default=None, help="mailboxes of the multi scenario")
+    p.add_argument(
+        "--small",
+        type=int,
+        default=None,
+        help="messages of the small mailbox of the small-wan scenarios (default 3,000)",
+    )
     p.add_argument("--runs", type=int, default=3, help="runs of every scenario (medians)")
     p.add_argument(
         "--scenarios",
@@ -70,6 +78,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="sdbox",
         help="destination mail storage (maildir: the test servers' own; its APPEND "
         "slows down with the folder's size, see bench/README.md)",
+    )
+    p.add_argument(
+        "--keep-logs",
+        action="store_true",
+        help="keep the daemon's logs of every run (not only failed ones) in results/logs/",
     )
     p.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="results file")
     args = p.parse_args(argv)  # fmt: skip
@@ -85,9 +98,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 class Runner:
-    def __init__(self, env: BenchEnv, scenarios: list[str]) -> None:
+    def __init__(self, env: BenchEnv, scenarios: list[str], keep_logs: bool = False) -> None:
         self.env = env
         self.scenarios = scenarios
+        self.keep_logs = keep_logs
         self.samples: list[Sample] = []
 
     def _note(self, s: Sample) -> None:
@@ -99,7 +113,7 @@ class Runner:
             f"RSS {s.rss_mb:5.0f} MB  {verdict}",
             flush=True,
         )
-        if not s.ok and s.copier != "reference":
+        if (self.keep_logs or not s.ok) and s.copier != "reference":
             self._keep_logs(s)
 
     def _keep_logs(self, s: Sample) -> None:
@@ -119,9 +133,10 @@ class Runner:
         for _, user in pairs:
             self.env.drop_dest_user(user)
 
-    def scenario(self, name: str, run: int, mailboxes: list[Mailbox], proxied: bool) -> None:
-        """Reference, then daemon (then, for ``single``, the daemon's delta pass)."""
-        at = self.env.addresses(proxied)
+    def scenario(self, name: str, run: int, mailboxes: list[Mailbox], latency: float) -> None:
+        """Reference, then daemon (then, for ``single``, the daemon's delta pass); ``latency``:
+        seconds each way added by proxies in front of both servers (0: none)."""
+        at = self.env.addresses(latency)
         workdir = self.env.root / "runs" / f"{name}-{run}"
         pairs = self._pairs(mailboxes)
         ref = Sample(name, "reference", run)
@@ -139,10 +154,10 @@ class Runner:
             self._note(delta)
         self._drop(pairs)
 
-    def read_back(self, name: str, run: int, mailboxes: list[Mailbox], proxied: bool) -> None:
+    def read_back(self, name: str, run: int, mailboxes: list[Mailbox], latency: float) -> None:
         """The daemon twice on the same data, ``read_back = false`` and the default ``true``:
         off first in odd runs, on first in even ones, so drifts of the machine hit both."""
-        at = self.env.addresses(proxied)
+        at = self.env.addresses(latency)
         workdir = self.env.root / "runs" / f"{name}-{run}"
         order = (False, True) if run % 2 else (True, False)
         for read_back in order:
@@ -157,29 +172,41 @@ class Runner:
     def run(self, run: int) -> None:
         env = self.env
         if env.single is not None and {"single", "delta"} & set(self.scenarios):
-            self.scenario("single", run, [env.single], proxied=False)
+            self.scenario("single", run, [env.single], latency=0.0)
         if env.single is not None and "proxy" in self.scenarios:
-            self.scenario("proxy", run, [env.single], proxied=True)
+            self.scenario("proxy", run, [env.single], latency=LATENCY)
+        if env.small is not None:
+            for name, latency in SMALL_WAN.items():
+                if name in self.scenarios:
+                    self.scenario(name, run, [env.small], latency=latency)
         if env.many and "multi" in self.scenarios:
-            self.scenario("multi", run, env.many, proxied=False)
+            self.scenario("multi", run, env.many, latency=0.0)
+        if env.many and "multi-wan25" in self.scenarios:
+            self.scenario("multi-wan25", run, env.many, latency=LATENCY)
         if env.single is not None and "readback" in self.scenarios:
-            self.read_back("readback", run, [env.single], proxied=False)
+            self.read_back("readback", run, [env.single], latency=0.0)
         if env.single is not None and "readback-proxy" in self.scenarios:
-            self.read_back("readback-proxy", run, [env.single], proxied=True)
+            self.read_back("readback-proxy", run, [env.single], latency=LATENCY)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = Sizes.from_scale(args.scale, args.mailboxes)
+    if args.small is not None:
+        sizes = dataclasses.replace(sizes, small=args.small)
     wanted = set(args.scenarios)
     with BenchEnv(sizes, dest_storage=args.dest_storage) as env:
         try:
             single = wanted & {"single", "delta", "proxy", "readback", "readback-proxy"}
-            env.start(single=bool(single), many="multi" in wanted)
+            env.start(
+                single=bool(single),
+                many=bool(wanted & {"multi", "multi-wan25"}),
+                small=bool(wanted & set(SMALL_WAN)),
+            )
         except (OSError, RuntimeError) as exc:
             print(f"bench: cannot set up the servers and corpus: {exc}", file=sys.stderr)
             return 2
-        runner = Runner(env, args.scenarios)
+        runner = Runner(env, args.scenarios, keep_logs=args.keep_logs)
         for run in range(1, args.runs + 1):
             print(f"run {run} of {args.runs}", flush=True)
             runner.run(run)
@@ -194,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if costs := read_back_costs(samples, summary):
         print("\nRead-back cost (median wall time on / off - 1):")
         print(read_back_lines(costs))
-    print("\nTargets (issue 6):")
+    print("\nTargets (issues 6 and 14):")
     print(target_lines(found))
     if problems := problem_lines(samples):
         print("\nProblems:")

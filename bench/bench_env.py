@@ -41,7 +41,10 @@ DEST_PASSWORD = "bench-dest-pw"
 # (one file per message, like maildir, plus an index) appends in ~0.5 ms at any folder size.
 DEST_STORAGE = {"sdbox": "mail_location = sdbox:~/sdbox\n", "maildir": ""}
 LATENCY = 0.025  # seconds added each way by the proxies
-PROXY_HOSTS = ("127.0.0.2", "127.0.0.5")  # (source side, destination side)
+# (source side, destination side) of the proxies, per latency: one pair per latency, so that
+# per-host settings and limits of the daemon never mix two scenarios up.
+PROXY_HOSTS = {0.025: ("127.0.0.2", "127.0.0.5"), 0.050: ("127.0.0.3", "127.0.0.6")}
+SMALL_MESSAGES = 3_000  # the typical mailbox of issue 14: ~145 MB in 14 folders
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,7 @@ class Sizes:
     messages: int
     mailboxes: int
     per_mailbox: int
+    small: int = SMALL_MESSAGES  # messages of the small mailbox (the WAN scenarios of issue 14)
 
     @classmethod
     def from_scale(cls, scale: float, mailboxes: int | None = None) -> Sizes:
@@ -87,16 +91,22 @@ class BenchEnv:
         self.source = DovecotServer(ServerKind.SOURCE, self.tls)
         self.dest = DovecotServer(ServerKind.DEST, self.tls, extra_conf=DEST_STORAGE[dest_storage])
         self.single: Mailbox | None = None
+        self.small: Mailbox | None = None
         self.many: list[Mailbox] = []
-        self._proxies: tuple[FaultProxy, FaultProxy] | None = None
+        self._proxies: dict[float, tuple[FaultProxy, FaultProxy]] = {}
 
     def _say(self, text: str) -> None:
         if self.progress:
             print(text, flush=True)
 
-    def start(self, *, single: bool = True, many: bool = True) -> Self:
+    def start(self, *, single: bool = True, many: bool = True, small: bool = False) -> Self:
         self.source.start()
         self.dest.start()
+        if small:
+            spec = CorpusSpec(self.sizes.small, 0, seed=2)  # no 5-25 MB attachment: ~145 MB
+            self._say(f"loading the small mailbox: {spec.messages} messages, {spec.big} big")
+            self.small = self._load(spec)
+            self._say(f"  {self.small.expected.bytes / 1e6:.0f} MB")
         if single:
             spec = CorpusSpec.sized(self.sizes.messages, seed=1)
             self._say(f"loading the single mailbox: {spec.messages} messages, {spec.big} big")
@@ -123,21 +133,24 @@ class BenchEnv:
     def ca_file(self) -> Path:
         return self.tls.ca_file
 
-    def addresses(self, proxied: bool) -> tuple[Address, Address]:
-        """(source, destination) for a copier; the proxies start on first use."""
-        if not proxied:
+    def addresses(self, latency: float = 0.0) -> tuple[Address, Address]:
+        """(source, destination) for a copier: the servers themselves (``latency`` 0), or
+        proxies adding ``latency`` seconds each way (one of ``PROXY_HOSTS``), started on first
+        use."""
+        if not latency:
             return (
                 Address(self.source.host, self.source.port_plain),
                 Address(self.dest.host, self.dest.port_plain),
             )
-        if self._proxies is None:
+        if latency not in self._proxies:
             pair = []
-            for server, host in zip((self.source, self.dest), PROXY_HOSTS, strict=True):
+            hosts = PROXY_HOSTS[latency]
+            for server, host in zip((self.source, self.dest), hosts, strict=True):
                 proxy = FaultProxy(server.host, server.port_plain, listen_host=host)
-                proxy.latency = LATENCY
+                proxy.latency = latency
                 pair.append(proxy.start())
-            self._proxies = (pair[0], pair[1])
-        return tuple(Address(p.host, p.port) for p in self._proxies)  # type: ignore[return-value]
+            self._proxies[latency] = (pair[0], pair[1])
+        return tuple(Address(p.host, p.port) for p in self._proxies[latency])  # type: ignore[return-value]
 
     def new_dest_user(self) -> str:
         return self.dest.new_user(DEST_PASSWORD, "dst")
@@ -147,8 +160,8 @@ class BenchEnv:
         shutil.rmtree(self.dest.home(user), ignore_errors=True)
 
     def close(self) -> None:
-        if self._proxies is not None:
-            for proxy in self._proxies:
+        for pair in self._proxies.values():
+            for proxy in pair:
                 proxy.stop()
         for server in (self.source, self.dest):
             server.remove()

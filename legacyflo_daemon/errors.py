@@ -104,6 +104,10 @@ class PermanentError(ImapError):
     """The request cannot go on; retrying will not help."""
 
 
+class FolderRefused(PermanentError):
+    """The server refused to CREATE a folder (typically its name): another name may work."""
+
+
 class TransientError(ImapError):
     """Worth retrying after a pause; ``retry_after`` (seconds) is the server's own hint, if any."""
 

@@ -108,6 +108,7 @@ class _Conn:
     logging_in: dict[bytes, str] = field(default_factory=dict)  # tag -> user
     raw_until: bytes | None = None  # AUTHENTICATE/IDLE in flight: client lines are not commands
     swallow: set[bytes] = field(default_factory=set)  # tags whose completion the front answered
+    forwarded: set[bytes] = field(default_factory=set)  # tags sent on, not answered yet
     closing: bool = False
 
 
@@ -512,6 +513,10 @@ class ExchangeFront:
         self.command_names[name] += 1
 
         async def answer(text: str) -> None:
+            # A server answers commands in the order they came (a client that pipelines relies
+            # on it): the front's own answer waits for the backend's to the commands before.
+            while conn.forwarded and not conn.closing:  # noqa: ASYNC110 - a test server's poll
+                await asyncio.sleep(0.001)
             conn.client.write(tag + b" " + text.encode() + b"\r\n")
             await conn.client.drain()
 
@@ -547,6 +552,7 @@ class ExchangeFront:
                 return
         if name == "IDLE":
             conn.raw_until = tag
+        conn.forwarded.add(tag)
         backend.write(b"".join(cmd.parts))
         await backend.drain()
 
@@ -589,6 +595,7 @@ class ExchangeFront:
     def _completed(self, conn: _Conn, line: bytes) -> bool:
         """Note a tagged response; False when the client must not see it."""
         tag, _, rest = line.partition(b" ")
+        conn.forwarded.discard(tag)
         if conn.raw_until == tag:
             conn.raw_until = None
         if tag in conn.swallow:

@@ -67,6 +67,7 @@ class Copied:
     run: CopyRun
     result: RequestResult
     source_before: MailboxSnapshot
+    planned: list[tuple[int, int, int]]  # Progress.planned() after every copied batch
 
 
 @pytest.fixture(params=[1, 3], ids=["one-connection-pair", "three-pairs-side-by-side"])
@@ -83,15 +84,30 @@ async def copied(
         tmp_path, source_account, dest_account, since=SINCE, before=BEFORE,
         folder_workers=request.param,
     )  # fmt: skip
-    copier = run.copier()
+    planned: list[tuple[int, int, int]] = []
+    copier = run.copier(on_progress=lambda p: planned.append(p.planned()))
     granted: list[int] = []
     copier.extra_pair = lambda: granted.append(1) is None  # the pool says yes every time
     result = await copier.run()
     assert len(granted) == request.param - 1  # the extra pairs were really used
-    return Copied(manifest, manifest.in_range(SINCE, BEFORE), run, result, before)
+    return Copied(manifest, manifest.in_range(SINCE, BEFORE), run, result, before, planned)
 
 
 # -- what arrives ------------------------------------------------------------------------------
+
+
+def test_the_planned_total_is_every_in_range_message_from_the_first_batch_on(
+    copied: Copied,
+) -> None:
+    """The in-range messages of every folder are counted (EXAMINE + UID SEARCH of the date
+    range, pipelined) before the first batch is copied: the total seen after each batch is
+    the final in-range count from the first batch on, and never changes."""
+    in_range = sum(f.in_range for f in copied.result.folders)
+    assert in_range == sum(f.copied for f in copied.result.folders) > 0
+    assert len(copied.planned) > 1
+    assert {total for _, total, _ in copied.planned} == {in_range}, copied.planned
+    dones = [done for done, _, _ in copied.planned]
+    assert dones == sorted(dones) and dones[0] < in_range and dones[-1] == in_range
 
 
 def test_every_message_in_range_arrives_once_with_its_bytes_flags_and_date(
@@ -303,6 +319,7 @@ async def test_copy_over_starttls(
         assert {(x.local_port, x.tls) for x in logins} == {(server.port_plain, True)}
 
 
+@pytest.mark.parametrize("pairs", [1, 4], ids=["one-pair", "extra-pairs-granted"])
 @pytest.mark.parametrize("side", ["source", "dest"])
 async def test_wrong_password_fails_at_once_after_one_login_attempt(
     source_server: DovecotServer,
@@ -311,7 +328,10 @@ async def test_wrong_password_fails_at_once_after_one_login_attempt(
     dest_account: ServerAccount,
     tmp_path: Path,
     side: str,
+    pairs: int,
 ) -> None:
+    """Also when extra connection pairs are granted (they open their connections beside the
+    first pair's): none of them sends a login before the first pair's logins succeeded."""
     load_exchange_corpus(source_server, source_account.user)
     wrong = "Wr0ng-pa$$word-" + side
     run = direct_run(
@@ -321,9 +341,14 @@ async def test_wrong_password_fails_at_once_after_one_login_attempt(
         source_password=wrong if side == "source" else None,
         dest_password=wrong if side == "dest" else None,
         retries=6,
+        folder_workers=pairs,
     )
     started = time.monotonic()
-    result = await run.run()
+    copier = run.copier()
+    granted: list[int] = []
+    copier.extra_pair = lambda: granted.append(1) is None
+    result = await copier.run()
+    assert len(granted) == pairs - 1  # a first run asks for its extra pairs at once
     elapsed = time.monotonic() - started
     assert result.status is Status.FAILED
     assert result.error is not None and "authentication failed" in result.error

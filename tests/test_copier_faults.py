@@ -198,10 +198,16 @@ async def test_stop_with_several_connection_pairs_lets_each_finish_its_batch(
     stop = asyncio.Event()
     copier = run.copier(stop=stop, on_progress=lambda _p: stop.set())
     granted: list[int] = []
+    released: list[int] = []
     copier.extra_pair = lambda: granted.append(1) is None
+    copier.release_pair = lambda: released.append(1)
     with pytest.raises(Interrupted):
         await copier.run()
-    assert granted == [1]  # two folders: a second pair copied beside the first
+    # A first run asks for its extra pairs (folder_workers - 1) while it lists; with two
+    # folders one of them copies beside the first pair, the other is closed unused. Each
+    # granted pair is given back exactly once.
+    assert granted == [1, 1]
+    assert released == [1, 1]
     partial = dest_snapshot(dest_server, dest_account.user)
     stored = sum(c.total() for c in partial.values())
     assert 0 < stored < sum(c.total() for c in box.want.values())

@@ -55,7 +55,7 @@ PARSER_BUG = """
     def meta_from(item):
         raise AttributeError("injected parser bug")
 
-    session.meta_from = meta_from  # where Session.fetch_meta* looks it up
+    session.meta_from = meta_from  # where Session.open_folder and fetch_meta* look it up
 """
 
 
@@ -82,7 +82,8 @@ def test_a_parser_bug_fails_its_request_once_with_the_traceback_in_the_log(
     assert internal["request_id"] == rid
     assert f"error_id {internal['error_id']}" in doc["error"]
     traceback = json.dumps(internal["exception"])
-    assert "injected parser bug" in traceback and "fetch_meta" in traceback
+    # The folder's first metadata comes with its EXAMINE (Session.open_folder, issue 14).
+    assert "injected parser bug" in traceback and "open_folder" in traceback
     assert names.count("request_started") == 1 and names.count("result_written") == 1
     assert check_log_lines(daemon.lines(), [rid]) == []
     assert snapshot_mailbox(src.server, src.user) == before  # the source is never modified

@@ -57,9 +57,11 @@ def _progress(item: Mapping[str, Any]) -> str:
     if not m["total"]:
         return ""
     text = f"{m['done']:,}/{m['total']:,}"
+    if m.get("already_present"):
+        text += f" ({m['already_present']:,} there)"
     b = item["bytes"]
-    if b["total"]:
-        text += f" {human_size(b['done'])}/{human_size(b['total'])}"
+    if b["done"]:  # the byte total grows folder by folder: the message total is the steady one
+        text += f" {human_size(b['done'])}"
     return text
 
 

@@ -362,8 +362,9 @@ class Scheduler:
                 self.metrics.retried(p.retry_kind)
             self._counted[rid] = (p.messages_done, p.bytes_done, p.retries)
         now = utcnow()
-        self.state.set_progress(rid, (p.messages_done, p.messages_total),
-                                (p.bytes_done, p.bytes_total), now)  # fmt: skip
+        done, total, present = p.planned()  # in-range messages: a total that does not grow
+        self.state.set_progress(rid, (done, total), (p.bytes_done, p.bytes_total), now,
+                                present=present)  # fmt: skip
         self.state.set_phase(rid, p.phase, p.detail, now)
 
     async def _tick(self, rid: str, p: Progress) -> None:

@@ -6,7 +6,8 @@ results beyond OK/NO/BAD (``imap`` does) or log anything (passwords and bodies p
 
 Rules:
 - Every command holds the connection's ``asyncio.Lock``: aioimaplib mixes up concurrent
-  commands on one connection (docs/imap-interop.md §1.1).
+  commands on one connection (docs/imap-interop.md §1.1). ``run_pipelined`` holds it for a
+  group of commands written at once and answered in order (one round trip for all).
 - Every command runs under a watchdog: it fails with ``TransientError`` as soon as the
   connection is lost (aioimaplib never fails pending commands itself), after ``timeout``
   seconds without a byte received or sent, or after ``20 * timeout`` (+ ``allowance``) overall.
@@ -22,6 +23,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,19 +32,37 @@ from legacyflo_daemon.errors import TransientError
 from legacyflo_daemon.imap._aioimaplib.commands import (
     ContinuationCommand,
     LinearFetchCommand,
+    PipelineCommand,
     SafeCommand,
 )
 from legacyflo_daemon.imap._aioimaplib.protocol import ImapProtocol
 from legacyflo_daemon.imap.endpoint import Endpoint, chain, is_bug, translate
 from legacyflo_daemon.imap.syntax import responses
 from legacyflo_daemon.imap.syntax.parse import capabilities
-from legacyflo_daemon.imap.syntax.wire import Arg, Chunk, ResponseTooLarge, decode, split_args
+from legacyflo_daemon.imap.syntax.wire import (
+    CRLF,
+    Arg,
+    Chunk,
+    ResponseTooLarge,
+    decode,
+    split_args,
+)
 
 Kind = responses.Kind
 T = TypeVar("T")
 
 CEILING_FACTOR = 20  # a command may take at most this many ``timeout``s, however busy
 _TICK = 1.0  # seconds between watchdog checks (less for small timeouts)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One command of a pipeline (``Connection.run_pipelined``): as ``run``'s arguments."""
+
+    name: str
+    args: Sequence[Arg] = ()
+    prefix: str | None = None
+    fetch: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +136,22 @@ class Connection:
             pass
         for task in list(self.proto.tasks):
             task.cancel()
+
+    def leave(self) -> None:
+        """Write ``LOGOUT`` and drop the connection, without waiting for the server's answer
+        (the round trip a polite ``run("LOGOUT")`` costs). Only when no command is running
+        (else, and on a dead connection, this is ``kill``). Never raises, never waits; the
+        connection is dead afterwards."""
+        transport = self.proto.transport
+        if not self.alive or self._lock.locked() or transport is None or self.proto.tasks:
+            self.kill("closed by the client")
+            return
+        # Small writes go to the socket at once (TLS included), so the server gets the LOGOUT
+        # before the connection is dropped; if not, it just sees the connection end. Leaving
+        # must never raise: dropping is all that is left to do.
+        with contextlib.suppress(Exception):
+            self.proto.write_chunks([self.proto.new_tag().encode() + b" LOGOUT" + CRLF])
+        self.kill("logged out")
 
     # -- running commands --------------------------------------------------------------------
 
@@ -249,6 +285,9 @@ class Connection:
                 raise  # cancellation: the connection is dead, the caller goes on cancelling
             finally:
                 self.proto.continuation_target = None
+        return self._reply(response, what)
+
+    def _reply(self, response: Any, what: str) -> Reply:
         lines = list(response.lines)
         text = decode(lines.pop()) if lines else ""
         if response.result not in ("OK", "NO", "BAD"):
@@ -256,6 +295,39 @@ class Connection:
             raise TransientError(f"{what}: unexpected reply {response.result!r}", host=self.host)
         challenges = tuple(command.challenges) if isinstance(command, ContinuationCommand) else ()
         return Reply(response.result, lines, text, challenges)
+
+    async def run_pipelined(self, steps: Sequence[Step], *, what: str) -> list[Reply]:
+        """Send every command of ``steps`` at once and wait for all their tagged replies: one
+        round trip instead of one per command (RFC 3501 §5.5 lets a client send commands
+        without waiting). The replies come back in order, one per step; a NO or BAD of one
+        step does not stop the server from running the next ones (the caller decides what
+        it means). Only for commands that need no continuation (no synchronizing literal:
+        ``ValueError``) and that the server answers in order (see
+        ``commands.PipelineCommand``). Errors and the watchdog as ``run``.
+        """
+        self.check_alive()
+        async with self._lock:
+            self.check_alive()
+            parts = [self._command(s.name, s.args, s.prefix, s.fetch, (), False) for s in steps]
+            if any(isinstance(p, ContinuationCommand) for p in parts):
+                raise ValueError("a pipelined command cannot need a continuation")
+            pipeline = PipelineCommand(parts)
+            proto = self.proto
+            proto.pending_sync_command = pipeline
+            try:
+                proto.write_chunks([str(p).encode() + CRLF for p in parts])
+                await self.watch(pipeline.wait(), what)
+            except Exception as exc:
+                error = translate(exc, self.host, what)
+                self.kill(str(error))
+                raise error from chain(exc)
+            except BaseException:
+                self.kill(f"{what}: cancelled")
+                raise
+            finally:
+                if proto.pending_sync_command is pipeline:
+                    proto.pending_sync_command = None
+        return [self._reply(p.response, what) for p in parts]
 
     async def capability(self) -> frozenset[str]:
         reply = await self.run("CAPABILITY", what="CAPABILITY")

@@ -18,6 +18,11 @@ them (quoted string, or a literal for 8-bit). Batches: one FETCH asks for at mos
 ``BODY_BATCH`` (bodies) or ``META_BATCH`` (metadata) UIDs, and at most ~8,000 characters of
 UID set (Exchange's MaxCommandSize); larger requests are split here.
 
+Round trips: the per-folder steps (``namespaces_and_folders``, ``create_folders``,
+``count_messages``, ``open_folder``) pipeline their commands (``Connection.run_pipelined``):
+one round trip each, whatever the number of commands. Only commands that need no continuation
+are pipelined; a folder name that must be sent as a literal takes the one-by-one path.
+
 Dead sessions: after a timeout, a lost connection, a protocol surprise or an unreadable reply
 the session is dead and every later call raises ``TransientError`` at once; reconnect. A
 ``NO``/``BAD`` reply does not kill a session.
@@ -27,17 +32,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Self, TypeVar
 
 from legacyflo_daemon.errors import (
     AppendDesync,
+    FolderRefused,
     ImapError,
     MessageRejected,
     PermanentError,
 )
-from legacyflo_daemon.imap.connection import Connection, Kind
+from legacyflo_daemon.imap.connection import Connection, Kind, Reply, Step
 from legacyflo_daemon.imap.endpoint import Endpoint, TlsMode, chain, make_ssl_context, translate
 from legacyflo_daemon.imap.opening import login, open_connection, start
 from legacyflo_daemon.imap.syntax import responses
@@ -83,6 +90,9 @@ AppendItem = tuple[bytes | bytearray | memoryview, Iterable[str], str | None]
 NONSYNC_MAX = 256 * 1024  # largest APPEND sent without waiting for "+" (with LITERAL+)
 UPLOAD_RATE = 16 * 1024  # bytes/s an APPEND is allowed at worst, for its overall ceiling
 T = TypeVar("T")
+PIPELINE_MAX = 200  # commands sent in one pipeline (a long folder list goes in several)
+_STATUS_MESSAGES = re.compile(rb"\bMESSAGES ([0-9]+)", re.IGNORECASE)
+_ESEARCH_COUNT = re.compile(rb"^ESEARCH\b.*\bCOUNT ([0-9]+)", re.IGNORECASE)
 CONVERT_SLICE = 200  # FETCH items parsed between two turns of the event loop
 LOGOUT_TIMEOUT = 5.0  # seconds a polite goodbye may take before we just hang up
 
@@ -325,6 +335,28 @@ class Session:
                 self._namespaces = Namespaces((("", entries[0].delimiter if entries else None),))
         return self._namespaces
 
+    async def namespaces_and_folders(self) -> tuple[Namespaces, list[ListEntry]]:
+        """``namespaces()`` and ``list_folders()`` in one round trip (pipelined)."""
+        if self._namespaces is not None:
+            return self._namespaces, await self.list_folders()
+        first = (
+            Step("NAMESPACE") if "NAMESPACE" in self.capabilities else Step("LIST", ['""', '""'])
+        )
+        ns_reply, list_reply = await self._conn.run_pipelined(
+            [first, Step("LIST", ['""', '"*"'])], what="NAMESPACE and LIST"
+        )
+        self._check("other", ns_reply.result, ns_reply.text, first.name)
+        self._check("other", list_reply.result, list_reply.text, "LIST")
+        with self._parsing(first.name):
+            if first.name == "NAMESPACE":
+                self._namespaces = parse_namespaces(ns_reply.lines)
+            else:
+                entries = parse_list(ns_reply.lines)
+                delimiter = entries[0].delimiter if entries else None
+                self._namespaces = Namespaces((("", delimiter),))
+        with self._parsing("LIST"):
+            return self._namespaces, parse_list(list_reply.lines)
+
     async def namespace(self) -> tuple[str, str | None]:
         """The personal namespace ``(prefix, delimiter)``: ``("", "/")``, ``("INBOX.", ".")``."""
         ns = await self.namespaces()
@@ -358,13 +390,195 @@ class Session:
         return await self._open_mailbox("SELECT", name)
 
     async def create(self, name: str) -> None:
-        """Create ``name``; a folder that already exists is fine."""
+        """Create ``name``; a folder that already exists is fine. ``FolderRefused`` when the
+        server refuses it."""
         reply = await self._conn.run("CREATE", [self._mailbox(name)], what=f"CREATE {name!r}")
-        self._check("create", reply.result, reply.text, f"CREATE {name!r}")
+        self._check_create(reply, name)
+
+    def _check_create(self, reply: Reply, name: str) -> None:
+        try:
+            self._check("create", reply.result, reply.text, f"CREATE {name!r}")
+        except PermanentError as exc:
+            raise FolderRefused(str(exc), host=self.host) from None
 
     async def subscribe(self, name: str) -> None:
         reply = await self._conn.run("SUBSCRIBE", [self._mailbox(name)], what=f"SUBSCRIBE {name!r}")
         self._check("other", reply.result, reply.text, f"SUBSCRIBE {name!r}")
+
+    # -- pipelined folder commands -------------------------------------------------------------
+
+    def _pipelinable(self, names: Iterable[str]) -> bool:
+        """Whether commands on ``names`` can be pipelined: a name that needs a literal (raw
+        8-bit) would need a continuation; such folders take the one-by-one path."""
+        return all(isinstance(self._mailbox(n), str) for n in names)
+
+    async def _pipelined(self, steps: list[Step], what: str) -> list[Reply]:
+        out: list[Reply] = []
+        for first in range(0, len(steps), PIPELINE_MAX):
+            out += await self._conn.run_pipelined(steps[first : first + PIPELINE_MAX], what=what)
+        return out
+
+    async def create_folders(self, names: Sequence[str]) -> dict[str, str]:
+        """CREATE and SUBSCRIBE every one of ``names``, in order, in one round trip (pipelined;
+        parents must come before their children). A folder that already exists is fine.
+        Returns the refused ones: name -> the server's reason. ``TransientError`` and the
+        like as for every command."""
+        refused: dict[str, str] = {}
+        if not self._pipelinable(names):
+            for name in names:
+                try:
+                    await self.create(name)
+                    await self.subscribe(name)
+                except PermanentError as exc:
+                    refused[name] = str(exc)
+            return refused
+        steps = [
+            Step(command, [self._mailbox(name)])
+            for name in names
+            for command in ("CREATE", "SUBSCRIBE")
+        ]
+        replies = await self._pipelined(steps, f"CREATE of {len(names)} folders")
+        for i, name in enumerate(names):
+            created, subscribed = replies[2 * i], replies[2 * i + 1]
+            try:
+                self._check_create(created, name)
+                self._check("other", subscribed.result, subscribed.text, f"SUBSCRIBE {name!r}")
+            except PermanentError as exc:
+                refused[name] = str(exc)
+        return refused
+
+    async def count_messages(
+        self, names: Sequence[str], criteria: list[str]
+    ) -> dict[str, int | None]:
+        """How many messages of each folder of ``names`` match ``criteria``, for all of them in
+        one round trip (pipelined): ``STATUS (MESSAGES)`` without a date range (``["ALL"]``),
+        else ``EXAMINE`` + ``UID SEARCH RETURN (COUNT)`` (ESEARCH, RFC 4731) or a plain ``UID
+        SEARCH`` whose UIDs are counted. ``None`` for a folder the server would not count
+        (its pass finds out). Read-only: STATUS and EXAMINE change nothing. Leaves the last
+        examined folder open (the next EXAMINE/SELECT replaces it)."""
+        names = list(names)
+        if not names or not self._pipelinable(names):
+            return dict.fromkeys(names)
+        if criteria == ["ALL"]:
+            steps = [Step("STATUS", [self._mailbox(n), "(MESSAGES)"]) for n in names]
+            replies = await self._pipelined(steps, f"STATUS of {len(names)} folders")
+            return {
+                name: _first_int(_STATUS_MESSAGES, r.lines) if r.result == "OK" else None
+                for name, r in zip(names, replies, strict=True)
+            }
+        try:
+            args = search_args(criteria)
+        except ValueError as exc:
+            raise PermanentError(f"UID SEARCH: {exc}", host=self.host) from None
+        esearch = "ESEARCH" in self.capabilities
+        search = Step("SEARCH", ["RETURN", "(COUNT)", *args] if esearch else args, prefix="UID")
+        steps = [step for n in names for step in (Step("EXAMINE", [self._mailbox(n)]), search)]
+        self._conn.proto.searching = True  # a plain SEARCH's line may be long (every UID)
+        try:
+            replies = await self._pipelined(steps, f"counting the messages of {len(names)} folders")
+        finally:
+            self._conn.proto.searching = False
+        self._conn.proto.state = "SELECTED"
+        out: dict[str, int | None] = {}
+        for i, name in enumerate(names):
+            opened, found = replies[2 * i], replies[2 * i + 1]
+            if opened.result != "OK" or found.result != "OK":
+                out[name] = None
+            elif esearch:
+                out[name] = _first_int(_ESEARCH_COUNT, found.lines) or 0  # RFC 4731: COUNT 0
+            else:
+                with self._parsing("UID SEARCH"):
+                    out[name] = len(set(parse_search(found.lines)))
+        return out
+
+    async def open_folder(
+        self,
+        name: str,
+        *,
+        examine: bool,
+        criteria: list[str],
+        expected: int | None = None,
+        create: bool = False,
+    ) -> tuple[MailboxInfo, list[MessageMeta]]:
+        """Open ``name`` (EXAMINE: read-only, the source; SELECT: the destination, after CREATE
+        and SUBSCRIBE when ``create``) and read the identities of its messages matching
+        ``criteria``, by ascending UID, with as few round trips as the server allows: the
+        commands are pipelined with the first metadata FETCH of ``expected`` messages (the
+        count from ``count_messages``, 0 for a folder just created), or with the UID SEARCH
+        of a date range. When the folder holds more than expected, the rest is fetched after;
+        when it holds fewer (a message was expunged meanwhile) the FETCH is repeated for what
+        is there. Errors: the first refused command's, as ``create`` (``FolderRefused``),
+        ``subscribe``, ``examine``/``select``.
+        """
+        command = "EXAMINE" if examine else "SELECT"
+        if not self._pipelinable([name]):
+            if create:
+                await self.create(name)
+                await self.subscribe(name)
+            info = await self._open_mailbox(command, name)
+            return info, await self._read_open(info, criteria)
+        mailbox = self._mailbox(name)
+        steps = [Step("CREATE", [mailbox]), Step("SUBSCRIBE", [mailbox])] if create else []
+        steps.append(Step(command, [mailbox]))
+        first = min(expected or 0, META_BATCH)
+        if criteria != ["ALL"]:
+            try:
+                steps.append(Step("SEARCH", search_args(criteria), prefix="UID"))
+            except ValueError as exc:
+                raise PermanentError(f"UID SEARCH: {exc}", host=self.host) from None
+        elif first:
+            steps.append(Step("FETCH", [f"1:{first}", META_ITEMS], fetch=True))
+        what = f"{command} {name!r}"
+        self._conn.proto.searching = criteria != ["ALL"]
+        try:
+            replies = await self._conn.run_pipelined(steps, what=what)
+        finally:
+            self._conn.proto.searching = False
+        if create:
+            created, subscribed = replies[0], replies[1]
+            self._check_create(created, name)
+            self._check("other", subscribed.result, subscribed.text, f"SUBSCRIBE {name!r}")
+        opened = replies[2 if create else 0]
+        if opened.result != "OK":
+            self._conn.proto.state = "AUTH"  # RFC 3501: a failed SELECT leaves none selected
+            self._check("select", opened.result, opened.text, what)
+        self._conn.proto.state = "SELECTED"
+        with self._parsing(what):
+            info = parse_mailbox(name, opened.lines, opened.text)
+        if not info.exists:
+            return info, []
+        if criteria != ["ALL"]:
+            found = replies[-1]
+            self._check("other", found.result, found.text, "UID SEARCH")
+            with self._parsing("UID SEARCH"):
+                uids = sorted(set(parse_search(found.lines)))
+            return info, await self.fetch_meta(uids)
+        metas: list[MessageMeta] = []
+        if first and first <= info.exists:
+            # The FETCH was valid for the folder as opened: its refusal (throttling with a
+            # backoff hint, say) is an answer to act on, as for any FETCH.
+            fetched = replies[-1]
+            self._check("other", fetched.result, fetched.text, f"FETCH 1:{first}")
+            with self._parsing(f"FETCH 1:{first}"):
+                items = fetch_items(fetched.lines)
+            metas = await self._convert(items, meta_from, f"FETCH 1:{first}")
+        else:
+            # Fewer messages than counted (expunged meanwhile): the FETCH named numbers that
+            # do not exist and proves nothing; read the folder as it is now.
+            first = 0
+        metas += await self.fetch_meta_all(info.exists, start=first + 1)
+        metas.sort(key=lambda m: m.uid)
+        return info, metas
+
+    async def _read_open(self, info: MailboxInfo, criteria: list[str]) -> list[MessageMeta]:
+        """The identities of the open folder's messages matching ``criteria``."""
+        if not info.exists:
+            return []
+        if criteria == ["ALL"]:  # no date range: no SEARCH round trip needed
+            metas = await self.fetch_meta_all(info.exists)
+            metas.sort(key=lambda m: m.uid)
+            return metas
+        return await self.fetch_meta(await self.uid_search(criteria))
 
     # -- messages ------------------------------------------------------------------------------
 
@@ -440,12 +654,13 @@ class Session:
         reply = await self._conn.run("NOOP", what="NOOP")
         self._check("other", reply.result, reply.text, "NOOP")
 
-    async def fetch_meta_all(self, exists: int) -> list[MessageMeta]:
+    async def fetch_meta_all(self, exists: int, start: int = 1) -> list[MessageMeta]:
         """``fetch_meta`` of every message of the open mailbox, addressed by sequence numbers
-        ``1:exists`` (from SELECT/EXAMINE), which saves the UID SEARCH round trip. A message
-        expunged meanwhile is simply missing from the answer; UIDs come with every item."""
+        ``start:exists`` (from SELECT/EXAMINE), which saves the UID SEARCH round trip. A
+        message expunged meanwhile is simply missing from the answer; UIDs come with every
+        item."""
         out: list[MessageMeta] = []
-        for first in range(1, exists + 1, META_BATCH):
+        for first in range(start, exists + 1, META_BATCH):
             seq = f"{first}:{min(exists, first + META_BATCH - 1)}"
             result, items, text = await self._fetch(seq, META_ITEMS, by_uid=False)
             self._check("other", result, text, f"FETCH {seq}")
@@ -545,6 +760,20 @@ class Session:
                 await self._conn.run("LOGOUT", what="LOGOUT", silence=LOGOUT_TIMEOUT)
         self.abort()
 
+    def leave(self) -> None:
+        """Say goodbye without waiting for the answer: ``LOGOUT`` is written and the connection
+        dropped (saves the round trip of ``logout`` at the end of a request, when every
+        command has had its answer). Never raises, never waits."""
+        self._conn.leave()
+
     def abort(self) -> None:
         """Drop the connection now. Never raises, never waits."""
         self._conn.kill("aborted by the client")
+
+
+def _first_int(pattern: re.Pattern[bytes], lines: Iterable[bytes | bytearray]) -> int | None:
+    """The number the first line matching ``pattern`` holds (its group 1), if any."""
+    for line in lines:
+        if isinstance(line, bytes) and (m := pattern.search(line)):
+            return int(m[1])
+    return None

@@ -13,7 +13,7 @@ from typing import Any
 
 from legacyflo_daemon.model import Account, DateRange, JobType, Request, Secret, Status
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Messages a destination stored altered (readback): the stored identity stands for the source's
 # in every later comparison of that destination folder, by any request (no re-append).
@@ -72,6 +72,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE requests ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE requests ADD COLUMN pairs INTEGER NOT NULL DEFAULT 0",
     ),
+    6: ("ALTER TABLE requests ADD COLUMN msgs_present INTEGER NOT NULL DEFAULT 0",),
 }
 
 # Made first, alone: the schema version it holds decides the migrations.
@@ -113,7 +114,8 @@ CREATE TABLE IF NOT EXISTS requests (
     progress_at TEXT,
     node TEXT,                       -- the daemon running it (while running)
     lease_until INTEGER NOT NULL DEFAULT 0, -- epoch seconds: its node's lease ends (running)
-    pairs INTEGER NOT NULL DEFAULT 0 -- connection pairs (source + destination) it holds (running)
+    pairs INTEGER NOT NULL DEFAULT 0, -- connection pairs (source + destination) it holds (running)
+    msgs_present INTEGER NOT NULL DEFAULT 0  -- of msgs_done: already present
 );
 CREATE INDEX IF NOT EXISTS requests_status ON requests(status, seq);
 CREATE INDEX IF NOT EXISTS requests_csv ON requests(csv_id, status, seq);
@@ -171,6 +173,7 @@ class RequestRow:
     bytes_total: int
     progress_at: str | None
     node: str | None = None  # the daemon running it (a shared state), None when not running
+    msgs_present: int = 0  # of msgs_done, found already present
 
 
 @dataclass(frozen=True, slots=True)

@@ -584,6 +584,7 @@ class StateStore:
             error=r["error"],
             msgs_done=r["msgs_done"],
             msgs_total=r["msgs_total"],
+            msgs_present=r["msgs_present"],
             bytes_done=r["bytes_done"],
             bytes_total=r["bytes_total"],
             progress_at=r["progress_at"],
@@ -593,14 +594,22 @@ class StateStore:
     # -- checkpoints, progress and failures ----------------------------------------------------
 
     def set_progress(
-        self, request_id: str, msgs: tuple[int, int], nbytes: tuple[int, int], now: dt.datetime
+        self,
+        request_id: str,
+        msgs: tuple[int, int],
+        nbytes: tuple[int, int],
+        now: dt.datetime,
+        *,
+        present: int = 0,
     ) -> None:
-        """Live progress: (done, total) messages and bytes."""
+        """Live progress: (done, total) in-range messages (total: counted before the copy),
+        (copied, found to copy so far) bytes, and how many of the done messages were already
+        present."""
         with self._tx() as db:
             db.execute(
                 "UPDATE requests SET msgs_done = ?, msgs_total = ?, bytes_done = ?,"
-                " bytes_total = ?, progress_at = ? WHERE id = ?",
-                (msgs[0], msgs[1], nbytes[0], nbytes[1], iso(now), request_id),
+                " bytes_total = ?, msgs_present = ?, progress_at = ? WHERE id = ?",
+                (msgs[0], msgs[1], nbytes[0], nbytes[1], present, iso(now), request_id),
             )
 
     def folder_checkpoints(self, request_id: str) -> dict[str, FolderCheckpoint]:

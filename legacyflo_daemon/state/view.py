@@ -166,14 +166,24 @@ def request_view(
         out["bytes"] = {"copied": totals.get("bytes", 0)}
         out["rate_bytes_per_s"] = out["eta_seconds"] = None
         return out
-    out["messages"] = {"done": r.msgs_done, "total": r.msgs_total}
+    # done/total: in-range messages, the total counted before the first APPEND (it does not
+    # grow as folders are copied); already_present: of the done ones.
+    out["messages"] = {
+        "done": r.msgs_done,
+        "total": r.msgs_total,
+        "already_present": r.msgs_present,
+    }
     out["bytes"] = {"done": r.bytes_done, "total": r.bytes_total}
     rate = eta = None
     progress_at = _time(r.progress_at)
+    copied = r.msgs_done - r.msgs_present  # what this run moved (and failed): the pace
     if state == "running" and started and progress_at and r.bytes_done > 0:
         seconds = max(1.0, (progress_at - started).total_seconds())
         rate = r.bytes_done / seconds
-        eta = round(max(0, r.bytes_total - r.bytes_done) / rate) if rate > 0 else None
+        if copied > 0 and r.msgs_total:
+            # By messages against the planned total: steady (the byte total grows as folders
+            # are read, the message total does not).
+            eta = round(max(0, r.msgs_total - r.msgs_done) * seconds / copied)
     out["rate_bytes_per_s"] = round(rate) if rate is not None else None
     out["eta_seconds"] = eta
     return out

@@ -41,8 +41,9 @@ from legacyflo_daemon.errors import (
     TransientError,
 )
 from legacyflo_daemon.imap import session as imap_session
+from legacyflo_daemon.imap.connection import Connection
 from legacyflo_daemon.imap.endpoint import dest_endpoint, source_endpoint
-from legacyflo_daemon.imap.session import ListEntry, Namespaces, Session, connect
+from legacyflo_daemon.imap.session import Session, connect
 from legacyflo_daemon.model import FolderResult, JobType, Request, RequestResult, Status
 from legacyflo_daemon.request import dates
 from legacyflo_daemon.runtime.aio import all_or_first_error, both, wait_any
@@ -95,6 +96,10 @@ class Copier:
     _dest_top: str | None = None  # <root><delim><destfolder>, decoded, once the plan is made
     _skipped: list[tuple[str, str]] = field(default_factory=list)  # not copied by design
     _trust: readback.Trust = field(default_factory=readback.Trust)  # the destination's record
+    # Counted right after listing (``Session.count_messages``): source folder -> in-range
+    # messages, destination wire name -> messages; None where the server would not say.
+    _counts: dict[str, int | None] = field(default_factory=dict)
+    _dest_counts: dict[str, int | None] = field(default_factory=dict)
 
     async def run(self) -> RequestResult:
         started = self.now()
@@ -186,16 +191,57 @@ class Copier:
         self.progress.messages_total = self.progress.messages_done
         self.progress.bytes_total = self.progress.bytes_done
         self.progress.phase, self.progress.detail = "connecting", ""
-        src, dst = await connect_pair(self.request, self.config)
+        early: list[asyncio.Future[tuple[Session, Session]]] = []
+        logged_in = asyncio.Event()  # the first pair's logins succeeded
+        if not self.state.folder_checkpoints(self.request_id):
+            # A first run will most likely copy several folders: the extra connection pairs
+            # make their TCP and TLS handshakes beside the first pair's, log in once its logins
+            # succeeded (a wrong password is tried once, never four times at once), and are
+            # ready when the listing is (a re-run, which may have nothing left to copy, asks
+            # for them once it knows).
+            for _ in range(self.config.imap.folder_workers - 1):
+                if not self.extra_pair():
+                    break
+                early.append(
+                    asyncio.ensure_future(connect_pair(self.request, self.config, logged_in))
+                )
         try:
-            await self._copy_all(src, dst)
+            src, dst = await connect_pair(self.request, self.config)
+        except BaseException:
+            await self._drop_unused(early)
+            raise
+        logged_in.set()
+        try:
+            await self._copy_all(src, dst, early)
         finally:
-            await both(dst.logout(), src.logout())
+            await self._drop_unused(early)
+            # Every command has had its answer: no need to wait for the one to LOGOUT.
+            dst.leave()
+            src.leave()
 
-    async def _copy_all(self, src: Session, dst: Session) -> None:
+    async def _drop_unused(self, early: list[asyncio.Future[tuple[Session, Session]]]) -> None:
+        """Close the early extra pairs no worker took (and give them back to the pool)."""
+        for opening in early:
+            opening.cancel()
+            await asyncio.wait((opening,))
+            if not opening.cancelled() and opening.exception() is None:
+                extra_src, extra_dst = opening.result()
+                await both(extra_dst.logout(), extra_src.logout())
+            self.release_pair()
+        early.clear()
+
+    async def _copy_all(
+        self,
+        src: Session,
+        dst: Session,
+        early: list[asyncio.Future[tuple[Session, Session]]] | None = None,
+    ) -> None:
         """Copy every planned folder; with more than one folder left, up to
         ``imap.folder_workers`` connection pairs copy folders side by side (each extra pair
-        only if the pool grants it within the per-server and per-login limits)."""
+        only if the pool grants it within the per-server and per-login limits). ``early``:
+        extra pairs already logging in (granted by the pool); a worker takes each one it
+        needs out of the list and the rest are closed before the copy starts."""
+        early = [] if early is None else early
         self._plans = await self._plan(src, dst)
         checkpoints = self.state.folder_checkpoints(self.request_id)
         todo: deque[folders.FolderPlan] = deque()
@@ -204,6 +250,11 @@ class Copier:
             if plan.source_name in self._failed_folders:
                 continue  # failed alone in an earlier attempt of this run: its result stands
             if plan.selectable and cp is not None and cp.done:
+                # Finished earlier: part of the planned total, all of it dealt with.
+                in_range = cp.counts.get("in_range", 0)
+                self.progress.in_range[plan.source_name] = in_range
+                self.progress.handled[plan.source_name] = in_range
+                self.progress.present[plan.source_name] = cp.counts.get("already_present", 0)
                 if plan.source_name not in self._results:  # finished in an earlier run
                     display = self._destination(plan)[1]
                     self._results[plan.source_name] = result_from_counts(
@@ -211,11 +262,21 @@ class Copier:
                     )
             elif plan.selectable:
                 todo.append(plan)
+        # Largest folders first: the big ones set the request's duration, the small ones fill
+        # the gaps of the other connection pairs at the end.
+        todo = deque(sorted(todo, key=lambda p: -(self._counts.get(p.source_name) or 0)))
         workers = [self._first_worker(src, dst, todo, checkpoints)]
         for _ in range(min(self.config.imap.folder_workers, len(todo)) - 1):
-            if not self.extra_pair():
+            if early:
+                opening = early.pop(0)
+            elif self.extra_pair():
+                opening = asyncio.ensure_future(connect_pair(self.request, self.config))
+            else:
                 break
-            workers.append(self._extra_worker(todo, checkpoints))
+            workers.append(self._extra_worker(todo, checkpoints, opening))
+        # Early pairs beyond what the folders need: closed and given back to the pool now (they
+        # hold connection slots other requests may be waiting for).
+        await self._drop_unused(early)
         interrupted: list[bool] = []
 
         async def until_stopped(worker: Awaitable[None]) -> None:
@@ -250,6 +311,8 @@ class Copier:
             current[:] = [plan]
             dest_name, dest_display, create = self._destination(plan)
             job = FolderCopy(
+                expected=self._counts.get(plan.source_name),
+                dest_expected=0 if create else self._dest_counts.get(dest_name),
                 request_id=self.request_id,
                 plan=plan,
                 criteria=dates.imap_criteria(self.request.dates),
@@ -297,28 +360,24 @@ class Copier:
         todo: deque[folders.FolderPlan],
         checkpoints: dict[str, FolderCheckpoint],
     ) -> None:
-        """Create the pure parent folders (while the extra pairs log in), then copy folders."""
-        for name in self._parents:
-            try:
-                await dst.create(name)
-                await dst.subscribe(name)
-            except PermanentError as exc:
-                # A refused parent name: its mail folders are created under their safe
-                # mapping (or fail alone), so this is not the end of the request.
-                log.warning("parent_folder_refused", folder=name, error=str(exc))
+        """Copy folders (the pure parents were created while the source was counted)."""
         await self._worker(src, dst, todo, checkpoints)
 
     async def _extra_worker(
-        self, todo: deque[folders.FolderPlan], checkpoints: dict[str, FolderCheckpoint]
+        self,
+        todo: deque[folders.FolderPlan],
+        checkpoints: dict[str, FolderCheckpoint],
+        opening: asyncio.Future[tuple[Session, Session]],
     ) -> None:
-        """A second (third, ...) connection pair taking folders from the same queue.
+        """A second (third, ...) connection pair (``opening``: its login, under way) taking
+        folders from the same queue.
 
         Its trouble is its own: when it cannot connect (a connection limit, the network) or
         loses its connection midway, it puts its folder back, gives its pair back and ends;
         the other pairs' batches go on. Only a bug or a stop propagates."""
         try:
             try:
-                src, dst = await connect_pair(self.request, self.config)
+                src, dst = await opening
             except (TransientError, PermanentError, AuthenticationFailed) as exc:
                 self._extra_failed(exc, "connect")
                 return
@@ -336,6 +395,13 @@ class Copier:
             finally:
                 await both(dst.logout(), src.logout())
         finally:
+            if not opening.done():  # cancelled while logging in: nothing may stay open
+                opening.cancel()
+                await asyncio.wait((opening,))
+                if not opening.cancelled() and opening.exception() is None:
+                    extra_src, extra_dst = opening.result()
+                    extra_src.abort()
+                    extra_dst.abort()
             self.release_pair()
 
     def _extra_failed(self, exc: ImapError, during: str) -> None:
@@ -348,7 +414,7 @@ class Copier:
         """List both sides and map every folder; note which destination folders to create."""
         self.progress.phase, self.progress.detail = "listing", "folders on both servers"
         (src_ns, entries), (dst_ns, listed) = await both(
-            _namespace_and_list(src), _namespace_and_list(dst)
+            src.namespaces_and_folders(), dst.namespaces_and_folders()
         )
         src_delim, dst_prefix, dst_delim = src_ns.delimiter, dst_ns.prefix, dst_ns.delimiter
         personal, foreign = folders.personal_only(entries, src_ns)
@@ -392,6 +458,7 @@ class Copier:
         self._parents = [
             n for n in folders.folders_to_create(plans, existing) if n not in mail_folders
         ]
+        await self._count(src, dst, plans, existing)
         if self.listing is not None:
             delim = dst_delim or "."
             top = request_top(root, self.request.dest_folder, delim)
@@ -400,8 +467,42 @@ class Copier:
             ) | {p.dest_name for p in plans if p.selectable}
         return plans
 
+    async def _count(
+        self, src: Session, dst: Session, plans: list[folders.FolderPlan], existing: set[str]
+    ) -> None:
+        """Count, before anything is copied, the in-range messages of every source folder and
+        the messages of every destination folder that exists already: one pipelined round
+        trip on each side, at the same time; the destination's pure parent folders are
+        created meanwhile (one more). The totals let ``status`` show a total that does not
+        grow, and let every folder pass open and read its folder in one round trip."""
 
-async def connect_pair(request: Request, config: Config) -> tuple[Session, Session]:
+        async def dest_side() -> dict[str, int | None]:
+            for name, error in (await dst.create_folders(self._parents)).items():
+                # A refused parent name: its mail folders are created under their safe
+                # mapping (or fail alone), so this is not the end of the request.
+                log.warning("parent_folder_refused", folder=name, error=error)
+            return await dst.count_messages(ours, ["ALL"])
+
+        self.progress.detail = "counting the messages of every folder"
+        selectable = [p for p in plans if p.selectable]
+        ours = [n for n in dict.fromkeys(self._destination(p)[0] for p in selectable)
+                if n in existing]  # fmt: skip
+        self._counts, self._dest_counts = await both(
+            src.count_messages([p.source_name for p in selectable],
+                               dates.imap_criteria(self.request.dates)),
+            dest_side(),
+        )  # fmt: skip
+        for name, count in self._counts.items():
+            if count is not None and name not in self.progress.handled:
+                self.progress.in_range[name] = count
+        log.info("folders_counted", folders=len(selectable),
+                 messages=sum(n or 0 for n in self._counts.values()),
+                 uncounted=sum(1 for n in self._counts.values() if n is None))  # fmt: skip
+
+
+async def connect_pair(
+    request: Request, config: Config, ready: asyncio.Event | None = None
+) -> tuple[Session, Session]:
     """Log in to the source, then to the destination.
 
     The destination's TCP and TLS handshake runs while the source logs in, but its login is
@@ -409,19 +510,27 @@ async def connect_pair(request: Request, config: Config) -> tuple[Session, Sessi
     a login attempt on the destination account (nothing for a lockout policy to count).
     When the source fails, the destination's handshake is cancelled and whatever it opened or
     raised is dropped; the source's error (or our own cancellation) is what propagates.
+    With ``ready``, both handshakes run at once and no login is sent before it is set (an
+    extra pair waits for the first pair's logins; cancel it if they fail).
     """
     dst_open = asyncio.ensure_future(
         imap_session.open_unauthenticated(dest_endpoint(request, config))
     )
     try:
-        src = await connect(source_endpoint(request, config))
+        if ready is None:
+            src = await connect(source_endpoint(request, config))
+        else:
+            src_open = asyncio.ensure_future(
+                imap_session.open_unauthenticated(source_endpoint(request, config))
+            )
+            try:
+                await ready.wait()
+                src = await imap_session.authenticate(await src_open)
+            except BaseException:
+                await _drop_opening(src_open)
+                raise
     except BaseException:
-        dst_open.cancel()
-        # Waits for the handshake task to end without raising its outcome; a cancellation of
-        # this task during the wait propagates (it replaces the source's error).
-        await asyncio.wait((dst_open,))
-        if not dst_open.cancelled() and dst_open.exception() is None:
-            imap_session.close_unauthenticated(dst_open.result())
+        await _drop_opening(dst_open)
         raise
     try:
         return src, await imap_session.authenticate(await dst_open)
@@ -430,9 +539,15 @@ async def connect_pair(request: Request, config: Config) -> tuple[Session, Sessi
         raise
 
 
-async def _namespace_and_list(session: Session) -> tuple[Namespaces, list[ListEntry]]:
-    """The namespaces and every listed folder of ``session`` (names include their prefix)."""
-    return await session.namespaces(), await session.list_folders()
+async def _drop_opening(opening: asyncio.Future[Connection]) -> None:
+    """Cancel an ``open_unauthenticated`` under way and close what it opened, if anything.
+
+    Waits for the task to end without raising its outcome; a cancellation of the caller
+    during the wait propagates (it replaces the error being handled)."""
+    opening.cancel()
+    await asyncio.wait((opening,))
+    if not opening.cancelled() and opening.exception() is None:
+        imap_session.close_unauthenticated(opening.result())
 
 
 __all__ = ["Copier", "Interrupted", "Progress"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from legacyflo_daemon.config.schema import ImapConfig
-from legacyflo_daemon.errors import PermanentError
+from legacyflo_daemon.errors import FolderRefused
 from legacyflo_daemon.imap.session import (
     OVERSIZE_FACTOR,
     FetchedMessage,
@@ -78,6 +78,26 @@ class Progress:
     detail: str = ""
     retries: int = 0  # retries after transient trouble in this run
     retry_kind: str = ""  # of the last one: connection_limit, throttled, transient
+    # The request's planned total (issue 12), per source folder: its in-range messages
+    # (counted for every folder right after listing, before the first APPEND; corrected by
+    # what the folder's pass reads), how many of them are dealt with (already present,
+    # copied, failed) and how many were already present. ``planned()`` sums them.
+    in_range: dict[str, int] = field(default_factory=dict)
+    handled: dict[str, int] = field(default_factory=dict)
+    present: dict[str, int] = field(default_factory=dict)
+
+    def planned(self) -> tuple[int, int, int]:
+        """(in-range messages dealt with, in-range messages in all, already present): the
+        total is known once the folders are counted and stays as it is while the copy runs
+        (unless the source itself changes, or a server would not count a folder)."""
+        return (
+            sum(self.handled.values()),
+            sum(self.in_range.values()),
+            sum(self.present.values()),
+        )
+
+    def handle(self, folder: str, n: int = 1) -> None:
+        self.handled[folder] = self.handled.get(folder, 0) + n
 
 
 def copy_flags(flags: tuple[str, ...], permanent: frozenset[str] | None) -> tuple[str, ...]:
@@ -115,6 +135,11 @@ class FolderCopy:
     create: bool = False  # the destination folder does not exist yet: CREATE + SUBSCRIBE it
     dest_account: str = ""  # "user@server" of the destination (altered copies are kept per it)
     existing: frozenset[str] = frozenset()  # destination wire names listed before the copy
+    # Counted before the copy (``Session.count_messages``), None when not known: the source
+    # folder's in-range messages, the destination folder's messages. They let the folder be
+    # opened and its first metadata read in one round trip; a wrong count costs a round trip.
+    expected: int | None = None
+    dest_expected: int | None = None
     _appended: list[tuple[MessageMeta, int]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     _uidvalidity: int = 0
@@ -137,9 +162,12 @@ class FolderCopy:
         # Both sides are read at the same time (two connections): a folder costs the round
         # trips of the slower side, not of both.
         (info, metas), (dinfo, dest_metas) = await both(
-            self._read_side(src, self.plan.source_name, self.criteria, examine=True),
+            src.open_folder(
+                self.plan.source_name, examine=True, criteria=self.criteria,
+                expected=self.expected,
+            ),
             self._open_dest(dst),
-        )
+        )  # fmt: skip
         self._uidvalidity = info.uidvalidity
         self._next_uid = max(dinfo.uidnext or 1, max((m.uid for m in dest_metas), default=0) + 1)
         aliases = self.state.altered_copies(self.dest_account, self.dest_name)
@@ -163,6 +191,10 @@ class FolderCopy:
         self.state.clear_failures(self.request_id, self.plan.source_display)
         self._report_altered_copies(source_keys, set(missing), dest_keys, by_uid)
         self._checkpoint(done=False)
+        name = self.plan.source_name
+        self.progress.in_range[name] = len(metas)
+        self.progress.handled[name] = present
+        self.progress.present[name] = self.counts["already_present"]
         self.progress.messages_total += len(missing)
         self.progress.bytes_total += sum(by_uid[u].size for u in missing)
         self.progress.phase, self.progress.detail = "copying", self.plan.source_display
@@ -240,8 +272,11 @@ class FolderCopy:
         pass finds among the existing names and uses directly."""
         if self.create:
             try:
-                await dst.create(self.dest_name)
-            except PermanentError as exc:
+                # CREATE, SUBSCRIBE and SELECT in one round trip; a new folder is empty.
+                return await dst.open_folder(
+                    self.dest_name, examine=False, criteria=["ALL"], expected=0, create=True
+                )
+            except FolderRefused as exc:
                 safe_name, safe_display = folders.safe_mapping(self.plan)
                 if safe_name == self.dest_name:
                     raise
@@ -255,31 +290,18 @@ class FolderCopy:
                 )
                 if safe_name not in self.existing:
                     await dst.create(safe_name)
-            await dst.subscribe(self.dest_name)
+                await dst.subscribe(self.dest_name)
         elif self.dest_name != self.plan.dest_name:
             self._add_note(
                 f"the destination refused the name {self.plan.dest_display!r} in an earlier "
                 f"run; copied to {self.dest_display!r}"
             )
-        return await self._read_side(dst, self.dest_name, ["ALL"], examine=False)
+        return await dst.open_folder(
+            self.dest_name, examine=False, criteria=["ALL"], expected=self.dest_expected
+        )
 
     def _add_note(self, text: str) -> None:
         self._note = f"{self._note}; {text}" if self._note else text
-
-    @staticmethod
-    async def _read_side(
-        session: Session, name: str, criteria: list[str], *, examine: bool
-    ) -> tuple[MailboxInfo, list[MessageMeta]]:
-        """Open ``name`` (EXAMINE: read-only, for the source) and read its messages'
-        identities."""
-        info = await (session.examine(name) if examine else session.select(name))
-        if not info.exists:
-            return info, []
-        if criteria == ["ALL"]:  # no date range: no SEARCH round trip needed
-            metas = await session.fetch_meta_all(info.exists)
-            metas.sort(key=lambda m: m.uid)
-            return info, metas
-        return info, await session.fetch_meta(await session.uid_search(criteria))
 
     async def _pipeline(
         self,
@@ -391,6 +413,7 @@ class FolderCopy:
             self.counts["deleted_dropped"] += int(deleted)
             self._appended.append((meta, size))
             self.progress.messages_done += 1
+            self.progress.handle(self.plan.source_name)
             self.progress.bytes_done += meta.size
             if self.config.read_back:
                 sent = readback.Appended(
@@ -474,6 +497,7 @@ class FolderCopy:
     def _fail(self, meta: MessageMeta, reason: str) -> None:
         self.counts["failed"] += 1
         self.progress.messages_done += 1
+        self.progress.handle(self.plan.source_name)
         self._record(meta, reason, kind="failed")
         log.warning("message_failed", folder=self.plan.source_display, uid=meta.uid,
                     reason=reason)  # fmt: skip

@@ -98,3 +98,107 @@ class LinearFetchCommand(SafeCommand, lib.FetchCommand):  # type: ignore[misc]
 
     def wait_data(self) -> bool:
         return self._depth != 0
+
+
+class PipelineCommand:
+    """Several commands sent together and answered one after the other (RFC 3501 §5.5).
+
+    It stands in the protocol's ``pending_sync_command`` slot for each of its ``parts`` in
+    turn: untagged responses and literals go to the first part whose tagged answer has not
+    come yet, and each tagged answer closes that part (``ImapProtocol._response_done`` keeps
+    the pipeline in the slot until its last part is closed). Only for commands a server must
+    answer in order because each depends on the one before (SELECT after CREATE, FETCH after
+    EXAMINE) or that do not interleave untagged data (STATUS, CREATE, SUBSCRIBE): a tagged
+    answer of any other than the current part is a protocol error (``Abort``), which kills
+    the connection. Parts must not need continuations (no synchronizing literals).
+    """
+
+    name = "PIPELINE"
+
+    def __init__(self, parts: Sequence[lib.Command]) -> None:
+        if not parts:
+            raise ValueError("a pipeline needs at least one command")
+        self.parts = list(parts)
+        self.index = 0
+        self._event = asyncio.Event()
+
+    @property
+    def current(self) -> lib.Command:
+        return self.parts[min(self.index, len(self.parts) - 1)]
+
+    @property
+    def finished(self) -> bool:
+        return self.index >= len(self.parts)
+
+    @property
+    def tag(self) -> str:
+        return str(self.current.tag)
+
+    # What the protocol's receive path asks of its current command, forwarded to the part.
+    @property
+    def _expected_size(self) -> int:
+        return int(self.current._expected_size)
+
+    @property
+    def _resp_literal_data(self) -> bytearray:
+        data: bytearray = self.current._resp_literal_data
+        return data
+
+    def append_to_resp(self, line: bytes | bytearray, result: str = "Pending") -> None:
+        self.current.append_to_resp(line, result)
+
+    def untagged(self, line: bytes) -> lib.Command | PipelineCommand | None:
+        """Route an untagged response (``* `` removed) as the library would if the current
+        part ran alone: a sync command (SELECT, EXAMINE, CREATE ...) gets every line; an async
+        one (FETCH, SEARCH, STATUS, LIST, NAMESPACE) only its own, without the response name
+        (``* 3 FETCH`` lines whole), and an ``ESEARCH`` answer to a SEARCH whole. Returns what
+        receives the line's literal, if any (None: nobody, the line is dropped as the library
+        drops an unsolicited response with no NOOP pending)."""
+        part = self.current
+        if lib.Commands.get(part.name).exec == lib.Exec.is_sync:
+            part.append_to_resp(line)
+            return self
+        match = lib.message_data_re.match(line)
+        if match:
+            name, text = match.group(1), line
+        else:
+            name, _, text = line.partition(b" ")
+        name_text = name.decode("ascii", "replace").upper()
+        if name_text == part.untagged_resp_name.upper():
+            part.append_to_resp(text)
+            return self
+        if name_text == "ESEARCH" and part.name.upper() == "SEARCH":
+            part.append_to_resp(line)
+            return self
+        return None
+
+    def begin_literal_data(self, expected_size: int, literal_data: bytes = b"") -> bytes:
+        rest: bytes = self.current.begin_literal_data(expected_size, literal_data)
+        return rest
+
+    def append_literal_data(self, data: bytes) -> bytes:
+        rest: bytes = self.current.append_literal_data(data)
+        return rest
+
+    def wait_literal_data(self) -> bool:
+        return not self.finished and bool(self.current.wait_literal_data())
+
+    def wait_data(self) -> bool:
+        return not self.finished and bool(self.current.wait_data())
+
+    def flush(self) -> None:
+        if not self.finished:
+            self.current.flush()
+
+    def close(self, line: bytes, result: str) -> None:
+        """The tagged answer of the current part: close it, move on to the next."""
+        self.current.close(line, result)
+        self.index += 1
+        if self.finished:
+            self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+    def __repr__(self) -> str:
+        return f"<PIPELINE of {len(self.parts)}>"

@@ -22,6 +22,9 @@ fixes a measured defect (docs/imap-interop.md §1):
   can hang connect forever, issue #128) and remembers a ``* BYE`` text.
 - ``_untagged_response`` strips only the leading ``* ``; the library removes every ``* `` in the
   line, so a folder listed as ``"x* y"`` came back as ``xy``.
+- ``_response_done`` keeps a ``commands.PipelineCommand`` (several commands sent at once,
+  answered in order) pending until its last part is answered; the library knows one sync
+  command at a time.
 - ``_continuation`` feeds literals and SASL data of the pending ``ContinuationCommand``; the
   library can only send one APPEND literal, kept in shared state.
 - ``send`` never logs (the library logs command lines with a password scrub that misses the
@@ -48,7 +51,7 @@ from typing import Any
 
 from aioimaplib import aioimaplib as lib
 
-from legacyflo_daemon.imap._aioimaplib.commands import ContinuationCommand
+from legacyflo_daemon.imap._aioimaplib.commands import ContinuationCommand, PipelineCommand
 from legacyflo_daemon.imap.syntax.wire import CRLF, Chunk, ResponseTooLarge, WireError
 
 # What the rest of the boundary needs of the library, so that only this adapter imports it:
@@ -79,6 +82,7 @@ class ImapProtocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
     state: str
     transport: Any
     incomplete_line: bytes | bytearray  # the library's: received bytes of an unfinished line
+    pending_sync_command: Any  # the library's: the command answered now (or a pipeline)
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop, None)
@@ -292,6 +296,8 @@ class ImapProtocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
 
     def _untagged_response(self, line: bytes) -> Any:
         line = line[2:] if line.startswith(b"* ") else line[1:]
+        if isinstance(self.pending_sync_command, PipelineCommand):
+            return self.pending_sync_command.untagged(line)
         if self.pending_sync_command is not None:
             self.pending_sync_command.append_to_resp(line)
             return self.pending_sync_command
@@ -308,6 +314,14 @@ class ImapProtocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
         if noop is not None:
             noop.append_to_resp(line)
         return noop
+
+    def _response_done(self, line: bytes) -> None:
+        # A pipeline stays the pending command until its last part has its tagged answer
+        # (the library clears the slot at every tagged answer).
+        pending = self.pending_sync_command
+        super()._response_done(line)
+        if isinstance(pending, PipelineCommand) and not pending.finished:
+            self.pending_sync_command = pending
 
     def _continuation(self, line: bytes) -> None:
         target = self.continuation_target

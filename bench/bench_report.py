@@ -40,6 +40,7 @@ RB_OFF = "daemon-rb-off"  # the daemon with [imap] read_back = false
 COPIERS = ("reference", RB_OFF, "daemon")  # table order
 RSS_LIMIT_MB = 200.0
 READBACK_LIMIT_PCT = 5.0
+CPU_LIMIT = 1.3  # daemon CPU seconds per GB / the reference's (issue 14)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +170,10 @@ def targets(summary: dict[tuple[str, str], Figures], samples: list[Sample]) -> l
             r = _ratio(summary, scenario, lambda f: f.mb_s)
             text = f"daemon MB/s >= {limit}x reference"
             out.append(Target(scenario, text, r, r is not None and r >= limit))
+    if "single" in scenarios:  # both copy the same bytes: the CPU ratio is per gigabyte too
+        r = _ratio(summary, "single", lambda f: f.cpu)
+        text = f"daemon CPU per GB <= {CPU_LIMIT}x reference"
+        out.append(Target("single", text, r, r is not None and r <= CPU_LIMIT, "x"))
     if "multi" in scenarios:
         r = _ratio(summary, "multi", lambda f: f.wall)
         text = "daemon total time <= 1.5x reference one after another"

@@ -28,7 +28,7 @@ import orjson
 
 from legacyflo_daemon.imap.syntax import utf7
 from legacyflo_daemon.imap.syntax.parse import selectable
-from legacyflo_daemon.transfer.headers import summarize
+from legacyflo_daemon.transfer.headers import decode_text, header_fields
 
 RECORD_SLICE = 500  # listing lines written between two turns of the event loop (~4 ms)
 
@@ -93,8 +93,15 @@ def selectable_under(
 def entry_line(display: str, received: dt.datetime, header: bytes, size: int) -> bytes:
     """One JSON line (UTF-8) of a listing file: ``[folder, received, from, subject, size,
     message_id]``."""
-    h = summarize(header)
-    row = [display, received.isoformat(), h.sender, h.subject, size, h.message_id]
+    f = header_fields(header)  # what ``summarize`` reads, without the Date a listing omits
+    row = [
+        display,
+        received.isoformat(),
+        decode_text(f.get(b"from", b"")),
+        decode_text(f.get(b"subject", b"")),
+        size,
+        decode_text(f.get(b"message-id", b"")),
+    ]
     try:
         return orjson.dumps(row) + b"\n"  # 25x faster than json.dumps; same JSON
     except orjson.JSONEncodeError:  # a lone surrogate (an undecodable folder name): escaped

@@ -13,7 +13,7 @@ import html
 import math
 from dataclasses import dataclass
 
-WIDTH, HEIGHT = 760, 330
+WIDTH, HEIGHT = 760, 350
 PANEL_W, PANEL_H = 290, 220
 LEFT, TOP, GAP = 70, 50, 90
 COLOURS = {"daemon": "#1f77b4", "reference": "#ff7f0e"}
@@ -40,9 +40,14 @@ def _nice_max(value: float) -> float:
 
 
 def _panel(
-    x0: float, title: str, unit: str, sizes: list[int], lines: list[tuple[str, list[float | None]]]
+    x0: float,
+    title: str,
+    unit: str,
+    sizes: list[int],
+    lines: list[tuple[str, list[float | None]]],
+    limit: float | None = None,
 ) -> list[str]:
-    values = [v for _, vs in lines for v in vs if v is not None]
+    values = [v for _, vs in lines for v in vs if v is not None] + ([limit] if limit else [])
     ymax = _nice_max(max(values) * 1.1 if values else 1.0)
     lo, hi = math.log10(min(sizes)), math.log10(max(sizes))
     span = hi - lo or 1.0
@@ -74,6 +79,12 @@ def _panel(
     ax, ay = x0 - 52, TOP + PANEL_H / 2
     out.append(f'<text x="{ax}" y="{ay}" text-anchor="middle" '
                f'transform="rotate(-90 {ax} {ay})">{html.escape(unit)}</text>')  # fmt: skip
+    if limit is not None:
+        y = py(limit)
+        out.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + PANEL_W}" y2="{y:.1f}" '
+                   'stroke="#d62728" stroke-dasharray="5,4"/>')  # fmt: skip
+        out.append(f'<text x="{x0 + PANEL_W - 4}" y="{y - 5:.1f}" text-anchor="end" '
+                   f'fill="#d62728">target {limit:,.0f}</text>')  # fmt: skip
     for name, vs in lines:
         colour = COLOURS.get(name, "#333")
         points = [(px(s), py(v)) for s, v in zip(sizes, vs, strict=True) if v is not None]
@@ -88,8 +99,11 @@ def _panel(
     return out
 
 
-def scaling_chart(sizes: list[int], series: list[Series], title: str = "") -> str:
-    """The SVG text of the chart for ``sizes`` (ascending) and one ``Series`` per copier."""
+def scaling_chart(
+    sizes: list[int], series: list[Series], title: str = "", rss_limit: float | None = None
+) -> str:
+    """The SVG text of the chart for ``sizes`` (ascending) and one ``Series`` per copier;
+    ``rss_limit`` is drawn as a dashed line in the RSS panel."""
     body = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
         f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="11">',
@@ -100,7 +114,7 @@ def scaling_chart(sizes: list[int], series: list[Series], title: str = "") -> st
     body += _panel(LEFT, "message rate", "messages / s", sizes,
                    [(s.name, s.rates) for s in series])  # fmt: skip
     body += _panel(LEFT + PANEL_W + GAP, "peak RSS", "MB", sizes,
-                   [(s.name, s.rss) for s in series])  # fmt: skip
+                   [(s.name, s.rss) for s in series], rss_limit)  # fmt: skip
     legend_y = HEIGHT - 14
     for i, s in enumerate(series):
         x = LEFT + i * 130

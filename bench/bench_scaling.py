@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                [summary[(n, "reference")].max_rss_mb for n in args.sizes]),
     ]  # fmt: skip
     args.chart.parent.mkdir(parents=True, exist_ok=True)
-    args.chart.write_text(scaling_chart(args.sizes, lines))
+    args.chart.write_text(scaling_chart(args.sizes, lines, rss_limit=RSS_LIMIT_MB))
     doc = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "sizes": args.sizes,

@@ -40,7 +40,7 @@ from legacyflo_daemon.runtime.bulk import in_thread
 from legacyflo_daemon.spool.directory import Spool
 from legacyflo_daemon.state.lifecycle import Lifecycle
 from legacyflo_daemon.state.store import StateStore
-from legacyflo_daemon.transfer.recorder import ListingEntry, ListingRecorder
+from legacyflo_daemon.transfer.recorder import ListingEntry, ListingRecorder, read_entries
 from tests.reporthelp import parse_mail
 
 MAX_LOOP_CPU = 0.100  # seconds of work on the loop's thread between two wake-ups
@@ -179,3 +179,19 @@ async def test_recording_and_reporting_a_200000_message_folder_never_blocks_the_
     assert len(rows) == 1 + 200_000  # the header and every message
     assert rows[1].endswith(",Someone <a@example.com>,Hello,2048,<x@y>")
     assert state.request_row("r1").status is Status.SUCCEEDED
+
+
+async def test_folders_recorded_side_by_side_keep_their_own_entries(tmp_path: Path) -> None:
+    """The copier passes through several folders at once: their recordings interleave."""
+    recorder = ListingRecorder(tmp_path)
+    header = b"From: a@example.com\r\nSubject: %d\r\n\r\n"
+
+    def messages(folder: int) -> list[tuple[dt.datetime, bytes, int]]:
+        return [(NOW, header % folder, n) for n in range(2_000)]
+
+    await asyncio.gather(*(recorder.record(f"F{f}", f"F{f}", messages(f)) for f in range(3)))
+    await recorder.record("F1", "F1", messages(1)[:5])  # recorded again: the new content wins
+    for folder, count in ((0, 2_000), (1, 5), (2, 2_000)):
+        entries = list(read_entries([recorder.files[f"F{folder}"]]))
+        assert [e.size for e in entries] == list(range(count))
+        assert {(e.folder, e.subject) for e in entries} == {(f"F{folder}", str(folder))}

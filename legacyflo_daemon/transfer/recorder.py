@@ -51,6 +51,7 @@ class ListingRecorder:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.files: dict[str, Path] = {}
+        self._written = 0  # files started: each ``record`` writes a file of its own
         # Every selectable folder under the request's destination folder, when known: the
         # destination's LIST before copying plus the folders the copier created.
         self.tree: set[str] | None = None
@@ -63,9 +64,12 @@ class ListingRecorder:
 
         Summarising costs ~7 us a message, so a folder of 200,000 would hold the event loop
         for over a second: the lines are written in slices of ``RECORD_SLICE`` with a turn of
-        the loop between them. The folder is registered only once its file is complete.
+        the loop between them. Folders are recorded side by side (the copier passes through
+        several at once), so each call writes a file of its own, named before the first
+        await; the folder is registered (replacing an earlier recording) once it is complete.
         """
-        path = self.files.get(wire_name) or self.directory / f"folder-{len(self.files):05d}.jsonl"
+        path = self.directory / f"folder-{self._written:05d}.jsonl"
+        self._written += 1
         with path.open("wb") as fh:
             for n, (received, header, size) in enumerate(messages, start=1):
                 fh.write(entry_line(display, received, header, size))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 WIDTH, HEIGHT = 760, 350
 PANEL_W, PANEL_H = 290, 220
 LEFT, TOP, GAP = 70, 50, 90
-COLOURS = {"daemon": "#1f77b4", "reference": "#ff7f0e"}
+COLOURS = {"daemon": "#1f77b4", "reference": "#ff7f0e", "daemon delta pass": "#2ca02c"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +24,7 @@ class Series:
     """One copier's medians per folder size (None: no verified run)."""
 
     name: str
-    rates: list[float | None]  # messages per second
+    rates: list[float | None] | None  # messages per second (None: not in the rate panel)
     rss: list[float | None]  # peak RSS, MB
 
 
@@ -112,12 +112,12 @@ def scaling_chart(
         f"{html.escape(title or 'One folder of small messages: daemon and reference')}</text>",
     ]
     body += _panel(LEFT, "message rate", "messages / s", sizes,
-                   [(s.name, s.rates) for s in series])  # fmt: skip
+                   [(s.name, s.rates) for s in series if s.rates is not None])  # fmt: skip
     body += _panel(LEFT + PANEL_W + GAP, "peak RSS", "MB", sizes,
                    [(s.name, s.rss) for s in series], rss_limit)  # fmt: skip
     legend_y = HEIGHT - 14
     for i, s in enumerate(series):
-        x = LEFT + i * 130
+        x = LEFT + i * 170
         colour = COLOURS.get(s.name, "#333")
         body.append(f'<line x1="{x}" y1="{legend_y - 4}" x2="{x + 24}" y2="{legend_y - 4}" '
                     f'stroke="{colour}" stroke-width="2"/>')  # fmt: skip

@@ -221,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                [summary[(n, "daemon")].max_rss_mb for n in args.sizes]),
         Series("reference", [summary[(n, "reference")].msg_s for n in args.sizes],
                [summary[(n, "reference")].max_rss_mb for n in args.sizes]),
+        Series("daemon delta pass", None, [summary[(n, "delta")].max_rss_mb for n in args.sizes]),
     ]  # fmt: skip
     args.chart.parent.mkdir(parents=True, exist_ok=True)
     args.chart.write_text(scaling_chart(args.sizes, lines, rss_limit=RSS_LIMIT_MB))

@@ -54,6 +54,7 @@ demo: deps
 bench: deps
 	$(PY) -m bench.bench_check
 	$(PY) -m bench.bench_copy
+	$(PY) -m bench.bench_scaling
 
 # --no-build-isolation: build with .venv's setuptools (from '.[test]'), nothing fetched.
 wheel: venv

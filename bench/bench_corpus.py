@@ -171,3 +171,50 @@ def load_mailbox(server: DovecotServer, user: str, spec: CorpusSpec) -> Expected
         batch.append(MailSpec(data, p.flags, p.date))
         batch_bytes += len(data)
     return expected
+
+
+# -- the large-folder series (issue 14) --------------------------------------------------------
+
+LARGE_FOLDER = "Large Folder"  # the one folder of a scaling mailbox
+SMALL_SIZE = 2_000  # bytes per message of the scaling series, about
+SMALL_CHUNK = 20_000  # messages rendered and loaded per load_messages call
+
+
+def render_small(index: int, seed: int) -> tuple[bytes, frozenset[str], dt.datetime]:
+    """Message ``index`` of a scaling mailbox: ~2 KB of plain text, its flags and INTERNALDATE.
+    Deterministic for ``(index, seed)``; built from a template, so 200,000 take seconds."""
+    rng = random.Random(seed * 1_000_003 + index)
+    date = FIRST_DAY + dt.timedelta(seconds=rng.randrange(SPAN_SECONDS))
+    start = rng.randrange(len(_TEXT) // 2)
+    flags = {"\\Seen"} if rng.random() < 0.85 else set()
+    if rng.random() < 0.05:
+        flags.add("\\Flagged")
+    if rng.random() < 0.03:
+        flags.add("$Forwarded")
+    subject = f"Small message {index} " + ("Réunion" if index % 20 == 0 else "status")
+    head = (
+        f"From: Alice Example <alice@example.com>\r\nTo: Bob Example <bob@example.com>\r\n"
+        f"Subject: {subject}\r\nDate: {date:%a, %d %b %Y %H:%M:%S +0000}\r\n"
+        f"Message-ID: <small-{seed}-{index}@bench.example.com>\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    ).encode()
+    text = _TEXT[start : start + SMALL_SIZE - len(head) - 20].replace("\n", "\r\n")
+    return head + b"Hello,\r\n\r\n" + text.encode() + b"\r\n", frozenset(flags), date
+
+
+def load_large_folder(server: DovecotServer, user: str, messages: int, seed: int) -> Expected:
+    """Write one folder (``LARGE_FOLDER``) of ``messages`` small messages into ``user`` on a
+    SOURCE server, in date order, and return what is in it."""
+    expected = Expected({LARGE_FOLDER: Counter()})
+    planned = sorted((render_small(i, seed) for i in range(messages)), key=lambda m: (m[2], m[0]))
+    for first in range(0, len(planned), SMALL_CHUNK):
+        specs = [
+            MailSpec(data, flags, date)
+            for data, flags, date in planned[first : first + SMALL_CHUNK]
+        ]
+        for m in load_messages(server, user, LARGE_FOLDER, specs):
+            epoch = int(m.internaldate.timestamp())
+            expected.folders[LARGE_FOLDER][(m.sha256, m.flags, epoch)] += 1
+            expected.messages += 1
+            expected.bytes += m.size
+    return expected

@@ -48,6 +48,7 @@ MB_S_TARGETS = {"single": 0.8, "proxy": 0.7, "small-wan25": 0.8, "small-wan50": 
 # Daemon wall time at most this times the reference's (which copies one mailbox after another).
 WALL_TARGETS = {"multi": 1.5, "multi-wan25": 1.2}
 READBACK_LIMIT_PCT = 5.0
+CPU_LIMIT = 1.3  # daemon CPU seconds per GB / the reference's (issue 14)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +178,10 @@ def targets(summary: dict[tuple[str, str], Figures], samples: list[Sample]) -> l
             r = _ratio(summary, scenario, lambda f: f.mb_s)
             text = f"daemon MB/s >= {limit}x reference"
             out.append(Target(scenario, text, r, r is not None and r >= limit))
+    if "single" in scenarios:  # both copy the same bytes: the CPU ratio is per gigabyte too
+        r = _ratio(summary, "single", lambda f: f.cpu)
+        text = f"daemon CPU per GB <= {CPU_LIMIT}x reference"
+        out.append(Target("single", text, r, r is not None and r <= CPU_LIMIT, "x"))
     for scenario, limit in WALL_TARGETS.items():
         if scenario in scenarios:
             r = _ratio(summary, scenario, lambda f: f.wall)

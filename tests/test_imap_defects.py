@@ -206,8 +206,27 @@ def test_aioimaplib_is_the_version_whose_internals_we_override() -> None:
         "execute",
     ):
         assert callable(getattr(proto, name)), name
-    for name in ("append_literal_data", "begin_literal_data", "wait_literal_data", "wait_data"):
+    for name in (
+        "append_literal_data",
+        "begin_literal_data",
+        "wait_literal_data",
+        "wait_data",
+        "append_to_resp",
+        "_reset_timer",
+    ):
         assert callable(getattr(lib.Command, name)), name
+    # LinearFetchCommand.append_to_resp and SafeCommand._reset_timer use these attributes.
+    loop = asyncio.new_event_loop()
+    try:
+        command = lib.Command("NOOP", "T1", loop=loop)
+        command.append_to_resp(b"x")
+        assert (command._resp_result, command._resp_lines, command._timeout) == (
+            "Pending",
+            [b"x"],
+            None,
+        )
+    finally:
+        loop.close()
     assert lib.literal_data_re.match(b"* 1 FETCH (BODY[] {12}")["size"] == b"12"
     assert lib.message_data_re.match(b"1 FETCH (UID 1)")
 

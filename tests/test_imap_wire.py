@@ -631,3 +631,116 @@ def test_message_from_body_trouble_is_a_per_message_error(body: object, error: s
 def test_exchange_substitute_only_looks_at_the_header() -> None:
     assert exchange_substitute(SUBSTITUTE)
     assert not exchange_substitute(b"Subject: ok\r\n\r\n" + SUBSTITUTE)
+
+
+# -- the FETCH fast path reads exactly what the general tokenizer reads -------------------------
+
+
+def _general_fetch_items(parts: list[bytes | bytearray]) -> list[dict[str, object]]:
+    """``fetch_items`` as it was before ``wire.fetch_at``: the general tokenizer only."""
+    merged: dict[str, dict[str, object]] = {}
+    for resp in responses(parts):
+        if len(resp) != 3 or not isinstance(resp[1], str) or resp[1].upper() != "FETCH":
+            continue
+        seq, items = resp[0], resp[2]
+        if not isinstance(seq, str) or not seq.isdigit() or not isinstance(items, list):
+            raise WireError("malformed FETCH response")
+        if len(items) % 2:
+            raise WireError("malformed FETCH response")
+        entry = merged.setdefault(seq, {"#SEQ": seq})
+        for k in range(0, len(items), 2):
+            if not isinstance(items[k], str):
+                raise WireError("malformed FETCH item name")
+            entry[" ".join(items[k].upper().split())] = items[k + 1]
+    return [e for e in merged.values() if isinstance(e.get("UID"), str)]
+
+
+_piece = st.sampled_from(
+    [b"UID", b" ", b"  ", b"1", b"42", b"FLAGS", b"(", b")", b"(\\Seen $X)", b"()", b"NIL",
+     b"nil", b'"a b"', b'"q\\"x"', b'"(("', b'""', b"INTERNALDATE", b"RFC822.SIZE",
+     b"BODY[HEADER.FIELDS (DATE FROM)]", b"BODY[]", b"BODY[]<0>", b"{3}", b"{0}", b"X-Y",
+     b"\\Seen", b"[", b"]", b"{", b"*", b"%", b"\t", b"\xc3\xa9", b"FETCH", b"fetch"]
+)  # fmt: skip
+
+
+_names = st.sampled_from(
+    [b"UID", b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"BODY[HEADER.FIELDS (DATE FROM)]",
+     b"BODY[]", b"BODY[]<0>", b"X-Y", b"uid", b"Body[]"]
+)  # fmt: skip
+_values = st.sampled_from(
+    [b"1", b"42", b"NIL", b"nil", b"Nil", b'"NIL"', b'"a b"', b'"q\\"x"', b'"(("', b'""',
+     b"(\\Seen $X)", b"()", b"(NIL a)", b"( a  b )", b"((a))", b"\xc3\xa9", b"a[b]", b"x<1.2>"]
+)  # fmt: skip
+
+
+@st.composite
+def _fetch_parts(draw: st.DrawFn) -> list[bytes | bytearray]:
+    """Several untagged responses: mostly well-formed FETCH responses with a UID and items of
+    every value kind (NIL in any case, quoted strings with escapes, lists, literals anywhere),
+    some with odd spacing or junk, some broken."""
+    parts: list[bytes | bytearray] = []
+    for seq in range(1, draw(st.integers(1, 4)) + 1):
+        head = draw(st.sampled_from([b"FETCH", b"Fetch", b"FETCH ", b"X"]))
+        line = b"%d %s (UID %d" % (seq, head, draw(st.integers(1, 99)))
+        for _ in range(draw(st.integers(0, 5))):
+            line += draw(st.sampled_from([b" ", b"  "])) + draw(_names) + b" "
+            if draw(st.integers(0, 4)) == 0:
+                data = draw(st.binary(max_size=8))
+                parts += [line + b"{%d}" % len(data), bytearray(data)]
+                line = b""
+            else:
+                line += draw(_values)
+            if draw(st.integers(0, 9)) == 0:
+                line += b"".join(draw(st.lists(_piece, max_size=3)))
+        parts.append(line + draw(st.sampled_from([b")", b")", b")", b"", b"))", b") x"])))
+    return parts
+
+
+@settings(max_examples=600, deadline=None)
+@given(_fetch_parts())
+def test_fetch_items_equals_the_general_tokenizer(parts: list[bytes | bytearray]) -> None:
+    try:
+        expected: object = _general_fetch_items(parts)
+    except WireError:
+        expected = WireError
+    try:
+        got: object = fetch_items(parts)
+    except WireError:
+        got = WireError
+    assert got == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(1, 2**32 - 1),
+            st.lists(_flag, unique=True),
+            st.text(st.characters(codec="utf-8", exclude_characters='\r\n"\\'), max_size=20),
+            st.binary(max_size=50),
+            st.sampled_from([b")", b" X 1)", b"))"]),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_fetch_items_equal_across_responses_of_one_layout(
+    rows: list[tuple[int, list[str], str, bytes, bytes]],
+) -> None:
+    """Responses of one layout (read by the remembered ``_Shape``) and ones that differ in a
+    detail (read again item by item) give what the general tokenizer gives."""
+    parts: list[bytes | bytearray] = []
+    for seq, (uid, flags, text, header, tail) in enumerate(rows, start=1):
+        line = b'%d FETCH (UID %d FLAGS (%s) X-NOTE "%s" BODY[HEADER] {%d}' % (
+            seq, uid, " ".join(flags).encode(), text.encode(), len(header)
+        )  # fmt: skip
+        parts += [line, bytearray(header), tail]
+    try:
+        expected: object = _general_fetch_items(parts)
+    except WireError:
+        expected = WireError
+    try:
+        got: object = fetch_items(parts)
+    except WireError:
+        got = WireError
+    assert got == expected

@@ -1,4 +1,4 @@
-"""Nothing blocks the event loop for more than 100 ms: a 50,000-row CSV, a 100,000-message
+"""Nothing blocks the event loop for more than 100 ms: a 50,000-row CSV, a 200,000-message
 listing.
 
 Each test runs the daemon's own component (the intake service, the finisher) on a running
@@ -40,7 +40,7 @@ from legacyflo_daemon.runtime.bulk import in_thread
 from legacyflo_daemon.spool.directory import Spool
 from legacyflo_daemon.state.lifecycle import Lifecycle
 from legacyflo_daemon.state.store import StateStore
-from legacyflo_daemon.transfer.recorder import ListingEntry, ListingRecorder
+from legacyflo_daemon.transfer.recorder import ListingEntry, ListingRecorder, read_entries
 from tests.reporthelp import parse_mail
 
 MAX_LOOP_CPU = 0.100  # seconds of work on the loop's thread between two wake-ups
@@ -143,7 +143,7 @@ async def test_taking_and_retiring_a_50000_row_csv_never_blocks_the_loop(tmp_pat
     assert [p.name for p in spool.done.iterdir()] == ["big.csv"]
 
 
-async def test_the_report_of_a_100000_message_listing_never_blocks_the_loop(
+async def test_recording_and_reporting_a_200000_message_folder_never_blocks_the_loop(
     tmp_path: Path,
 ) -> None:
     cfg, _spool, state, outbox, _ = components(tmp_path)
@@ -161,13 +161,10 @@ async def test_the_report_of_a_100000_message_listing_never_blocks_the_loop(
     (tmp_path / "work").mkdir()
     recorder = ListingRecorder(tmp_path / "work")
     header = b"From: Someone <a@example.com>\r\nSubject: Hello\r\nMessage-ID: <x@y>\r\n\r\n"
-
-    def record() -> None:  # what the copier records while copying (not measured here)
-        for folder in range(10):
-            name = f"INBOX.historical_data.{req.dest_folder}.F{folder}"
-            recorder.record(name, name, ((NOW, header, 2048) for _ in range(10_000)))
-
-    await in_thread(record)
+    name = f"INBOX.historical_data.{req.dest_folder}.Inbox"
+    async with lag_probe() as probe:  # what the copier does at the end of the folder's pass
+        await recorder.record(name, name, ((NOW, header, 2048) for _ in range(200_000)))
+    probe.check("recording the folder's listing")
     recorder.tree = set(recorder.files)  # the whole tree recorded: no connection is made
     finisher = Finisher(cfg, Lifecycle(state), outbox, archive.listing_source(cfg))
     Lifecycle(state).start("r1", NOW)
@@ -179,5 +176,22 @@ async def test_the_report_of_a_100000_message_listing_never_blocks_the_loop(
     mail = parse_mail((outbox.dir / "r1.eml").read_bytes())
     (listing,) = [p for p in mail.iter_attachments() if p.get_filename() == "listing.csv.gz"]
     rows = gzip.decompress(listing.get_content()).decode().splitlines()
-    assert len(rows) == 1 + 100_000  # the header and every message
+    assert len(rows) == 1 + 200_000  # the header and every message
+    assert rows[1].endswith(",Someone <a@example.com>,Hello,2048,<x@y>")
     assert state.request_row("r1").status is Status.SUCCEEDED
+
+
+async def test_folders_recorded_side_by_side_keep_their_own_entries(tmp_path: Path) -> None:
+    """The copier passes through several folders at once: their recordings interleave."""
+    recorder = ListingRecorder(tmp_path)
+    header = b"From: a@example.com\r\nSubject: %d\r\n\r\n"
+
+    def messages(folder: int) -> list[tuple[dt.datetime, bytes, int]]:
+        return [(NOW, header % folder, n) for n in range(2_000)]
+
+    await asyncio.gather(*(recorder.record(f"F{f}", f"F{f}", messages(f)) for f in range(3)))
+    await recorder.record("F1", "F1", messages(1)[:5])  # recorded again: the new content wins
+    for folder, count in ((0, 2_000), (1, 5), (2, 2_000)):
+        entries = list(read_entries([recorder.files[f"F{folder}"]]))
+        assert [e.size for e in entries] == list(range(count))
+        assert {(e.folder, e.subject) for e in entries} == {(f"F{folder}", str(folder))}

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from legacyflo_daemon.errors import TransientError
@@ -285,7 +285,10 @@ class Connection:
                 raise  # cancellation: the connection is dead, the caller goes on cancelling
             finally:
                 self.proto.continuation_target = None
-        return self._reply(response, what)
+        reply = self._reply(response, what)
+        if isinstance(command, ContinuationCommand) and command.challenges:
+            reply = replace(reply, challenges=tuple(command.challenges))
+        return reply
 
     def _reply(self, response: Any, what: str) -> Reply:
         lines = list(response.lines)
@@ -293,8 +296,7 @@ class Connection:
         if response.result not in ("OK", "NO", "BAD"):
             self.kill(f"unexpected reply {response.result!r}")
             raise TransientError(f"{what}: unexpected reply {response.result!r}", host=self.host)
-        challenges = tuple(command.challenges) if isinstance(command, ContinuationCommand) else ()
-        return Reply(response.result, lines, text, challenges)
+        return Reply(response.result, lines, text)
 
     async def run_pipelined(self, steps: Sequence[Step], *, what: str) -> list[Reply]:
         """Send every command of ``steps`` at once and wait for all their tagged replies: one

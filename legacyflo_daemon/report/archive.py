@@ -44,7 +44,7 @@ async def read_folders(
         info = await session.examine(name)
         uids = await session.uid_search(["ALL"]) if info.exists else []
         metas = await session.fetch_meta(uids)
-        recorder.record(
+        await recorder.record(
             name, _display(name, delimiter), ((m.internaldate, m.header, m.size) for m in metas)
         )
 

@@ -17,6 +17,7 @@ follows the process locale and IMAP requires English.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 
 from legacyflo_daemon.model import DateRange
@@ -67,6 +68,13 @@ def imap_day(day: dt.date) -> str:
     return f"{day.day:02d}-{MONTHS[day.month - 1]}-{day.year:04d}"
 
 
+@functools.lru_cache(maxsize=256)
+def _zone(sign: str, hours: str, minutes: str) -> dt.timezone:
+    """The fixed zone of an offset (cached: a mailbox has a few, each message names one)."""
+    offset = dt.timedelta(hours=int(hours), minutes=int(minutes))
+    return dt.timezone(-offset if sign == "-" else offset)
+
+
 def parse_date_time(raw: str) -> dt.datetime:
     """An RFC 3501 date-time (``"26-Nov-2025 17:30:22 +0000"``, quotes optional), timezone-aware.
 
@@ -77,9 +85,8 @@ def parse_date_time(raw: str) -> dt.datetime:
     month = month_number(m[2]) if m else None
     if m is None or month is None:
         raise ValueError(f"not an IMAP date-time: {raw!r}")
-    offset = dt.timedelta(hours=int(m[8]), minutes=int(m[9]))
     try:
-        tz = dt.timezone(-offset if m[7] == "-" else offset)
+        tz = _zone(m[7], m[8], m[9])
         return dt.datetime(int(m[3]), month, int(m[1]), int(m[4]), int(m[5]), int(m[6]), tzinfo=tz)
     except ValueError:
         raise ValueError(f"not a real IMAP date-time: {raw!r}") from None

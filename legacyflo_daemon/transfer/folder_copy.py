@@ -207,7 +207,7 @@ class FolderCopy:
         if self.listing is not None:
             now_there = [(m.internaldate, m.header, m.size) for m in dest_metas]
             now_there += [(m.internaldate, m.header, size) for m, size in self._appended]
-            self.listing.record(self.dest_name, self.dest_display, now_there)
+            await self.listing.record(self.dest_name, self.dest_display, now_there)
         log.info("folder_copied", folder=self.plan.source_display, **self.counts)
         return self._result()
 

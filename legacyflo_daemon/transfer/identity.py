@@ -33,6 +33,7 @@ from legacyflo_daemon.transfer.headers import header_fields
 
 _HASHED_FIELDS = (b"date", b"from", b"to", b"subject")
 _WSP_RUN = re.compile(rb"[ \t\r\n]+")
+_PRINTABLE = re.compile(rb"[\x21-\x7e]*")  # printable ASCII, no space
 
 
 def _normalise(value: bytes) -> bytes:
@@ -56,7 +57,7 @@ def identity(header_bytes: bytes | bytearray, internaldate: dt.datetime) -> str:
     fields = header_fields(header_bytes)
     mid = _WSP_RUN.sub(b"", fields.get(b"message-id", b""))
     if mid.strip(b"<>"):
-        if all(0x21 <= c <= 0x7E for c in mid):
+        if _PRINTABLE.fullmatch(mid):
             return f"id {epoch} {mid.decode('ascii')}"
         return f"idh {epoch} {hashlib.sha256(mid).hexdigest()}"
     h = hashlib.sha256()

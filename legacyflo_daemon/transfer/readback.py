@@ -24,6 +24,7 @@ Must not: talk to a server, or use a size as identity (only an exact copy may co
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -111,13 +112,18 @@ class Trust:
                 self.faithful_8bit += int(eight_bit)
 
 
+_EIGHT_BIT = re.compile(rb"[\x80-\xff]")
+
+
 def eight_bit_header(message: bytes | bytearray) -> bytes | None:
     """The header block of ``message`` (blank line included) if it holds raw 8-bit bytes, else
     None. Such headers are the ones servers rewrite without changing sizes (Cyrus
     ``munge8bit``), so only their copies are compared byte for byte."""
     end = message.find(b"\r\n\r\n")
-    block = bytes(message[: end + 4 if end >= 0 else len(message)])
-    return None if block.isascii() else block
+    end = end + 4 if end >= 0 else len(message)
+    if _EIGHT_BIT.search(message, 0, end) is None:  # the usual case: no copy of the header
+        return None
+    return bytes(message[:end])
 
 
 def _fields(header: bytes) -> tuple[bytes | None, ...]:

@@ -16,15 +16,21 @@ Must not: talk to a server.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from legacyflo_daemon.imap.syntax import utf7
 from legacyflo_daemon.imap.syntax.parse import selectable
-from legacyflo_daemon.transfer.headers import summarize
+from legacyflo_daemon.transfer.headers import decode_text, header_fields
+
+RECORD_SLICE = 500  # listing lines written between two turns of the event loop (~4 ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,19 +51,30 @@ class ListingRecorder:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.files: dict[str, Path] = {}
+        self._written = 0  # files started: each ``record`` writes a file of its own
         # Every selectable folder under the request's destination folder, when known: the
         # destination's LIST before copying plus the folders the copier created.
         self.tree: set[str] | None = None
 
-    def record(
+    async def record(
         self, wire_name: str, display: str, messages: Iterable[tuple[dt.datetime, bytes, int]]
     ) -> None:
         """The folder ``wire_name`` now holds exactly ``messages`` (INTERNALDATE, header
-        fields, size)."""
-        path = self.files.get(wire_name) or self.directory / f"folder-{len(self.files):05d}.jsonl"
-        with path.open("w", encoding="utf-8") as fh:
-            for received, header, size in messages:
+        fields, size).
+
+        Summarising costs ~7 us a message, so a folder of 200,000 would hold the event loop
+        for over a second: the lines are written in slices of ``RECORD_SLICE`` with a turn of
+        the loop between them. Folders are recorded side by side (the copier passes through
+        several at once), so each call writes a file of its own, named before the first
+        await; the folder is registered (replacing an earlier recording) once it is complete.
+        """
+        path = self.directory / f"folder-{self._written:05d}.jsonl"
+        self._written += 1
+        with path.open("wb") as fh:
+            for n, (received, header, size) in enumerate(messages, start=1):
                 fh.write(entry_line(display, received, header, size))
+                if n % RECORD_SLICE == 0:
+                    await asyncio.sleep(0)
         self.files[wire_name] = path
 
 
@@ -77,17 +94,29 @@ def selectable_under(
     }
 
 
-def entry_line(display: str, received: dt.datetime, header: bytes, size: int) -> str:
-    h = summarize(header)
-    row = [display, received.isoformat(), h.sender, h.subject, size, h.message_id]
-    return json.dumps(row, ensure_ascii=False) + "\n"
+def entry_line(display: str, received: dt.datetime, header: bytes, size: int) -> bytes:
+    """One JSON line (UTF-8) of a listing file: ``[folder, received, from, subject, size,
+    message_id]``."""
+    f = header_fields(header)  # what ``summarize`` reads, without the Date a listing omits
+    row = [
+        display,
+        received.isoformat(),
+        decode_text(f.get(b"from", b"")),
+        decode_text(f.get(b"subject", b"")),
+        size,
+        decode_text(f.get(b"message-id", b"")),
+    ]
+    try:
+        return orjson.dumps(row) + b"\n"  # 25x faster than json.dumps; same JSON
+    except orjson.JSONEncodeError:  # a lone surrogate (an undecodable folder name): escaped
+        return json.dumps(row).encode("ascii") + b"\n"
 
 
 def read_entries(paths: Iterable[Path]) -> Iterator[ListingEntry]:
     for path in paths:
-        with path.open(encoding="utf-8") as fh:
+        with path.open("rb") as fh:
             for line in fh:
-                folder, received, sender, subject, size, message_id = json.loads(line)
+                folder, received, sender, subject, size, message_id = _loads(line)
                 yield ListingEntry(
                     folder=folder,
                     received=dt.datetime.fromisoformat(received),
@@ -96,3 +125,10 @@ def read_entries(paths: Iterable[Path]) -> Iterator[ListingEntry]:
                     size=int(size),
                     message_id=message_id,
                 )
+
+
+def _loads(line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:  # written by the fallback above (escaped lone surrogates)
+        return json.loads(line)

@@ -33,6 +33,13 @@ class SafeCommand(lib.Command):  # type: ignore[misc]
     def __repr__(self) -> str:
         return f"<{self.name} {self.tag}>"
 
+    def _reset_timer(self) -> None:
+        # The library re-arms its per-command timer on every line and literal piece received:
+        # two calls each, for a timer that is never set (no command of ours has a timeout:
+        # ``Connection.watch`` bounds them). Nothing to re-arm then.
+        if self._timeout is not None:
+            super()._reset_timer()
+
 
 class ContinuationCommand(SafeCommand):
     """A command with more to send than its first line.
@@ -89,7 +96,9 @@ class LinearFetchCommand(SafeCommand, lib.FetchCommand):  # type: ignore[misc]
         self._depth = 0
 
     def append_to_resp(self, line: bytes | bytearray, result: str = "Pending") -> None:
-        super().append_to_resp(line, result)
+        self._resp_result = result  # the library's ``append_to_resp``, one call less per line
+        self._resp_lines.append(line)
+        self._reset_timer()
         if result == "Pending" and type(line) is bytes:  # literals (bytearray) don't count
             if self.FETCH_MESSAGE_DATA_RE.match(line):
                 self._depth = 0

@@ -33,6 +33,8 @@ fixes a measured defect (docs/imap-interop.md §1):
 - ``write_chunks`` writes large literals piece by piece under the transport's flow control
   (``pause_writing``/``resume_writing``); the library writes a whole message at once, which
   over TLS held ~3.6 times the message in memory (measured: +116 MB for a 31 MB APPEND).
+  Each piece (up to 256 KiB, any number of chunks) goes to the transport in one ``writelines``
+  call: over TLS one flush and one ``send`` instead of one per chunk.
 
 Must not: classify errors or log anything (``connection`` does the former, nobody the latter).
 Importing it sets the ``aioimaplib`` loggers to WARNING.
@@ -59,7 +61,7 @@ from legacyflo_daemon.imap.syntax.wire import CRLF, Chunk, ResponseTooLarge, Wir
 ProtocolError = lib.AioImapException
 NONAUTH, AUTH, LOGOUT = lib.NONAUTH, lib.AUTH, lib.LOGOUT
 
-WRITE_PIECE = 64 * 1024  # a large literal is handed to the transport this much at a time
+WRITE_PIECE = 256 * 1024  # queued chunks are handed to the transport this much at a time
 # Longest response line accepted (literals excluded): no sane answer but SEARCH comes near it.
 # A line growing past it is a hostile or broken server, and would otherwise grow without end.
 LINE_MAX = 64 * 1024
@@ -127,16 +129,19 @@ class ImapProtocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
     def write_chunks(self, chunks: Sequence[Chunk]) -> None:
         """Write ``chunks`` after everything written before, never copying them.
 
-        Small amounts go to the transport at once. Anything larger is written by a task, piece
-        by piece, whenever the transport is below its high-water mark: handing a 50 MB literal
-        to an asyncio TLS transport in one call holds ~3 encrypted/buffered copies of it.
+        Small amounts go to the transport at once. Anything larger is written by a task,
+        ``WRITE_PIECE`` bytes at a time, whenever the transport is below its high-water mark:
+        handing a 50 MB literal to an asyncio TLS transport in one call holds ~3
+        encrypted/buffered copies of it. Either way the chunks of one write go to the transport
+        in one ``writelines`` call: over TLS that is one flush of the encrypted bytes, one
+        ``send`` for a command line and the literals after it instead of one per chunk
+        (measured: daemon CPU -4 % on the 500 MB mailbox, medians of 3 alternating runs).
         """
         if self._writer is None and sum(len(c) for c in chunks) <= DIRECT_WRITE_MAX:
-            for chunk in chunks:
-                self.transport.write(chunk)
+            self.transport.writelines([c for c in chunks if len(c)])
             self.last_send = self.loop.time()
             return
-        self._queue.extend(chunks)
+        self._queue.extend(c for c in chunks if len(c))
         if self._writer is None:
             self._writer = self.loop.create_task(self._write_queue())
             self.tasks.add(self._writer)  # cancelled with the connection (Connection.kill)
@@ -144,15 +149,26 @@ class ImapProtocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
 
     async def _write_queue(self) -> None:
         try:
-            while self._queue:
-                view = memoryview(self._queue.popleft())
-                for start in range(0, len(view), WRITE_PIECE):
-                    await self._writable.wait()
-                    if self.transport is None or self.transport.is_closing():
-                        self._queue.clear()
-                        return
-                    self.transport.write(view[start : start + WRITE_PIECE])
-                    self.last_send = self.loop.time()
+            view: memoryview | None = None  # the chunk being written, from ``start`` on
+            start = 0
+            while view is not None or self._queue:
+                await self._writable.wait()
+                if self.transport is None or self.transport.is_closing():
+                    self._queue.clear()
+                    return
+                piece: list[memoryview] = []
+                size = 0
+                while size < WRITE_PIECE and (view is not None or self._queue):
+                    if view is None:
+                        view, start = memoryview(self._queue.popleft()), 0
+                    take = min(len(view) - start, WRITE_PIECE - size)
+                    piece.append(view[start : start + take])
+                    size += take
+                    start += take
+                    if start == len(view):
+                        view = None
+                self.transport.writelines(piece)
+                self.last_send = self.loop.time()
         finally:
             self._writer = None
 

@@ -19,7 +19,15 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from legacyflo_daemon.imap.syntax.wire import Value, WireError, decode, responses
+from legacyflo_daemon.imap.syntax.wire import (
+    Value,
+    WireError,
+    decode,
+    fetch_at,
+    item_key,
+    response_at,
+    responses,
+)
 from legacyflo_daemon.request.dates import parse_date_time
 
 Parts = Sequence[bytes | bytearray]
@@ -236,10 +244,6 @@ def appenduid(tagged_text: str) -> int | None:
     return int(m[1]) if m else None
 
 
-def _key(name: str) -> str:
-    return " ".join(name.upper().split())
-
-
 # The key under which ``fetch_items`` keeps each answer's message sequence number.
 SEQUENCE_KEY = "#SEQ"
 
@@ -249,26 +253,39 @@ def fetch_items(lines: Parts) -> list[dict[str, Value]]:
 
     Keys are upper-cased (``BODY[HEADER.FIELDS (MESSAGE-ID ...)]``); responses for the same
     message sequence number are merged; answers without a UID (unsolicited flag updates) are
-    dropped. Order: as the server sent the messages.
+    dropped. Order: as the server sent the messages. Responses of the common shape are read by
+    ``wire.fetch_at``, the others by the general tokenizer (same values either way).
     """
     merged: dict[str, dict[str, Value]] = {}
-    for resp in responses(lines):
+    i, n = 0, len(lines)
+    while i < n:
+        fast = fetch_at(lines, i)
+        if fast is not None:
+            seq, found, i = fast
+            entry = merged.get(seq)
+            if entry is None:
+                found[SEQUENCE_KEY] = seq
+                merged[seq] = found
+            else:
+                entry.update(found)
+            continue
+        resp, i = response_at(lines, i)
         if len(resp) != 3 or not isinstance(resp[1], str) or resp[1].upper() != "FETCH":
             continue  # not a FETCH response (aioimaplib only routes FETCH here, but be sure)
-        seq, items = resp[0], resp[2]
+        number, items = resp[0], resp[2]
         if (
-            not isinstance(seq, str)
-            or not seq.isdigit()
+            not isinstance(number, str)
+            or not number.isdigit()
             or not isinstance(items, list)
             or len(items) % 2
         ):
             raise WireError("malformed FETCH response")
-        entry = merged.setdefault(seq, {SEQUENCE_KEY: seq})
-        for i in range(0, len(items), 2):
-            key = items[i]
+        entry = merged.setdefault(number, {SEQUENCE_KEY: number})
+        for k in range(0, len(items), 2):
+            key = items[k]
             if not isinstance(key, str):
                 raise WireError("malformed FETCH item name")
-            entry[_key(key)] = items[i + 1]
+            entry[item_key(key)] = items[k + 1]
     return [e for e in merged.values() if isinstance(e.get("UID"), str)]
 
 
@@ -279,9 +296,21 @@ def _uid(item: dict[str, Value]) -> int:
     return int(value)
 
 
+# Flag sets seen, each kept once: a mailbox has a few dozen distinct ones, and a folder of
+# 200,000 messages would otherwise hold 200,000 equal tuples of equal strings (~100 bytes each).
+_FLAG_SETS: dict[tuple[str, ...], tuple[str, ...]] = {}
+_FLAG_SETS_MAX = 4096
+
+
 def _flags(item: dict[str, Value]) -> tuple[str, ...]:
     value = item.get("FLAGS")
-    return tuple(f for f in value if isinstance(f, str)) if isinstance(value, list) else ()
+    if not isinstance(value, list):
+        return ()
+    flags = tuple(f for f in value if isinstance(f, str))
+    shared = _FLAG_SETS.get(flags)
+    if shared is None and len(_FLAG_SETS) < _FLAG_SETS_MAX:
+        shared = _FLAG_SETS[flags] = flags
+    return shared or flags
 
 
 def _header_section(item: dict[str, Value]) -> Value:
@@ -329,9 +358,15 @@ def meta_from(item: dict[str, Value]) -> MessageMeta:
 
 
 def exchange_substitute(body: bytes | bytearray) -> bool:
-    """True for Exchange's synthetic "Retrieval using the IMAP4 protocol failed" message."""
-    head = bytes(body[:16384]).split(b"\r\n\r\n", 1)[0]
-    return _EXCHANGE_SUBSTITUTE.search(head) is not None
+    """True for Exchange's synthetic "Retrieval using the IMAP4 protocol failed" message: its
+    Subject says so, within the header (up to the first empty line, in the first 16 KiB)."""
+    end = body.find(b"\r\n\r\n", 0, 16384)
+    end = 16384 if end < 0 else end
+    # A plain search for the phrase first (5x faster than the regex on every message); the
+    # regex only where the phrase is (both fold ASCII case only).
+    if b"imap4 protocol failed" not in body[:end].lower():
+        return False
+    return _EXCHANGE_SUBSTITUTE.search(body, 0, end) is not None
 
 
 def message_from(item: dict[str, Value]) -> FetchedMessage:

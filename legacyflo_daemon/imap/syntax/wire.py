@@ -213,23 +213,190 @@ def responses(parts: Sequence[bytes | bytearray]) -> list[list[Value]]:
     out: list[list[Value]] = []
     i = 0
     while i < len(parts):
-        part = parts[i]
-        if isinstance(part, bytearray):
-            raise WireError("a literal without a line announcing it")
-        tokens: list[tuple[str, object]] = []
-        while True:
-            literal = _tokens(part, tokens)
-            i += 1
-            if not literal:
-                break
-            payload = parts[i] if i < len(parts) else None
-            if not isinstance(payload, bytearray):
-                raise WireError("a literal was announced but not received")
-            tokens.append(("literal", payload))
-            i += 1
-            nxt = parts[i] if i < len(parts) else None
-            if not (isinstance(nxt, bytes) and nxt[:1] in (b" ", b")")):
-                break
-            part = nxt
-        out.append(_build(tokens))
+        values, i = response_at(parts, i)
+        out.append(values)
     return out
+
+
+def response_at(parts: Sequence[bytes | bytearray], i: int) -> tuple[list[Value], int]:
+    """The response starting at ``parts[i]`` (see ``responses``) and the index after it."""
+    part = parts[i]
+    if isinstance(part, bytearray):
+        raise WireError("a literal without a line announcing it")
+    tokens: list[tuple[str, object]] = []
+    while True:
+        literal = _tokens(part, tokens)
+        i += 1
+        if not literal:
+            break
+        payload = parts[i] if i < len(parts) else None
+        if not isinstance(payload, bytearray):
+            raise WireError("a literal was announced but not received")
+        tokens.append(("literal", payload))
+        i += 1
+        nxt = parts[i] if i < len(parts) else None
+        if not (isinstance(nxt, bytes) and nxt[:1] in (b" ", b")")):
+            break
+        part = nxt
+    return _build(tokens), i
+
+
+# -- FETCH fast path ---------------------------------------------------------------------------
+# Nearly every FETCH response the copier reads has one shape: ``<seq> FETCH (`` then items
+# whose values are atoms, quoted strings, flat lists of atoms or a literal, one space apart,
+# and all the answers to one command name the same items in the same order. ``fetch_at`` reads
+# such a response with one regex match per item, and remembers its layout (``_Shape``: the item
+# names and value kinds) as one compiled regex: the next response of that layout is read with a
+# single match (measured: 20 -> ~3 us per metadata response; this parsing was a third of the
+# daemon's CPU above the reference's). Anything else (nesting, odd spacing, a broken
+# response) gets ``None`` and is read by the general tokenizer, which also produces every
+# error. All paths give identical values: the fragments below are the tokenizer's own.
+_ATOM = rb'[^\x00-\x20()"{\[\]\x7f]'
+_NAME = rb"(?:" + _ATOM + rb"|\[[^\]]*\])+(?:<[0-9.]+>)?"
+_VALUES = {
+    "atom": rb"(" + _ATOM + rb"+)",
+    "quoted": rb'"((?:[^"\\]|\\.)*)"',
+    "list": rb'\(([^\x00-\x1f()"{\[\]\x7f]*)\)',
+    "literal": rb"\{([0-9]+)\+?\}",
+}
+_HEAD = rb"([0-9]+) (?i:FETCH) \("
+_FETCH_HEAD = re.compile(_HEAD)
+_ITEM = re.compile(
+    rb"("
+    + _NAME
+    + rb") (?:"
+    + rb"|".join(_VALUES[k] for k in ("atom", "quoted", "list", "literal"))
+    + rb")"
+)
+_KINDS = ("atom", "quoted", "list", "literal")  # the order of _ITEM's value groups
+_NAMES: dict[bytes, str] = {}  # item name as sent -> its key (a few distinct names per server)
+_NAMES_MAX = 256
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """The layout of a FETCH response: its item names (as sent) and value kinds, in order;
+    a literal only as the last item of the line, followed by a part that is just ``)``."""
+
+    regex: re.Pattern[bytes]
+    keys: tuple[str, ...]
+    kinds: tuple[str, ...]
+
+
+_SHAPES: dict[tuple[tuple[bytes, str], ...], _Shape] = {}
+_SHAPES_MAX = 64
+_last: list[_Shape] = []  # the layout of the last response read (tried first)
+
+
+def _shape(layout: tuple[tuple[bytes, str], ...]) -> _Shape | None:
+    shape = _SHAPES.get(layout)
+    if shape is None and len(_SHAPES) < _SHAPES_MAX:
+        items = b" ".join(re.escape(name) + b" " + _VALUES[kind] for name, kind in layout)
+        end = b"" if layout[-1][1] == "literal" else rb"\)"
+        keys = tuple(_name_key(name) for name, _ in layout)
+        kinds = tuple(kind for _, kind in layout)
+        shape = _SHAPES[layout] = _Shape(re.compile(_HEAD + items + end), keys, kinds)
+    return shape
+
+
+def item_key(name: str) -> str:
+    """A FETCH item name as a dict key: upper-cased, whitespace runs made single spaces."""
+    return " ".join(name.upper().split())
+
+
+def _name_key(raw: bytes) -> str:
+    key = _NAMES.get(raw)
+    if key is None:
+        key = item_key(decode(raw))
+        if len(_NAMES) < _NAMES_MAX:
+            _NAMES[raw] = key
+    return key
+
+
+def _atom_value(raw: bytes) -> str | None:
+    text = raw.decode("utf-8", "surrogateescape")
+    return None if text.upper() == "NIL" else text  # as the tokenizer's ``_build``
+
+
+def _value(kind: str, raw: bytes) -> Value:
+    if kind == "atom":
+        return _atom_value(raw)
+    if kind == "list":
+        return [_atom_value(a) for a in raw.split(b" ") if a]
+    return decode(_UNESCAPE.sub(rb"\1", raw) if b"\\" in raw else raw)  # quoted
+
+
+def _by_shape(
+    shape: _Shape, parts: Sequence[bytes | bytearray], i: int
+) -> tuple[str, dict[str, Value], int] | None:
+    m = shape.regex.fullmatch(parts[i])
+    if m is None:
+        return None
+    seq, *raw = m.groups()
+    items: dict[str, Value] = {}
+    for key, kind, value in zip(shape.keys, shape.kinds, raw, strict=True):
+        if kind == "atom":  # inlined ``_atom_value``: most values are atoms (UID, sizes)
+            text = value.decode("utf-8", "surrogateescape")
+            items[key] = None if text.upper() == "NIL" else text
+            continue
+        if kind != "literal":
+            items[key] = _value(kind, value)
+            continue
+        if i + 2 >= len(parts) or parts[i + 2] != b")":
+            return None
+        payload = parts[i + 1]
+        if not isinstance(payload, bytearray) or type(parts[i + 2]) is not bytes:
+            return None
+        items[key] = payload
+        return seq.decode("ascii"), items, i + 3
+    return seq.decode("ascii"), items, i + 1
+
+
+def fetch_at(
+    parts: Sequence[bytes | bytearray], i: int
+) -> tuple[str, dict[str, Value], int] | None:
+    """The FETCH response at ``parts[i]`` if it has the common shape (see above): its sequence
+    number, its items by ``item_key`` (a later item of the same name wins, as when merged) and
+    the index after it; ``None`` for anything else (then use ``response_at``)."""
+    part = parts[i]
+    if type(part) is not bytes:
+        return None
+    if _last and (found := _by_shape(_last[0], parts, i)) is not None:
+        return found
+    head = _FETCH_HEAD.match(part)
+    if head is None:
+        return None
+    items: dict[str, Value] = {}
+    layout: list[tuple[bytes, str]] = []
+    simple = True  # a layout ``_Shape`` can read: no literal but one at the end of the line
+    pos = head.end()
+    n = len(parts)
+    while True:
+        m = _ITEM.match(part, pos)
+        if m is None:
+            return None
+        name, *values = m.groups()
+        kind = next(k for k, v in zip(_KINDS, values, strict=True) if v is not None)
+        key = _name_key(name)
+        pos = m.end()
+        if kind == "literal":
+            if pos != len(part) or i + 2 >= n:
+                return None
+            payload, nxt = parts[i + 1], parts[i + 2]
+            if not isinstance(payload, bytearray) or type(nxt) is not bytes:
+                return None
+            simple = simple and not any(k == "literal" for _, k in layout) and nxt == b")"
+            items[key] = payload
+            i += 2
+            part, pos = nxt, 0
+        else:
+            items[key] = _value(kind, values[_KINDS.index(kind)])
+        layout.append((name, kind))
+        if pos < len(part) and part[pos] == 0x20:  # another item follows
+            pos += 1
+            continue
+        if pos == len(part) - 1 and part[pos] == 0x29:  # ")" ends the response
+            if simple and (shape := _shape(tuple(layout))) is not None:
+                _last[:] = [shape]
+            return head[1].decode("ascii"), items, i + 1
+        return None

@@ -242,9 +242,15 @@ def test_three_daemons_share_a_spool_and_a_database_one_killed_9_mid_copy(
             # Two files dropped at once into the one incoming/ that all three watch.
             drop_csv(work.spool / "incoming", "one.csv", request_csv(rows[:3]))
             drop_csv(work.spool / "incoming", "two.csv", request_csv(rows[3:]))
-            wait_until(lambda: copied_so_far(rows) >= 40 or None, 60, "40 copied", nodes[0])
-            running = running_on(postgres_server, url)
-            assert len(running) == 4, running  # the cap, for the three nodes together
+
+            # The cap, for the three nodes together: four requests run at once (never more:
+            # the servers' logs are checked at the end), and some mail is copied.
+            def four_running() -> dict[str, str] | None:
+                now = running_on(postgres_server, url)
+                return now if len(now) >= 4 and copied_so_far(rows) >= 40 else None
+
+            running = wait_until(four_running, 60, "4 requests running", nodes[0])
+            assert len(running) == 4, running
             victim_name = Counter(running.values()).most_common(1)[0][0]
             victim = nodes[names.index(victim_name)]
             victim.kill()
@@ -309,9 +315,13 @@ def test_three_daemons_share_a_spool_and_a_database_one_killed_9_mid_copy(
     assert len(sent) == 8, sent
     assert [p for p in work.files("outbox") if p.endswith(".eml")] == []  # none pending
     assert len([p for p in work.files("outbox/sent") if p.endswith(".eml")]) == 8
-    # The servers' own logs: never more than 4 sessions at once, the three nodes together.
-    for mark in marks:
-        assert 3 <= mark.max_concurrent() <= 4, mark.server.host
+    # The servers' own logs: never more than 4 sessions at once, the three nodes together. (That
+    # the cap was reached is shown by the database above: 4 requests running at once. A
+    # server's log may show fewer at once, since a request's source session can end before
+    # its destination session does; at least one side shows the cap approached.)
+    peaks = {mark.server.host: mark.max_concurrent() for mark in marks}
+    assert all(peak <= 4 for peak in peaks.values()), peaks
+    assert max(peaks.values()) >= 3, peaks
     # No password (IMAP or database) in anything the nodes wrote.
     secrets = [r.source.password for r in rows] + [dest.password, postgres_server.password]
     leaks = files_containing(work.root, secrets)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -275,20 +275,30 @@ class Connection:
             if isinstance(command, ContinuationCommand):
                 self.proto.continuation_target = command
             try:
-                response = await self.watch(self.proto.execute(command), what, allowance, silence)
-            except Exception as exc:
-                error = translate(exc, self.host, what)
-                self.kill(str(error))
-                raise error from chain(exc)
-            except BaseException:
-                self.kill(f"{what}: cancelled")
-                raise  # cancellation: the connection is dead, the caller goes on cancelling
+                with self._fatal(what):
+                    response = await self.watch(
+                        self.proto.execute(command), what, allowance, silence
+                    )
             finally:
                 self.proto.continuation_target = None
         reply = self._reply(response, what)
         if isinstance(command, ContinuationCommand) and command.challenges:
             reply = replace(reply, challenges=tuple(command.challenges))
         return reply
+
+    @contextlib.contextmanager
+    def _fatal(self, what: str) -> Iterator[None]:
+        """Around a command in flight: any exception kills the connection (its reply stream is
+        no longer in step); a foreign one is translated once (``TransientError`` etc.)."""
+        try:
+            yield
+        except Exception as exc:
+            error = translate(exc, self.host, what)
+            self.kill(str(error))
+            raise error from chain(exc)
+        except BaseException:
+            self.kill(f"{what}: cancelled")
+            raise  # cancellation: the connection is dead, the caller goes on cancelling
 
     def _reply(self, response: Any, what: str) -> Reply:
         lines = list(response.lines)
@@ -317,15 +327,9 @@ class Connection:
             proto = self.proto
             proto.pending_sync_command = pipeline
             try:
-                proto.write_chunks([str(p).encode() + CRLF for p in parts])
-                await self.watch(pipeline.wait(), what)
-            except Exception as exc:
-                error = translate(exc, self.host, what)
-                self.kill(str(error))
-                raise error from chain(exc)
-            except BaseException:
-                self.kill(f"{what}: cancelled")
-                raise
+                with self._fatal(what):
+                    proto.write_chunks([str(p).encode() + CRLF for p in parts])
+                    await self.watch(pipeline.wait(), what)
             finally:
                 if proto.pending_sync_command is pipeline:
                     proto.pending_sync_command = None

@@ -25,7 +25,7 @@ test: deps lint typecheck imports pytest
 deps: venv
 	@if ! command -v dovecot >/dev/null 2>&1 || ! command -v systemd-analyze >/dev/null 2>&1 \
 		|| ! test -x /bin/kill \
-		|| ! test -x /usr/lib/postgresql/15/bin/initdb; then \
+		|| ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 		echo "installing Debian packages: $(APT_PACKAGES)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
 	fi

@@ -1,4 +1,4 @@
-"""A private PostgreSQL 15 instance for one test session (or one test): initdb, start, databases,
+"""A private PostgreSQL instance for one test session (or one test): initdb, start, databases,
 stop.
 
 Owns: the instance's directory (a fresh ``/tmp/lf-postgres-*``: data directory, Unix socket,
@@ -10,7 +10,7 @@ PostgreSQL refuses to run as root, and the tests do run as root: the server then
 ``nobody`` (its directory is made theirs), exactly as Dovecot's mail processes do. Not under
 pytest's ``tmp_path`` for the same reason as Dovecot: that tree is 0700 for root.
 
-``make deps`` installs Debian's ``postgresql`` (binaries under ``/usr/lib/postgresql/15/bin``);
+``make deps`` installs Debian's ``postgresql`` (binaries under ``/usr/lib/postgresql/<major>/bin``);
 ``missing_postgres()`` says why a test must be skipped when it is not there.
 """
 
@@ -33,7 +33,20 @@ from testkit.process import ServerProcess
 
 __all__ = ["PostgresServer", "missing_postgres"]
 
-BIN = Path(os.environ.get("LF_POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _bin() -> Path:
+    """Where the server's programs are: ``LF_POSTGRES_BIN``, else the newest major version
+    Debian installed (``/usr/lib/postgresql/<major>/bin``; 15 on Debian 12)."""
+    if given := os.environ.get("LF_POSTGRES_BIN"):
+        return Path(given)
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+BIN = _bin()
 NOBODY = 65534
 HOST = "127.0.0.1"
 ROLE = "legacyflo"

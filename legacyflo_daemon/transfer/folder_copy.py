@@ -28,6 +28,7 @@ from legacyflo_daemon.imap.session import (
     FetchedMessage,
     MailboxInfo,
     MessageMeta,
+    MetaSink,
     Session,
 )
 from legacyflo_daemon.model import FolderResult, MessageFailure
@@ -160,74 +161,122 @@ class FolderCopy:
 
     async def run(self, src: Session, dst: Session) -> FolderResult:
         # Both sides are read at the same time (two connections): a folder costs the round
-        # trips of the slower side, not of both.
-        (info, metas), (dinfo, dest_metas) = await both(
+        # trips of the slower side, not of both. Each metadata batch is compared as it arrives
+        # (``identity.Matcher``) and the destination's listing lines are written as its
+        # batches are read, so no side's metadata is kept for the whole folder: of a source
+        # message only what may be needed to copy it, until the destination proves it there.
+        matcher: identity.Matcher[MessageMeta] = identity.Matcher()
+        alias_keys = self._alias_source_keys()
+        aliased: list[tuple[MessageMeta, str]] = []  # source messages an altered copy may be
+        reasons: dict[str, list[str]] = {}  # per source key: why its altered copies differ
+        listing = self.listing.start() if self.listing is not None else None
+        pending: dict[str, list[tuple[str, str]]] | None = None  # altered copies not seen yet
+        top = 0  # the highest destination UID read
+
+        def on_source(batch: list[MessageMeta]) -> None:
+            for m in batch:
+                key = identity.identity(m.header, m.internaldate)
+                if key in alias_keys:
+                    aliased.append((m, key))
+                matcher.add_source(key, m)
+
+        def on_dest(batch: list[MessageMeta]) -> None:
+            nonlocal pending, top
+            if pending is None:  # read now: the name is final once the folder is open
+                found = self.state.altered_copies(self.dest_account, self.dest_name)
+                pending = {k: list(v) for k, v in found.items()}
+            for m in batch:
+                key = identity.identity(m.header, m.internaldate)
+                queue = pending.get(key)
+                if queue:
+                    # An altered copy stands for the source message it was made from; several
+                    # copies with one stored key stand for the recorded source keys in turn.
+                    key, why = queue.pop(0)
+                    reasons.setdefault(key, []).append(why)
+                matcher.add_dest(key)
+            if batch:
+                top = max(top, batch[-1].uid)
+            if listing is not None:
+                listing.add(self.dest_display, ((m.internaldate, m.header, m.size) for m in batch))
+
+        (info, _), (dinfo, _) = await both(
             src.open_folder(
                 self.plan.source_name, examine=True, criteria=self.criteria,
-                expected=self.expected,
+                expected=self.expected, each=on_source,
             ),
-            self._open_dest(dst),
+            self._open_dest(dst, on_dest),
         )  # fmt: skip
         self._uidvalidity = info.uidvalidity
-        self._next_uid = max(dinfo.uidnext or 1, max((m.uid for m in dest_metas), default=0) + 1)
-        aliases = self.state.altered_copies(self.dest_account, self.dest_name)
-        dest_keys = _unalias(
-            [identity.identity(m.header, m.internaldate) for m in dest_metas], aliases
-        )
-        by_uid = {m.uid: m for m in metas}
-        source_keys = [(m.uid, identity.identity(m.header, m.internaldate)) for m in metas]
-        self._source_key = dict(source_keys)
-        missing = identity.missing(source_keys, (key for key, _ in dest_keys))
+        self._next_uid = max(dinfo.uidnext or 1, top + 1)
+        waiting = sorted((m.uid, key, m) for key, m in matcher.missing())
+        self._source_key = {uid: key for uid, key, _ in waiting}
+        by_uid = {uid: m for uid, _, m in waiting}
+        missing = [uid for uid, _, _ in waiting]
+        del waiting
+        adopted: list[tuple[MessageMeta, str]] = []
         if missing and self.config.read_back:
-            dest_keys = self._adopt_munged_copies(missing, source_keys, dest_keys, by_uid)
-            missing = identity.missing(source_keys, (key for key, _ in dest_keys))
+            adopted = self._adopt_munged_copies(missing, matcher.left(), by_uid)
+            gone = {m.uid for m, _ in adopted}
+            missing = [u for u in missing if u not in gone]
+        in_range = matcher.source
         prior = dict(self.prior.counts) if self.prior is not None else {}
         self.counts = {k: prior.get(k, 0) for k in _COUNTERS}
-        self.counts["in_range"] = len(metas)
+        self.counts["in_range"] = in_range
         self.counts["failed"] = 0
         self.counts["altered"] = 0
-        present = len(metas) - len(missing)
+        present = in_range - len(missing)
         self.counts["already_present"] = max(0, present - self.counts["copied"])
         self.state.clear_failures(self.request_id, self.plan.source_display)
-        self._report_altered_copies(source_keys, set(missing), dest_keys, by_uid)
+        self._report_altered_copies(aliased, set(missing), reasons, adopted)
         self._checkpoint(done=False)
         name = self.plan.source_name
-        self.progress.in_range[name] = len(metas)
+        self.progress.in_range[name] = in_range
         self.progress.handled[name] = present
         self.progress.present[name] = self.counts["already_present"]
         self.progress.messages_total += len(missing)
         self.progress.bytes_total += sum(by_uid[u].size for u in missing)
         self.progress.phase, self.progress.detail = "copying", self.plan.source_display
-        log.info("folder_started", folder=self.plan.source_display, in_range=len(metas),
+        log.info("folder_started", folder=self.plan.source_display, in_range=in_range,
                  missing=len(missing), dest=self.dest_display)  # fmt: skip
         sized = [(u, by_uid[u].size) for u in missing]
         batches = identity.batches(sized, self.config.fetch_batch, self.config.fetch_batch_bytes)
+        del sized
         await self._pipeline(src, dst, batches, by_uid, dinfo.permanent_flags)
         self._checkpoint(done=True)
-        if self.listing is not None:
-            now_there = [(m.internaldate, m.header, m.size) for m in dest_metas]
-            now_there += [(m.internaldate, m.header, size) for m, size in self._appended]
-            await self.listing.record(self.dest_name, self.dest_display, now_there)
+        if listing is not None:
+            await listing.extend(
+                self.dest_display, ((m.internaldate, m.header, size) for m, size in self._appended)
+            )
+            listing.finish(self.dest_name)
         log.info("folder_copied", folder=self.plan.source_display, **self.counts)
         return self._result()
 
+    def _alias_source_keys(self) -> frozenset[str]:
+        """The source keys altered copies recorded for the destination folder stand for (also
+        for its safe mapping when the folder is still to be created: the name may change):
+        the only present source messages whose metadata is kept, to report them as altered."""
+        names = [self.dest_name]
+        if self.create:
+            names.append(folders.safe_mapping(self.plan)[0])
+        return frozenset(
+            source_key
+            for dest_name in names
+            for copies in self.state.altered_copies(self.dest_account, dest_name).values()
+            for source_key, _ in copies
+        )
+
     def _adopt_munged_copies(
-        self,
-        missing: list[int],
-        source_keys: list[tuple[int, str]],
-        dest_keys: list[tuple[str, str | None]],
-        by_uid: dict[int, MessageMeta],
-    ) -> list[tuple[str, str | None]]:
+        self, missing: list[int], spare: Counter[str], by_uid: dict[int, MessageMeta]
+    ) -> list[tuple[MessageMeta, str]]:
         """Copies appended but never read back (the daemon died between two read-backs) whose
         8-bit header bytes the destination turned into ``X`` (Cyrus munge8bit): a destination
-        message no source message matches, whose identity is exactly that of a missing source
-        message with its 8-bit bytes replaced, is that message's copy. It is remembered and
-        reported like any altered copy instead of being appended a second time."""
-        known = Counter(key for _, key in source_keys)
-        spare = Counter(key for key, why in dest_keys if why is None) - known
+        message no source message matches (``spare``: the destination keys no source message
+        took), whose identity is exactly that of a missing source message with its 8-bit bytes
+        replaced, is that message's copy. It is remembered and reported like any altered copy
+        instead of being appended a second time. Returns the adopted (source message, why)."""
         if not spare:
-            return dest_keys
-        out = list(dest_keys)
+            return []
+        out: list[tuple[MessageMeta, str]] = []
         for uid in missing:
             meta = by_uid[uid]
             if meta.header.isascii():
@@ -242,40 +291,45 @@ class FolderCopy:
                 "header bytes replaced with 'X' (Cyrus IMAP's munge8bit setting)"
             )
             self.state.add_altered_copy(self.dest_account, self.dest_name, munged, source_key, why)
-            index = out.index((munged, None))
-            out[index] = (source_key, why)
+            out.append((meta, why))
         return out
 
     def _report_altered_copies(
         self,
-        source_keys: list[tuple[int, str]],
+        aliased: list[tuple[MessageMeta, str]],
         missing: set[int],
-        dest_keys: list[tuple[str, str | None]],
-        by_uid: dict[int, MessageMeta],
+        reasons: dict[str, list[str]],
+        adopted: list[tuple[MessageMeta, str]],
     ) -> None:
         """Record, as altered, the source messages present only as altered copies (stored so
-        by an earlier pass or request): they are not appended again, and still reported."""
-        reasons: dict[str, list[str]] = {}
-        for key, why in dest_keys:
-            if why is not None:
-                reasons.setdefault(key, []).append(why)
-        for uid, key in source_keys:
-            if uid in missing or not reasons.get(key):
+        by an earlier pass or request, or ``adopted`` now): they are not appended again, and
+        still reported. ``aliased``: the source messages (by UID) of keys altered copies stand
+        for; ``reasons``: per key, why each of its altered copies the destination holds
+        differs."""
+        for meta, key in aliased:
+            if meta.uid in missing or not reasons.get(key):
                 continue
             why = reasons[key].pop(0)
             self.counts["altered"] += 1
-            self._record(by_uid[uid], f"stored earlier, {why}", kind="altered")
+            self._record(meta, f"stored earlier, {why}", kind="altered")
+        for meta, why in adopted:
+            self.counts["altered"] += 1
+            self._record(meta, f"stored earlier, {why}", kind="altered")
 
-    async def _open_dest(self, dst: Session) -> tuple[MailboxInfo, list[MessageMeta]]:
-        """Create the destination folder if needed and read it. A name the destination refuses
+    async def _open_dest(
+        self, dst: Session, each: MetaSink
+    ) -> tuple[MailboxInfo, list[MessageMeta]]:
+        """Create the destination folder if needed and read it (its metadata batches handed to
+        ``each``, see ``Session.open_folder``). A name the destination refuses
         is created once more under its safe mapping (``folders.safe_mapping``), which a later
         pass finds among the existing names and uses directly."""
         if self.create:
             try:
                 # CREATE, SUBSCRIBE and SELECT in one round trip; a new folder is empty.
                 return await dst.open_folder(
-                    self.dest_name, examine=False, criteria=["ALL"], expected=0, create=True
-                )
+                    self.dest_name, examine=False, criteria=["ALL"], expected=0, create=True,
+                    each=each,
+                )  # fmt: skip
             except FolderRefused as exc:
                 safe_name, safe_display = folders.safe_mapping(self.plan)
                 if safe_name == self.dest_name:
@@ -297,7 +351,7 @@ class FolderCopy:
                 f"run; copied to {self.dest_display!r}"
             )
         return await dst.open_folder(
-            self.dest_name, examine=False, criteria=["ALL"], expected=self.dest_expected
+            self.dest_name, examine=False, criteria=["ALL"], expected=self.dest_expected, each=each
         )
 
     def _add_note(self, text: str) -> None:
@@ -534,24 +588,6 @@ class FolderCopy:
         prior = dict(self.prior.counts) if self.prior is not None else {}
         counts = self.counts or {k: prior.get(k, 0) for k in _COUNTERS}
         return replace(self._result_with(counts), error=error)
-
-
-def _unalias(
-    keys: list[str], aliases: dict[str, list[tuple[str, str]]]
-) -> list[tuple[str, str | None]]:
-    """Destination identities as comparable with the source's: an altered copy stands for the
-    source message it was made from (``(source_key, reason)``); others are ``(key, None)``.
-    Several copies with one stored key stand for the recorded source keys in turn."""
-    pending = {k: list(v) for k, v in aliases.items()}
-    out: list[tuple[str, str | None]] = []
-    for key in keys:
-        queue = pending.get(key)
-        if queue:
-            source_key, why = queue.pop(0)
-            out.append((source_key, why))
-        else:
-            out.append((key, None))
-    return out
 
 
 def _munge8bit(header: bytes) -> bytes:

@@ -37,7 +37,7 @@ from legacyflo_daemon.state.store import FolderCheckpoint, StateStore
 from legacyflo_daemon.transfer import folders, identity, readback
 from legacyflo_daemon.transfer.headers import summarize
 from legacyflo_daemon.transfer.limits import ByteBudget
-from legacyflo_daemon.transfer.recorder import ListingRecorder
+from legacyflo_daemon.transfer.recorder import ListingFile, ListingRecorder
 
 log = structlog.get_logger("legacyflo_daemon.transfer.copier")
 
@@ -141,7 +141,9 @@ class FolderCopy:
     # opened and its first metadata read in one round trip; a wrong count costs a round trip.
     expected: int | None = None
     dest_expected: int | None = None
-    _appended: list[tuple[MessageMeta, int]] = field(default_factory=list)
+    # This pass's listing of the destination folder, written as the pass goes: the messages
+    # read at the start, then each appended one once it is known to be stored (``_settle``).
+    _listing: ListingFile | None = None
     counts: dict[str, int] = field(default_factory=dict)
     _uidvalidity: int = 0
     # Appended, not read back yet: (what was sent, its source meta, \Deleted dropped).
@@ -169,7 +171,7 @@ class FolderCopy:
         alias_keys = self._alias_source_keys()
         aliased: list[tuple[MessageMeta, str]] = []  # source messages an altered copy may be
         reasons: dict[str, list[str]] = {}  # per source key: why its altered copies differ
-        listing = self.listing.start() if self.listing is not None else None
+        listing = self._listing = self.listing.start() if self.listing is not None else None
         pending: dict[str, list[tuple[str, str]]] | None = None  # altered copies not seen yet
         top = 0  # the highest destination UID read
 
@@ -178,7 +180,11 @@ class FolderCopy:
                 key = identity.identity(m.header, m.internaldate)
                 if key in alias_keys:
                     aliased.append((m, key))
-                matcher.add_source(key, m)
+                # Kept until the destination proves it there: without the INTERNALDATE text
+                # and the flags, which the body FETCH brings again (~75 bytes a message less).
+                matcher.add_source(
+                    key, MessageMeta(m.uid, (), m.internaldate, "", m.size, m.header)
+                )
 
         def on_dest(batch: list[MessageMeta]) -> None:
             nonlocal pending, top
@@ -208,17 +214,18 @@ class FolderCopy:
         )  # fmt: skip
         self._uidvalidity = info.uidvalidity
         self._next_uid = max(dinfo.uidnext or 1, top + 1)
-        waiting = sorted((m.uid, key, m) for key, m in matcher.missing())
-        self._source_key = {uid: key for uid, key, _ in waiting}
-        by_uid = {uid: m for uid, _, m in waiting}
-        missing = [uid for uid, _, _ in waiting]
-        del waiting
+        by_uid: dict[int, MessageMeta] = {}
+        for key, m in matcher.missing():
+            self._source_key[m.uid] = key
+            by_uid[m.uid] = m
+        in_range, spare = matcher.source, matcher.left()
+        matcher.clear()  # its source messages are in by_uid now, those present are let go
+        missing = sorted(by_uid)
         adopted: list[tuple[MessageMeta, str]] = []
         if missing and self.config.read_back:
-            adopted = self._adopt_munged_copies(missing, matcher.left(), by_uid)
+            adopted = self._adopt_munged_copies(missing, spare, by_uid)
             gone = {m.uid for m, _ in adopted}
             missing = [u for u in missing if u not in gone]
-        in_range = matcher.source
         prior = dict(self.prior.counts) if self.prior is not None else {}
         self.counts = {k: prior.get(k, 0) for k in _COUNTERS}
         self.counts["in_range"] = in_range
@@ -244,9 +251,6 @@ class FolderCopy:
         await self._pipeline(src, dst, batches, by_uid, dinfo.permanent_flags)
         self._checkpoint(done=True)
         if listing is not None:
-            await listing.extend(
-                self.dest_display, ((m.internaldate, m.header, size) for m, size in self._appended)
-            )
             listing.finish(self.dest_name)
         log.info("folder_copied", folder=self.plan.source_display, **self.counts)
         return self._result()
@@ -452,6 +456,7 @@ class FolderCopy:
             await dst.append_many(self.dest_name, items, cautious=self.cautious) if items else []
         )
         accepted: list[FetchedMessage] = []
+        settled: list[tuple[MessageMeta, int]] = []  # stored, no read-back to wait for
         for msg, refused in zip(ready, outcome, strict=True):
             if refused is not None:
                 self._fail(metas[msg.uid], f"the destination refused it: {refused}")
@@ -465,7 +470,6 @@ class FolderCopy:
             self.counts["copied"] += 1
             self.counts["bytes"] += size
             self.counts["deleted_dropped"] += int(deleted)
-            self._appended.append((meta, size))
             self.progress.messages_done += 1
             self.progress.handle(self.plan.source_name)
             self.progress.bytes_done += meta.size
@@ -479,6 +483,11 @@ class FolderCopy:
                 )
                 self._unverified.append((sent, meta, deleted))
                 self._unverified_bytes += size
+            else:
+                settled.append((meta, size))
+        self._settle(settled)
+        for uid in batch:  # what is still needed of a message is in _unverified now
+            metas.pop(uid, None)
         if self._unverified_bytes >= READ_BACK_BYTES:
             await self._read_back(dst)
 
@@ -492,7 +501,9 @@ class FolderCopy:
         if not pending:
             return
         if self.trust.skip(sum(1 for sent, _, _ in pending if sent.header_block is not None)):
-            return  # this destination has proven it stores such mail exactly (readback.Trust)
+            # This destination has proven it stores such mail exactly (readback.Trust).
+            self._settle([(meta, sent.size) for sent, meta, _ in pending])
+            return
         sizes = await dst.fetch_sizes_from(self._next_uid)
         if len(sizes) < len(pending):
             # Some servers (Courier) show what was appended to the selected mailbox only
@@ -525,6 +536,8 @@ class FolderCopy:
             sent_all = [sent for sent, _, _ in pending]
             changes = readback.compare(sent_all, [_stored(m) for m in looked])
         self.trust.learn([sent for sent, _, _ in pending], changes)
+        lost = {c.appended.uid for c in changes if c.stored is None}
+        self._settle([(meta, sent.size) for sent, meta, _ in pending if sent.uid not in lost])
         for change in changes:
             meta, deleted = by_uid[change.appended.uid]
             log.warning("message_altered", folder=self.plan.source_display,
@@ -534,7 +547,6 @@ class FolderCopy:
                 self.counts["copied"] -= 1
                 self.counts["bytes"] -= change.appended.size
                 self.counts["deleted_dropped"] -= int(deleted)
-                self._appended = [(m, n) for m, n in self._appended if m.uid != meta.uid]
                 self.counts["failed"] += 1
                 self._record(meta, readback.reason(change), kind="failed")
                 continue
@@ -547,6 +559,12 @@ class FolderCopy:
             )
             self.counts["altered"] += 1
             self._record(meta, readback.reason(change), kind="altered")
+
+    def _settle(self, stored: list[tuple[MessageMeta, int]]) -> None:
+        """Appended messages now known to be in the destination folder (read back, or not to
+        be read back), with the size sent: their lines go into the pass's listing."""
+        if self._listing is not None and stored:
+            self._listing.add(self.dest_display, ((m.internaldate, m.header, n) for m, n in stored))
 
     def _fail(self, meta: MessageMeta, reason: str) -> None:
         self.counts["failed"] += 1

@@ -148,6 +148,10 @@ class Matcher(Generic[T]):
             for later in self._more.get(key, ()):
                 yield key, later
 
+    def clear(self) -> None:
+        """Let go of everything held (the counts stay): once ``missing`` has been taken."""
+        self._left, self._first, self._more = {}, {}, {}
+
     def left(self) -> Counter[str]:
         """Destination keys no source message took (once both sides are read)."""
         return Counter(self._left)

@@ -157,7 +157,7 @@ class Matcher(Generic[T]):
         return Counter(self._left)
 
 
-def batches(items: list[tuple[int, int]], max_count: int, max_bytes: int) -> list[list[int]]:
+def batches(items: Iterable[tuple[int, int]], max_count: int, max_bytes: int) -> list[list[int]]:
     """Split ``(uid, size)`` pairs, in the given order, into UID batches.
 
     Each batch has at most ``max_count`` UIDs and at most ``max_bytes`` total size, except that

@@ -55,8 +55,13 @@ def identity(header_bytes: bytes | bytearray, internaldate: dt.datetime) -> str:
     literal or a whole message; ``internaldate`` must be timezone-aware (else ``ValueError``).
     A Message-ID that is empty, blank or ``<>`` counts as absent.
     """
+    return identity_of_fields(header_fields(header_bytes), internaldate)
+
+
+def identity_of_fields(fields: dict[bytes, bytes], internaldate: dt.datetime) -> str:
+    """``identity`` of a message whose ``headers.header_fields`` are already at hand (a
+    caller that needs them for something else too parses the header once)."""
     epoch = _epoch(internaldate)
-    fields = header_fields(header_bytes)
     mid = _WSP_RUN.sub(b"", fields.get(b"message-id", b""))
     if mid.strip(b"<>"):
         if _PRINTABLE.fullmatch(mid):

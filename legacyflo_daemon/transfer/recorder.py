@@ -96,6 +96,11 @@ class ListingFile:
         with self.path.open("ab") as fh:
             fh.writelines(entry_line(display, r, h, n) for r, h, n in messages)
 
+    def add_lines(self, lines: Iterable[bytes]) -> None:
+        """Append lines made with ``entry_line``/``entry_line_of_fields`` (one batch)."""
+        with self.path.open("ab") as fh:
+            fh.writelines(lines)
+
     async def extend(
         self, display: str, messages: Iterable[tuple[dt.datetime, bytes, int]]
     ) -> None:
@@ -132,7 +137,14 @@ def selectable_under(
 def entry_line(display: str, received: dt.datetime, header: bytes, size: int) -> bytes:
     """One JSON line (UTF-8) of a listing file: ``[folder, received, from, subject, size,
     message_id]``."""
-    f = header_fields(header)  # what ``summarize`` reads, without the Date a listing omits
+    # what ``summarize`` reads, without the Date a listing omits
+    return entry_line_of_fields(display, received, header_fields(header), size)
+
+
+def entry_line_of_fields(
+    display: str, received: dt.datetime, f: dict[bytes, bytes], size: int
+) -> bytes:
+    """``entry_line`` of a message whose ``headers.header_fields`` are already at hand."""
     row = [
         display,
         received.isoformat(),

@@ -149,7 +149,6 @@ class FolderCopy:
     # Appended, not read back yet: (what was sent, its source meta, \Deleted dropped).
     _unverified: list[tuple[readback.Appended, MessageMeta, bool]] = field(default_factory=list)
     _unverified_bytes: int = 0
-    _source_key: dict[int, str] = field(default_factory=dict)  # source UID -> identity
     trust: readback.Trust = field(default_factory=readback.Trust)  # shared per request
     _next_uid: int = 1  # the destination folder's UIDNEXT: where the next batch is read back
     dest_name: str = ""  # where this folder is copied to (the plan's, or its safe mapping)
@@ -167,7 +166,7 @@ class FolderCopy:
         # (``identity.Matcher``) and the destination's listing lines are written as its
         # batches are read, so no side's metadata is kept for the whole folder: of a source
         # message only what may be needed to copy it, until the destination proves it there.
-        matcher: identity.Matcher[MessageMeta] = identity.Matcher()
+        matcher: identity.Matcher[_Source] = identity.Matcher()
         alias_keys = self._alias_source_keys()
         aliased: list[tuple[MessageMeta, str]] = []  # source messages an altered copy may be
         reasons: dict[str, list[str]] = {}  # per source key: why its altered copies differ
@@ -180,10 +179,8 @@ class FolderCopy:
                 key = identity.identity(m.header, m.internaldate)
                 if key in alias_keys:
                     aliased.append((m, key))
-                # Kept until the destination proves it there: without the INTERNALDATE text
-                # and the flags, which the body FETCH brings again (~75 bytes a message less).
                 matcher.add_source(
-                    key, MessageMeta(m.uid, (), m.internaldate, "", m.size, m.header)
+                    key, _Source(m.uid, (), m.internaldate, "", m.size, m.header, key)
                 )
 
         def on_dest(batch: list[MessageMeta]) -> None:
@@ -220,10 +217,7 @@ class FolderCopy:
         )  # fmt: skip
         self._uidvalidity = info.uidvalidity
         self._next_uid = max(dinfo.uidnext or 1, top + 1)
-        by_uid: dict[int, MessageMeta] = {}
-        for key, m in matcher.missing():
-            self._source_key[m.uid] = key
-            by_uid[m.uid] = m
+        by_uid = {m.uid: m for _, m in matcher.missing()}
         in_range, spare = matcher.source, matcher.left()
         matcher.clear()  # its source messages are in by_uid now, those present are let go
         missing = sorted(by_uid)
@@ -276,7 +270,7 @@ class FolderCopy:
         )
 
     def _adopt_munged_copies(
-        self, missing: list[int], spare: Counter[str], by_uid: dict[int, MessageMeta]
+        self, missing: list[int], spare: Counter[str], by_uid: dict[int, _Source]
     ) -> list[tuple[MessageMeta, str]]:
         """Copies appended but never read back (the daemon died between two read-backs) whose
         8-bit header bytes the destination turned into ``X`` (Cyrus munge8bit): a destination
@@ -295,7 +289,7 @@ class FolderCopy:
             if spare[munged] <= 0:
                 continue
             spare[munged] -= 1
-            source_key = self._source_key[uid]
+            source_key = meta.key
             why = (
                 "altered by the destination: found after an interruption, its raw 8-bit "
                 "header bytes replaced with 'X' (Cyrus IMAP's munge8bit setting)"
@@ -372,7 +366,7 @@ class FolderCopy:
         src: Session,
         dst: Session,
         batches: list[list[int]],
-        metas: dict[int, MessageMeta],
+        metas: dict[int, _Source],
         permanent: frozenset[str] | None,
     ) -> None:
         """Fetch batch n+1 from the source while batch n is appended to the destination.
@@ -444,7 +438,7 @@ class FolderCopy:
         dst: Session,
         batch: list[int],
         fetched: dict[int, FetchedMessage],
-        metas: dict[int, MessageMeta],
+        metas: dict[int, _Source],
         permanent: frozenset[str] | None,
     ) -> None:
         """Append one fetched batch (one MULTIAPPEND where offered); record what failed."""
@@ -482,7 +476,7 @@ class FolderCopy:
             if self.config.read_back:
                 sent = readback.Appended(
                     uid=msg.uid,
-                    key=self._source_key[msg.uid],
+                    key=meta.key,
                     size=size,
                     header=bytes(meta.header),
                     header_block=readback.eight_bit_header(msg.body or b""),
@@ -612,6 +606,16 @@ class FolderCopy:
         prior = dict(self.prior.counts) if self.prior is not None else {}
         counts = self.counts or {k: prior.get(k, 0) for k in _COUNTERS}
         return replace(self._result_with(counts), error=error)
+
+
+@dataclass(frozen=True, slots=True)
+class _Source(MessageMeta):
+    """A source message that may have to be copied, as kept until the destination proves it
+    there: with its identity key (no map of UID to key beside it), without the INTERNALDATE
+    text and the flags (``internaldate_raw`` empty, ``flags`` ()), which the body FETCH
+    brings again: ~75 bytes a message less than the ``MessageMeta`` read."""
+
+    key: str = ""
 
 
 def _munge8bit(header: bytes) -> bytes:

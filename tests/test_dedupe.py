@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from legacyflo_daemon.transfer.identity import batches, identity, missing
+from legacyflo_daemon.transfer.identity import Matcher, batches, identity, missing
 
 UTC = dt.UTC
 T0 = dt.datetime(2020, 1, 1, 0, 0, 0, tzinfo=UTC)  # epoch 1577836800
@@ -248,6 +248,34 @@ def test_missing_copies_exactly_the_multiset_difference(
     assert added == want
     # After copying them, a re-run finds nothing.
     assert missing(source, dest + [by_uid[u] for u in todo]) == []
+
+
+@given(
+    st.lists(_KEYS, max_size=30),
+    st.lists(_KEYS, max_size=30),
+    st.lists(st.booleans(), max_size=60),
+)
+def test_matcher_finds_what_missing_finds_in_any_interleaving(
+    src_keys: list[str], dest: list[str], order: list[bool]
+) -> None:
+    """The streaming comparison (source in UID order, the destination in any order, the two
+    interleaved as the servers answer) picks exactly the UIDs ``missing`` picks, and leaves
+    over exactly the destination keys no source message has."""
+    source = list(enumerate(src_keys, start=1))
+    matcher: Matcher[int] = Matcher()
+    s_iter, d_iter = iter(source), iter(dest)
+    for take_source in [*order, *([True] * len(source)), *([False] * len(dest))]:
+        if take_source:
+            if (nxt := next(s_iter, None)) is not None:
+                matcher.add_source(nxt[1], nxt[0])
+        elif (key := next(d_iter, None)) is not None:
+            matcher.add_dest(key)
+    todo = missing(source, dest)
+    assert sorted(uid for _, uid in matcher.missing()) == todo
+    assert all(dict(source)[uid] == key for key, uid in matcher.missing())
+    assert matcher.source == len(source)
+    assert matcher.present == len(source) - len(todo)
+    assert matcher.left() == Counter(dest) - Counter(src_keys)
 
 
 # --- batches ------------------------------------------------------------------------------

@@ -27,10 +27,12 @@ import hashlib
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Generic, TypeVar
 
 from legacyflo_daemon.transfer.headers import header_fields
 
+T = TypeVar("T")
 _HASHED_FIELDS = (b"date", b"from", b"to", b"subject")
 _WSP_RUN = re.compile(rb"[ \t\r\n]+")
 _PRINTABLE = re.compile(rb"[\x21-\x7e]*")  # printable ASCII, no space
@@ -53,8 +55,13 @@ def identity(header_bytes: bytes | bytearray, internaldate: dt.datetime) -> str:
     literal or a whole message; ``internaldate`` must be timezone-aware (else ``ValueError``).
     A Message-ID that is empty, blank or ``<>`` counts as absent.
     """
+    return identity_of_fields(header_fields(header_bytes), internaldate)
+
+
+def identity_of_fields(fields: dict[bytes, bytes], internaldate: dt.datetime) -> str:
+    """``identity`` of a message whose ``headers.header_fields`` are already at hand (a
+    caller that needs them for something else too parses the header once)."""
     epoch = _epoch(internaldate)
-    fields = header_fields(header_bytes)
     mid = _WSP_RUN.sub(b"", fields.get(b"message-id", b""))
     if mid.strip(b"<>"):
         if _PRINTABLE.fullmatch(mid):
@@ -91,7 +98,71 @@ def missing(source: list[tuple[int, str]], dest_keys: Iterable[str]) -> list[int
     return out
 
 
-def batches(items: list[tuple[int, int]], max_count: int, max_bytes: int) -> list[list[int]]:
+class Matcher(Generic[T]):
+    """The multiset comparison of ``missing``, done while the two sides are read.
+
+    Feed it the source's messages in ascending UID order (``add_source``: key and whatever the
+    caller needs of a message that may have to be copied) and the destination's keys in any
+    order (``add_dest``), interleaved as the two servers answer. A destination key takes the
+    earliest source message of that key not taken yet, so, as in ``missing``, of k source
+    messages with a key of which the destination holds j, the first j (by UID) are present and
+    the last k - j missing. Only what is not matched yet is held: during a delta pass, where
+    both sides hold the same messages, that is what one side has read ahead of the other,
+    not the folder.
+    """
+
+    def __init__(self) -> None:
+        self._left: dict[str, int] = {}  # destination keys no source message has taken yet
+        self._first: dict[str, T] = {}  # per key, its earliest source message not taken yet
+        self._more: dict[str, list[T]] = {}  # per key, the later ones (duplicates), by UID
+        self.source = 0  # source messages added
+        self.present = 0  # source messages a destination message took
+
+    def add_source(self, key: str, item: T) -> None:
+        self.source += 1
+        n = self._left.get(key)
+        if n:
+            if n == 1:
+                del self._left[key]
+            else:
+                self._left[key] = n - 1
+            self.present += 1
+        elif key in self._first:
+            self._more.setdefault(key, []).append(item)
+        else:
+            self._first[key] = item
+
+    def add_dest(self, key: str) -> None:
+        if key in self._first:
+            more = self._more.get(key)
+            if more:
+                self._first[key] = more.pop(0)
+                if not more:
+                    del self._more[key]
+            else:
+                del self._first[key]
+            self.present += 1
+        else:
+            self._left[key] = self._left.get(key, 0) + 1
+
+    def missing(self) -> Iterator[tuple[str, T]]:
+        """(key, item) of every source message no destination message took (once both sides
+        are read: the messages to copy), by key, each key's in UID order."""
+        for key, item in self._first.items():
+            yield key, item
+            for later in self._more.get(key, ()):
+                yield key, later
+
+    def clear(self) -> None:
+        """Let go of everything held (the counts stay): once ``missing`` has been taken."""
+        self._left, self._first, self._more = {}, {}, {}
+
+    def left(self) -> Counter[str]:
+        """Destination keys no source message took (once both sides are read)."""
+        return Counter(self._left)
+
+
+def batches(items: Iterable[tuple[int, int]], max_count: int, max_bytes: int) -> list[list[int]]:
     """Split ``(uid, size)`` pairs, in the given order, into UID batches.
 
     Each batch has at most ``max_count`` UIDs and at most ``max_bytes`` total size, except that

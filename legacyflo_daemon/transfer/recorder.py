@@ -68,14 +68,54 @@ class ListingRecorder:
         several at once), so each call writes a file of its own, named before the first
         await; the folder is registered (replacing an earlier recording) once it is complete.
         """
+        listing = self.start()
+        await listing.extend(display, messages)
+        listing.finish(wire_name)
+
+    def start(self) -> ListingFile:
+        """A listing written piece by piece (``ListingFile``), for a copier that writes each
+        batch's lines as it reads the batch instead of keeping the folder's messages."""
         path = self.directory / f"folder-{self._written:05d}.jsonl"
         self._written += 1
-        with path.open("wb") as fh:
+        path.write_bytes(b"")
+        return ListingFile(self, path)
+
+
+class ListingFile:
+    """One folder's listing being written: ``add`` lines as messages are found, ``finish``
+    once the folder's content is complete (only then does it count as the folder's listing;
+    an unfinished one, say of an interrupted pass, is never read)."""
+
+    def __init__(self, recorder: ListingRecorder, path: Path) -> None:
+        self._recorder = recorder
+        self.path = path
+
+    def add(self, display: str, messages: Iterable[tuple[dt.datetime, bytes, int]]) -> None:
+        """Append the lines of ``messages`` (INTERNALDATE, header fields, size): one batch
+        (~7 us a message, so callers pass at most a metadata batch at a time)."""
+        with self.path.open("ab") as fh:
+            fh.writelines(entry_line(display, r, h, n) for r, h, n in messages)
+
+    def add_lines(self, lines: Iterable[bytes]) -> None:
+        """Append lines made with ``entry_line``/``entry_line_of_fields`` (one batch)."""
+        with self.path.open("ab") as fh:
+            fh.writelines(lines)
+
+    async def extend(
+        self, display: str, messages: Iterable[tuple[dt.datetime, bytes, int]]
+    ) -> None:
+        """``add`` any number of messages, ``RECORD_SLICE`` at a time with a turn of the event
+        loop between slices."""
+        with self.path.open("ab") as fh:
             for n, (received, header, size) in enumerate(messages, start=1):
                 fh.write(entry_line(display, received, header, size))
                 if n % RECORD_SLICE == 0:
                     await asyncio.sleep(0)
-        self.files[wire_name] = path
+
+    def finish(self, wire_name: str) -> None:
+        """The folder ``wire_name`` now holds exactly the messages added (replacing an earlier
+        recording of it)."""
+        self._recorder.files[wire_name] = self.path
 
 
 def request_top(root_path: tuple[str, ...], dest_folder: str, delimiter: str) -> str:
@@ -97,7 +137,14 @@ def selectable_under(
 def entry_line(display: str, received: dt.datetime, header: bytes, size: int) -> bytes:
     """One JSON line (UTF-8) of a listing file: ``[folder, received, from, subject, size,
     message_id]``."""
-    f = header_fields(header)  # what ``summarize`` reads, without the Date a listing omits
+    # what ``summarize`` reads, without the Date a listing omits
+    return entry_line_of_fields(display, received, header_fields(header), size)
+
+
+def entry_line_of_fields(
+    display: str, received: dt.datetime, f: dict[bytes, bytes], size: int
+) -> bytes:
+    """``entry_line`` of a message whose ``headers.header_fields`` are already at hand."""
     row = [
         display,
         received.isoformat(),

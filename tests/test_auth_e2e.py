@@ -184,13 +184,18 @@ def test_oauth2_tokens_with_one_expiring_during_a_long_copy(
     identity.token_lifetime = 4.0
     try:
         row = Row(src, dst, "Cloud", source_password="", source_port=proxy.port)
+        # Every source connection stops forwarding after 16 KiB from the server (TLS: the proxy
+        # sees no commands; the login, listing and counting take a few KiB, the 110 messages
+        # more): the copy cannot end before the token has expired (the pipelined copier moves
+        # these small messages in well under a second).
+        proxy.stall_after_server_bytes(16_384, once=False)
         drop_csv(auth_work.spool / "incoming", "oauth.csv", request_csv([row]))
         with auth_work.daemon("run", once=True) as daemon:
-            daemon.wait_for_event("folder_started", 30)
-            proxy.stall()
+            wait_until(lambda: proxy.faults_fired or None, 30, "the source stalled", daemon)
             first = identity.issued[issued_before]
             wait_until(lambda: not identity.token_active(first) or None, 10, "token expiry")
             assert not any(e.get("event") == "request_finished" for e in daemon.events())
+            proxy.clear_faults()
             proxy.drop_all()
             proxy.resume()
             code = daemon.wait(120)

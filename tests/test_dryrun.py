@@ -7,6 +7,7 @@ import pytest
 from legacyflo_daemon.cli import dryrun
 from legacyflo_daemon.cli import main as cli
 from legacyflo_daemon.cli.dryrun import FolderSize, Survey
+from legacyflo_daemon.report.mail import human_size
 
 
 @pytest.mark.parametrize(
@@ -19,8 +20,8 @@ from legacyflo_daemon.cli.dryrun import FolderSize, Survey
         (2 * 10**12, "2000.0 GB"),
     ],
 )
-def test_human_bytes(n: int, text: str) -> None:
-    assert dryrun.human_bytes(n) == text
+def test_human_size(n: int, text: str) -> None:
+    assert human_size(n) == text
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import datetime as dt
 from pathlib import Path
 
 from legacyflo_daemon.cli import dryrun
+from legacyflo_daemon.report.mail import human_size
 from testkit.dovecot import DovecotServer
 from testkit.imap import ServerAccount
 from testkit.maildir import MailSpec, load_messages
@@ -119,18 +120,14 @@ def test_the_dry_run_measures_what_would_be_copied_and_changes_nothing(
     assert f"Row 2: {address(source_account)} → {address(dest_account)}" in dry
     assert f"  destination folder: {DEST_ROOT}.Dry" in dry
     in_range = [m for m in inbox if m.label != "old"]
-    assert f"  {2:>9} {dryrun.human_bytes(sum(m.size for m in in_range)):>9}  INBOX → Inbox" in dry
-    assert (
-        f"  {1:>9} {dryrun.human_bytes(projects[0].size):>9}  Projects/2018 → Projects.2018" in dry
-    )
+    assert f"  {2:>9} {human_size(sum(m.size for m in in_range)):>9}  INBOX → Inbox" in dry
+    assert f"  {1:>9} {human_size(projects[0].size):>9}  Projects/2018 → Projects.2018" in dry
     assert not [line for line in dry if "Calendar →" in line]
     assert f"  skipped: Calendar: {dryrun.EXCLUDED}" in dry
     assert f"  skipped: Projects: {dryrun.NO_MAIL}" in dry
     total = sum(m.size for m in in_range) + projects[0].size
-    assert any(
-        line.startswith(f"  total: 3 message(s), {dryrun.human_bytes(total)} in ") for line in dry
-    )
-    assert f"Dry run total: 1 account(s), 3 message(s), {dryrun.human_bytes(total)}" in dry
+    assert any(line.startswith(f"  total: 3 message(s), {human_size(total)} in ") for line in dry)
+    assert f"Dry run total: 1 account(s), 3 message(s), {human_size(total)}" in dry
     assert dry[-2:] == [
         "  estimate: under a minute",
         f"  assuming {dryrun.ASSUMED_MB_PER_SECOND:g} MB/s per request and daemon.max_jobs = 3 "

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from legacyflo_daemon.auth.oauth2 import HTTP_TIMEOUT, OWNER, Application
 from legacyflo_daemon.errors import PermanentError
-from legacyflo_daemon.runtime.secrets import register_secret
+from legacyflo_daemon.runtime.secrets import register_secret, register_secrets
 
 SSLError = requests.exceptions.SSLError
 RequestException = requests.exceptions.RequestException
@@ -109,9 +109,9 @@ def _certificate(app: Application, server: str, registered: list[str]) -> dict[s
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ).decode()
-    for secret in (key_pem, *_pem_lines(text), *_pem_lines(key_pem)):
-        register_secret(secret, owner=OWNER)
-        registered.append(secret)
+    key_forms = [key_pem, *_pem_lines(text), *_pem_lines(key_pem)]
+    register_secrets(key_forms, owner=OWNER)
+    registered.extend(key_forms)
     thumbprint = app.client_certificate_thumbprint
     if thumbprint is None:
         try:

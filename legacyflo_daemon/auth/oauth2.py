@@ -35,7 +35,7 @@ from typing import Any
 from legacyflo_daemon.config.schema import HostConfig
 from legacyflo_daemon.errors import AuthenticationFailed, PermanentError, TransientError
 from legacyflo_daemon.model import Secret
-from legacyflo_daemon.runtime.secrets import forget_secret, register_secret
+from legacyflo_daemon.runtime.secrets import forget_secret, forget_secrets, register_secret
 
 OWNER = "auth.oauth2"
 # Tokens kept registered for scrubbing, the current one included: the one before it may still be
@@ -119,8 +119,7 @@ class TokenProvider:
     def close(self) -> None:
         """Forget every token and secret this provider registered (after ``discard_all``)."""
         with self._lock:
-            for value in (*self._issued, *self._secrets):
-                forget_secret(value, owner=OWNER)
+            forget_secrets((*self._issued, *self._secrets), owner=OWNER)
             self._issued.clear()
             self._secrets.clear()
             self._current, self._client = None, None

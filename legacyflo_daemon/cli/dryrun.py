@@ -28,6 +28,7 @@ from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.errors import ImapError
 from legacyflo_daemon.imap.session import Session
 from legacyflo_daemon.model import JobType, Request
+from legacyflo_daemon.report.mail import human_size
 from legacyflo_daemon.request import dates
 from legacyflo_daemon.transfer import folders
 
@@ -144,16 +145,6 @@ async def _measure(
 # -- rendering (pure) -----------------------------------------------------------------------------
 
 
-def human_bytes(n: int) -> str:
-    """``0 B``, ``950 B``, ``12.3 kB``, ``4.5 MB``, ``1.2 GB`` (powers of 1000)."""
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    raise AssertionError("unreachable")
-
-
 def human_duration(seconds: float) -> str:
     """``under a minute``, ``about 7 min``, ``about 3 h 20 min``, ``about 2 d 4 h``."""
     if seconds < 60:
@@ -206,13 +197,13 @@ def render(surveys: Sequence[Survey], rate_mb: float, max_jobs: int) -> str:
             if f.error is not None:
                 lines += _wrap(f"  {'?':>9} {'?':>9}  {f.source}: NOT READ: {f.error}", 23)
                 continue
-            counts = f"  {f.messages:>9} {human_bytes(f.bytes):>9}  "
+            counts = f"  {f.messages:>9} {human_size(f.bytes):>9}  "
             lines += _wrap(f"{counts}{f.source} → {f.dest}", 23)
         for path, reason in s.skipped:
             lines += _wrap(f"  skipped: {path}: {reason}", 4)
         took = estimate_seconds([s.bytes], rate_mb, 1)
         lines += _wrap(
-            f"  total: {s.messages} message(s), {human_bytes(s.bytes)} in "
+            f"  total: {s.messages} message(s), {human_size(s.bytes)} in "
             f"{len(s.folders)} folder(s); {human_duration(took)} at {rate_mb:g} MB/s",
             4,
         )
@@ -221,7 +212,7 @@ def render(surveys: Sequence[Survey], rate_mb: float, max_jobs: int) -> str:
     lines += [""]
     lines.append(
         f"Dry run total: {len(done)} account(s), {sum(s.messages for s in done)} message(s), "
-        f"{human_bytes(sum(s.bytes for s in done))}"
+        f"{human_size(sum(s.bytes for s in done))}"
     )
     lines.append(f"  estimate: {human_duration(took)}")
     lines += _wrap(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from legacyflo_daemon.imap._aioimaplib import protocol as protocol_module
-from legacyflo_daemon.imap._aioimaplib.commands import LinearFetchCommand
+from legacyflo_daemon.imap._aioimaplib.commands import _QUOTED, LinearFetchCommand
 from legacyflo_daemon.imap._aioimaplib.protocol import LINE_MAX, ImapProtocol
 from legacyflo_daemon.imap.syntax import parse
 from legacyflo_daemon.imap.syntax.parse import fetch_items, meta_from, metas_of
@@ -259,3 +260,15 @@ def test_metas_of_reads_the_common_layout_directly(monkeypatch: pytest.MonkeyPat
     assert got[0].header == HEADER and got[0].flags == ("\\Seen",) and got[0].size == 2000
     # equal flag sets are one tuple, as on the general path
     assert got[0].flags is got[1].flags
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([b'"', b"\\", b"(", b")", b"a", b" ", b"\r", b"\n", b'\\"', b"\\\\"]),
+        max_size=24,
+    ).map(b"".join)
+)
+def test_the_quoted_string_pattern_is_the_plain_one_unrolled(line: bytes) -> None:
+    plain = re.compile(rb'"(?:[^"\\\r\n]|\\.)*"')
+    assert _QUOTED.sub(b"", line) == plain.sub(b"", line)

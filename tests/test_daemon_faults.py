@@ -52,10 +52,10 @@ def injected(work: Work, code: str) -> dict[str, str]:
 PARSER_BUG = """
     import legacyflo_daemon.imap.session as session
 
-    def meta_from(item):
+    def metas_of(parts):
         raise AttributeError("injected parser bug")
 
-    session.meta_from = meta_from  # where Session.open_folder and fetch_meta* look it up
+    session.metas_of = metas_of  # where Session.open_folder and fetch_meta* look it up
 """
 
 

@@ -280,11 +280,11 @@ async def test_a_parser_bug_while_copying_is_raised_once_as_internal_error_never
     source_before = snapshot_mailbox(source_server, source_account.user)
     calls: list[object] = []
 
-    def meta_from(item: object) -> object:  # MessageMeta from a FETCH response: broken
-        calls.append(item)
+    def metas_of(parts: object) -> object:  # MessageMeta from FETCH responses: broken
+        calls.append(parts)
         raise AttributeError("'NoneType' object has no attribute 'uid'")
 
-    monkeypatch.setattr(imap_session, "meta_from", meta_from)  # where the session looks it up
+    monkeypatch.setattr(imap_session, "metas_of", metas_of)  # where the session looks it up
     run = direct_run(
         tmp_path, source_account, dest_account, jobtype=JobType.IMAP, retries=6,
         backoff_base=0.01, backoff_max=0.01,
@@ -295,7 +295,7 @@ async def test_a_parser_bug_while_copying_is_raised_once_as_internal_error_never
     cause = info.value.__cause__
     assert isinstance(cause, AttributeError)
     assert cause.__traceback__ is not None
-    assert traceback.extract_tb(cause.__traceback__)[-1].name == "meta_from"
+    assert traceback.extract_tb(cause.__traceback__)[-1].name == "metas_of"
     assert "internal error (AttributeError)" in str(info.value)
     assert source_account.password not in str(info.value)
     assert len(calls) == 1  # no retry, no second connection pair reading the folder again

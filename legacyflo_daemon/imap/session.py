@@ -58,7 +58,7 @@ from legacyflo_daemon.imap.syntax.parse import (
     appenduid,
     fetch_items,
     message_from,
-    meta_from,
+    metas_of,
     parse_list,
     parse_mailbox,
     parse_namespaces,
@@ -570,8 +570,7 @@ class Session:
             fetched = replies[-1]
             self._check("other", fetched.result, fetched.text, f"FETCH 1:{first}")
             with self._parsing(f"FETCH 1:{first}"):
-                items = fetch_items(fetched.lines)
-            metas = _deliver(await self._convert(items, meta_from, f"FETCH 1:{first}"), each)
+                metas = _deliver(metas_of(fetched.lines), each)
         else:
             # Fewer messages than counted (expunged meanwhile): the FETCH named numbers that
             # do not exist and proves nothing; read the folder as it is now.
@@ -621,6 +620,20 @@ class Session:
             parsed = fetch_items(reply.lines)
         return reply.result, parsed, reply.text
 
+    async def _fetch_metas(
+        self, uid_set: str, items: str, *, by_uid: bool = True
+    ) -> list[MessageMeta]:
+        """One metadata FETCH (``META_ITEMS`` or ``STORED_ITEMS``) of at most ``META_BATCH``
+        messages, converted in one go (``metas_of``: ~4 us a message, so a batch holds the
+        loop ~5 ms), in the order the server sent them."""
+        what = f"{'UID ' if by_uid else ''}FETCH {uid_set}"
+        reply = await self._conn.run(
+            "FETCH", [uid_set, items], prefix="UID" if by_uid else None, fetch=True, what=what
+        )
+        self._check("other", reply.result, reply.text, what)
+        with self._parsing(what):
+            return metas_of(reply.lines)
+
     async def fetch_meta(
         self, uids: str | Iterable[int], *, each: MetaSink | None = None
     ) -> list[MessageMeta]:
@@ -629,9 +642,7 @@ class Session:
         are skipped. ``each``: as for ``open_folder`` (batches handed over, nothing returned)."""
         out: list[MessageMeta] = []
         for uid_set in self._batches(uids, META_BATCH):
-            result, items, text = await self._fetch(uid_set, META_ITEMS)
-            self._check("other", result, text, f"UID FETCH {uid_set}")
-            out += _deliver(await self._convert(items, meta_from, f"UID FETCH {uid_set}"), each)
+            out += _deliver(await self._fetch_metas(uid_set, META_ITEMS), each)
         out.sort(key=lambda m: m.uid)
         return out
 
@@ -655,10 +666,7 @@ class Session:
         look at the copies that need one."""
         out: list[MessageMeta] = []
         for uid_set in self._batches(uids, META_BATCH):
-            what = f"UID FETCH {uid_set}"
-            result, items, text = await self._fetch(uid_set, STORED_ITEMS)
-            self._check("other", result, text, what)
-            out += await self._convert(items, meta_from, what)
+            out += await self._fetch_metas(uid_set, STORED_ITEMS)
         out.sort(key=lambda m: m.uid)
         return out
 
@@ -679,9 +687,7 @@ class Session:
         out: list[MessageMeta] = []
         for first in range(start, exists + 1, META_BATCH):
             seq = f"{first}:{min(exists, first + META_BATCH - 1)}"
-            result, items, text = await self._fetch(seq, META_ITEMS, by_uid=False)
-            self._check("other", result, text, f"FETCH {seq}")
-            out += _deliver(await self._convert(items, meta_from, f"FETCH {seq}"), each)
+            out += _deliver(await self._fetch_metas(seq, META_ITEMS, by_uid=False), each)
         return out
 
     async def fetch_bodies(

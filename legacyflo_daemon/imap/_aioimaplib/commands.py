@@ -82,7 +82,9 @@ class ContinuationCommand(SafeCommand):
         return None
 
 
-_QUOTED = re.compile(rb'"(?:[^"\\\r\n]|\\.)*"')
+# A quoted string; written as an unrolled loop (2.5x faster than ``"(?:[^"\\\r\n]|\\.)*"``,
+# same matches): it is applied to every FETCH response line.
+_QUOTED = re.compile(rb'"[^"\\\r\n]*(?:\\.[^"\\\r\n]*)*"')
 
 
 class LinearFetchCommand(SafeCommand, lib.FetchCommand):  # type: ignore[misc]
@@ -107,6 +109,24 @@ class LinearFetchCommand(SafeCommand, lib.FetchCommand):  # type: ignore[misc]
 
     def wait_data(self) -> bool:
         return self._depth != 0
+
+    def take_response(self, line: bytes, literal: bytearray | None) -> bool:
+        """Take one whole FETCH response at once (``ImapProtocol``'s fast path): its line
+        (``* `` removed; ending with the literal's ``{n}`` when ``literal`` is given) and, with
+        a literal, the literal and the closing ``)``. The lines kept are exactly those the
+        line-by-line path keeps. Returns False, taking nothing, unless the response is
+        complete by the parenthesis count (then the line-by-line path must read it)."""
+        bare = _QUOTED.sub(b"", line) if b'"' in line else line
+        depth = bare.count(b"(") - bare.count(b")")
+        if depth != (0 if literal is None else 1):
+            return False
+        self._resp_result = "Pending"
+        self._depth = 0
+        if literal is None:
+            self._resp_lines.append(line)
+        else:
+            self._resp_lines += (line, literal, b")")
+        return True
 
 
 class PipelineCommand:

@@ -27,6 +27,9 @@ fixes a measured defect (docs/imap-interop.md §1):
   command at a time.
 - ``_continuation`` feeds literals and SASL data of the pending ``ContinuationCommand``; the
   library can only send one APPEND literal, kept in shared state.
+- ``_fast_fetch``: a FETCH response that is whole in the received chunk (its line, at most
+  one literal at the line's end, ``)``) goes to the command in one step, not line by line
+  through the library's dispatch; the command gets the same lines.
 - ``send`` never logs (the library logs command lines with a password scrub that misses the
   escaped form of the password) and writes a command's non-synchronizing literals right after
   its line (LITERAL+; the library only knows synchronizing literals).
@@ -53,7 +56,11 @@ from typing import Any
 
 from aioimaplib import aioimaplib as lib
 
-from legacyflo_daemon.imap._aioimaplib.commands import ContinuationCommand, PipelineCommand
+from legacyflo_daemon.imap._aioimaplib.commands import (
+    ContinuationCommand,
+    LinearFetchCommand,
+    PipelineCommand,
+)
 from legacyflo_daemon.imap.syntax.wire import CRLF, Chunk, ResponseTooLarge, WireError
 
 # What the rest of the boundary needs of the library, so that only this adapter imports it:
@@ -68,6 +75,11 @@ LINE_MAX = 64 * 1024
 # SEARCH lists every matching UID on one line: 200,000 messages are about 1.4 MB.
 SEARCH_LINE_MAX = 32 * 1024 * 1024
 _FETCH_SEQ = re.compile(rb"^\* ([0-9]+) FETCH ", re.IGNORECASE)
+# One whole FETCH response as most arrive: a line ending in a literal, the literal, ``)``; or
+# a line without literal (``_fast_fetch``).
+_WHOLE_FETCH = re.compile(rb"\* [0-9]+ FETCH \([^\r\n]*\{([0-9]+)\}\r\n")
+_FLAT_FETCH = re.compile(rb"\* [0-9]+ FETCH \([^\r\n]*\)\r\n")
+_CLOSE = b")" + CRLF
 _LINE_UID = re.compile(rb"[( ]UID ([0-9]+)", re.IGNORECASE)
 DIRECT_WRITE_MAX = 256 * 1024  # up to this, chunks are written at once
 
@@ -80,6 +92,10 @@ for _name in ("aioimaplib", "aioimaplib.aioimaplib"):
 
 class ImapProtocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
     """The library protocol with the fixes listed in the module docstring."""
+
+    # Whole FETCH responses handed over in one step (``_fast_fetch``); off, every response is
+    # read line by line (the tests compare the two).
+    fast_fetch = True
 
     state: str
     transport: Any
@@ -265,6 +281,13 @@ class ImapProtocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
                     self.current_command, self.incomplete_line = cmd, b""
                     return
                 continue
+            if cmd is None and self.pending_sync_command is None and self.fast_fetch:
+                fetch = self.pending_async_commands.get("FETCH")
+                if type(fetch) is LinearFetchCommand and data.startswith(b"* ", pos):
+                    after = self._fast_fetch(data, view, pos, end, fetch)
+                    if after:
+                        pos = after
+                        continue
             eol = data.find(CRLF, pos)
             if eol < 0:
                 self._check_line(end - pos)
@@ -292,6 +315,41 @@ class ImapProtocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
                 cmd = new
             else:
                 cmd = None
+
+    def _fast_fetch(
+        self, data: bytes, view: memoryview, pos: int, end: int, fetch: LinearFetchCommand
+    ) -> int:
+        """Hand the FETCH response at ``data[pos:]`` to ``fetch`` in one step if it is whole in
+        ``data`` and has the common shape (one line, at most one literal, at its end, then
+        ``)``); returns the position after it, 0 when the line-by-line path must read it.
+
+        What ``fetch`` gets is what the line-by-line path would give it (the line without
+        ``* ``, the literal as a ``bytearray``, ``)``), without its per-line dispatch (the
+        library's ``_handle_line`` -> ``_untagged_response`` -> response-name lookup, the
+        literal regex, ``begin_literal_data``/``append_literal_data``): measured on 1,000
+        metadata responses of 2 KB messages, the receive path went from ~7 to ~3 us each.
+        The line-length cap and the literal limits of a body FETCH apply as on that path (a
+        response that would break either is left to it, which raises or drops).
+        """
+        m = _WHOLE_FETCH.match(data, pos)
+        if m is None:
+            m = _FLAT_FETCH.match(data, pos)
+            if m is None or m.end() - pos - 2 > LINE_MAX:
+                return 0
+            line = data[pos + 2 : m.end() - 2]
+            return m.end() if fetch.take_response(line, None) else 0
+        start = m.end()
+        size = int(m[1])
+        stop = start + size
+        if start - pos - 2 > LINE_MAX or stop + 3 > end or data[stop : stop + 3] != _CLOSE:
+            return 0
+        line = data[pos + 2 : start - 2]
+        limit = self._literal_limit(line) if self.literal_default is not None else None
+        if limit is not None and size > limit:
+            return 0
+        if not fetch.take_response(line, bytearray(view[start:stop])):
+            return 0
+        return stop + 3
 
     def _handle_line(self, line: bytes, current_cmd: Any) -> Any:
         if self.state == lib.CONNECTED:

@@ -24,7 +24,9 @@ from legacyflo_daemon.imap.syntax.wire import (
     WireError,
     decode,
     fetch_at,
+    fetch_rows,
     item_key,
+    list_atoms,
     response_at,
     responses,
 )
@@ -355,6 +357,87 @@ def meta_from(item: dict[str, Value]) -> MessageMeta:
         size=int(size) if isinstance(size, str) and size.isdigit() else 0,
         header=bytes(header),
     )
+
+
+# Per FETCH layout (item keys and value kinds): where ``metas_of`` finds each item, or None
+# when the layout is not one it converts directly.
+_Plan = tuple[int, int, int, int, int]
+_META_PLANS: dict[tuple[tuple[str, ...], tuple[str, ...]], _Plan | None] = {}
+_FLAGS_BY_RAW: dict[bytes, tuple[str, ...]] = {}  # a FLAGS list as sent -> its shared tuple
+
+
+def _meta_plan(keys: tuple[str, ...], kinds: tuple[str, ...]) -> _Plan | None:
+    """Indices (into a ``wire.fetch_rows`` row) of UID, FLAGS, INTERNALDATE, RFC822.SIZE (0:
+    absent) and the header section, for a layout ``metas_of`` reads directly; else None."""
+    found = {key: k for k, key in enumerate(keys, start=1)}
+    if len(found) != len(keys):
+        return None  # an item named twice: the general path's "later one wins"
+    headers = [
+        k for key, k in found.items() if key.startswith("BODY[HEADER") or key == "RFC822.HEADER"
+    ]
+    wanted = {"UID": "atom", "FLAGS": "list", "INTERNALDATE": "quoted"}
+    if len(headers) != 1 or kinds[headers[0] - 1] != "literal":
+        return None
+    if any(kinds[found[key] - 1] != kind for key, kind in wanted.items() if key in found):
+        return None
+    if "UID" not in found or "FLAGS" not in found or "INTERNALDATE" not in found:
+        return None
+    size = found.get("RFC822.SIZE", 0)
+    if size and kinds[size - 1] != "atom":
+        return None
+    return found["UID"], found["FLAGS"], found["INTERNALDATE"], size, headers[0]
+
+
+def metas_of(parts: Parts) -> list[MessageMeta]:
+    """``meta_from`` of every ``fetch_items`` item of ``parts`` (the answers of one metadata
+    FETCH), in the order the server sent them: the same values and the same errors.
+
+    Answers of one common layout (``wire.fetch_rows``) are converted straight from their
+    matched bytes (~4 us a message instead of ~9: no item dict, flags looked up by their raw
+    bytes); anything unusual in a batch sends the whole batch through the general path."""
+    found = fetch_rows(parts)
+    if found is not None:
+        keys, kinds, rows = found
+        layout = (keys, kinds)
+        if layout not in _META_PLANS and len(_META_PLANS) < 64:
+            _META_PLANS[layout] = _meta_plan(keys, kinds)
+        plan = _META_PLANS.get(layout)
+        if plan is not None:
+            metas = _metas_by_plan(plan, rows)
+            if metas is not None:
+                return metas
+    return [meta_from(item) for item in fetch_items(parts)]
+
+
+def _metas_by_plan(
+    plan: _Plan, rows: list[tuple[bytes | bytearray, ...]]
+) -> list[MessageMeta] | None:
+    iu, ifl, idate, isize, ihead = plan
+    out: list[MessageMeta] = []
+    flag_sets = _FLAGS_BY_RAW
+    for row in rows:
+        uid, raw_flags, raw_date, header = row[iu], row[ifl], row[idate], row[ihead]
+        size = row[isize] if isize else b""
+        # What the general path would read differently is left to it: a UID that is not
+        # ASCII digits (NIL drops the item, str.isdigit takes other scripts' digits), a size
+        # in other scripts' digits, a date parse_date_time refuses (then its error; a date
+        # with an escape is one: the raw bytes still hold the backslash).
+        if not uid.isdigit() or not size.isascii():
+            return None
+        flags = flag_sets.get(bytes(raw_flags))
+        if flags is None:
+            flags = _flags({"FLAGS": list_atoms(bytes(raw_flags))})
+            if len(flag_sets) < _FLAG_SETS_MAX:
+                flag_sets[bytes(raw_flags)] = flags
+        text = raw_date.decode("utf-8", "surrogateescape")
+        try:
+            when = parse_date_time(text)
+        except ValueError:
+            return None
+        # positional: a third cheaper than by keyword, for every message read
+        size_value = int(size) if size.isdigit() else 0
+        out.append(MessageMeta(int(uid), flags, when, text, size_value, bytes(header)))
+    return out
 
 
 def exchange_substitute(body: bytes | bytearray) -> bool:

@@ -17,15 +17,19 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from legacyflo_daemon.imap.session import Session
 from legacyflo_daemon.model import JobType, RequestResult, Status
 from legacyflo_daemon.transfer.copier import Interrupted
 from testkit import (
     DovecotServer,
+    LoadedMessage,
     LoginCounts,
     MailboxSnapshot,
     MailSpec,
@@ -440,6 +444,77 @@ async def test_uidvalidity_change_between_runs_still_gives_exactly_once(
     result = await again.run()
     assert counts(result)["Reports"] == (10, 0, 10, 0)
     assert dest_snapshot(dest_server, dest_account.user) == want
+
+
+async def test_a_folder_going_into_an_empty_one_is_copied_while_its_metadata_is_read(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    source_account: ServerAccount,
+    new_dest_account: Callable[..., ServerAccount],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The destination folder is empty, so every source message is missing: the first bodies
+    are fetched (and appended) before the source's last metadata batch is read, instead of
+    after all of them. The copy is exact, in one go and after a stop in the middle of it
+    (then the next pass finds the folder not empty and compares both sides)."""
+    user = source_account.user
+
+    def load() -> tuple[LoadedMessage, ...]:  # in a thread: the loop must stay free
+        specs = []
+        for i in range(2600):  # three metadata batches (META_BATCH 1,000)
+            when = utc(2018, 1 + i % 12, 1 + i % 28, i % 24)
+            data = make_message(
+                subject=f"Note {i}", date=when, message_id=f"<note-{i}@stream.example.com>",
+                body=lorem(i, 20) + "\n",
+            )  # fmt: skip
+            flags = frozenset({"\\Seen"} if i % 3 else set())
+            specs.append(MailSpec(data, flags, when, f"n{i}"))
+        return tuple(load_messages(source_server, user, "Notes", specs))
+
+    loaded = {"Notes": await asyncio.to_thread(load)}
+    want = expected_tree(loaded, {"Notes": "Notes"}, parents=["Inbox"])
+    before = snapshot_mailbox(source_server, user)
+
+    calls: list[str] = []  # the source session's metadata and body FETCHes, in order
+
+    def spy(name: str, method: Any) -> Any:
+        async def recorded(self: Session, *args: Any, **kwargs: Any) -> Any:
+            if self.host == source_account.host:
+                calls.append(name)
+            return await method(self, *args, **kwargs)
+
+        return recorded
+
+    monkeypatch.setattr(Session, "_fetch_metas", spy("meta", Session._fetch_metas))
+    monkeypatch.setattr(Session, "fetch_bodies", spy("body", Session.fetch_bodies))
+
+    # In one go.
+    dest = new_dest_account("stream-dest-1")
+    result = await direct_run(tmp_path / "one", source_account, dest, jobtype=JobType.IMAP).run()
+    assert (result.status, result.error) == (Status.SUCCEEDED, None)
+    assert counts(result)["Notes"] == (2600, 2600, 0, 0)
+    assert dest_snapshot(dest_server, dest.user) == want
+    # The first metadata batch comes with EXAMINE, two more follow; at least the last one is
+    # read after the first bodies (how many before depends on when the empty destination
+    # folder's SELECT answered).
+    assert calls.count("meta") == 2, calls
+    assert "body" in calls and "meta" in calls[calls.index("body") :], calls
+
+    # Stopped after the first batch stored, then resumed.
+    dest = new_dest_account("stream-dest-2")
+    run = direct_run(tmp_path / "two", source_account, dest, jobtype=JobType.IMAP)
+    stop = asyncio.Event()
+    with pytest.raises(Interrupted):
+        await run.copier(stop=stop, on_progress=lambda _p: stop.set()).run()
+    assert 0 < dest_snapshot(dest_server, dest.user)["Notes"].total() < 2600
+    result = await run.run()
+    assert (result.status, result.error) == (Status.SUCCEEDED, None)
+    (folder,) = [f for f in result.folders if f.source == "Notes"]
+    assert (folder.in_range, folder.copied, folder.already_present) == (2600, 2600, 0)
+    assert dest_snapshot(dest_server, dest.user) == want
+    # (the INBOX this test never wrote exists, empty, once Dovecot has seen a login)
+    assert snapshot_mailbox(source_server, user).folders["Notes"] == before.folders["Notes"]
 
 
 # -- memory --------------------------------------------------------------------------------------

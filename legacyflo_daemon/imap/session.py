@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Self, TypeVar
 
@@ -93,7 +93,9 @@ T = TypeVar("T")
 # Receives each batch of metadata as it is read (ascending UID within the batch), instead of
 # one list of the whole folder: a caller that keeps only what it needs of each message holds
 # a folder of 200,000 in a fraction of the memory (see ``open_folder``).
-MetaSink = Callable[[list[MessageMeta]], None]
+# Takes each metadata batch as it is read; an awaitable it returns is awaited before the next
+# batch is fetched (a consumer that falls behind holds the read back).
+MetaSink = Callable[[list[MessageMeta]], Awaitable[None] | None]
 PIPELINE_MAX = 200  # commands sent in one pipeline (a long folder list goes in several)
 _STATUS_MESSAGES = re.compile(rb"\bMESSAGES ([0-9]+)", re.IGNORECASE)
 _ESEARCH_COUNT = re.compile(rb"^ESEARCH\b.*\bCOUNT ([0-9]+)", re.IGNORECASE)
@@ -518,7 +520,9 @@ class Session:
 
         ``each``: every batch (at most ``META_BATCH`` messages, sorted by UID) is handed to it
         as soon as it is parsed, batches in ascending UID order, and the returned list is
-        empty: the caller keeps what it needs, not every ``MessageMeta`` of the folder.
+        empty: the caller keeps what it needs, not every ``MessageMeta`` of the folder. When
+        ``each`` returns an awaitable, the next batch is fetched once it is done (no command
+        of this session is running meanwhile: the caller may use the session in between).
         """
         command = "EXAMINE" if examine else "SELECT"
         if not self._pipelinable([name]):
@@ -570,7 +574,8 @@ class Session:
             fetched = replies[-1]
             self._check("other", fetched.result, fetched.text, f"FETCH 1:{first}")
             with self._parsing(f"FETCH 1:{first}"):
-                metas = _deliver(metas_of(fetched.lines), each)
+                batch = metas_of(fetched.lines)
+            metas = await _deliver(batch, each)
         else:
             # Fewer messages than counted (expunged meanwhile): the FETCH named numbers that
             # do not exist and proves nothing; read the folder as it is now.
@@ -642,7 +647,7 @@ class Session:
         are skipped. ``each``: as for ``open_folder`` (batches handed over, nothing returned)."""
         out: list[MessageMeta] = []
         for uid_set in self._batches(uids, META_BATCH):
-            out += _deliver(await self._fetch_metas(uid_set, META_ITEMS), each)
+            out += await _deliver(await self._fetch_metas(uid_set, META_ITEMS), each)
         out.sort(key=lambda m: m.uid)
         return out
 
@@ -687,7 +692,7 @@ class Session:
         out: list[MessageMeta] = []
         for first in range(start, exists + 1, META_BATCH):
             seq = f"{first}:{min(exists, first + META_BATCH - 1)}"
-            out += _deliver(await self._fetch_metas(seq, META_ITEMS, by_uid=False), each)
+            out += await _deliver(await self._fetch_metas(seq, META_ITEMS, by_uid=False), each)
         return out
 
     async def fetch_bodies(
@@ -794,12 +799,14 @@ class Session:
         self._conn.kill("aborted by the client")
 
 
-def _deliver(batch: list[MessageMeta], each: MetaSink | None) -> list[MessageMeta]:
+async def _deliver(batch: list[MessageMeta], each: MetaSink | None) -> list[MessageMeta]:
     """``batch`` sorted by UID, handed to ``each`` (then nothing is kept: ``[]``) or returned."""
     batch.sort(key=lambda m: m.uid)
     if each is None:
         return batch
-    each(batch)
+    pending = each(batch)
+    if pending is not None:
+        await pending
     return []
 
 

@@ -2,12 +2,16 @@
 
 Owns the per-folder step of the copier (see ``copier``). The multiset comparison is done on
 identities read from both servers at the start of the pass, so a pass that starts after any
-interruption copies exactly what is still missing. Counts of earlier passes of the same request
+interruption copies exactly what is still missing. When the destination folder turns out to
+hold nothing (the first pass of a folder), everything is missing: the copy then starts while
+the source's metadata is still being read (``_Stream``), which the metadata read waits for. Counts of earlier passes of the same request
 come from the checkpoint (``prior``); messages this pass finds already present that earlier
 passes copied are counted as copied, not as already present.
 
 Memory: bodies are fetched in batches bounded by count and by (server-reported) size, and each
-batch holds a reservation on the shared ``ByteBudget`` while its bytes are in memory.
+batch holds a reservation on the shared ``ByteBudget`` while its bytes are in memory. Of the
+metadata, a pass into an empty folder holds a few thousand messages at a time; any other holds
+what one side has read ahead of the other, and then the missing messages until copied.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 
@@ -174,14 +178,55 @@ class FolderCopy:
         pending: dict[str, list[tuple[str, str]]] | None = None  # altered copies not seen yet
         top = 0  # the highest destination UID read
 
-        def on_source(batch: list[MessageMeta]) -> None:
+        stream: _Stream | None = None  # the copy runs while the source is read (see below)
+        source_read = False
+
+        async def on_source(batch: list[MessageMeta]) -> None:
+            items: list[_Source] = []
             for m in batch:
                 key = identity.identity(m.header, m.internaldate)
                 if key in alias_keys:
                     aliased.append((m, key))
-                matcher.add_source(
-                    key, _Source(m.uid, (), m.internaldate, "", m.size, m.header, key)
-                )
+                items.append(_Source(m.uid, (), m.internaldate, "", m.size, m.header, key))
+            if stream is not None:
+                stream.count += len(items)
+                await stream.put(items)  # waits while the copy is behind: memory stays bounded
+                return
+            for item in items:
+                matcher.add_source(item.key, item)
+
+        async def read_source() -> MailboxInfo:
+            nonlocal source_read
+            info, _ = await src.open_folder(
+                self.plan.source_name, examine=True, criteria=self.criteria,
+                expected=self.expected, each=on_source,
+            )  # fmt: skip
+            source_read = True
+            if stream is not None:
+                await stream.put(None)
+            return info
+
+        async def dest_side() -> MailboxInfo:
+            # The destination folder holds nothing (just created, or empty): every source
+            # message is missing, so the copy starts now, while the source is still being read,
+            # instead of after its last metadata batch: the metadata of a large folder is not
+            # held whole, and reading it overlaps copying. (With anything in the destination,
+            # what is missing is known only once both sides are read.)
+            nonlocal stream
+            dinfo, _ = await self._open_dest(dst, on_dest)
+            if top or dinfo.exists or source_read:
+                return dinfo
+            stream = _Stream()
+            first = sorted((item for _, item in matcher.missing()), key=lambda m: m.uid)
+            stream.flushed = matcher.source
+            matcher.clear()
+            self._start_pass(in_range=None, missing=None)
+            self._next_uid = dinfo.uidnext or 1
+            await stream.put(first)
+            by_uid: dict[int, _Source] = {}
+            await self._pipeline(src, dst, stream.batches(self, by_uid), by_uid,
+                                 dinfo.permanent_flags)  # fmt: skip
+            return dinfo
 
         def on_dest(batch: list[MessageMeta]) -> None:
             nonlocal pending, top
@@ -208,14 +253,13 @@ class FolderCopy:
             if listing is not None:
                 listing.add_lines(lines)
 
-        (info, _), (dinfo, _) = await both(
-            src.open_folder(
-                self.plan.source_name, examine=True, criteria=self.criteria,
-                expected=self.expected, each=on_source,
-            ),
-            self._open_dest(dst, on_dest),
-        )  # fmt: skip
+        info, dinfo = await both(read_source(), dest_side())
         self._uidvalidity = info.uidvalidity
+        if stream is not None:
+            in_range = stream.flushed + stream.count
+            self.counts["in_range"] = in_range
+            self.progress.in_range[self.plan.source_name] = in_range
+            return self._finish(listing)
         self._next_uid = max(dinfo.uidnext or 1, top + 1)
         by_uid = {m.uid: m for _, m in matcher.missing()}
         in_range, spare = matcher.source, matcher.left()
@@ -226,29 +270,45 @@ class FolderCopy:
             adopted = self._adopt_munged_copies(missing, spare, by_uid)
             gone = {m.uid for m, _ in adopted}
             missing = [u for u in missing if u not in gone]
-        prior = dict(self.prior.counts) if self.prior is not None else {}
-        self.counts = {k: prior.get(k, 0) for k in _COUNTERS}
-        self.counts["in_range"] = in_range
-        self.counts["failed"] = 0
-        self.counts["altered"] = 0
         present = in_range - len(missing)
-        self.counts["already_present"] = max(0, present - self.counts["copied"])
-        self.state.clear_failures(self.request_id, self.plan.source_display)
+        self._start_pass(in_range=in_range, missing=len(missing))
         if aliased or adopted:  # rare: no set of every missing UID otherwise
             self._report_altered_copies(aliased, set(missing), reasons, adopted)
-        self._checkpoint(done=False)
+            self._checkpoint(done=False)
         name = self.plan.source_name
-        self.progress.in_range[name] = in_range
         self.progress.handled[name] = present
         self.progress.present[name] = self.counts["already_present"]
         self.progress.messages_total += len(missing)
         self.progress.bytes_total += sum(by_uid[u].size for u in missing)
-        self.progress.phase, self.progress.detail = "copying", self.plan.source_display
-        log.info("folder_started", folder=self.plan.source_display, in_range=in_range,
-                 missing=len(missing), dest=self.dest_display)  # fmt: skip
         sized = ((u, by_uid[u].size) for u in missing)  # not a list: 200,000 pairs are 13 MB
         batches = identity.batches(sized, self.config.fetch_batch, self.config.fetch_batch_bytes)
         await self._pipeline(src, dst, batches, by_uid, dinfo.permanent_flags)
+        return self._finish(listing)
+
+    def _start_pass(self, *, in_range: int | None, missing: int | None) -> None:
+        """The pass's counters (this pass's on top of the earlier passes' ``prior`` ones),
+        failures of earlier passes forgotten, the first checkpoint, ``folder_started``.
+        ``in_range``/``missing`` None: not known yet (the copy starts while the source is
+        read; the counted total stands for them until the end)."""
+        prior = dict(self.prior.counts) if self.prior is not None else {}
+        self.counts = {k: prior.get(k, 0) for k in _COUNTERS}
+        self.counts["in_range"] = in_range or 0
+        self.counts["failed"] = 0
+        self.counts["altered"] = 0
+        present = 0 if in_range is None or missing is None else in_range - missing
+        self.counts["already_present"] = max(0, present - self.counts["copied"])
+        self.state.clear_failures(self.request_id, self.plan.source_display)
+        self._checkpoint(done=False)
+        if in_range is not None:
+            self.progress.in_range[self.plan.source_name] = in_range
+        self.progress.phase, self.progress.detail = "copying", self.plan.source_display
+        counted = self.expected
+        log.info("folder_started", folder=self.plan.source_display,
+                 in_range=counted if in_range is None else in_range,
+                 missing=counted if missing is None else missing,
+                 dest=self.dest_display)  # fmt: skip
+
+    def _finish(self, listing: ListingFile | None) -> FolderResult:
         self._checkpoint(done=True)
         if listing is not None:
             listing.finish(self.dest_name)
@@ -365,7 +425,7 @@ class FolderCopy:
         self,
         src: Session,
         dst: Session,
-        batches: list[list[int]],
+        batches: _Batches,
         metas: dict[int, _Source],
         permanent: frozenset[str] | None,
     ) -> None:
@@ -380,7 +440,7 @@ class FolderCopy:
 
         async def produce() -> None:
             try:
-                for batch in batches:
+                async for batch in _each(batches):
                     if self.stop.is_set():
                         break
                     reserved = sum(metas[u].size for u in batch)
@@ -606,6 +666,55 @@ class FolderCopy:
         prior = dict(self.prior.counts) if self.prior is not None else {}
         counts = self.counts or {k: prior.get(k, 0) for k in _COUNTERS}
         return replace(self._result_with(counts), error=error)
+
+
+_Batches = Iterable[list[int]] | AsyncIterator[list[int]]
+
+
+async def _each(batches: _Batches) -> AsyncIterator[list[int]]:
+    if isinstance(batches, AsyncIterator):
+        async for batch in batches:
+            yield batch
+    else:
+        for batch in batches:
+            yield batch
+
+
+class _Stream:
+    """Source messages found missing while the source folder is still being read (its
+    destination folder is empty, see ``FolderCopy.run``): chunks of them in (``put``, None
+    ends), body-FETCH batches out (``batches``). At most ``DEPTH`` chunks wait: the metadata
+    read waits for the copy, so what is held does not grow with the folder."""
+
+    DEPTH = 2
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[list[_Source] | None] = asyncio.Queue(maxsize=self.DEPTH)
+        self.flushed = 0  # source messages read before the stream started
+        self.count = 0  # source messages read since (every one of them missing)
+
+    async def put(self, items: list[_Source] | None) -> None:
+        await self._queue.put(items)
+
+    async def batches(
+        self, copy: FolderCopy, by_uid: dict[int, _Source]
+    ) -> AsyncIterator[list[int]]:
+        """Batches as ``identity.batches`` makes them, of the messages put, in order; each
+        message is in ``by_uid`` (and in the copy's progress totals) once its batch is out."""
+        count, size = copy.config.fetch_batch, copy.config.fetch_batch_bytes
+        carry: list[int] = []  # the last, maybe partial, batch: it may grow with the next chunk
+        while (items := await self._queue.get()) is not None:
+            for item in items:
+                by_uid[item.uid] = item
+            copy.progress.messages_total += len(items)
+            copy.progress.bytes_total += sum(item.size for item in items)
+            carry += [item.uid for item in items]
+            ready = identity.batches(((u, by_uid[u].size) for u in carry), count, size)
+            carry = ready.pop() if ready else []
+            for batch in ready:
+                yield batch
+        for batch in identity.batches(((u, by_uid[u].size) for u in carry), count, size):
+            yield batch
 
 
 @dataclass(frozen=True, slots=True)

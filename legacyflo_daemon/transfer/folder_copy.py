@@ -4,9 +4,10 @@ Owns the per-folder step of the copier (see ``copier``). The multiset comparison
 identities read from both servers at the start of the pass, so a pass that starts after any
 interruption copies exactly what is still missing. When the destination folder turns out to
 hold nothing (the first pass of a folder), everything is missing: the copy then starts while
-the source's metadata is still being read (``_Stream``), which the metadata read waits for. Counts of earlier passes of the same request
-come from the checkpoint (``prior``); messages this pass finds already present that earlier
-passes copied are counted as copied, not as already present.
+the source's metadata is still being read (``_Stream``), which the metadata read waits for.
+Counts of earlier passes of the same request come from the checkpoint (``prior``); messages
+this pass finds already present that earlier passes copied are counted as copied, not as
+already present.
 
 Memory: bodies are fetched in batches bounded by count and by (server-reported) size, and each
 batch holds a reservation on the shared ``ByteBudget`` while its bytes are in memory. Of the

@@ -26,7 +26,13 @@ from legacyflo_daemon.imap._aioimaplib import protocol as protocol_module
 from legacyflo_daemon.imap._aioimaplib.commands import _QUOTED, LinearFetchCommand
 from legacyflo_daemon.imap._aioimaplib.protocol import LINE_MAX, ImapProtocol
 from legacyflo_daemon.imap.syntax import parse
-from legacyflo_daemon.imap.syntax.parse import fetch_items, meta_from, metas_of
+from legacyflo_daemon.imap.syntax.parse import (
+    fetch_items,
+    meta_from,
+    metas_of,
+    uid_size_from,
+    uid_sizes_of,
+)
 from legacyflo_daemon.imap.syntax.wire import WireError
 
 HEADER = b"Message-ID: <a@b>\r\nSubject: Hi (there)\r\n\r\n"
@@ -272,3 +278,34 @@ def test_metas_of_reads_the_common_layout_directly(monkeypatch: pytest.MonkeyPat
 def test_the_quoted_string_pattern_is_the_plain_one_unrolled(line: bytes) -> None:
     plain = re.compile(rb'"(?:[^"\\\r\n]|\\.)*"')
     assert _QUOTED.sub(b"", line) == plain.sub(b"", line)
+
+
+@st.composite
+def _size_batch(draw: st.DrawFn) -> list[bytes]:
+    """One ``(UID RFC822.SIZE)`` FETCH's answers: mostly plain, some odd values or layouts."""
+    flip = draw(st.booleans())
+    out = []
+    for seq in range(1, draw(st.integers(1, 6)) + 1):
+        uid, size = draw(_uids), draw(_sizes) or b"7"
+        items = [b"UID " + uid, b"RFC822.SIZE " + size]
+        if flip:
+            items.reverse()
+        if draw(st.integers(0, 9)) == 0:
+            items.append(draw(st.sampled_from([b"FLAGS (\\Seen)", b'X "a"', b"UID 3"])))
+        number = draw(st.sampled_from([seq, seq, seq, 1]))
+        out.append(b"* %d FETCH (" % number + b" ".join(items) + b")\r\n")
+    return out
+
+
+@settings(max_examples=600, deadline=None)
+@given(_size_batch())
+def test_uid_sizes_of_equals_uid_size_from_of_every_item(responses: list[bytes]) -> None:
+    parts = _parts(responses)
+    try:
+        general: object = [uid_size_from(i) for i in fetch_items(parts)]
+    except WireError:
+        general = WireError
+    fast = uid_sizes_of(parts)
+    assert fast is None or fast == general
+    plain = _parts([b"* %d FETCH (UID %d RFC822.SIZE %d)\r\n" % (i, 10 + i, 99) for i in (1, 2)])
+    assert uid_sizes_of(plain) == [(11, 99), (12, 99)]

@@ -64,6 +64,7 @@ from legacyflo_daemon.imap.syntax.parse import (
     parse_namespaces,
     parse_search,
     uid_size_from,
+    uid_sizes_of,
 )
 from legacyflo_daemon.imap.syntax.uidset import expand_uid_set, uid_batches
 from legacyflo_daemon.imap.syntax.wire import (
@@ -659,9 +660,16 @@ class Session:
         if first_uid < 1:
             raise ValueError(f"first_uid must be at least 1, got {first_uid}")
         what = f"UID FETCH {first_uid}:*"
-        result, items, text = await self._fetch(f"{first_uid}:*", "(UID RFC822.SIZE)")
-        self._check("other", result, text, what)
-        out = [p for p in await self._convert(items, uid_size_from, what) if p[0] >= first_uid]
+        reply = await self._conn.run(
+            "FETCH", [f"{first_uid}:*", "(UID RFC822.SIZE)"], prefix="UID", fetch=True, what=what
+        )
+        self._check("other", reply.result, reply.text, what)
+        with self._parsing(what):
+            pairs = uid_sizes_of(reply.lines)
+            items = fetch_items(reply.lines) if pairs is None else []
+        if pairs is None:  # an unusual answer: the general path, with turns of the loop
+            pairs = await self._convert(items, uid_size_from, what)
+        out = [p for p in pairs if p[0] >= first_uid]
         out.sort()
         return out
 

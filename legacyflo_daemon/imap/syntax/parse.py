@@ -338,6 +338,23 @@ def uid_size_from(item: dict[str, Value]) -> tuple[int, int]:
     return _uid(item), int(size)
 
 
+def uid_sizes_of(parts: Parts) -> list[tuple[int, int]] | None:
+    """``uid_size_from`` of every ``fetch_items`` item of ``parts`` (the answers of one
+    ``(UID RFC822.SIZE)`` FETCH, the read-back's first look), in the order sent, when they all
+    have the plain layout of just those two items and ASCII digits: read straight from their
+    matched bytes (~1 us a message; a read-back at the end of a large folder looks at tens of
+    thousands). None for anything else: then ``fetch_items`` + ``uid_size_from`` read them
+    (same values, and the errors)."""
+    found = fetch_rows(parts)
+    if found is None or sorted(found[0]) != ["RFC822.SIZE", "UID"] or found[1] != ("atom",) * 2:
+        return None
+    keys, _, rows = found
+    iu, isize = (1, 2) if keys[0] == "UID" else (2, 1)
+    if not all(row[iu].isdigit() and row[isize].isdigit() for row in rows):
+        return None
+    return [(int(row[iu]), int(row[isize])) for row in rows]
+
+
 def meta_from(item: dict[str, Value]) -> MessageMeta:
     """A ``MessageMeta`` from one FETCH item dict; ``WireError`` without UID or INTERNALDATE."""
     raw = item.get("INTERNALDATE")

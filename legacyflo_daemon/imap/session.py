@@ -58,6 +58,7 @@ from legacyflo_daemon.imap.syntax.parse import (
     appenduid,
     fetch_items,
     message_from,
+    messages_of,
     metas_of,
     parse_list,
     parse_mailbox,
@@ -739,11 +740,15 @@ class Session:
     ) -> list[FetchedMessage]:
         proto = self._conn.proto
         proto.limit_literals(limits, default_limit)
+        what = f"UID FETCH {uid_set}"
         try:
-            result, items, text = await self._fetch(uid_set, BODY_ITEMS)
+            reply = await self._conn.run(
+                "FETCH", [uid_set, BODY_ITEMS], prefix="UID", fetch=True, what=what
+            )
             oversized = dict(proto.oversized)
         finally:
             proto.limit_literals(None, None)
+        result, text = reply.result, reply.text
         if responses.classify_fetch(result, text) == "rejected":
             uids = expand_uid_set(uid_set)
             if split_on_no and len(uids) > 1:
@@ -756,8 +761,15 @@ class Session:
                 ]
             reason = f"the server refused to deliver it: {responses.one_line(text)}"
             return [FetchedMessage(uid, (), "", None, None, reason) for uid in uids]
-        self._check("fetch", result, text, f"UID FETCH {uid_set}")
-        messages = await self._convert(items, message_from, f"UID FETCH {uid_set}")
+        self._check("fetch", result, text, what)
+        with self._parsing(what):
+            # The usual answer is read straight from its bytes (parse.messages_of); a dropped
+            # oversized literal needs the items' sequence numbers below.
+            direct = None if oversized else messages_of(reply.lines)
+            items = fetch_items(reply.lines) if direct is None else []
+        if direct is not None:
+            return direct
+        messages = await self._convert(items, message_from, what)
         if oversized:
             by_seq = {item.get(SEQUENCE_KEY): m for item, m in zip(items, messages, strict=True)}
             for seq, size in oversized.items():

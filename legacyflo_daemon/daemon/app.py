@@ -34,20 +34,21 @@ import socket
 import stat
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import structlog
 
 from legacyflo_daemon.config.load import load_config
 from legacyflo_daemon.config.schema import Config
-from legacyflo_daemon.daemon.metrics import Metrics
 from legacyflo_daemon.daemon.pool import Limits, Pool
 from legacyflo_daemon.daemon.recovery import recover, take_over
 from legacyflo_daemon.daemon.scheduler import PROGRESS_SECONDS, Scheduler
 from legacyflo_daemon.daemon.supervisor import Service, Supervisor
-from legacyflo_daemon.daemon.watcher import Watcher
+from legacyflo_daemon.daemon.watcher import Watcher, require_watchfiles
 from legacyflo_daemon.errors import ConfigError, SpoolError, StateError, StateUnusable
 from legacyflo_daemon.model import Status
 from legacyflo_daemon.outbox.sender import MailSender
+from legacyflo_daemon.outbox.smtp import require_aiosmtplib
 from legacyflo_daemon.outbox.store import Outbox
 from legacyflo_daemon.report import archive
 from legacyflo_daemon.report.finisher import Finisher
@@ -66,6 +67,9 @@ from legacyflo_daemon.state.lifecycle import Lifecycle
 from legacyflo_daemon.state.schema import iso
 from legacyflo_daemon.state.store import open_store
 from legacyflo_daemon.transfer.limits import ByteBudget
+
+if TYPE_CHECKING:  # loaded only with [metrics] listen (prometheus_client: ~30 ms of start-up)
+    from legacyflo_daemon.daemon.metrics import Metrics
 
 # ``run --once``: how often it looks whether everything is done (a directory listing and a few
 # counters). Every run waits half of it on average after its last request: 0.2 s added ~0.1 s
@@ -162,6 +166,7 @@ class Daemon:
         self.outbox = Outbox(self.spool.outbox)
         if smtp is not None:
             smtp.password()  # a missing password file/variable stops the start, naming the key
+            require_aiosmtplib(str(cfg.path or "config"))
         self.sender = MailSender(
             self.outbox,
             smtp,
@@ -183,7 +188,7 @@ class Daemon:
             self.scheduler.wake.set,
         )  # fmt: skip
         if cfg.metrics.listen is not None:
-            self.metrics = Metrics(self.node)
+            self.metrics = _load_metrics(cfg)(self.node)
             try:
                 self.metrics.start(cfg.metrics.listen)
             except OSError as exc:
@@ -194,6 +199,8 @@ class Daemon:
                 ) from None
             self.scheduler.metrics = self.metrics
             log.info("metrics_listening", listen=cfg.metrics.listen)
+        if cfg.daemon.intake and not self.once:
+            require_watchfiles(cfg)
         self._install_signals()
         await recover(cfg, self.state, self.lifecycle, self.spool, self.outbox, self.finisher,
                       self.watcher)  # fmt: skip
@@ -412,6 +419,23 @@ class Daemon:
                     "running": len(self.scheduler.tasks)}  # fmt: skip
             self.state.set_node(self.node, doc, int(now.timestamp()))
         self.state.set_heartbeat(doc)
+
+
+def _load_metrics(cfg: Config) -> type[Metrics]:
+    """``daemon.metrics.Metrics``, imported only when ``[metrics] listen`` asks for it: a
+    daemon without metrics does not load ``prometheus_client`` (issue 14: start-up time).
+    Raises ``ConfigError`` naming the key and the missing package if it is not installed."""
+    try:
+        from legacyflo_daemon.daemon.metrics import Metrics
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            str(cfg.path or "config"),
+            "metrics.listen",
+            f"needs the Python package {exc.name!r}, which is not installed: reinstall "
+            "legacyflo-daemon with its dependencies (pip install legacyflo-daemon), or remove "
+            "[metrics] listen",
+        ) from None
+    return Metrics
 
 
 def _pid_namespace() -> str:

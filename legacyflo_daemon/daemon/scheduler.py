@@ -35,11 +35,11 @@ import secrets
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from legacyflo_daemon.config.schema import Config
-from legacyflo_daemon.daemon.metrics import Metrics
 from legacyflo_daemon.daemon.pool import Pool, fair_order, slot_for
 from legacyflo_daemon.errors import InternalError, StateUnusable
 from legacyflo_daemon.model import Request, Status
@@ -52,6 +52,9 @@ from legacyflo_daemon.state.store import StateStore
 from legacyflo_daemon.transfer.copier import Copier, Interrupted, Progress
 from legacyflo_daemon.transfer.limits import ByteBudget
 from legacyflo_daemon.transfer.recorder import ListingRecorder
+
+if TYPE_CHECKING:  # the daemon loads it only with [metrics] listen (daemon.app)
+    from legacyflo_daemon.daemon.metrics import Metrics
 
 log = structlog.get_logger("legacyflo_daemon.daemon.scheduler")
 

@@ -81,6 +81,8 @@ def test_run_once_loads_no_optional_package(tmp_path: Path) -> None:
     assert not any(m.startswith(tuple(f"{p}." for p in OPTIONAL)) for m in loaded)
     events = _events(done.stdout)
     assert events[:2] == ["recovered", "daemon_ready"] and "daemon_idle" in events
+    # It ends at once (no poll to wait for), yet after the services' first turn, as before.
+    assert (tmp_path / "spool" / "status.json").exists()
 
 
 def test_metrics_load_prometheus_client(tmp_path: Path) -> None:

@@ -100,6 +100,9 @@ class Scheduler:
         # The state store cannot be used (damaged, disk full): the daemon stops. Set by the app.
         self.on_fatal: Callable[[StateUnusable], None] = lambda exc: None
         self.interrupted = 0  # requests re-queued because the daemon is stopping
+        # Called when a request has ended (its CSV retired if it was the last) or a queued one
+        # was cancelled: `run --once` looks at once whether everything is done (daemon.app).
+        self.on_settled: Callable[[], None] = lambda: None
         self.lost: set[str] = set()  # running here, but leased to another node now
         # Per-request scratch directories carry the node's name on a shared spool, so that a
         # node's recovery removes its own only.
@@ -137,6 +140,7 @@ class Scheduler:
                     await self.finisher.cancelled(rid, csv_name, self.state.load_request(rid))
                     log.info("request_finished", request_id=rid, status="cancelled")
                     await self.complete_csv(row.csv_id)
+                    self.on_settled()
             self.state.command_done(command_id, utcnow())
 
     def refresh_metrics(self) -> None:
@@ -272,6 +276,7 @@ class Scheduler:
                 await self.complete_csv(csv_id)
             except Exception:
                 log.exception("csv_complete_failed", csv_id=csv_id)
+        self.on_settled()
 
     async def _copy_and_finish(self, rid: str, csv_name: str, req: Request) -> None:
         log.info("request_started", title=req.title, source=req.source.address,

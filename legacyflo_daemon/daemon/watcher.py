@@ -60,6 +60,9 @@ class Watcher:
         self.changed = asyncio.Event()  # watchfiles saw something in incoming/
         self.whole_file_rejections = 0  # CSVs sent to failed/ as a whole (for --once's exit)
         self.busy = 0  # files being taken right now (claimed, requests not yet queued)
+        # Called whenever a file was taken (or set aside): `run --once` looks at once whether
+        # everything is done (daemon.app), instead of at its next poll.
+        self.on_settled: Callable[[], None] = lambda: None
 
     async def take(self, path: Path, csv_id: int | None = None) -> None:
         """Record the claimed CSV ``path`` (in ``processing/``) and report its rejected rows;
@@ -81,6 +84,7 @@ class Watcher:
             await self.complete(taken.csv_id)
         finally:
             self.busy -= 1
+            self.on_settled()
 
     async def _set_aside(self, path: Path, exc: Exception) -> None:
         """A bug met while taking ``path``: logged once with its traceback, the file moved to

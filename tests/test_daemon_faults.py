@@ -93,11 +93,13 @@ def test_a_parser_bug_fails_its_request_once_with_the_traceback_in_the_log(
 WATCHER_CRASH = """
     from pathlib import Path
 
+    import watchfiles
+
     import legacyflo_daemon.daemon.supervisor as supervisor
-    import legacyflo_daemon.daemon.watcher as watcher
 
     MARKER = Path({marker!r})
-    real_awatch = watcher.awatch
+    # Watcher.watch imports awatch when it starts (not at the daemon's import: issue 14).
+    real_awatch = watchfiles.awatch
 
     async def awatch(*args, **kwargs):
         if MARKER.exists():
@@ -107,7 +109,7 @@ WATCHER_CRASH = """
                 raise RuntimeError("injected watcher crash")
             yield changes
 
-    watcher.awatch = awatch
+    watchfiles.awatch = awatch
     # Restart quickly, so that the test sees the supervisor give up within a second.
     supervisor.Supervisor.__init__.__kwdefaults__.update(first_pause=0.01, max_pause=0.05)
 """

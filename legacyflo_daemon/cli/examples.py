@@ -14,8 +14,6 @@ Must not: write files (the administrator redirects the output where it belongs).
 
 from __future__ import annotations
 
-from importlib import resources
-
 PRODUCTION_SPOOL = "/var/spool/legacyflo"
 DEFAULT_SPOOL_LINE = 'spool = "spool"'
 UNITS = {
@@ -32,6 +30,9 @@ UNIT_TARGETS = {
 
 
 def _data(*parts: str) -> str:
+    # Imported here: every command imports this module (for --help), only two read files.
+    from importlib import resources
+
     return resources.files("legacyflo_daemon").joinpath("data", *parts).read_text("utf-8")
 
 

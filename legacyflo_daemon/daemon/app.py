@@ -34,20 +34,21 @@ import socket
 import stat
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import structlog
 
 from legacyflo_daemon.config.load import load_config
 from legacyflo_daemon.config.schema import Config
-from legacyflo_daemon.daemon.metrics import Metrics
 from legacyflo_daemon.daemon.pool import Limits, Pool
 from legacyflo_daemon.daemon.recovery import recover, take_over
 from legacyflo_daemon.daemon.scheduler import PROGRESS_SECONDS, Scheduler
 from legacyflo_daemon.daemon.supervisor import Service, Supervisor
-from legacyflo_daemon.daemon.watcher import Watcher
+from legacyflo_daemon.daemon.watcher import Watcher, require_watchfiles
 from legacyflo_daemon.errors import ConfigError, SpoolError, StateError, StateUnusable
 from legacyflo_daemon.model import Status
 from legacyflo_daemon.outbox.sender import MailSender
+from legacyflo_daemon.outbox.smtp import require_aiosmtplib
 from legacyflo_daemon.outbox.store import Outbox
 from legacyflo_daemon.report import archive
 from legacyflo_daemon.report.finisher import Finisher
@@ -67,9 +68,14 @@ from legacyflo_daemon.state.schema import iso
 from legacyflo_daemon.state.store import open_store
 from legacyflo_daemon.transfer.limits import ByteBudget
 
+if TYPE_CHECKING:  # loaded only with [metrics] listen (prometheus_client: ~30 ms of start-up)
+    from legacyflo_daemon.daemon.metrics import Metrics
+
 # ``run --once``: how often it looks whether everything is done (a directory listing and a few
-# counters). Every run waits half of it on average after its last request: 0.2 s added ~0.1 s
-# to each short run (issue 14 measures runs of 2-3 s).
+# counters), besides looking at once whenever a request or a file was settled (``settled``):
+# the poll is the safety net for what no event announces (a file in incoming/ that became
+# stable). Waiting for the poll alone cost ~25 ms per run after its last request, and 50 ms on
+# an empty spool (issue 14 measures runs of 1-3 s).
 ONCE_POLL = 0.05
 SNAPSHOT_SECONDS = 15.0  # <spool>/status.json is rewritten this often (a scan of the requests)
 log = structlog.get_logger("legacyflo_daemon.daemon.app")
@@ -84,6 +90,10 @@ class Daemon:
         self.pool = Pool(Limits.from_config(cfg))
         self.budget = ByteBudget(cfg.daemon.byte_budget_mb * 1024 * 1024)
         self.stopping = asyncio.Event()  # stop taking work; the services end
+        # Something that may end a `run --once` happened: a request ended, a file was taken,
+        # the first status pass is done (``_serve`` looks whether it is idle).
+        self.settled = asyncio.Event()
+        self.status_passes = 0  # the status loop's passes (heartbeat, status.json)
         self.copy_stop = asyncio.Event()  # copiers: stop after the in-flight batch
         self.gave_up: list[str] = []  # services that crashed too often
         self.supervisor = Supervisor(self.stopping, self._give_up, on_fatal=self._fatal)
@@ -162,6 +172,7 @@ class Daemon:
         self.outbox = Outbox(self.spool.outbox)
         if smtp is not None:
             smtp.password()  # a missing password file/variable stops the start, naming the key
+            require_aiosmtplib(str(cfg.path or "config"))
         self.sender = MailSender(
             self.outbox,
             smtp,
@@ -178,12 +189,14 @@ class Daemon:
             self.outbox.dir, copy_stop=self.copy_stop, complete_csv=self._complete_csv,
         )  # fmt: skip
         self.scheduler.on_fatal = self._fatal
+        self.scheduler.on_settled = self.settled.set
         self.watcher = Watcher(
             cfg, self.spool, self.state, self.outbox, self.finisher, self.stopping,
             self.scheduler.wake.set,
         )  # fmt: skip
+        self.watcher.on_settled = self.settled.set
         if cfg.metrics.listen is not None:
-            self.metrics = Metrics(self.node)
+            self.metrics = _load_metrics(cfg)(self.node)
             try:
                 self.metrics.start(cfg.metrics.listen)
             except OSError as exc:
@@ -194,6 +207,8 @@ class Daemon:
                 ) from None
             self.scheduler.metrics = self.metrics
             log.info("metrics_listening", listen=cfg.metrics.listen)
+        if cfg.daemon.intake and not self.once:
+            require_watchfiles(cfg)
         self._install_signals()
         await recover(cfg, self.state, self.lifecycle, self.spool, self.outbox, self.finisher,
                       self.watcher)  # fmt: skip
@@ -290,10 +305,16 @@ class Daemon:
             asyncio.create_task(self.supervisor.run(name, service), name=f"service {name}")
             for name, service in services.items()
         ]
+        # `run --once` looks whether it is done at every ``settled`` and every ``ONCE_POLL``,
+        # never before the status loop's first pass (which sets ``settled``): every service
+        # has had its first turn (heartbeat, status.json, the scheduler's first pass), as with
+        # the poll alone, even on an empty spool.
+        wake = (self.stopping, self.settled) if self.once else (self.stopping,)
         try:
             while not self.stopping.is_set():
-                await wait_any((self.stopping,), ONCE_POLL if self.once else 60.0)
-                if self.once and self._idle():
+                self.settled.clear()
+                await wait_any(wake, ONCE_POLL if self.once else 60.0)
+                if self.once and self.status_passes and self._idle():
                     log.info("daemon_idle")
                     self.stopping.set()
         finally:
@@ -360,6 +381,8 @@ class Daemon:
             if now - self._snapshot_at >= SNAPSHOT_SECONDS:
                 self._snapshot_at = now
                 await in_thread(self._write_snapshot)
+            self.status_passes += 1
+            self.settled.set()  # after the first pass, `run --once` may look whether it is done
             await wait_any((self.stopping,), PROGRESS_SECONDS)
 
     async def _lease_loop(self) -> None:
@@ -412,6 +435,23 @@ class Daemon:
                     "running": len(self.scheduler.tasks)}  # fmt: skip
             self.state.set_node(self.node, doc, int(now.timestamp()))
         self.state.set_heartbeat(doc)
+
+
+def _load_metrics(cfg: Config) -> type[Metrics]:
+    """``daemon.metrics.Metrics``, imported only when ``[metrics] listen`` asks for it: a
+    daemon without metrics does not load ``prometheus_client`` (issue 14: start-up time).
+    Raises ``ConfigError`` naming the key and the missing package if it is not installed."""
+    try:
+        from legacyflo_daemon.daemon.metrics import Metrics
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            str(cfg.path or "config"),
+            "metrics.listen",
+            f"needs the Python package {exc.name!r}, which is not installed: reinstall "
+            "legacyflo-daemon with its dependencies (pip install legacyflo-daemon), or remove "
+            "[metrics] listen",
+        ) from None
+    return Metrics
 
 
 def _pid_namespace() -> str:

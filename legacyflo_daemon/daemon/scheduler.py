@@ -35,11 +35,11 @@ import secrets
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from legacyflo_daemon.config.schema import Config
-from legacyflo_daemon.daemon.metrics import Metrics
 from legacyflo_daemon.daemon.pool import Pool, fair_order, slot_for
 from legacyflo_daemon.errors import InternalError, StateUnusable
 from legacyflo_daemon.model import Request, Status
@@ -52,6 +52,9 @@ from legacyflo_daemon.state.store import StateStore
 from legacyflo_daemon.transfer.copier import Copier, Interrupted, Progress
 from legacyflo_daemon.transfer.limits import ByteBudget
 from legacyflo_daemon.transfer.recorder import ListingRecorder
+
+if TYPE_CHECKING:  # the daemon loads it only with [metrics] listen (daemon.app)
+    from legacyflo_daemon.daemon.metrics import Metrics
 
 log = structlog.get_logger("legacyflo_daemon.daemon.scheduler")
 
@@ -97,6 +100,9 @@ class Scheduler:
         # The state store cannot be used (damaged, disk full): the daemon stops. Set by the app.
         self.on_fatal: Callable[[StateUnusable], None] = lambda exc: None
         self.interrupted = 0  # requests re-queued because the daemon is stopping
+        # Called when a request has ended (its CSV retired if it was the last) or a queued one
+        # was cancelled: `run --once` looks at once whether everything is done (daemon.app).
+        self.on_settled: Callable[[], None] = lambda: None
         self.lost: set[str] = set()  # running here, but leased to another node now
         # Per-request scratch directories carry the node's name on a shared spool, so that a
         # node's recovery removes its own only.
@@ -134,6 +140,7 @@ class Scheduler:
                     await self.finisher.cancelled(rid, csv_name, self.state.load_request(rid))
                     log.info("request_finished", request_id=rid, status="cancelled")
                     await self.complete_csv(row.csv_id)
+                    self.on_settled()
             self.state.command_done(command_id, utcnow())
 
     def refresh_metrics(self) -> None:
@@ -269,6 +276,7 @@ class Scheduler:
                 await self.complete_csv(csv_id)
             except Exception:
                 log.exception("csv_complete_failed", csv_id=csv_id)
+        self.on_settled()
 
     async def _copy_and_finish(self, rid: str, csv_name: str, req: Request) -> None:
         log.info("request_started", title=req.title, source=req.source.address,

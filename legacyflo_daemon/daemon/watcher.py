@@ -7,6 +7,10 @@ logged once, never retried), and retiring a CSV once its last request finished. 
 recording and retiring a file are blocking (seconds for a 50,000-row file) and run in a worker
 thread (``spool.intake`` does the work); the event loop only waits for them.
 
+``watchfiles`` is imported only by a daemon that watches (not ``run --once``, which only
+rescans): ``require_watchfiles`` at its start, so that a missing package stops that start with
+one clear line instead of a service crashing in a loop.
+
 Must not: copy mail, or decide when requests run (the scheduler does; ``wake`` tells it that
 work arrived).
 """
@@ -19,10 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import structlog
-from watchfiles import awatch
 
 from legacyflo_daemon.config.schema import Config
-from legacyflo_daemon.errors import SpoolError
+from legacyflo_daemon.errors import ConfigError, SpoolError
 from legacyflo_daemon.outbox.store import Outbox
 from legacyflo_daemon.report import batch
 from legacyflo_daemon.report.finisher import Finisher
@@ -57,6 +60,9 @@ class Watcher:
         self.changed = asyncio.Event()  # watchfiles saw something in incoming/
         self.whole_file_rejections = 0  # CSVs sent to failed/ as a whole (for --once's exit)
         self.busy = 0  # files being taken right now (claimed, requests not yet queued)
+        # Called whenever a file was taken (or set aside): `run --once` looks at once whether
+        # everything is done (daemon.app), instead of at its next poll.
+        self.on_settled: Callable[[], None] = lambda: None
 
     async def take(self, path: Path, csv_id: int | None = None) -> None:
         """Record the claimed CSV ``path`` (in ``processing/``) and report its rejected rows;
@@ -78,6 +84,7 @@ class Watcher:
             await self.complete(taken.csv_id)
         finally:
             self.busy -= 1
+            self.on_settled()
 
     async def _set_aside(self, path: Path, exc: Exception) -> None:
         """A bug met while taking ``path``: logged once with its traceback, the file moved to
@@ -162,7 +169,10 @@ class Watcher:
             await wait_any((self.changed, self.stop), timeout)
 
     async def watch(self) -> None:
-        """Service: wake the intake loop on any change in ``incoming/`` (watchfiles)."""
+        """Service: wake the intake loop on any change in ``incoming/`` (watchfiles; see
+        ``require_watchfiles``)."""
+        from watchfiles import awatch  # ~20 ms of imports that `run --once` does not need
+
         async for _changes in awatch(
             self.spool.incoming,
             stop_event=self.stop,
@@ -173,3 +183,18 @@ class Watcher:
             rust_timeout=1000,
         ):
             self.changed.set()
+
+
+def require_watchfiles(cfg: Config) -> None:
+    """Import ``watchfiles`` now (``Watcher.watch`` needs it); ``ConfigError`` naming the
+    package if it is not installed."""
+    try:
+        import watchfiles  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            str(cfg.path or "config"),
+            "daemon.intake",
+            f"watching incoming/ needs the Python package {exc.name!r}, which is not "
+            "installed: reinstall legacyflo-daemon with its dependencies (pip install "
+            "legacyflo-daemon); run --once does not need it",
+        ) from None

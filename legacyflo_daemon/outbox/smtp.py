@@ -12,6 +12,10 @@ QUIT. A crash (or the rename failing) in the microseconds between that 250 and t
 the mail be sent once more after the restart; SMTP itself cannot close that window (RFC 1047).
 Mails without a ``To`` header (no ``sendreportid``) are written for the record only: ``deliver``
 refuses them and ``MailSender`` never tries them.
+
+``aiosmtplib`` is imported by the first delivery, not with this module (a daemon without
+``[smtp]`` never loads it: issue 14, start-up time); a daemon with ``[smtp]`` calls
+``require_aiosmtplib`` at its start, so that a missing package stops it with one clear line.
 """
 
 from __future__ import annotations
@@ -25,8 +29,6 @@ from email.parser import BytesHeaderParser
 from email.policy import default
 from pathlib import Path
 from typing import Any
-
-import aiosmtplib
 
 from legacyflo_daemon.config.schema import SmtpConfig
 from legacyflo_daemon.errors import ConfigError, SmtpError
@@ -62,6 +64,21 @@ def smtp_password(smtp: SmtpConfig) -> Secret | None:
         return smtp.password()
     except ConfigError as exc:
         raise SmtpError(str(exc)) from None
+
+
+def require_aiosmtplib(config_path: str) -> None:
+    """Import ``aiosmtplib`` now (``deliver`` needs it); ``ConfigError`` naming the package if
+    it is not installed."""
+    try:
+        import aiosmtplib  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            config_path,
+            "smtp",
+            f"sending report mails needs the Python package {exc.name!r}, which is not "
+            "installed: reinstall legacyflo-daemon with its dependencies (pip install "
+            "legacyflo-daemon), or remove [smtp]",
+        ) from None
 
 
 def _tls_options(smtp: SmtpConfig) -> dict[str, Any]:
@@ -103,6 +120,8 @@ async def deliver(path: Path, smtp: SmtpConfig, *, local_hostname: str | None = 
     if smtp.username and not password:
         raise SmtpError("smtp.username is set but neither password_file nor password_env is")
     where = f"{smtp.host}:{smtp.port}"
+    import aiosmtplib  # see the module docstring
+
     client = aiosmtplib.SMTP(
         hostname=smtp.host,
         port=smtp.port,

@@ -20,6 +20,7 @@ from legacyflo_daemon.imap import session as imap
 from legacyflo_daemon.imap.endpoint import (
     dest_endpoint,
     dest_port,
+    make_ssl_context,
     port_for,
     source_endpoint,
     with_ports,
@@ -27,6 +28,7 @@ from legacyflo_daemon.imap.endpoint import (
 from legacyflo_daemon.model import Account, DateRange, JobType, Request, Secret
 from testkit.dovecot import DovecotServer
 from testkit.imap import ServerAccount
+from testkit.tlsca import make_tls_ca
 
 HOST = "mail.example.com"
 
@@ -163,3 +165,42 @@ async def test_one_host_read_over_starttls_and_written_over_implicit_tls(
         (source_server.port_plain, True),
         (source_server.port_tls, True),
     ]
+
+
+def test_tls_contexts_are_shared_per_setting_and_rebuilt_when_the_ca_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building a context loads CA certificates (~20 ms for the system store): connections
+    share one per setting, a new one is built when the CA file changes (another CA: its
+    certificates, not the old ones, are trusted) and after ``CONTEXT_SECONDS``."""
+    first = make_tls_ca(tmp_path / "one").ca_file
+    second = make_tls_ca(tmp_path / "two").ca_file
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(first.read_bytes())
+    a = make_ssl_context(ca, True, False)
+    assert make_ssl_context(ca, True, False) is a
+    assert make_ssl_context(str(ca), True, False) is a
+    assert make_ssl_context(ca, False, False) is not a  # another setting
+    assert make_ssl_context(ca, True, True) is not a
+    assert make_ssl_context(None, True, False) is make_ssl_context(None, True, False)
+
+    ca.write_bytes(second.read_bytes())  # the administrator replaced the CA file
+    b = make_ssl_context(ca, True, False)
+    assert b is not a
+    serials = {c["serialNumber"] for c in b.get_ca_certs()}
+    wanted = {c["serialNumber"] for c in ssl.create_default_context(cafile=second).get_ca_certs()}
+    old = {c["serialNumber"] for c in ssl.create_default_context(cafile=first).get_ca_certs()}
+    assert serials == wanted and not serials & old
+
+    import legacyflo_daemon.imap.endpoint as endpoint_module
+
+    clock = [endpoint_module.time.monotonic()]
+    monkeypatch.setattr(endpoint_module.time, "monotonic", lambda: clock[0])
+    c = make_ssl_context(ca, True, False)
+    clock[0] += endpoint_module.CONTEXT_SECONDS + 1
+    assert make_ssl_context(ca, True, False) is not c
+
+    ca.unlink()  # unreadable: the error every time, nothing cached
+    for _ in range(2):
+        with pytest.raises(OSError):
+            make_ssl_context(ca, True, False)

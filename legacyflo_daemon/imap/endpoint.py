@@ -18,8 +18,10 @@ Must not: open connections, log, or let a bug pass for network trouble (it would
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
+import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -77,16 +79,51 @@ class Endpoint:
     auth: Impersonation | Bearer | None = None
 
 
+# Client contexts by setting (and CA file version): building one loads its CA certificates,
+# ~20 ms of CPU on the event loop for the system store, which every connection paid (a request
+# with four folder workers opens eight). A context is never changed once built, so connections
+# share it; one is rebuilt when its CA file changes and at least every CONTEXT_SECONDS (the
+# system store may be updated while the daemon runs).
+_CONTEXTS: dict[tuple[object, ...], tuple[float, ssl.SSLContext]] = {}
+_CONTEXTS_MAX = 64
+CONTEXT_SECONDS = 300.0
+
+
 def make_ssl_context(ca_file: Path | str | None, verify: bool, legacy_tls: bool) -> ssl.SSLContext:
     """A client context: verifies against ``ca_file`` (only it) or the system CAs.
 
     ``verify=False`` checks neither chain nor host name. ``legacy_tls`` (opt-in per host, e.g.
     Exchange 2010, which speaks only TLS 1.0) allows TLS 1.0 with OpenSSL security level 0
     (SHA-1 signatures) and servers without secure renegotiation.
+
+    The context is shared (see ``_CONTEXTS``): callers must not change it. An unreadable
+    ``ca_file`` raises as ``ssl.create_default_context`` does, every time.
     """
-    ctx = ssl.create_default_context(
-        ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file is not None else None
-    )
+    name = str(ca_file) if ca_file is not None else None
+    try:
+        stamp = _file_stamp(name) if name is not None else None
+    except OSError:
+        stamp = None  # not cached: building it raises the error the caller reports
+    key = (name, verify, legacy_tls, stamp)
+    now = time.monotonic()
+    found = _CONTEXTS.get(key)
+    if found is not None and now - found[0] < CONTEXT_SECONDS:
+        return found[1]
+    ctx = _build_context(name, verify, legacy_tls)
+    if name is None or stamp is not None:
+        if len(_CONTEXTS) >= _CONTEXTS_MAX:
+            _CONTEXTS.clear()
+        _CONTEXTS[key] = (now, ctx)
+    return ctx
+
+
+def _file_stamp(path: str) -> tuple[int, int, int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _build_context(ca_file: str | None, verify: bool, legacy_tls: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
     if not verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE

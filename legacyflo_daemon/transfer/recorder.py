@@ -30,7 +30,7 @@ from legacyflo_daemon.imap.syntax.parse import selectable
 from legacyflo_daemon.transfer import listing_csv
 from legacyflo_daemon.transfer.headers import decode_text, header_fields
 
-RECORD_SLICE = 500  # listing rows written between two turns of the event loop (~2 ms)
+RECORD_SLICE = 500  # listing rows written between two turns of the event loop (~3 ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +78,8 @@ class ListingRecorder:
         """The folder ``wire_name`` now holds exactly ``messages`` (INTERNALDATE, header
         fields, size).
 
-        A row costs ~4 us a message, so a folder of 200,000 would hold the event loop for
-        most of a second: the rows are written in slices of ``RECORD_SLICE`` with a turn of
+        A row costs ~5 us a message, so a folder of 200,000 would hold the event loop for
+        a second: the rows are written in slices of ``RECORD_SLICE`` with a turn of
         the loop between them. Folders are recorded side by side (the copier passes through
         several at once), so each call writes a file of its own, named before the first
         await; the folder is registered (replacing an earlier recording) once it is complete.
@@ -118,7 +118,7 @@ class ListingFile:
 
     def add(self, display: str, messages: Iterable[tuple[dt.datetime, bytes, int]]) -> None:
         """Append the rows of ``messages`` (INTERNALDATE, header fields, size): one batch
-        (~4 us a message, so callers pass at most a metadata batch at a time)."""
+        (~5 us a message, so callers pass at most a metadata batch at a time)."""
         self._append([entry_line(display, r, h, n) for r, h, n in messages], display)
 
     def add_lines(self, lines: Iterable[bytes], display: str | None = None) -> None:

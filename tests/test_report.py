@@ -35,8 +35,8 @@ from legacyflo_daemon.model import (
     Status,
 )
 from legacyflo_daemon.report import result as report
-from legacyflo_daemon.report.listing import COLUMNS, neutralise
 from legacyflo_daemon.report.mail import build_mail, header_text, human_size, subject
+from legacyflo_daemon.transfer.listing_csv import COLUMNS, neutralise
 from legacyflo_daemon.transfer.recorder import ListingEntry
 
 SRC_PW = "src-S3cr3t=\"é'pw"

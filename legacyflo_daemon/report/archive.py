@@ -3,10 +3,10 @@
 docs/contract.md §6.3 and the reference document promise that the report lists every message
 under the destination folder tree, including mail imported there by earlier requests. This
 module logs in to the destination, walks ``<root>.<destfolder>`` and its subfolders read-only
-(EXAMINE), and streams one ``ListingEntry`` per message into JSON-lines files under a temp
-directory, so memory stays bounded for folders of 100,000+ messages; folders the copier
-recorded during the run (``transfer.recorder``) are not read again. The report reads the files
-back lazily.
+(EXAMINE), and streams each message's listing row into a file per folder under a temp
+directory (``transfer.recorder``, the same rows the copier records), so memory stays bounded for
+folders of 100,000+ messages; folders the copier recorded during the run are not read again.
+The report concatenates the files.
 
 Must not: change anything on the destination.
 """
@@ -23,9 +23,8 @@ from legacyflo_daemon.model import Request
 from legacyflo_daemon.report.finisher import ListingSource
 from legacyflo_daemon.transfer import folders
 from legacyflo_daemon.transfer.recorder import (
-    ListingEntry,
     ListingRecorder,
-    read_entries,
+    RecordedListing,
     request_top,
     selectable_under,
 )
@@ -59,7 +58,7 @@ def listing_source(cfg: Config) -> ListingSource:
 
     async def produce(
         request: Request, tmpdir: Path, recorder: ListingRecorder | None
-    ) -> Iterable[ListingEntry]:
+    ) -> RecordedListing:
         rec = recorder or ListingRecorder(tmpdir)
         names = rec.tree
         if names is None or not names <= rec.files.keys():
@@ -75,6 +74,6 @@ def listing_source(cfg: Config) -> ListingSource:
                 await read_folders(session, sorted(names - rec.files.keys()), delim, rec)
             finally:
                 await session.logout()
-        return read_entries(rec.files[name] for name in sorted(names))
+        return rec.listing(sorted(names))
 
     return produce

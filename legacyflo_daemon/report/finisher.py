@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,17 +30,18 @@ from legacyflo_daemon.model import Request, RequestResult, RowError, Status
 from legacyflo_daemon.outbox.store import Outbox
 from legacyflo_daemon.report.mail import build_mail
 from legacyflo_daemon.report.result import result_json
-from legacyflo_daemon.runtime.bulk import cooperative, in_thread
+from legacyflo_daemon.runtime.bulk import in_thread
 from legacyflo_daemon.runtime.clock import utcnow
 from legacyflo_daemon.runtime.secrets import scrub
 from legacyflo_daemon.state.lifecycle import Lifecycle
-from legacyflo_daemon.transfer.recorder import ListingEntry, ListingRecorder
+from legacyflo_daemon.transfer.recorder import ListingRecorder, RecordedListing
 
 log = structlog.get_logger("legacyflo_daemon.report.finisher")
 
-# Produces the archive listing for a request (using what the copier recorded, if anything)
-# into a temp dir; returns an iterable over it.
-ListingSource = Callable[[Request, Path, ListingRecorder | None], Awaitable[Iterable[ListingEntry]]]
+# Produces the archive listing for a request (using what the copier recorded, if anything,
+# and recording the rest into a temp dir).
+ListingSource = Callable[[Request, Path, ListingRecorder | None], Awaitable[RecordedListing]]
+_NO_LISTING = RecordedListing((), 0, 0)
 
 
 @dataclass
@@ -120,16 +121,16 @@ class Finisher:
         )
         to_addr = request.report_to if request is not None else (row_error and row_error.report_to)
         with tempfile.TemporaryDirectory(prefix=".work-report-", dir=self.outbox.dir) as tmp:
-            entries: Iterable[ListingEntry] = ()
+            listing = _NO_LISTING
             if request is not None and result.status not in (Status.FAILED, Status.CANCELLED):
                 try:
-                    entries = await self.listing(request, Path(tmp), recorder)
+                    listing = await self.listing(request, Path(tmp), recorder)
                 except Exception as exc:  # the report still goes out, saying what is missing
                     log.warning("listing_failed", error=str(exc))
                     doc.setdefault("warnings", []).append(
                         f"the listing of the destination folder could not be read: {exc}"
                     )
-            await in_thread(self._write, request_id, doc, entries, to_addr or None, Path(tmp))
+            await in_thread(self._write, request_id, doc, listing, to_addr or None, Path(tmp))
         self.lifecycle.finish(request_id, result.status, doc, utcnow(), error=result.error)
         self.outcomes.append(result.status)
         for key in ("copied", "already_present", "failed", "bytes"):
@@ -142,14 +143,14 @@ class Finisher:
         self,
         request_id: str,
         doc: dict[str, Any],
-        entries: Iterable[ListingEntry],
+        listing: RecordedListing,
         to_addr: str | None,
         tmpdir: Path,
     ) -> None:
         """In a worker thread: build the mail (reading the listing), write both files."""
         eml = build_mail(
             doc,
-            cooperative(entries),
+            listing,
             from_addr=self.config.report.from_address,
             to_addr=to_addr,
             now=utcnow(),

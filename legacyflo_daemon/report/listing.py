@@ -1,30 +1,32 @@
 """The listing CSV attached to a report mail: every message now under the destination folder.
 
-Owns: the CSV columns, spreadsheet-formula neutralisation, and writing the CSV (gzip-compressed
-when large) into a private temporary directory. The entries are ``transfer.recorder``'s
-``ListingEntry`` values, read back from what the copier and ``report.archive`` recorded.
-Must not: hold the whole listing in memory (a mailbox may have 100,000+ messages; entries are
-consumed one at a time from an iterator), talk to any server, or read the clock.
+Owns: writing the CSV (gzip-compressed when large) into a private temporary directory. The
+rows are made by ``transfer.listing_csv`` (which owns the columns and the formula
+neutralisation) as the copier and ``report.archive`` record each folder
+(``transfer.recorder``): for such a ``RecordedListing`` the CSV is the header row followed by
+the recorded files, concatenated as they are. A listing of ``ListingEntry`` values (made in
+memory) is written row by row with the same ``listing_csv.row``.
+Must not: hold the whole listing in memory (a mailbox may have 100,000+ messages: files are
+copied 1 MiB at a time, entries consumed one at a time from an iterator), talk to any server,
+or read the clock.
 """
 
 from __future__ import annotations
 
-import csv
 import gzip
-import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from legacyflo_daemon.transfer.recorder import ListingEntry
+from legacyflo_daemon.transfer.listing_csv import HEAD
+from legacyflo_daemon.transfer.recorder import ListingEntry, RecordedListing
 
-COLUMNS = ("folder", "received", "from", "subject", "size", "message_id")
+# What a report lists: what the recorder recorded, or entries made in memory.
+Listing = RecordedListing | Iterable[ListingEntry]
 
-# A cell starting with one of these is a formula (or becomes one) in Excel, LibreOffice and
-# Google Sheets; a leading apostrophe makes the spreadsheet show it as text (OWASP "CSV injection").
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_CHUNK = 1024 * 1024  # bytes of a recorded file copied at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,64 +41,56 @@ class ListingFile:
     csv_size: int  # bytes of the uncompressed CSV
 
 
-def neutralise(value: str) -> str:
-    """``value`` made safe to open in a spreadsheet: a formula-like start gets a leading ``'``.
-
-    NUL characters (which no spreadsheet shows and some CSV readers choke on) become U+FFFD.
-    """
-    if "\0" in value:
-        value = value.replace("\0", "\ufffd")
-    if value.startswith(_FORMULA_STARTS):
-        return "'" + value
-    return value
-
-
-def listing_row(entry: ListingEntry) -> list[str]:
-    """The CSV cells for one entry, in ``COLUMNS`` order, every text cell neutralised."""
-    return [
-        neutralise(entry.folder),
-        entry.received.isoformat(),
-        neutralise(entry.sender),
-        neutralise(entry.subject),
-        str(entry.size),
-        neutralise(entry.message_id),
-    ]
-
-
 @contextmanager
-def write_listing(
-    entries: Iterable[ListingEntry], *, tmpdir: Path, compress_above: int
-) -> Iterator[ListingFile]:
-    """Write ``entries`` as CSV into a private directory under ``tmpdir``; yield the result.
+def write_listing(listing: Listing, *, tmpdir: Path, compress_above: int) -> Iterator[ListingFile]:
+    """Write ``listing`` as CSV into a private directory under ``tmpdir``; yield the result.
 
     The CSV is UTF-8 with a BOM (so Excel shows accents correctly), CRLF line ends, a header
-    row of ``COLUMNS``. When it is larger than ``compress_above`` bytes it is gzip-compressed
-    (streamed, chunk by chunk) and named ``listing.csv.gz``. Memory use does not depend on the
-    number of entries. The files are removed when the context exits.
+    row of ``listing_csv.COLUMNS``. When it is larger than ``compress_above`` bytes it is
+    gzip-compressed (streamed, chunk by chunk) and named ``listing.csv.gz``. Memory use does
+    not depend on the number of entries. The files are removed when the context exits.
     """
     with tempfile.TemporaryDirectory(prefix=".listing-", dir=tmpdir) as work:
-        plain = Path(work) / "listing.csv"
-        count = 0
-        folders: set[str] = set()  # distinct folder names: a few hundred at most, not messages
-        # errors="replace": a decoded header may carry lone surrogates, which UTF-8 cannot encode.
-        with plain.open("w", encoding="utf-8-sig", errors="replace", newline="") as out:
-            writer = csv.writer(out, lineterminator="\r\n")
-            writer.writerow(COLUMNS)
-            for entry in entries:
-                writer.writerow(listing_row(entry))
-                folders.add(entry.folder)
-                count += 1
-        size = plain.stat().st_size
+        if isinstance(listing, RecordedListing):
+            recorded = listing
+        else:  # rows made here, into a file like the recorder's
+            recorded = _record(listing, Path(work) / "entries.csv")
+        size = len(HEAD) + sum(p.stat().st_size for p in recorded.paths)
+        counts = (recorded.entries, recorded.folders, size)
         if size <= compress_above:
-            yield ListingFile(plain, "listing.csv", "text/csv", count, len(folders), size)
+            plain = Path(work) / "listing.csv"
+            with plain.open("wb") as out:
+                for piece in _pieces(recorded.paths):
+                    out.write(piece)
+            yield ListingFile(plain, "listing.csv", "text/csv", *counts)
             return
         packed = Path(work) / "listing.csv.gz"
         # mtime=0 and a fixed inner name: the same listing always compresses to the same bytes.
         with (
-            plain.open("rb") as src,
             packed.open("wb") as raw,
             gzip.GzipFile("listing.csv", "wb", compresslevel=6, fileobj=raw, mtime=0) as gz,
         ):
-            shutil.copyfileobj(src, gz, 1024 * 1024)
-        plain.unlink()
-        yield ListingFile(packed, "listing.csv.gz", "application/gzip", count, len(folders), size)
+            for piece in _pieces(recorded.paths):
+                gz.write(piece)
+        yield ListingFile(packed, "listing.csv.gz", "application/gzip", *counts)
+
+
+def _pieces(paths: Iterable[Path]) -> Iterator[bytes]:
+    """The CSV: ``HEAD``, then the files' bytes, ``_CHUNK`` at a time. (How the pieces are
+    cut does not change the gzip stream: zlib's output depends only on the bytes.)"""
+    yield HEAD
+    for path in paths:
+        with path.open("rb") as fh:
+            while piece := fh.read(_CHUNK):
+                yield piece
+
+
+def _record(entries: Iterable[ListingEntry], path: Path) -> RecordedListing:
+    count = 0
+    folders: set[str] = set()  # distinct folder names: a few hundred at most, not messages
+    with path.open("wb") as out:  # buffered: one write call per 8 KiB, not per row
+        for entry in entries:
+            out.write(entry.row())
+            folders.add(entry.folder)
+            count += 1
+    return RecordedListing((path,), count, len(folders))

@@ -14,7 +14,7 @@ import datetime as dt
 import html
 import re
 import textwrap
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from email.header import Header
 from email.message import EmailMessage
 from email.policy import EmailPolicy
@@ -22,8 +22,7 @@ from email.utils import format_datetime, make_msgid, parseaddr
 from pathlib import Path
 from typing import Any
 
-from legacyflo_daemon.report.listing import ListingFile, write_listing
-from legacyflo_daemon.transfer.recorder import ListingEntry
+from legacyflo_daemon.report.listing import Listing, ListingFile, write_listing
 
 SUBJECT_PREFIX = "[legacyflo]"
 _SUBJECT_TITLE_MAX = 120
@@ -357,7 +356,7 @@ def html_body(result: Mapping[str, Any], listing: ListingFile | None) -> str:
 
 def build_mail(
     result_json: Mapping[str, Any],
-    listing: Iterable[ListingEntry],
+    listing: Listing,
     *,
     from_addr: str,
     to_addr: str | None,
@@ -369,8 +368,9 @@ def build_mail(
 
     multipart/mixed: multipart/alternative (text/plain + text/html, UTF-8, quoted-printable)
     and, unless the row was rejected, the listing as ``listing.csv`` (``listing.csv.gz`` when the
-    CSV is larger than ``compress_above`` bytes). ``listing`` is consumed once, as an iterator,
-    through a temporary file under ``tmpdir``. No ``To`` header when ``to_addr`` is None.
+    CSV is larger than ``compress_above`` bytes), written under ``tmpdir`` from ``listing``: the
+    recorded rows, or entries consumed once, as an iterator. No ``To`` header when ``to_addr``
+    is None.
     """
     domain = parseaddr(from_addr)[1].rpartition("@")[2] or "localhost"
     msg = EmailMessage(policy=_POLICY)

@@ -1,9 +1,10 @@
 """The header fields a copy looks at: read raw, and summarised for people. Pure.
 
 Owns: the one reader of header fields (``header_fields``: Message-ID, Date, From, To, Subject,
-unfolded, raw bytes), which message identity (``identity``) hashes as they are, and the
-human-readable summary of them for failures, progress and report listings (``summarize``:
-RFC 2047 words and raw 8-bit UTF-8 both decoded; undecodable bytes replaced).
+unfolded, raw bytes; ``message_id``: that field alone), which message identity (``identity``)
+hashes as they are, and the human-readable summary of them for failures, progress and report
+listings (``summarize``: RFC 2047 words and raw 8-bit UTF-8 both decoded; undecodable bytes
+replaced).
 Input is the raw bytes of ``BODY.PEEK[HEADER.FIELDS (...)]`` or a whole message.
 Never raises: a header we cannot read is shown as best we can, never fails a copy.
 """
@@ -13,10 +14,10 @@ from __future__ import annotations
 import email.errors
 import email.header
 import email.utils
+import re
 from dataclasses import dataclass
 
 _MAX_TEXT = 300
-_WANTED = frozenset((b"message-id", b"date", b"from", b"to", b"subject"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,42 +28,72 @@ class HeaderSummary:
     date: str  # the Date: field as written (decoded), "" when absent
 
 
-def _header_block(data: bytes | bytearray) -> bytes:
-    """The header of ``data``: everything before the first empty line (CRLF or LF)."""
+_BLANK_LINE = re.compile(rb"\n\r?\n")  # the end of the header: the first empty line
+
+
+def _field(names: bytes) -> re.Pattern[bytes]:
+    # A field of one of ``names``: ``name [ \t]* :`` at the start of a line, then its value
+    # up to the end of its last continuation line. Matched after a LF (``_lines`` puts one
+    # before the first line): a literal the regex engine finds fast, so a header is read in
+    # one C-level pass, not in a Python loop over its lines (this runs for every message of
+    # both servers, ~400,000 times in a delta pass over a folder of 200,000).
+    return re.compile(rb"\n((?i:" + names + rb"))[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)")
+
+
+_FIELDS = _field(rb"message-id|date|from|to|subject")
+_MESSAGE_ID = _field(rb"message-id")
+_LINE_BREAK = re.compile(rb"\r?\n")
+
+
+def _lines(data: bytes | bytearray) -> bytes | None:
+    """The header of ``data`` (everything before the first empty line, CRLF or LF) with a LF
+    put before it; None when the header is empty."""
     if data[:2] == b"\r\n" or data[:1] == b"\n":
-        return b""
-    crlf, lf = data.find(b"\n\r\n"), data.find(b"\n\n")
-    end = crlf if lf < 0 or 0 <= crlf < lf else lf
-    # Only the header is copied, never a whole (possibly 50 MB) message.
-    return bytes(data[: end + 1]) if end >= 0 else bytes(data)
+        return None
+    blank = _BLANK_LINE.search(data)
+    # Only the header is copied, never a whole (possibly 50 MB) message; bytes + bytearray
+    # is bytes, so the values found are bytes too.
+    return b"\n" + (data[: blank.start() + 1] if blank is not None else data)
+
+
+def _unfold(value: bytes) -> bytes:
+    """A value's lines joined: each line break (a LF, and one CR before it) removed, and the
+    CR ending its last line."""
+    if b"\n" in value:
+        value = _LINE_BREAK.sub(b"", value)
+    return value.removesuffix(b"\r")
 
 
 def header_fields(data: bytes | bytearray) -> dict[bytes, bytes]:
     """Unfolded raw values of Message-ID, Date, From, To, Subject (lower-cased names).
 
-    A field is ``name [ \t]* : value`` with a name of printable ASCII but ``:``. The first
-    occurrence of a field wins. Lines that are neither a field nor a continuation (an mbox
-    ``From `` line, garbage) are ignored, and so are their continuations.
+    The header is everything before the first empty line (CRLF or LF); its lines end at a
+    LF, and one CR before the LF is not part of the line. A field is ``name [ \t]* : value``
+    at the start of a line, with a name of printable ASCII but ``:``; a continuation is a
+    line starting with a blank, joined to the value with only its line break removed. The
+    first occurrence of a field wins. Lines that are neither a field nor a continuation (an
+    mbox ``From `` line, garbage) are ignored, and so are their continuations, and those of
+    a field that is not the first of its name. Identity keys are built from these values,
+    so this behaviour is frozen (``tests/test_identity_equivalence.py``).
     """
-    parts: dict[bytes, list[bytes]] = {}
-    current: list[bytes] | None = None
-    for raw_line in _header_block(data).split(b"\n"):
-        line = raw_line.removesuffix(b"\r")
-        if line[:1] in (b" ", b"\t"):
-            if current is not None:
-                current.append(line)  # unfolding removes only the line break
-            continue
-        current = None
-        # Only the five wanted names matter, and each is a valid field name by itself: so a
-        # line is one of them exactly when the text before its first ":" is that name plus
-        # blanks (no regex per line: this runs for every message of both servers).
-        name, colon, value = line.partition(b":")
-        if not colon:
-            continue
-        name = name.rstrip(b" \t").lower()
-        if name in _WANTED and name not in parts:
-            current = parts[name] = [value]
-    return {name: b"".join(chunks) for name, chunks in parts.items()}
+    block = _lines(data)
+    if block is None:
+        return {}
+    found = _FIELDS.findall(block)
+    # Reversed, so that the first occurrence of a name is the one left in the dict.
+    if b"\n " in block or b"\n\t" in block:  # a folded line somewhere (rare)
+        return {name.lower(): _unfold(value) for name, value in reversed(found)}
+    return {name.lower(): value.removesuffix(b"\r") for name, value in reversed(found)}
+
+
+def message_id(data: bytes | bytearray) -> bytes | None:
+    """``header_fields(data).get(b"message-id")``, reading no other field (a fifth of the
+    CPU: the identity of a message with a Message-ID needs nothing else)."""
+    block = _lines(data)
+    if block is None:
+        return None
+    found = _MESSAGE_ID.search(block)
+    return None if found is None else _unfold(found[2])
 
 
 def decode_text(value: bytes) -> str:
@@ -79,7 +110,13 @@ def decode_text(value: bytes) -> str:
             decoded = text
     if not decoded.isprintable():
         decoded = "".join(ch if ch.isprintable() else " " for ch in decoded)
-    return " ".join(decoded.split())[:_MAX_TEXT]
+    # Whitespace runs become one space, none at either end. Every whitespace character but
+    # the ASCII space is unprintable, so only spaces are left: when no two are adjacent once
+    # the ends are stripped, there is nothing to collapse (the usual case, a split fewer).
+    decoded = decoded.strip(" ")
+    if "  " in decoded:
+        decoded = " ".join(decoded.split())
+    return decoded[:_MAX_TEXT]
 
 
 def summarize(raw: bytes | bytearray) -> HeaderSummary:

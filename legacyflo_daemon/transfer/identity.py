@@ -30,12 +30,12 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from typing import Generic, TypeVar
 
-from legacyflo_daemon.transfer.headers import header_fields
+from legacyflo_daemon.transfer.headers import header_fields, message_id
 
 T = TypeVar("T")
 _HASHED_FIELDS = (b"date", b"from", b"to", b"subject")
 _WSP_RUN = re.compile(rb"[ \t\r\n]+")
-_PRINTABLE = re.compile(rb"[\x21-\x7e]*")  # printable ASCII, no space
+_WSP = b" \t\r\n"
 
 
 def _normalise(value: bytes) -> bytes:
@@ -43,7 +43,9 @@ def _normalise(value: bytes) -> bytes:
 
 
 def _epoch(internaldate: dt.datetime) -> int:
-    if internaldate.tzinfo is None or internaldate.utcoffset() is None:
+    # utcoffset() is None exactly when the datetime is naive (no tzinfo, or one that gives
+    # no offset).
+    if internaldate.utcoffset() is None:
         raise ValueError("INTERNALDATE must be a timezone-aware datetime")
     return math.floor(internaldate.timestamp())
 
@@ -55,18 +57,36 @@ def identity(header_bytes: bytes | bytearray, internaldate: dt.datetime) -> str:
     literal or a whole message; ``internaldate`` must be timezone-aware (else ``ValueError``).
     A Message-ID that is empty, blank or ``<>`` counts as absent.
     """
-    return identity_of_fields(header_fields(header_bytes), internaldate)
+    epoch = _epoch(internaldate)
+    # The Message-ID alone is read first: the other fields only when it is absent (rare).
+    key = _id_key(epoch, message_id(header_bytes) or b"")
+    return key if key is not None else _hdr_key(epoch, header_fields(header_bytes))
 
 
 def identity_of_fields(fields: dict[bytes, bytes], internaldate: dt.datetime) -> str:
     """``identity`` of a message whose ``headers.header_fields`` are already at hand (a
     caller that needs them for something else too parses the header once)."""
     epoch = _epoch(internaldate)
-    mid = _WSP_RUN.sub(b"", fields.get(b"message-id", b""))
-    if mid.strip(b"<>"):
-        if _PRINTABLE.fullmatch(mid):
-            return f"id {epoch} {mid.decode('ascii')}"
-        return f"idh {epoch} {hashlib.sha256(mid).hexdigest()}"
+    key = _id_key(epoch, fields.get(b"message-id", b""))
+    return key if key is not None else _hdr_key(epoch, fields)
+
+
+def _id_key(epoch: int, raw_mid: bytes) -> str | None:
+    """The ``id``/``idh`` key of a message with this Message-ID (raw, unfolded); None when
+    it counts as absent."""
+    mid = raw_mid.translate(None, _WSP)  # every space, tab, CR, LF: folding may insert them
+    if not mid.strip(b"<>"):
+        return None
+    # Printable ASCII (spaces are gone) is kept as it is; anything else is hashed.
+    if mid.isascii():
+        text = mid.decode("ascii")
+        if text.isprintable():
+            return f"id {epoch} {text}"
+    return f"idh {epoch} {hashlib.sha256(mid).hexdigest()}"
+
+
+def _hdr_key(epoch: int, fields: dict[bytes, bytes]) -> str:
+    """The ``hdr`` key: a hash of Date, From, To and Subject."""
     h = hashlib.sha256()
     for name in _HASHED_FIELDS:
         value = _normalise(fields.get(name, b""))

@@ -252,7 +252,7 @@ class FolderCopy:
             if batch:
                 top = max(top, batch[-1].uid)
             if listing is not None:
-                listing.add_lines(lines)
+                listing.add_lines(lines, display)
 
         info, dinfo = await both(read_source(), dest_side())
         self._uidvalidity = info.uidvalidity

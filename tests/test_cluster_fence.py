@@ -23,7 +23,9 @@ from tests.e2ehelp import (
     DaemonProcess,
     Work,
     archive_problems_of,
+    check_log_lines,
     drop_csv,
+    files_containing,
     request_csv,
     results,
     wait_until,
@@ -121,3 +123,8 @@ def test_a_node_frozen_past_its_lease_stores_nothing_more_when_it_wakes(
                 node.send(signal.SIGTERM)
             for node in (a, b):
                 assert node.wait(30) == 0, node.describe()
+    found = results(work.spool)
+    for node in (a, b):
+        assert check_log_lines(node.lines(), found) == []
+    secrets = [r.source.password for r in rows] + [dest.password, postgres_server.password]
+    assert set(files_containing(work.root, secrets)) <= {work.root / "db-password"}

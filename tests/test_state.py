@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from legacyflo_daemon.model import (
     Secret,
     Status,
 )
+from legacyflo_daemon.state import lifecycle as lifecycle_module
 from legacyflo_daemon.state.engine import PostgresEngine
 from legacyflo_daemon.state.lifecycle import TRANSITIONS, Lifecycle, Transition, allowed
 from legacyflo_daemon.state.schema import SCHEMA_VERSION
@@ -431,6 +432,48 @@ def test_a_request_is_claimed_by_one_node_renewed_and_taken_over_when_its_lease_
     assert b.claim("r1", NOW) is False
     assert a.requeue_all_running() == 2
     assert [r.id for r in st.queued()] == ["r1", "r2"]
+
+
+def test_a_lease_is_trusted_locally_for_half_its_length_from_before_it_was_written(
+    new_store: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fence (copier: before each APPEND batch) asks ``fresh``; past the local deadline the
+    # scheduler asks the database. The deadline is counted from the clock read *before* the
+    # write: a node that stalls during the write must err on the early side.
+    clock = [1000.0]
+    monkeypatch.setattr(lifecycle_module, "fence_clock", lambda: clock[0])
+    st = new_store()
+    st.add_csv("a.csv", "a.csv", NOW, [("r1", make_request(2)), ("r2", make_request(3))])
+    a, b = Lifecycle(st, "node-a", 30), Lifecycle(new_store(), "node-b", 30)
+    assert not a.fresh("r1")  # never claimed here
+    assert a.claim("r1", NOW)
+    clock[0] += 14.9
+    assert a.fresh("r1")
+    clock[0] += 0.2  # 15 s: half the lease
+    assert not a.fresh("r1")
+    renew = st.renew_leases
+
+    def slow_renew(node: str, until: int, ids: Collection[str]) -> set[str]:
+        clock[0] += 10.0  # the write took 10 s (a stall, a freeze)
+        return renew(node, until, ids)
+
+    monkeypatch.setattr(st, "renew_leases", slow_renew)
+    written = clock[0]
+    assert a.renew(NOW, {"r1"}) == {"r1"}
+    clock[0] = written + 14.9
+    assert a.fresh("r1")
+    clock[0] = written + 15.1
+    assert not a.fresh("r1")
+    # Taken over by another node: the renewal finds it gone and the deadline goes with it.
+    assert b.take_over(NOW + dt.timedelta(seconds=31)) == [("r1", 1)]
+    assert b.claim("r1", NOW)
+    assert a.renew(NOW, {"r1"}) == set()
+    clock[0] = written
+    assert not a.fresh("r1")
+    assert b.fresh("r1")
+    b.forget("r1")
+    assert not b.fresh("r1")
+    assert Lifecycle(st).fresh("r2")  # the only daemon holds no lease: always fresh
 
 
 def test_the_only_daemon_starts_and_requeues_without_nodes(new_store: NewStore) -> None:

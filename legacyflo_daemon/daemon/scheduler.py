@@ -24,6 +24,16 @@ request whose lease this node lost (``lose``: its heartbeat could not renew it i
 another node took it over) is stopped at its next batch boundary and left alone: no requeue,
 no result, no mail; the node that now holds it finishes it.
 
+Fencing: the copier asks ``_lease_held`` before each APPEND batch. Within the local lease
+deadline (``Lifecycle.fresh``: half the lease after the last renewal, on a clock that counts
+while the process is stopped) the answer costs nothing; past it (the node was frozen, or its
+heartbeat is late) the lease is renewed in the database at once: still this node's, the batch
+goes on; another node's now, the request is lost here (as by ``lose``) and the batch is not
+stored. So a node woken from a freeze longer than its lease does not append the batch it held
+(which the node that took its request over appends too). What this cannot fence: a freeze
+that lands between the check and the batch's bytes leaving for the server (see README
+"Deployment").
+
 Must not: parse CSVs or talk IMAP itself.
 """
 
@@ -187,12 +197,29 @@ class Scheduler:
         not among them now belongs to another node; stop it without a trace (see the module
         docstring)."""
         for rid in set(self.tasks) - held - self.lost:
-            log.error("request_lease_lost", request_id=rid,
-                      reason="another daemon took it over; it stops here")  # fmt: skip
-            self.lost.add(rid)
-            copier = self.copiers.get(rid)
-            if copier is not None:
-                copier.stop.set()
+            self._lost(rid)
+
+    def _lost(self, rid: str) -> None:
+        log.error("request_lease_lost", request_id=rid,
+                  reason="another daemon took it over; it stops here")  # fmt: skip
+        self.lost.add(rid)
+        copier = self.copiers.get(rid)
+        if copier is not None:
+            copier.stop.set()
+
+    def _lease_held(self, rid: str) -> bool:
+        """Whether ``rid`` may still be written for (its next APPEND batch, its progress): see
+        "Fencing" in the module docstring. A database error here is ``StateUnusable``, which
+        the request's boundary turns into the daemon's stop."""
+        if rid in self.lost:
+            return False
+        if self.lifecycle.fresh(rid):
+            return True
+        if rid in self.lifecycle.renew(utcnow(), {rid}):
+            log.info("request_lease_renewed_late", request_id=rid)
+            return True
+        self._lost(rid)
+        return False
 
     def idle(self) -> bool:
         """Nothing runs here and nothing is queued; in a shared state, nothing runs on another
@@ -258,8 +285,10 @@ class Scheduler:
             if req is not None:
                 for account in (req.source, req.dest):
                     forget_secret(account.password, user=account.userid, owner=rid)
+            self.lifecycle.forget(rid)
             try:
-                self.state.clear_phase(rid)
+                if rid not in self.lost:  # a lost request's phase is its new node's to show
+                    self.state.clear_phase(rid)
             except StateUnusable as exc:  # the store went away meanwhile: the daemon stops
                 self.on_fatal(exc)
             self.copiers.pop(rid, None)
@@ -294,6 +323,7 @@ class Scheduler:
             copier.extra_pair = lambda: self._extend(rid)
             copier.release_pair = lambda: self._shrink(rid)
             copier.on_limited = lambda host: self._limited(rid, host)
+            copier.lease_held = lambda: self._lease_held(rid)
             shown: list[tuple[str, str]] = []
             copier.on_progress = lambda p: self._phase_changed(rid, p, shown)
             self.progress[rid] = copier.progress
@@ -363,6 +393,8 @@ class Scheduler:
             self._save_progress(rid, p)
 
     def _save_progress(self, rid: str, p: Progress) -> None:
+        if rid in self.lost:  # another node's now: its progress is that node's to write
+            return
         if self.metrics is not None:
             messages, nbytes, retries = self._counted.get(rid, (0, 0, 0))
             self.metrics.copied(p.messages_done - messages, p.bytes_done - nbytes)
@@ -383,6 +415,8 @@ class Scheduler:
             elapsed = asyncio.get_running_loop().time() - start
             rate = p.bytes_done / elapsed if elapsed > 0 else 0.0
             left = max(0, p.bytes_total - p.bytes_done)
+            if not self._lease_held(rid):  # woken from a freeze: the request is not ours
+                continue
             self._save_progress(rid, p)
             log.info("request_progress", messages_done=p.messages_done,
                      messages_total=p.messages_total, bytes_done=p.bytes_done,

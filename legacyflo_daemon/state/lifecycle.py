@@ -24,12 +24,24 @@ moment is told False, which is no bug. The node's heartbeat renews its leases
 (``StateStore.renew_leases``); ``take_over`` re-queues the requests of a node whose leases
 ran out (it died) so that any node resumes them from their checkpoints. Requeue and finish of a
 running request also require that it is still this node's.
+
+Fencing: a lease is written in the database's terms (``lease_until``, epoch seconds of this
+node's wall clock), but a node must also know *locally* whether it still holds one, because a
+node frozen past its lease (SIGSTOP, a paused VM) wakes with work in hand before its heartbeat
+runs again (asyncio runs I/O callbacks before due timers). ``claim`` and ``renew`` therefore
+record a local deadline per request: the local clock read *before* the database was written,
+plus ``FENCE_FRACTION`` of ``lease_seconds``. ``fresh`` says whether it has not passed. The
+clock is ``CLOCK_BOOTTIME`` where there is one (Linux): like ``CLOCK_MONOTONIC`` it never goes
+back and keeps counting while the process is stopped, and it also counts a suspend of the
+machine. The remaining fraction is the margin for the other nodes' clocks being ahead of ours
+and for the time between a check and the write it allows (``Scheduler._lease_held``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections.abc import Collection, Mapping
 from enum import StrEnum
 from typing import Any
@@ -43,6 +55,18 @@ from legacyflo_daemon.state.schema import iso
 from legacyflo_daemon.state.store import StateStore
 
 log = structlog.get_logger("legacyflo_daemon.state.lifecycle")
+
+# A lease held in the database is trusted locally for this fraction of ``lease_seconds`` after
+# it was written. Renewals come every third of it, so a healthy node never reaches the local
+# deadline; the other half is the margin against clock skew between the nodes.
+FENCE_FRACTION = 0.5
+
+
+def fence_clock() -> float:
+    """Seconds of a clock that never goes back and counts while the process is stopped (and,
+    on Linux, while the machine is suspended): the local lease deadlines' clock."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
 
 
 class Transition(StrEnum):
@@ -77,6 +101,7 @@ class Lifecycle:
         self.store = store
         self.node = node
         self.lease_seconds = lease_seconds
+        self._deadlines: dict[str, float] = {}  # request id -> local lease deadline (fence)
 
     def lease_end(self, now: dt.datetime) -> int:
         """Epoch seconds when a lease taken or renewed at ``now`` ends."""
@@ -96,16 +121,40 @@ class Lifecycle:
         sets = {"started_at": iso(now), "node": self.node, "lease_until": self.lease_end(now),
                 "pairs": 1}  # fmt: skip
         sources, _ = TRANSITIONS[Transition.START]
-        return self.store.apply_transition(
+        written = fence_clock()
+        claimed = self.store.apply_transition(
             request_id, sources, Status.RUNNING, sets, skip_locked=True
         )
+        if claimed:
+            self._deadlines[request_id] = written + FENCE_FRACTION * self.lease_seconds
+        return claimed
 
     def renew(self, now: dt.datetime, ids: Collection[str]) -> set[str]:
         """Renew this node's leases on ``ids`` (the requests it runs); those still this
-        node's (a shared state)."""
+        node's (a shared state). Their local deadlines move on; the others' are dropped."""
         if self.node is None:
             return set()
-        return self.store.renew_leases(self.node, self.lease_end(now), ids)
+        written = fence_clock()  # before the write: the deadline errs on the early side
+        held = self.store.renew_leases(self.node, self.lease_end(now), ids)
+        for rid in ids:
+            if rid in held:
+                self._deadlines[rid] = written + FENCE_FRACTION * self.lease_seconds
+            else:
+                self._deadlines.pop(rid, None)
+        return held
+
+    def fresh(self, request_id: str) -> bool:
+        """Whether this node's lease on ``request_id`` is surely still valid, by the local
+        deadline alone (see the module docstring); False also when it was never claimed here
+        or was lost. The only daemon: always True (no lease)."""
+        if self.node is None:
+            return True
+        deadline = self._deadlines.get(request_id)
+        return deadline is not None and fence_clock() < deadline
+
+    def forget(self, request_id: str) -> None:
+        """The request no longer runs here: drop its local deadline."""
+        self._deadlines.pop(request_id, None)
 
     def take_over(self, now: dt.datetime) -> list[tuple[str, int]]:
         """Requeue the running requests whose node's lease ran out (it died: kill -9, power

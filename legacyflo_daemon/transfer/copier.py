@@ -87,6 +87,8 @@ class Copier:
     release_pair: Callable[[], None] = lambda: None
     # Told the host that refused a connection as one too many (the pool lowers its allowance).
     on_limited: Callable[[str], None] = lambda _host: None
+    # Whether this node still holds the request's lease (a cluster): asked before each batch.
+    lease_held: Callable[[], bool] = lambda: True
     _results: dict[str, FolderResult] = field(default_factory=dict)
     _plans: list[folders.FolderPlan] = field(default_factory=list)
     _to_create: set[str] = field(default_factory=set)  # mail folders their pass creates
@@ -331,6 +333,7 @@ class Copier:
                 trust=self._trust,
                 dest_name=dest_name,
                 dest_display=dest_display,
+                lease_held=self.lease_held,
             )
             try:
                 self._results[plan.source_name] = await job.run(src, dst)

@@ -159,6 +159,9 @@ class FolderCopy:
     dest_name: str = ""  # where this folder is copied to (the plan's, or its safe mapping)
     dest_display: str = ""
     _note: str = ""
+    # Whether this node still holds the request's lease (several daemons, one state): checked
+    # before each APPEND batch; False stops the pass there, nothing stored (issue 15, fencing).
+    lease_held: Callable[[], bool] = lambda: True
 
     def __post_init__(self) -> None:
         self.dest_name = self.dest_name or self.plan.dest_name
@@ -502,7 +505,10 @@ class FolderCopy:
         metas: dict[int, _Source],
         permanent: frozenset[str] | None,
     ) -> None:
-        """Append one fetched batch (one MULTIAPPEND where offered); record what failed."""
+        """Append one fetched batch (one MULTIAPPEND where offered); record what failed.
+        Raises ``Interrupted`` (nothing stored, no checkpoint) when the lease is not held."""
+        if not self.lease_held():  # another node runs this request now: it appends this batch
+            raise Interrupted("lease lost")
         ready: list[FetchedMessage] = []
         for uid in batch:
             msg = fetched.get(uid)

@@ -174,9 +174,13 @@ async def test_recording_and_reporting_a_200000_message_folder_never_blocks_the_
         doc = await finisher.copied("r1", "a.csv", req, result, recorder)
     probe.check("the report")
     assert doc["status"] == "succeeded"
-    mail = parse_mail((outbox.dir / "r1.eml").read_bytes())
-    (listing,) = [p for p in mail.iter_attachments() if p.get_filename() == "listing.csv.gz"]
-    rows = gzip.decompress(listing.get_content()).decode().splitlines()
+
+    def read_rows() -> list[str]:  # ~0.1 s of CPU: in a thread, not on the loop under test
+        mail = parse_mail((outbox.dir / "r1.eml").read_bytes())
+        (listing,) = [p for p in mail.iter_attachments() if p.get_filename() == "listing.csv.gz"]
+        return gzip.decompress(listing.get_content()).decode().splitlines()
+
+    rows = await asyncio.to_thread(read_rows)
     assert len(rows) == 1 + 200_000  # the header and every message
     assert rows[1].endswith(",Someone <a@example.com>,Hello,2048,<x@y>")
     assert state.request_row("r1").status is Status.SUCCEEDED

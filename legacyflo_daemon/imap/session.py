@@ -569,7 +569,7 @@ class Session:
             with self._parsing("UID SEARCH"):
                 uids = sorted(set(parse_search(found.lines)))
             return info, await self.fetch_meta(uids, each=each)
-        metas: list[MessageMeta] = []
+        batch: list[MessageMeta] | None = None
         if first and first <= info.exists:
             # The FETCH was valid for the folder as opened: its refusal (throttling with a
             # backoff hint, say) is an answer to act on, as for any FETCH.
@@ -577,12 +577,11 @@ class Session:
             self._check("other", fetched.result, fetched.text, f"FETCH 1:{first}")
             with self._parsing(f"FETCH 1:{first}"):
                 batch = metas_of(fetched.lines)
-            metas = await _deliver(batch, each)
         else:
             # Fewer messages than counted (expunged meanwhile): the FETCH named numbers that
             # do not exist and proves nothing; read the folder as it is now.
             first = 0
-        metas += await self.fetch_meta_all(info.exists, start=first + 1, each=each)
+        metas = await self._read_batches(_sequence_sets(first + 1, info.exists), each, batch)
         metas.sort(key=lambda m: m.uid)
         return info, metas
 
@@ -647,9 +646,8 @@ class Session:
         """UID, flags, INTERNALDATE, RFC822.SIZE and identity headers, in batches of
         ``META_BATCH``, by ascending UID. ``uids``: a UID set (no ``*``) or UIDs. Missing UIDs
         are skipped. ``each``: as for ``open_folder`` (batches handed over, nothing returned)."""
-        out: list[MessageMeta] = []
-        for uid_set in self._batches(uids, META_BATCH):
-            out += await _deliver(await self._fetch_metas(uid_set, META_ITEMS), each)
+        sets = [(uid_set, True) for uid_set in self._batches(uids, META_BATCH)]
+        out = await self._read_batches(sets, each)
         out.sort(key=lambda m: m.uid)
         return out
 
@@ -698,10 +696,41 @@ class Session:
         message expunged meanwhile is simply missing from the answer; UIDs come with every
         item. ``each``: as for ``open_folder`` (sequence numbers ascend with UIDs, RFC 3501
         2.3.1.1, so the batches come in ascending UID order)."""
+        return await self._read_batches(_sequence_sets(start, exists), each)
+
+    async def _read_batches(
+        self,
+        sets: list[tuple[str, bool]],
+        each: MetaSink | None,
+        first: list[MessageMeta] | None = None,
+    ) -> list[MessageMeta]:
+        """The metadata FETCHes of ``sets`` ((set, by UID), in order), each batch handed to
+        ``each`` (see ``_deliver``) after ``first`` (a batch already read, if any). The next
+        batch's FETCH is sent before a batch is handed over, so the server prepares it while
+        the caller works on the one before (on a 200,000-message delta pass both servers
+        otherwise sat idle during every batch's identity keys and listing rows). At most one
+        FETCH is in flight; it is cancelled (the connection with it) if handing over fails."""
         out: list[MessageMeta] = []
-        for first in range(start, exists + 1, META_BATCH):
-            seq = f"{first}:{min(exists, first + META_BATCH - 1)}"
-            out += await _deliver(await self._fetch_metas(seq, META_ITEMS, by_uid=False), each)
+        pending = first
+        ahead: asyncio.Future[list[MessageMeta]] | None = None
+        try:
+            for i in range(len(sets) + 1):
+                if i < len(sets):
+                    uid_set, by_uid = sets[i]
+                    ahead = asyncio.ensure_future(
+                        self._fetch_metas(uid_set, META_ITEMS, by_uid=by_uid)
+                    )
+                    await asyncio.sleep(0)  # it sends its command before the hand-over runs
+                if pending is not None:
+                    out += await _deliver(pending, each)
+                if ahead is None:
+                    break
+                pending, ahead = await ahead, None
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await ahead
         return out
 
     async def fetch_bodies(
@@ -828,6 +857,14 @@ async def _deliver(batch: list[MessageMeta], each: MetaSink | None) -> list[Mess
     if pending is not None:
         await pending
     return []
+
+
+def _sequence_sets(start: int, exists: int) -> list[tuple[str, bool]]:
+    """Sequence sets of ``META_BATCH`` messages from ``start`` to ``exists`` (not by UID)."""
+    return [
+        (f"{first}:{min(exists, first + META_BATCH - 1)}", False)
+        for first in range(start, exists + 1, META_BATCH)
+    ]
 
 
 def _first_int(pattern: re.Pattern[bytes], lines: Iterable[bytes | bytearray]) -> int | None:

@@ -94,9 +94,9 @@ UPLOAD_RATE = 16 * 1024  # bytes/s an APPEND is allowed at worst, for its overal
 T = TypeVar("T")
 # Receives each batch of metadata as it is read (ascending UID within the batch), instead of
 # one list of the whole folder: a caller that keeps only what it needs of each message holds
-# a folder of 200,000 in a fraction of the memory (see ``open_folder``).
-# Takes each metadata batch as it is read; an awaitable it returns is awaited before the next
-# batch is fetched (a consumer that falls behind holds the read back).
+# a folder of 200,000 in a fraction of the memory (see ``open_folder``). An awaitable it
+# returns is awaited before the batch after the next is fetched (a consumer that falls behind
+# holds the read back).
 MetaSink = Callable[[list[MessageMeta]], Awaitable[None] | None]
 PIPELINE_MAX = 200  # commands sent in one pipeline (a long folder list goes in several)
 _STATUS_MESSAGES = re.compile(rb"\bMESSAGES ([0-9]+)", re.IGNORECASE)
@@ -522,9 +522,10 @@ class Session:
 
         ``each``: every batch (at most ``META_BATCH`` messages, sorted by UID) is handed to it
         as soon as it is parsed, batches in ascending UID order, and the returned list is
-        empty: the caller keeps what it needs, not every ``MessageMeta`` of the folder. When
-        ``each`` returns an awaitable, the next batch is fetched once it is done (no command
-        of this session is running meanwhile: the caller may use the session in between).
+        empty: the caller keeps what it needs, not every ``MessageMeta`` of the folder. The next
+        batch's FETCH is in flight while ``each`` takes one (``_read_batches``); when ``each``
+        returns an awaitable, the batch after that is fetched once it is done (the caller may
+        use the session meanwhile: its commands wait for the FETCH in flight).
         """
         command = "EXAMINE" if examine else "SELECT"
         if not self._pipelinable([name]):
@@ -615,16 +616,12 @@ class Session:
         with self._parsing("UID SEARCH"):
             return sorted(set(parse_search(reply.lines)))
 
-    async def _fetch(
-        self, uid_set: str, items: str, *, by_uid: bool = True
-    ) -> tuple[str, list[dict[str, Value]], str]:
-        what = f"{'UID ' if by_uid else ''}FETCH {uid_set}"
-        reply = await self._conn.run(
+    async def _fetch(self, uid_set: str, items: str, what: str, *, by_uid: bool = True) -> Reply:
+        """One FETCH (``UID FETCH`` unless ``by_uid`` is False), its reply unparsed: each
+        caller reads it its own way (most straight from the bytes, see ``parse``)."""
+        return await self._conn.run(
             "FETCH", [uid_set, items], prefix="UID" if by_uid else None, fetch=True, what=what
         )
-        with self._parsing(what):
-            parsed = fetch_items(reply.lines)
-        return reply.result, parsed, reply.text
 
     async def _fetch_metas(
         self, uid_set: str, items: str, *, by_uid: bool = True
@@ -633,9 +630,7 @@ class Session:
         messages, converted in one go (``metas_of``: ~4 us a message, so a batch holds the
         loop ~5 ms), in the order the server sent them."""
         what = f"{'UID ' if by_uid else ''}FETCH {uid_set}"
-        reply = await self._conn.run(
-            "FETCH", [uid_set, items], prefix="UID" if by_uid else None, fetch=True, what=what
-        )
+        reply = await self._fetch(uid_set, items, what, by_uid=by_uid)
         self._check("other", reply.result, reply.text, what)
         with self._parsing(what):
             return metas_of(reply.lines)
@@ -659,9 +654,7 @@ class Session:
         if first_uid < 1:
             raise ValueError(f"first_uid must be at least 1, got {first_uid}")
         what = f"UID FETCH {first_uid}:*"
-        reply = await self._conn.run(
-            "FETCH", [f"{first_uid}:*", "(UID RFC822.SIZE)"], prefix="UID", fetch=True, what=what
-        )
+        reply = await self._fetch(f"{first_uid}:*", "(UID RFC822.SIZE)", what)
         self._check("other", reply.result, reply.text, what)
         with self._parsing(what):
             pairs = uid_sizes_of(reply.lines)
@@ -771,9 +764,7 @@ class Session:
         proto.limit_literals(limits, default_limit)
         what = f"UID FETCH {uid_set}"
         try:
-            reply = await self._conn.run(
-                "FETCH", [uid_set, BODY_ITEMS], prefix="UID", fetch=True, what=what
-            )
+            reply = await self._fetch(uid_set, BODY_ITEMS, what)
             oversized = dict(proto.oversized)
         finally:
             proto.limit_literals(None, None)

@@ -16,10 +16,8 @@ Must not: do I/O.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import functools
-import io
 
 COLUMNS = ("folder", "received", "from", "subject", "size", "message_id")
 
@@ -76,12 +74,6 @@ def row(
         # encodes; any other surrogate cannot be written in UTF-8 and becomes "?".
         joined = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
         return joined.encode("utf-8", "replace")
-
-
-def first_cell(row_bytes: bytes) -> str:
-    """The first cell of a ``row`` as the CSV shows it (unquoted; still neutralised)."""
-    text = row_bytes.decode("utf-8", "replace")
-    return next(csv.reader(io.StringIO(text, newline="")), [""])[0]
 
 
 HEAD = "\ufeff".encode() + ",".join(COLUMNS).encode("ascii") + b"\r\n"

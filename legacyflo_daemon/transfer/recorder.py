@@ -121,15 +121,10 @@ class ListingFile:
         (~5 us a message, so callers pass at most a metadata batch at a time)."""
         self._append([entry_line(display, r, h, n) for r, h, n in messages], display)
 
-    def add_lines(self, lines: Iterable[bytes], display: str | None = None) -> None:
+    def add_lines(self, lines: list[bytes], display: str) -> None:
         """Append rows made with ``entry_line``/``entry_line_of_fields`` for the folder
-        ``display`` (one batch). Without ``display``, the folder is the first row's first
-        cell as the CSV shows it (the same but for names that differ only in what the CSV
-        cannot show: a NUL, a lone surrogate, a leading ``'``)."""
-        batch = list(lines)
-        if batch and display is None:
-            display = listing_csv.first_cell(batch[0])
-        self._append(batch, display or "")
+        ``display`` (one batch)."""
+        self._append(lines, display)
 
     def _append(self, rows: list[bytes], display: str) -> None:
         if not rows:

@@ -426,12 +426,23 @@ def metas_of(parts: Parts) -> list[MessageMeta]:
     return [meta_from(item) for item in fetch_items(parts)]
 
 
+def _raw_flags(raw: bytes | bytearray) -> tuple[str, ...]:
+    """``_flags`` of a FLAGS list's content as sent (a ``wire.fetch_rows`` value), looked up
+    by those bytes: a mailbox has a few dozen distinct lists."""
+    key = raw if type(raw) is bytes else bytes(raw)
+    flags = _FLAGS_BY_RAW.get(key)
+    if flags is None:
+        flags = _flags({"FLAGS": list_atoms(key)})
+        if len(_FLAGS_BY_RAW) < _FLAG_SETS_MAX:
+            _FLAGS_BY_RAW[key] = flags
+    return flags
+
+
 def _metas_by_plan(
     plan: _Plan, rows: list[tuple[bytes | bytearray, ...]]
 ) -> list[MessageMeta] | None:
     iu, ifl, idate, isize, ihead = plan
     out: list[MessageMeta] = []
-    flag_sets = _FLAGS_BY_RAW
     for row in rows:
         uid, raw_flags, raw_date, header = row[iu], row[ifl], row[idate], row[ihead]
         size = row[isize] if isize else b""
@@ -441,11 +452,7 @@ def _metas_by_plan(
         # with an escape is one: the raw bytes still hold the backslash).
         if not uid.isdigit() or not size.isascii():
             return None
-        flags = flag_sets.get(bytes(raw_flags))
-        if flags is None:
-            flags = _flags({"FLAGS": list_atoms(bytes(raw_flags))})
-            if len(flag_sets) < _FLAG_SETS_MAX:
-                flag_sets[bytes(raw_flags)] = flags
+        flags = _raw_flags(raw_flags)
         text = raw_date.decode("utf-8", "surrogateescape")
         try:
             when = parse_date_time(text)
@@ -490,12 +497,7 @@ def messages_of(parts: Parts) -> list[FetchedMessage] | None:
         return None
     out: list[FetchedMessage] = []
     for row in rows:
-        raw_flags, body = bytes(row[ifl]), row[ibody]
-        flags = _FLAGS_BY_RAW.get(raw_flags)
-        if flags is None:
-            flags = _flags({"FLAGS": list_atoms(raw_flags)})
-            if len(_FLAGS_BY_RAW) < _FLAG_SETS_MAX:
-                _FLAGS_BY_RAW[raw_flags] = flags
+        flags, body = _raw_flags(row[ifl]), row[ibody]
         text = row[idate].decode("utf-8", "surrogateescape")
         try:
             when = parse_date_time(text) if text else None

@@ -82,7 +82,15 @@ from legacyflo_daemon.imap.syntax.wire import (
 # Exchange) before it counts as a server sending more than it said; see fetch_bodies.
 OVERSIZE_FACTOR = 4
 BODY_BATCH = 500  # UIDs per body FETCH (the caller also bounds a batch's bytes)
-META_BATCH = 1000  # UIDs per metadata FETCH (responses are parsed in linear time here)
+# UIDs per metadata FETCH (responses are parsed in linear time here). Every batch costs fixed
+# work on both sides (a command, the server's reply set-up, a hand-over to the copier); with
+# 4,000 instead of 1,000 a delta pass over 200,000 messages took ~12 % less CPU and wall time
+# (dev harness, 2026-12-06). The first FETCH, sent with EXAMINE/SELECT, stays small: a copy
+# into an empty folder starts as soon as it is read (``META_FIRST``).
+META_BATCH = 4000
+META_FIRST = 1000
+# Read-back of stored copies: whole headers (kilobytes each with long Received chains).
+STORED_BATCH = 1000
 HEADER_FIELDS = "MESSAGE-ID DATE FROM TO SUBJECT"  # what transfer.identity reads
 META_ITEMS = f"(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS ({HEADER_FIELDS})])"
 BODY_ITEMS = "(UID FLAGS INTERNALDATE BODY.PEEK[])"
@@ -537,7 +545,7 @@ class Session:
         mailbox = self._mailbox(name)
         steps = [Step("CREATE", [mailbox]), Step("SUBSCRIBE", [mailbox])] if create else []
         steps.append(Step(command, [mailbox]))
-        first = min(expected or 0, META_BATCH)
+        first = min(expected or 0, META_FIRST)
         if criteria != ["ALL"]:
             try:
                 steps.append(Step("SEARCH", search_args(criteria), prefix="UID"))
@@ -628,7 +636,7 @@ class Session:
     ) -> list[MessageMeta]:
         """One metadata FETCH (``META_ITEMS`` or ``STORED_ITEMS``) of at most ``META_BATCH``
         messages, converted in one go (``metas_of``: ~4 us a message, so a batch holds the
-        loop ~5 ms), in the order the server sent them."""
+        loop ~20 ms), in the order the server sent them."""
         what = f"{'UID ' if by_uid else ''}FETCH {uid_set}"
         reply = await self._fetch(uid_set, items, what, by_uid=by_uid)
         self._check("other", reply.result, reply.text, what)
@@ -670,7 +678,7 @@ class Session:
         ``header``) of messages of the open mailbox, by ascending UID: the read-back's close
         look at the copies that need one."""
         out: list[MessageMeta] = []
-        for uid_set in self._batches(uids, META_BATCH):
+        for uid_set in self._batches(uids, STORED_BATCH):
             out += await self._fetch_metas(uid_set, STORED_ITEMS)
         out.sort(key=lambda m: m.uid)
         return out

@@ -724,7 +724,7 @@ class _Stream:
             yield batch
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Source(MessageMeta):
     """A source message that may have to be copied, as kept until the destination proves it
     there: with its identity key (no map of UID to key beside it), without the INTERNALDATE

@@ -15,6 +15,7 @@ of its batch. INTERNALDATE is read with ``request.dates.parse_date_time``.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -82,12 +83,15 @@ class MailboxInfo:
     read_only: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MessageMeta:
     """What identifies a message: UID, flags, INTERNALDATE (raw and aware), size, headers.
 
     ``size`` is RFC822.SIZE, an estimate on Exchange: never use it as identity.
     ``header`` holds the requested header fields (Message-ID, Date, From, To, Subject).
+    A value: never changed once made. Not ``frozen``, only because a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__`` (0.86 us instead of 0.18): one
+    is made for every message of both servers, 400,000 in a delta pass over 200,000.
     """
 
     uid: int
@@ -438,6 +442,26 @@ def _raw_flags(raw: bytes | bytearray) -> tuple[str, ...]:
     return flags
 
 
+# INTERNALDATE text -> its parsed value, for the metadata read: in a delta pass both servers
+# send the same text for the same message, within a few batches of each other (both are read
+# at once, in UID order), so the second side's dates are not parsed again (~2 us each).
+# Bounded: when full, the older half is dropped (a dict keeps insertion order).
+_DATES: dict[str, dt.datetime] = {}
+_DATES_MAX = 1 << 16
+
+
+def _date_of(text: str) -> dt.datetime:
+    """``parse_date_time(text)``, from ``_DATES`` when seen lately (its ``ValueError`` too)."""
+    when = _DATES.get(text)
+    if when is None:
+        when = parse_date_time(text)
+        if len(_DATES) >= _DATES_MAX:
+            for old in list(itertools.islice(_DATES, _DATES_MAX // 2)):
+                del _DATES[old]
+        _DATES[text] = when
+    return when
+
+
 def _metas_by_plan(
     plan: _Plan, rows: list[tuple[bytes | bytearray, ...]]
 ) -> list[MessageMeta] | None:
@@ -455,7 +479,7 @@ def _metas_by_plan(
         flags = _raw_flags(raw_flags)
         text = raw_date.decode("utf-8", "surrogateescape")
         try:
-            when = parse_date_time(text)
+            when = _date_of(text)
         except ValueError:
             return None
         # positional: a third cheaper than by keyword, for every message read

@@ -13,6 +13,7 @@ fail).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import re
 from typing import Any
@@ -36,6 +37,7 @@ from legacyflo_daemon.imap.syntax.parse import (
     uid_sizes_of,
 )
 from legacyflo_daemon.imap.syntax.wire import WireError
+from legacyflo_daemon.request.dates import parse_date_time
 
 HEADER = b"Message-ID: <a@b>\r\nSubject: Hi (there)\r\n\r\n"
 
@@ -269,6 +271,24 @@ def test_metas_of_reads_the_common_layout_directly(monkeypatch: pytest.MonkeyPat
     assert got[0].header == HEADER and got[0].flags == ("\\Seen",) and got[0].size == 2000
     # equal flag sets are one tuple, as on the general path
     assert got[0].flags is got[1].flags
+
+
+def test_dates_read_twice_are_parsed_once_and_the_cache_stays_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both servers send the same INTERNALDATE text for a message in a delta pass: the second
+    read takes the first's value (same instant, same zone); the cache never holds more than
+    its bound (the older half goes), and what it gives equals a fresh parse."""
+    monkeypatch.setattr(parse, "_DATES", {})
+    monkeypatch.setattr(parse, "_DATES_MAX", 8)
+    texts = [b"%02d-Mar-2019 10:11:12 +0100" % day for day in range(1, 21)]
+    first = metas_of(_parts([_meta_response(i, i, date=t) for i, t in enumerate(texts, 1)]))
+    again = metas_of(_parts([_meta_response(i, 100 + i, date=texts[-1]) for i in range(1, 3)]))
+    assert again[0].internaldate is first[-1].internaldate  # parsed once
+    assert len(parse._DATES) <= 8
+    for meta, text in zip(first, texts, strict=True):
+        assert meta.internaldate == parse_date_time(text.decode())
+        assert meta.internaldate.utcoffset() == dt.timedelta(hours=1)
 
 
 @settings(max_examples=2000, deadline=None)

@@ -457,7 +457,7 @@ def _date_of(text: str) -> dt.datetime:
         when = parse_date_time(text)
         if len(_DATES) >= _DATES_MAX:
             for old in list(itertools.islice(_DATES, _DATES_MAX // 2)):
-                del _DATES[old]
+                _DATES.pop(old, None)
         _DATES[text] = when
     return when
 

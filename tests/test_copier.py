@@ -462,7 +462,7 @@ async def test_a_folder_going_into_an_empty_one_is_copied_while_its_metadata_is_
 
     def load() -> tuple[LoadedMessage, ...]:  # in a thread: the loop must stay free
         specs = []
-        for i in range(2600):  # three metadata batches (META_FIRST, META_BATCH 1,000 here)
+        for i in range(2600):  # three metadata batches of META_BATCH (1,000), none joined here
             when = utc(2018, 1 + i % 12, 1 + i % 28, i % 24)
             data = make_message(
                 subject=f"Note {i}", date=when, message_id=f"<note-{i}@stream.example.com>",
@@ -486,8 +486,8 @@ async def test_a_folder_going_into_an_empty_one_is_copied_while_its_metadata_is_
 
         return recorded
 
-    # Batches of 1,000 after the first (4,000 by default): two follow the one sent with EXAMINE.
-    monkeypatch.setattr("legacyflo_daemon.imap.session.META_BATCH", 1000)
+    # One unit per FETCH (up to four are joined by default): two follow the one with EXAMINE.
+    monkeypatch.setattr("legacyflo_daemon.imap.session.META_MERGE", 1)
     monkeypatch.setattr(Session, "_fetch_metas", spy("meta", Session._fetch_metas))
     monkeypatch.setattr(Session, "fetch_bodies", spy("body", Session.fetch_bodies))
 

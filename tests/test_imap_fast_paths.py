@@ -381,6 +381,32 @@ def fresh_layouts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(parse, "_META_PLANS", {})
 
 
+def test_layouts_are_kept_least_recently_used_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that has sent more layouts than the caches hold (items in varying order) still
+    gets the fast path for the one it sends now: the least recently used layout is dropped,
+    not the new one refused."""
+    monkeypatch.setattr(wire, "_SHAPES", {})
+    monkeypatch.setattr(wire, "_last", [])
+    monkeypatch.setattr(parse, "_META_PLANS", {})
+    odd = [b"X-ITEM%d" % k for k in range(wire._SHAPES_MAX + 5)]
+    date = b'INTERNALDATE "01-Feb-2015 10:11:12 +0000"'
+    for k, name in enumerate(odd):  # one new layout each, more than the bound
+        metas_of(_parts([b"* 1 FETCH (UID %d %s %s 7)\r\n" % (k + 1, date, name)]))
+    assert len(wire._SHAPES) == wire._SHAPES_MAX
+    assert len(parse._META_PLANS) <= parse._META_PLANS_MAX
+    parts = _parts([_meta_response(i, 10 + i) for i in range(1, 20)])
+    expected = [meta_from(i) for i in fetch_items(parts)]
+
+    def general(_: object) -> None:
+        raise AssertionError("the general path was taken")
+
+    monkeypatch.setattr(parse, "fetch_items", general)
+    assert metas_of(parts) == expected
+    assert len(wire._SHAPES) == wire._SHAPES_MAX
+    # a layout used again is kept when others come: it moved to the most recent end
+    assert list(wire._SHAPES)[-1][0][0] == b"UID"
+
+
 @pytest.mark.usefixtures("fresh_layouts")
 def test_the_usual_sizes_and_bodies_are_read_directly() -> None:
     sizes = _parts([b"* %d FETCH (UID %d RFC822.SIZE %d)\r\n" % (i, 10 + i, 99) for i in (1, 2)])

@@ -28,6 +28,7 @@ from legacyflo_daemon.imap.syntax.wire import (
     fetch_rows,
     item_key,
     list_atoms,
+    lru_lookup,
     response_at,
     responses,
 )
@@ -384,7 +385,12 @@ def meta_from(item: dict[str, Value]) -> MessageMeta:
 # when the layout is not one it converts directly.
 _Plan = tuple[int, int, int, int, int]
 _META_PLANS: dict[tuple[tuple[str, ...], tuple[str, ...]], _Plan | None] = {}
+_META_PLANS_MAX = 64
 _FLAGS_BY_RAW: dict[bytes, tuple[str, ...]] = {}  # a FLAGS list as sent -> its shared tuple
+
+
+def _meta_plan_of(layout: tuple[tuple[str, ...], tuple[str, ...]]) -> _Plan | None:
+    return _meta_plan(*layout)
 
 
 def _meta_plan(keys: tuple[str, ...], kinds: tuple[str, ...]) -> _Plan | None:
@@ -419,10 +425,7 @@ def metas_of(parts: Parts) -> list[MessageMeta]:
     found = fetch_rows(parts)
     if found is not None:
         keys, kinds, rows = found
-        layout = (keys, kinds)
-        if layout not in _META_PLANS and len(_META_PLANS) < 64:
-            _META_PLANS[layout] = _meta_plan(keys, kinds)
-        plan = _META_PLANS.get(layout)
+        plan = lru_lookup(_META_PLANS, (keys, kinds), _meta_plan_of, _META_PLANS_MAX)
         if plan is not None:
             metas = _metas_by_plan(plan, rows)
             if metas is not None:
@@ -521,6 +524,8 @@ def messages_of(parts: Parts) -> list[FetchedMessage] | None:
         return None
     out: list[FetchedMessage] = []
     for row in rows:
+        if b"\\" in row[idate]:  # an escape in the quoted date: the general path unescapes it
+            return None
         flags, body = _raw_flags(row[ifl]), row[ibody]
         text = row[idate].decode("utf-8", "surrogateescape")
         try:

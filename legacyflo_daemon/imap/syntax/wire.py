@@ -14,8 +14,9 @@ to it byte for byte when we send it as a literal.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from legacyflo_daemon.request.dates import parse_date_time
 
@@ -283,20 +284,38 @@ class _Shape:
     kinds: tuple[str, ...]
 
 
-_SHAPES: dict[tuple[tuple[bytes, str], ...], _Shape] = {}
+_SHAPES: dict[tuple[tuple[bytes, str], ...], _Shape] = {}  # least recently used first
 _SHAPES_MAX = 64
+K = TypeVar("K")
+V = TypeVar("V")
 _last: list[_Shape] = []  # the layout of the last response read (tried first)
 
 
-def _shape(layout: tuple[tuple[bytes, str], ...]) -> _Shape | None:
-    shape = _SHAPES.get(layout)
-    if shape is None and len(_SHAPES) < _SHAPES_MAX:
-        items = b" ".join(re.escape(name) + b" " + _VALUES[kind] for name, kind in layout)
-        end = b"" if layout[-1][1] == "literal" else rb"\)"
-        keys = tuple(_name_key(name) for name, _ in layout)
-        kinds = tuple(kind for _, kind in layout)
-        shape = _SHAPES[layout] = _Shape(re.compile(_HEAD + items + end), keys, kinds)
-    return shape
+def lru_lookup(cache: dict[K, V], key: K, make: Callable[[K], V], limit: int) -> V:
+    """``cache[key]``, made with ``make(key)`` when missing; at most ``limit`` entries, the
+    least recently used dropped first (a dict keeps insertion order: a hit moves its key to
+    the end). A server that sends many layouts (items in varying order) keeps the fast paths
+    for the ones it uses now, instead of filling a fixed table once and for all."""
+    if key in cache:
+        value = cache.pop(key)
+    else:
+        if len(cache) >= limit:
+            del cache[next(iter(cache))]
+        value = make(key)
+    cache[key] = value
+    return value
+
+
+def _new_shape(layout: tuple[tuple[bytes, str], ...]) -> _Shape:
+    items = b" ".join(re.escape(name) + b" " + _VALUES[kind] for name, kind in layout)
+    end = b"" if layout[-1][1] == "literal" else rb"\)"
+    keys = tuple(_name_key(name) for name, _ in layout)
+    kinds = tuple(kind for _, kind in layout)
+    return _Shape(re.compile(_HEAD + items + end), keys, kinds)
+
+
+def _shape(layout: tuple[tuple[bytes, str], ...]) -> _Shape:
+    return lru_lookup(_SHAPES, layout, _new_shape, _SHAPES_MAX)
 
 
 def item_key(name: str) -> str:
@@ -401,8 +420,8 @@ def fetch_at(
             pos += 1
             continue
         if pos == len(part) - 1 and part[pos] == 0x29:  # ")" ends the response
-            if simple and (shape := _shape(tuple(layout))) is not None:
-                _last[:] = [shape]
+            if simple:
+                _last[:] = [_shape(tuple(layout))]
             return head[1].decode("ascii"), items, i + 1
         return None
 

@@ -534,12 +534,12 @@ class Session:
         ``subscribe``, ``examine``/``select``.
 
         ``each``: every batch (at most ``META_MERGE`` x ``META_BATCH`` messages, sorted by
-        UID) is handed to it
-        as soon as it is parsed, batches in ascending UID order, and the returned list is
-        empty: the caller keeps what it needs, not every ``MessageMeta`` of the folder. The next
-        batch's FETCH is in flight while ``each`` takes one (``_read_batches``); when ``each``
-        returns an awaitable, the batch after that is fetched once it is done (the caller may
-        use the session meanwhile: its commands wait for the FETCH in flight).
+        UID) is handed to it as soon as it is parsed, batches in ascending UID order, and the
+        returned list is empty: the caller keeps what it needs, not every ``MessageMeta`` of
+        the folder. The next batch's FETCH is in flight while ``each`` takes one
+        (``_read_batches``); when ``each`` returns an awaitable, the batch after that is
+        fetched once it is done (the caller may use the session meanwhile: its commands wait
+        for the FETCH in flight).
         """
         command = "EXAMINE" if examine else "SELECT"
         if not self._pipelinable([name]):
@@ -640,9 +640,9 @@ class Session:
     async def _fetch_metas(
         self, uid_set: str, items: str, *, by_uid: bool = True
     ) -> list[MessageMeta]:
-        """One metadata FETCH (``META_ITEMS`` or ``STORED_ITEMS``) of at most ``META_BATCH``
-        messages, converted in one go (``metas_of``: ~4 us a message, so a batch holds the
-        loop ~20 ms), in the order the server sent them."""
+        """One metadata FETCH (``META_ITEMS`` or ``STORED_ITEMS``) of at most ``META_MERGE`` x
+        ``META_BATCH`` messages, converted in one go (``metas_of``: ~4 us a message, so a
+        batch of 4,000 holds the loop ~20 ms), in the order the server sent them."""
         what = f"{'UID ' if by_uid else ''}FETCH {uid_set}"
         reply = await self._fetch(uid_set, items, what, by_uid=by_uid)
         self._check("other", reply.result, reply.text, what)
@@ -714,11 +714,11 @@ class Session:
         """The metadata FETCHes of ``sets`` ((set, by UID), in order, each of at most
         ``META_BATCH`` messages; consecutive ones joined into one FETCH as ``_units_after``
         says), each batch handed to ``each`` (see ``_deliver``) after ``first`` (a batch
-        already read, if any). The next
-        batch's FETCH is sent before a batch is handed over, so the server prepares it while
-        the caller works on the one before (on a 200,000-message delta pass both servers
-        otherwise sat idle during every batch's identity keys and listing rows). At most one
-        FETCH is in flight; it is cancelled (the connection with it) if handing over fails."""
+        already read, if any). The next batch's FETCH is sent before a batch is handed over,
+        so the server prepares it while the caller works on the one before (on a
+        200,000-message delta pass both servers otherwise sat idle during every batch's
+        identity keys and listing rows). At most one FETCH is in flight; it is cancelled (the
+        connection with it) if handing over fails."""
         out: list[MessageMeta] = []
         pending = first
         ahead: asyncio.Future[list[MessageMeta]] | None = None

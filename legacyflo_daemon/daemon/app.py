@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from legacyflo_daemon.config.load import load_config
+from legacyflo_daemon.config.packages import require_package
 from legacyflo_daemon.config.schema import Config
 from legacyflo_daemon.daemon.pool import Limits, Pool
 from legacyflo_daemon.daemon.recovery import recover, take_over
@@ -441,17 +442,16 @@ def _load_metrics(cfg: Config) -> type[Metrics]:
     """``daemon.metrics.Metrics``, imported only when ``[metrics] listen`` asks for it: a
     daemon without metrics does not load ``prometheus_client`` (issue 14: start-up time).
     Raises ``ConfigError`` naming the key and the missing package if it is not installed."""
-    try:
+
+    def load() -> type[Metrics]:
         from legacyflo_daemon.daemon.metrics import Metrics
-    except ModuleNotFoundError as exc:
-        raise ConfigError(
-            str(cfg.path or "config"),
-            "metrics.listen",
-            f"needs the Python package {exc.name!r}, which is not installed: reinstall "
-            "legacyflo-daemon with its dependencies (pip install legacyflo-daemon), or remove "
-            "[metrics] listen",
-        ) from None
-    return Metrics
+
+        return Metrics
+
+    return require_package(
+        load, str(cfg.path or "config"), "metrics.listen", "exporting metrics",
+        ", or remove [metrics] listen",
+    )  # fmt: skip
 
 
 def _pid_namespace() -> str:

@@ -18,14 +18,16 @@ work arrived).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
+from legacyflo_daemon.config.packages import require_package
 from legacyflo_daemon.config.schema import Config
-from legacyflo_daemon.errors import ConfigError, SpoolError
+from legacyflo_daemon.errors import SpoolError
 from legacyflo_daemon.outbox.store import Outbox
 from legacyflo_daemon.report import batch
 from legacyflo_daemon.report.finisher import Finisher
@@ -188,13 +190,7 @@ class Watcher:
 def require_watchfiles(cfg: Config) -> None:
     """Import ``watchfiles`` now (``Watcher.watch`` needs it); ``ConfigError`` naming the
     package if it is not installed."""
-    try:
-        import watchfiles  # noqa: F401
-    except ModuleNotFoundError as exc:
-        raise ConfigError(
-            str(cfg.path or "config"),
-            "daemon.intake",
-            f"watching incoming/ needs the Python package {exc.name!r}, which is not "
-            "installed: reinstall legacyflo-daemon with its dependencies (pip install "
-            "legacyflo-daemon); run --once does not need it",
-        ) from None
+    require_package(
+        lambda: importlib.import_module("watchfiles"), str(cfg.path or "config"),
+        "daemon.intake", "watching incoming/", "; run --once does not need it",
+    )  # fmt: skip

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import socket
 import ssl
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from email.policy import default
 from pathlib import Path
 from typing import Any
 
+from legacyflo_daemon.config.packages import require_package
 from legacyflo_daemon.config.schema import SmtpConfig
 from legacyflo_daemon.errors import ConfigError, SmtpError
 from legacyflo_daemon.model import Secret
@@ -69,16 +71,10 @@ def smtp_password(smtp: SmtpConfig) -> Secret | None:
 def require_aiosmtplib(config_path: str) -> None:
     """Import ``aiosmtplib`` now (``deliver`` needs it); ``ConfigError`` naming the package if
     it is not installed."""
-    try:
-        import aiosmtplib  # noqa: F401
-    except ModuleNotFoundError as exc:
-        raise ConfigError(
-            config_path,
-            "smtp",
-            f"sending report mails needs the Python package {exc.name!r}, which is not "
-            "installed: reinstall legacyflo-daemon with its dependencies (pip install "
-            "legacyflo-daemon), or remove [smtp]",
-        ) from None
+    require_package(
+        lambda: importlib.import_module("aiosmtplib"), config_path, "smtp",
+        "sending report mails", ", or remove [smtp]",
+    )  # fmt: skip
 
 
 def _tls_options(smtp: SmtpConfig) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import imaplib
 import json
 import statistics
 import sys
@@ -29,8 +30,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.bench_chart import Series, scaling_chart
-from bench.bench_corpus import load_large_folder
+from bench.bench_corpus import LARGE_FOLDER, load_large_folder
 from bench.bench_env import SOURCE_PASSWORD, BenchEnv, Mailbox, Sizes
+from bench.bench_probe import first_body, spread_bound
 from bench.bench_report import RSS_LIMIT_MB, Figures, Target, figures, target_lines
 from bench.bench_runs import Sample, prepare_daemon, run_daemon, run_reference
 from bench.bench_verify import verify_source
@@ -72,11 +74,14 @@ def scenario(size: int) -> str:
 
 
 class SeriesRunner:
-    """The runs of the series, in order; ``samples`` collects every measured copy."""
+    """The runs of the series, in order; ``samples`` collects every measured copy,
+    ``first_body`` the source's time to a first body per size (``bench_probe``, once per run,
+    after that size's copies)."""
 
     def __init__(self, env: BenchEnv) -> None:
         self.env = env
         self.samples: list[Sample] = []
+        self.first_body: dict[int, list[float]] = {}
 
     def _note(self, s: Sample) -> None:
         self.samples.append(s)
@@ -109,6 +114,14 @@ class SeriesRunner:
         run_daemon(env, delta, pairs, at, config, delta=True)
         self._note(delta)
         env.drop_dest_user(user)
+        try:
+            waited = first_body(env, at[0], mailbox.user, LARGE_FOLDER)
+        except (OSError, RuntimeError, imaplib.IMAP4.error) as exc:
+            print(f"  run {run} {name:<14} source's first body: not measured ({exc})", flush=True)
+            return
+        self.first_body.setdefault(size, []).append(waited)
+        print(f"  run {run} {name:<14} source's first body in a new session: {waited:.2f} s",
+              flush=True)  # fmt: skip
 
 
 def judge(sizes: list[int], summary: dict[tuple[int, str], Figures]) -> list[Target]:
@@ -177,6 +190,26 @@ def table(sizes: list[int], summary: dict[tuple[int, str], Figures], samples: li
     return "\n".join(lines)
 
 
+def bound_lines(
+    sizes: list[int], waits: dict[int, float], bound: tuple[float, dict[int, float]] | None
+) -> str:
+    """What the source alone makes of the rate spread (not a target: it explains one)."""
+    lines = ["\nThe source's time to a first body in a new session (LOGIN, EXAMINE, FETCH 1 "
+             "BODY.PEEK[]; median of the runs), which every copier waits before its first "
+             "APPEND:"]  # fmt: skip
+    lines += [f"  {n:>9,} messages: {_fmt(waits.get(n), '.2f')} s" for n in sizes]
+    if bound is None:
+        lines.append("  spread bound: - (needs the wait and the daemon's median on every size)")
+        return "\n".join(lines)
+    spread, rates = bound
+    lines.append(
+        "  a copier with no cost of its own, at the pace the daemon kept on the largest folder: "
+        + ", ".join(f"{rates[n]:,.0f}" for n in sizes if n in rates)
+        + f" msg/s; rate spread at most {spread:.2f}"
+    )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     samples: list[Sample] = []
@@ -216,6 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     found = judge(args.sizes, summary)
     print("\nTargets (issue 14):")
     print(target_lines(found))
+    waits = {n: statistics.median(v) for n, v in series.first_body.items() if v}
+    complete = set(waits) == set(args.sizes)
+    bound = spread_bound(waits, summary[(args.sizes[-1], "daemon")].wall) if complete else None
+    print(bound_lines(args.sizes, waits, bound))
     lines = [
         Series("daemon", [summary[(n, "daemon")].msg_s for n in args.sizes],
                [summary[(n, "daemon")].max_rss_mb for n in args.sizes]),
@@ -233,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             {"size": n, "copier": c, **dataclasses.asdict(f)} for (n, c), f in summary.items()
         ],
         "targets": [dataclasses.asdict(t) for t in found],
+        "first_body_s": {str(n): v for n, v in series.first_body.items()},
+        "spread_bound": None if bound is None else bound[0],
         "samples": [dataclasses.asdict(s) for s in samples],
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ body. On the test source (Dovecot, maildir) this is not a few round trips: a ses
 EXAMINE reads the folder's uidlist and index, and its first body FETCH rescans the whole ``cur/``
 directory (the uidlist names a file without its ``:2,<flags>`` suffix; see bench/README.md), so
 the time grows with the folder's size. No copier appends anything before it, so it bounds what a
-copier's message rate can be on a short run (``spread_bound``).
+copier's message rate can be on a short run (``without_wait``).
 
 Owns: that probe (Python's ``imaplib``, nothing of the daemon) and the bound derived from it.
 Must not: run while a measured copier runs (it loads the source); the series runs it after the
@@ -46,23 +46,21 @@ def first_body(env: BenchEnv, source: Address, user: str, folder: str) -> float:
             conn.logout()
 
 
-def spread_bound(
-    first_body_s: Mapping[int, float], largest_wall_s: float | None
+def without_wait(
+    first_body_s: Mapping[int, float], walls: Mapping[int, float | None]
 ) -> tuple[float, dict[int, float]] | None:
-    """The message-rate spread (slowest / fastest) of a copier that costs nothing of its own
-    (no start-up, no listing, no read-back) and copies at the pace the daemon kept on the
-    largest folder, when each size first waits ``first_body_s[size]`` for the source.
-
-    The pace is the largest folder's messages over the daemon's median wall time minus that
-    wait, so the daemon's own fixed costs count as copying time: the pace is, if anything,
-    slower than the daemon's real one, which raises the bound (a slower copier waits less,
-    relatively). Returns ``(spread, rate per size)``, or None without the figures."""
-    if not first_body_s or largest_wall_s is None:
+    """The daemon's message rate per size with the source's wait taken out of its median wall
+    time (``n / (wall - wait)``), and the spread of those rates (slowest / fastest): what the
+    series would show if the source answered a new session's first body FETCH at once and
+    nothing else changed. The wait is serial in a copy (no body, nothing to append), so this
+    only assumes that nothing of the daemon's own work overlaps it but its start-up, which
+    makes the figure, if anything, slightly too good. Returns None without the figures."""
+    rates: dict[int, float] = {}
+    for n, wait in first_body_s.items():
+        wall = walls.get(n)
+        if wall is None or wall <= wait:
+            return None
+        rates[n] = n / (wall - wait)
+    if not rates:
         return None
-    largest = max(first_body_s)
-    copying = largest_wall_s - first_body_s[largest]
-    if copying <= 0:
-        return None
-    pace = largest / copying
-    rates = {n: n / (wait + n / pace) for n, wait in first_body_s.items()}
     return min(rates.values()) / max(rates.values()), rates

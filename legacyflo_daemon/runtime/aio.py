@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 A = TypeVar("A")
 B = TypeVar("B")
@@ -55,3 +55,11 @@ async def all_or_first_error(*aws: Awaitable[None]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def settled(future: asyncio.Future[Any]) -> None:
+    """Wait for ``future`` to end and raise its error (its cancellation as CancelledError).
+    Unlike awaiting it, a cancellation of the waiter does not cancel ``future``: a folder
+    waiting for the previous one must not stop that one mid-APPEND when it is cancelled."""
+    await asyncio.wait((future,))
+    future.result()

@@ -304,47 +304,97 @@ class Copier:
         current: list[folders.FolderPlan] | None = None,
     ) -> None:
         """Copy folders from ``todo`` until it is empty; ``current`` (if given) holds the
-        folder being copied, for a caller that must put it back after an error."""
+        folders under way, oldest first, for a caller that must put them back after an error.
+
+        Two folders overlap on the pair: once a folder has fetched its last body (the source
+        connection is idle while it appends), the next one opens on the source and reads its
+        metadata (a new folder: its first bodies too); it opens the destination folder only
+        when the previous folder is done with the destination connection (``dest_gate``). Over
+        a WAN that hides a round trip or two per folder. An error of either ends both."""
         current = [] if current is None else current
-        while todo:
+        running: list[asyncio.Task[None]] = []  # at most two, the older one appending
+        try:
+            while todo and not self.stop.is_set():
+                plan = todo.popleft()
+                current.append(plan)
+                job = self._job(plan, checkpoints, gate=running[-1] if running else None)
+                task = asyncio.ensure_future(self._copy_folder(job, plan, current, src, dst))
+                running.append(task)
+                # The next folder starts once this one no longer needs the source connection;
+                # an error of either running folder ends the worker at once.
+                source_free = asyncio.ensure_future(job.source_done.wait())
+                try:
+                    while not source_free.done() and not task.done():
+                        await asyncio.wait(
+                            (source_free, *running), return_when=asyncio.FIRST_COMPLETED
+                        )
+                        for ended in [t for t in running if t.done()]:
+                            running.remove(ended)
+                            ended.result()
+                finally:
+                    source_free.cancel()
+            while running:
+                await asyncio.wait((running[0],))
+                running.pop(0).result()
             if self.stop.is_set():
                 raise Interrupted
-            plan = todo.popleft()
-            current[:] = [plan]
-            dest_name, dest_display, create = self._destination(plan)
-            job = FolderCopy(
-                expected=self._counts.get(plan.source_name),
-                dest_expected=0 if create else self._dest_counts.get(dest_name),
-                request_id=self.request_id,
-                plan=plan,
-                criteria=dates.imap_criteria(self.request.dates),
-                state=self.state,
-                budget=self.budget,
-                config=self.config.imap,
-                stop=self.stop,
-                progress=self.progress,
-                on_progress=self.on_progress,
-                prior=checkpoints.get(plan.source_name),
-                cautious=self.cautious,
-                listing=self.listing,
-                create=create,
-                dest_account=f"{self.request.dest.userid}@{self.request.dest.server}",
-                existing=self._existing,
-                trust=self._trust,
-                dest_name=dest_name,
-                dest_display=dest_display,
-                lease_held=self.lease_held,
-            )
-            try:
-                self._results[plan.source_name] = await job.run(src, dst)
-            except PermanentError as exc:
-                # The destination (or the source) refused this folder: CREATE, SELECT,
-                # EXAMINE or a whole APPEND answered NO. It fails alone; the others go on.
-                log.warning("folder_failed", folder=plan.source_display, error=str(exc))
-                self._results[plan.source_name] = job.failed_result(str(exc))
-                self._failed_folders.add(plan.source_name)
-            current.clear()
-            self.progress.folders_done += 1
+        finally:
+            for left in running:
+                left.cancel()
+            if running:
+                await asyncio.wait(running)
+
+    def _job(
+        self,
+        plan: folders.FolderPlan,
+        checkpoints: dict[str, FolderCheckpoint],
+        gate: asyncio.Task[None] | None,
+    ) -> FolderCopy:
+        dest_name, dest_display, create = self._destination(plan)
+        return FolderCopy(
+            expected=self._counts.get(plan.source_name),
+            dest_expected=0 if create else self._dest_counts.get(dest_name),
+            request_id=self.request_id,
+            plan=plan,
+            criteria=dates.imap_criteria(self.request.dates),
+            state=self.state,
+            budget=self.budget,
+            config=self.config.imap,
+            stop=self.stop,
+            progress=self.progress,
+            on_progress=self.on_progress,
+            prior=checkpoints.get(plan.source_name),
+            cautious=self.cautious,
+            listing=self.listing,
+            create=create,
+            dest_account=f"{self.request.dest.userid}@{self.request.dest.server}",
+            existing=self._existing,
+            trust=self._trust,
+            dest_name=dest_name,
+            dest_display=dest_display,
+            lease_held=self.lease_held,
+            dest_gate=gate,
+        )
+
+    async def _copy_folder(
+        self,
+        job: FolderCopy,
+        plan: folders.FolderPlan,
+        current: list[folders.FolderPlan],
+        src: Session,
+        dst: Session,
+    ) -> None:
+        """One folder pass and its result; a folder refused by a server fails alone."""
+        try:
+            self._results[plan.source_name] = await job.run(src, dst)
+        except PermanentError as exc:
+            # The destination (or the source) refused this folder: CREATE, SELECT,
+            # EXAMINE or a whole APPEND answered NO. It fails alone; the others go on.
+            log.warning("folder_failed", folder=plan.source_display, error=str(exc))
+            self._results[plan.source_name] = job.failed_result(str(exc))
+            self._failed_folders.add(plan.source_name)
+        current.remove(plan)
+        self.progress.folders_done += 1
 
     def _destination(self, plan: folders.FolderPlan) -> tuple[str, str, bool]:
         """Where ``plan`` is copied to (wire name, display name) and whether to create it: its
@@ -388,12 +438,12 @@ class Copier:
             try:
                 await self._worker(src, dst, todo, checkpoints, current)
             except TransientError as exc:
-                if current:  # its pass stopped midway: another pair re-reads and finishes it
-                    plan = current[0]
+                # Its passes stopped midway: other pairs re-read and finish them, in order.
+                fresh = self.state.folder_checkpoints(self.request_id) if current else {}
+                for plan in reversed(current):
                     todo.appendleft(plan)
-                    fresh = self.state.folder_checkpoints(self.request_id).get(plan.source_name)
-                    if fresh is not None:
-                        checkpoints[plan.source_name] = fresh
+                    if plan.source_name in fresh:
+                        checkpoints[plan.source_name] = fresh[plan.source_name]
                 self._extra_failed(exc, "copy")
             finally:
                 await both(dst.logout(), src.logout())

@@ -4,7 +4,11 @@ Owns the per-folder step of the copier (see ``copier``). The multiset comparison
 identities read from both servers at the start of the pass, so a pass that starts after any
 interruption copies exactly what is still missing. When the destination folder turns out to
 hold nothing (the first pass of a folder), everything is missing: the copy then starts while
-the source's metadata is still being read (``_Stream``), which the metadata read waits for.
+the source's metadata is still being read (``_Stream``), which the metadata read waits for. A
+folder the pass creates starts so at once, before its destination folder is open (which may wait
+for the previous folder on the same connection pair, ``dest_gate``); nothing is appended before
+it is open and found empty (found filled by someone else: ``TransientError``, and the next
+attempt compares).
 Counts of earlier passes of the same request come from the checkpoint (``prior``); messages
 this pass finds already present that earlier passes copied are counted as copied, not as
 already present.
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from legacyflo_daemon.config.schema import ImapConfig
-from legacyflo_daemon.errors import FolderRefused
+from legacyflo_daemon.errors import FolderRefused, TransientError
 from legacyflo_daemon.imap.session import (
     OVERSIZE_FACTOR,
     FetchedMessage,
@@ -37,7 +41,7 @@ from legacyflo_daemon.imap.session import (
     Session,
 )
 from legacyflo_daemon.model import FolderResult, MessageFailure
-from legacyflo_daemon.runtime.aio import both
+from legacyflo_daemon.runtime.aio import both, settled
 from legacyflo_daemon.state.store import FolderCheckpoint, StateStore
 from legacyflo_daemon.transfer import folders, identity, readback
 from legacyflo_daemon.transfer.headers import header_fields, summarize
@@ -162,6 +166,13 @@ class FolderCopy:
     # Whether this node still holds the request's lease (several daemons, one state): checked
     # before each APPEND batch; False stops the pass there, nothing stored (issue 15, fencing).
     lease_held: Callable[[], bool] = lambda: True
+    # Awaited before the destination folder is opened: the previous folder of this connection
+    # pair is done with the destination connection (its last APPEND, its read-back, which
+    # reads the folder it has selected). Its error, if any, is this pass's too. None: no wait.
+    dest_gate: asyncio.Future[None] | None = None
+    # Set once this pass no longer uses the source connection (every body fetched, or nothing
+    # to fetch): the next folder may open on it while this one appends its last batch.
+    source_done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.dest_name = self.dest_name or self.plan.dest_name
@@ -184,6 +195,14 @@ class FolderCopy:
 
         stream: _Stream | None = None  # the copy runs while the source is read (see below)
         source_read = False
+        # A folder this pass creates holds nothing: every source message is missing, so the
+        # bodies are fetched from the start, before the destination folder is even open (it
+        # may wait for the previous folder's last APPEND, ``dest_gate``); nothing is appended
+        # before it is open and found empty.
+        early = self.create
+        opened: asyncio.Future[frozenset[str] | None] = asyncio.get_running_loop().create_future()
+        if early:
+            stream = _Stream()
 
         async def on_source(batch: list[MessageMeta]) -> None:
             items: list[_Source] = []
@@ -217,7 +236,25 @@ class FolderCopy:
             # held whole, and reading it overlaps copying. (With anything in the destination,
             # what is missing is known only once both sides are read.)
             nonlocal stream
+            if self.dest_gate is not None:
+                await settled(self.dest_gate)
+                if self.stop.is_set():
+                    # Stopped while the previous folder finished: this one was only read, and
+                    # nothing new is started on the destination.
+                    raise Interrupted
             dinfo, _ = await self._open_dest(dst, on_dest)
+            if early:
+                if top or dinfo.exists:
+                    # Created by someone else in between: what is missing is not known, and
+                    # nothing was appended yet. The next attempt lists it and compares.
+                    raise TransientError(
+                        f"the destination folder {self.dest_display!r} was not empty when "
+                        "created; comparing both sides in the next attempt"
+                    )
+                self._start_pass(in_range=None, missing=None)
+                self._next_uid = dinfo.uidnext or 1
+                opened.set_result(dinfo.permanent_flags)
+                return dinfo
             if top or dinfo.exists or source_read:
                 return dinfo
             stream = _Stream()
@@ -228,9 +265,14 @@ class FolderCopy:
             self._next_uid = dinfo.uidnext or 1
             await stream.put(first)
             by_uid: dict[int, _Source] = {}
-            await self._pipeline(src, dst, stream.batches(self, by_uid), by_uid,
-                                 dinfo.permanent_flags)  # fmt: skip
+            opened.set_result(dinfo.permanent_flags)
+            await self._pipeline(src, dst, stream.batches(self, by_uid), by_uid, opened)
             return dinfo
+
+        async def copy_early() -> None:
+            assert stream is not None
+            by_uid: dict[int, _Source] = {}
+            await self._pipeline(src, dst, stream.batches(self, by_uid), by_uid, opened)
 
         def on_dest(batch: list[MessageMeta]) -> None:
             nonlocal pending, top
@@ -257,7 +299,11 @@ class FolderCopy:
             if listing is not None:
                 listing.add_lines(lines, display)
 
-        info, dinfo = await both(read_source(), dest_side())
+        if early:
+            sides = both(both(read_source(), dest_side()), copy_early())
+            (info, dinfo), _ = await sides
+        else:
+            info, dinfo = await both(read_source(), dest_side())
         self._uidvalidity = info.uidvalidity
         if stream is not None:
             in_range = stream.flushed + stream.count
@@ -286,7 +332,8 @@ class FolderCopy:
         self.progress.bytes_total += sum(by_uid[u].size for u in missing)
         sized = ((u, by_uid[u].size) for u in missing)  # not a list: 200,000 pairs are 13 MB
         batches = identity.batches(sized, self.config.fetch_batch, self.config.fetch_batch_bytes)
-        await self._pipeline(src, dst, batches, by_uid, dinfo.permanent_flags)
+        opened.set_result(dinfo.permanent_flags)
+        await self._pipeline(src, dst, batches, by_uid, opened)
         return self._finish(listing)
 
     def _start_pass(self, *, in_range: int | None, missing: int | None) -> None:
@@ -431,13 +478,15 @@ class FolderCopy:
         dst: Session,
         batches: _Batches,
         metas: dict[int, _Source],
-        permanent: frozenset[str] | None,
+        opened: asyncio.Future[frozenset[str] | None],
     ) -> None:
         """Fetch batch n+1 from the source while batch n is appended to the destination.
 
         The two servers are on separate connections, so the overlap hides one side's latency
         behind the other's. Each batch holds its share of the byte budget from the moment it
         is fetched until it is stored; at most two batches are in memory per folder copy.
+        ``opened``: the destination folder's permanent flags, once it is open; nothing is
+        appended before. ``source_done`` is set when the last batch is fetched.
         """
         queue: asyncio.Queue[_Fetched | BaseException | None] = asyncio.Queue(maxsize=1)
         holds: list[_Hold] = []
@@ -468,12 +517,14 @@ class FolderCopy:
                         await hold.__aenter__()
                         holds.append(hold)
                     await queue.put((batch, fetched, hold))
+                self.source_done.set()
                 await queue.put(None)
             except Exception as exc:  # handed to the consumer, which raises it
                 await queue.put(exc)
 
         producer = asyncio.create_task(produce())
         try:
+            permanent = await opened
             while (item := await queue.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item

@@ -1,0 +1,209 @@
+"""Two folders overlapping on one connection pair (issue 14, a small mailbox over a WAN).
+
+Once a folder has fetched its last body, the next one opens on the source connection (EXAMINE,
+its metadata, for a new destination folder its first bodies) while the first one still appends;
+it opens its destination folder only when the first is done with the destination connection
+(``FolderCopy.dest_gate``): its last APPEND and its read-back, which reads the selected folder.
+Both servers are real Dovecots behind ``FaultProxy`` on plaintext connections, so the tests see
+the commands' bytes and can hold one side still.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from legacyflo_daemon.model import JobType, RequestResult, Status
+from testkit import DovecotServer, FaultProxy, MailSpec, ServerAccount, load_messages
+from testkit.mailgen import lorem, make_message, utc
+from tests.copyhelp import (
+    BASE,
+    CopyRun,
+    Login,
+    all_hashes,
+    dest_snapshot,
+    expected_tree,
+    host_config,
+    make_config,
+    make_request,
+)
+
+DEST_PROXY_HOST = "127.0.0.5"  # the dest server's name through a proxy (in the test cert)
+MAPPING = {"Archive": "Archive", "INBOX": "Inbox"}
+
+
+@pytest.fixture
+def proxied(
+    source_account: ServerAccount, dest_account: ServerAccount
+) -> Iterator[tuple[FaultProxy, FaultProxy]]:
+    """(source proxy, destination proxy), both plaintext to the servers' no-TLS addresses."""
+    src = FaultProxy(source_account.server.notls_host, source_account.server.port_plain).start()
+    dst = FaultProxy(
+        dest_account.server.notls_host, dest_account.server.port_plain,
+        listen_host=DEST_PROXY_HOST,
+    ).start()  # fmt: skip
+    yield src, dst
+    src.stop()
+    dst.stop()
+
+
+def _load(server: DovecotServer, user: str) -> dict[str, Any]:
+    """Archive (12 messages, copied first: the larger) and INBOX (4), distinct messages."""
+    loaded = {}
+    for f_index, (folder, n) in enumerate({"Archive": 12, "INBOX": 4}.items()):
+        specs = []
+        for i in range(n):
+            when = utc(2020, 1 + i % 12, 1 + i % 28, 9)
+            data = make_message(
+                subject=f"{folder} {i}",
+                date=when,
+                message_id=f"<o{f_index}-{i}@overlap.example.com>",
+                body=lorem(f_index * 100 + i, 200) + "\n",
+            )
+            specs.append(MailSpec(data, frozenset({"\\Seen"}), when, f"{folder}-{i}"))
+        loaded[folder] = tuple(load_messages(server, user, folder, specs))
+    return loaded
+
+
+def _run(
+    tmp_path: Path,
+    source: ServerAccount,
+    dest: ServerAccount,
+    proxies: tuple[FaultProxy, FaultProxy],
+    **imap: Any,
+) -> CopyRun:
+    src_proxy, dst_proxy = proxies
+    via = {"tls": "auto", "allow_plaintext": True}
+    hosts = {
+        src_proxy.host: host_config(source.server, **via),
+        dst_proxy.host: host_config(dest.server, **via),
+    }
+    config = make_config(hosts, dest_port=dst_proxy.port, folder_workers=1, **imap)
+    request = make_request(
+        Login(source.user, source.password, src_proxy.host, src_proxy.port),
+        Login(dest.user, dest.password, dst_proxy.host),
+        jobtype=JobType.IMAP,
+    )
+    return CopyRun.create(tmp_path, request, config)
+
+
+async def _until(check: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        await asyncio.sleep(0.02)
+    return bool(check())
+
+
+def _assert_exact(result: RequestResult, dest: ServerAccount, loaded: dict[str, Any]) -> None:
+    assert (result.status, result.error, result.failures) == (Status.SUCCEEDED, None, ())
+    stored = dest_snapshot(dest.server, dest.user)
+    assert stored == expected_tree(loaded, MAPPING)
+    assert max(all_hashes(stored).values()) == 1  # distinct messages: each exactly once
+    for folder in result.folders:
+        assert (folder.copied + folder.already_present, folder.failed) == (folder.in_range, 0)
+
+
+async def test_the_next_folder_opens_on_the_source_while_the_previous_one_appends(
+    source_account: ServerAccount,
+    dest_account: ServerAccount,
+    proxied: tuple[FaultProxy, FaultProxy],
+    tmp_path: Path,
+) -> None:
+    loaded = _load(source_account.server, source_account.user)
+    src_proxy, dst_proxy = proxied
+    # The destination receives Archive's first APPEND and never answers it (held in the
+    # proxy); the source holds the copier's EXAMINE of INBOX, the second folder, if it comes.
+    dst_proxy.stall_after_client_bytes(0, after=b" APPEND ")
+    src_proxy.stall_after_client_bytes(0, after=b'EXAMINE "INBOX"')
+    run = _run(tmp_path, source_account, dest_account, proxied)
+    copy = asyncio.ensure_future(run.run())
+    try:
+        assert await _until(lambda: dst_proxy.faults_fired == 1, 10.0)
+        # One pair, Archive still appending: without the overlap INBOX would be opened on the
+        # source only after that APPEND's answer, which cannot come.
+        assert await _until(lambda: src_proxy.faults_fired == 1, 5.0)
+        assert not copy.done()
+    finally:
+        src_proxy.resume()
+        dst_proxy.resume()
+    # INBOX opened its destination folder only after Archive's read-back (its 12 copies are
+    # read back: the destination is on probation): a read-back of the wrong folder would find
+    # none of them and fail them.
+    _assert_exact(await asyncio.wait_for(copy, 30), dest_account, loaded)
+
+
+async def test_a_cut_while_two_folders_overlap_loses_and_duplicates_nothing(
+    source_account: ServerAccount,
+    dest_account: ServerAccount,
+    proxied: tuple[FaultProxy, FaultProxy],
+    tmp_path: Path,
+) -> None:
+    loaded = _load(source_account.server, source_account.user)
+    src_proxy, dst_proxy = proxied
+    # The destination connection dies inside Archive's APPEND, after INBOX (the next folder)
+    # was opened on the source: both passes end, the copier's next attempt finishes both.
+    src_proxy.stall_after_client_bytes(0, after=b'EXAMINE "INBOX"')
+    dst_proxy.stall_after_client_bytes(0, after=b" APPEND ")
+    run = _run(tmp_path, source_account, dest_account, proxied)
+    copy = asyncio.ensure_future(run.run())
+    assert await _until(lambda: src_proxy.faults_fired == 1 and dst_proxy.faults_fired == 1, 10)
+    dst_proxy.clear_faults()
+    src_proxy.clear_faults()
+    dst_proxy.drop_all()  # the held APPEND never reaches the server
+    src_proxy.resume()
+    dst_proxy.resume()
+    _assert_exact(await asyncio.wait_for(copy, 30), dest_account, loaded)
+    assert dst_proxy.connections_total >= 2  # the copier reconnected
+
+
+async def test_a_folder_someone_filled_before_it_was_created_is_compared_not_streamed(
+    source_account: ServerAccount,
+    dest_account: ServerAccount,
+    proxied: tuple[FaultProxy, FaultProxy],
+    tmp_path: Path,
+) -> None:
+    loaded = _load(source_account.server, source_account.user)
+    dst_proxy = proxied[1]
+    # Between the copier's listing (Archive absent at the destination) and its CREATE,
+    # another client creates the folder and stores three of the messages in it.
+    dst_proxy.stall_after_client_bytes(0, after=f'CREATE "{BASE}.Archive"'.encode())
+    run = _run(tmp_path, source_account, dest_account, proxied)
+    copy = asyncio.ensure_future(run.run())
+    assert await _until(lambda: dst_proxy.faults_fired == 1, 10.0)
+    archive = sorted(loaded["Archive"], key=lambda m: m.label)
+    by_label = {m.label: m for m in archive}
+    early = [by_label[f"Archive-{i}"] for i in (0, 1, 2)]
+    specs = [
+        MailSpec(
+            make_message(
+                subject=f"Archive {i}",
+                date=m.internaldate,
+                message_id=f"<o0-{i}@overlap.example.com>",
+                body=lorem(i, 200) + "\n",
+            ),
+            m.flags,
+            m.internaldate,
+        )
+        for i, m in zip((0, 1, 2), early, strict=True)
+    ]
+    assert [load_messages(dest_account.server, dest_account.user, f"{BASE}.Archive", [s])[0].sha256
+            for s in specs] == [m.sha256 for m in early]  # fmt: skip
+    with capture_logs() as logs:
+        dst_proxy.resume()
+        result = await asyncio.wait_for(copy, 30)
+    # The pass found the folder not empty once open, appended nothing, and the next attempt
+    # compared both sides: the three are not copied again.
+    retries = [e["error"] for e in logs if e["event"] == "request_retry"]
+    assert retries == [f"the destination folder '{BASE}.Archive' was not empty when created; "
+                       "comparing both sides in the next attempt"]  # fmt: skip
+    _assert_exact(result, dest_account, loaded)
+    archive_result = next(f for f in result.folders if f.source == "Archive")
+    assert (archive_result.already_present, archive_result.copied) == (3, 9)

@@ -435,8 +435,10 @@ class Copier:
                 self._extra_failed(exc, "connect")
                 return
             current: list[folders.FolderPlan] = []
+            finished = False
             try:
                 await self._worker(src, dst, todo, checkpoints, current)
+                finished = True
             except TransientError as exc:
                 # Its passes stopped midway: other pairs re-read and finish them, in order.
                 fresh = self.state.folder_checkpoints(self.request_id) if current else {}
@@ -446,7 +448,13 @@ class Copier:
                         checkpoints[plan.source_name] = fresh[plan.source_name]
                 self._extra_failed(exc, "copy")
             finally:
-                await both(dst.logout(), src.logout())
+                if finished:
+                    # Every command has had its answer: LOGOUT is written, not waited for (the
+                    # last pair to finish would hold the request's result back a round trip).
+                    dst.leave()
+                    src.leave()
+                else:
+                    await both(dst.logout(), src.logout())
         finally:
             if not opening.done():  # cancelled while logging in: nothing may stay open
                 opening.cancel()

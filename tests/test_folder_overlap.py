@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from legacyflo_daemon.model import JobType, RequestResult, Status
+from legacyflo_daemon.transfer import folder_copy
 from testkit import DovecotServer, FaultProxy, MailSpec, ServerAccount, load_messages
 from testkit.mailgen import lorem, make_message, utc
 from tests.copyhelp import (
@@ -207,3 +209,95 @@ async def test_a_folder_someone_filled_before_it_was_created_is_compared_not_str
     _assert_exact(result, dest_account, loaded)
     archive_result = next(f for f in result.folders if f.source == "Archive")
     assert (archive_result.already_present, archive_result.copied) == (3, 9)
+
+
+def _load_folders(server: DovecotServer, user: str, sizes: dict[str, int]) -> dict[str, Any]:
+    loaded = {}
+    for f_index, (folder, n) in enumerate(sizes.items()):
+        specs = []
+        for i in range(n):
+            when = utc(2020, 1 + i % 12, 1 + i % 28, 9)
+            data = make_message(
+                subject=f"{folder} {i}",
+                date=when,
+                message_id=f"<f{f_index}-{i}@overlap.example.com>",
+                body=lorem(f_index * 100 + i, 200) + "\n",
+            )
+            specs.append(MailSpec(data, frozenset({"\\Seen"}), when, f"{folder}-{i}"))
+        loaded[folder] = tuple(load_messages(server, user, folder, specs))
+    return loaded
+
+
+async def test_never_more_than_two_folders_at_once_on_a_pair(
+    source_account: ServerAccount,
+    dest_account: ServerAccount,
+    proxied: tuple[FaultProxy, FaultProxy],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Folders of one message fetch everything at once and then wait for the destination: each
+    # would let the next one start, without a bound, while Archive's first APPEND is held.
+    sizes = {"Archive": 12, "F1": 1, "F2": 1, "F3": 1, "F4": 1}
+    loaded = _load_folders(source_account.server, source_account.user, sizes)
+    live, peak = [0], [0]
+    run_pass = folder_copy.FolderCopy.run
+
+    async def counted(self: folder_copy.FolderCopy, src: Any, dst: Any) -> Any:
+        live[0] += 1
+        peak[0] = max(peak[0], live[0])
+        try:
+            return await run_pass(self, src, dst)
+        finally:
+            live[0] -= 1
+
+    monkeypatch.setattr(folder_copy.FolderCopy, "run", counted)
+    dst_proxy = proxied[1]
+    dst_proxy.stall_after_client_bytes(0, after=b" APPEND ")
+    copy = asyncio.ensure_future(_run(tmp_path, source_account, dest_account, proxied).run())
+    try:
+        assert await _until(lambda: dst_proxy.faults_fired == 1, 10.0)
+        assert await _until(lambda: peak[0] == 2, 5.0)  # F1 is read beside Archive ...
+        await asyncio.sleep(1.0)
+        assert (peak[0], live[0]) == (2, 2)  # ... and nothing after it while Archive appends
+    finally:
+        dst_proxy.resume()
+    result = await asyncio.wait_for(copy, 30)
+    assert (result.status, result.error, result.failures) == (Status.SUCCEEDED, None, ())
+    mapping = {"INBOX": "Inbox"} | {f: f for f in sizes}  # the source's INBOX is empty
+    assert dest_snapshot(dest_account.server, dest_account.user) == expected_tree(
+        {"INBOX": ()} | loaded, mapping
+    )
+    assert peak[0] == 2
+
+
+async def test_a_folder_put_back_by_a_lost_pair_is_compared_by_the_next(
+    source_account: ServerAccount,
+    dest_account: ServerAccount,
+    proxied: tuple[FaultProxy, FaultProxy],
+    tmp_path: Path,
+) -> None:
+    # Two pairs: Archive on the first, Big2 on the extra one, whose destination connection is
+    # cut inside Big2's APPEND of message 6 (some of Big2 stored). The extra pair gives Big2
+    # back; the first pair takes it after Archive and must compare it (created this attempt,
+    # not empty), not stream it as a new folder (which would restart the whole attempt).
+    sizes = {"Archive": 150, "Big2": 10}
+    loaded = _load_folders(source_account.server, source_account.user, sizes)
+    dst_proxy = proxied[1]
+    dst_proxy.cut_after_client_bytes(10, after=b"Subject: Big2 6")
+    run = _run(tmp_path, source_account, dest_account, proxied, fetch_batch=2)
+    run.config = replace(run.config, imap=replace(run.config.imap, folder_workers=2))
+    copier = run.copier()
+    copier.extra_pair = lambda: True
+    with capture_logs() as logs:
+        result = await asyncio.wait_for(copier.run(), 60)
+    events = [e["event"] for e in logs]
+    assert dst_proxy.faults_fired == 1 and "extra_connection_failed" in events
+    assert "request_retry" not in events
+    assert (result.status, result.error, result.failures) == (Status.SUCCEEDED, None, ())
+    stored = dest_snapshot(dest_account.server, dest_account.user)
+    mapping = {"INBOX": "Inbox"} | {f: f for f in sizes}  # the source's INBOX is empty
+    assert stored == expected_tree({"INBOX": ()} | loaded, mapping)
+    assert max(all_hashes(stored).values()) == 1
+    big2 = next(f for f in result.folders if f.source == "Big2")
+    # What the lost pair stored counts as copied by this request (its checkpoint's counts).
+    assert (big2.copied, big2.already_present, big2.failed) == (10, 0, 0)

@@ -94,6 +94,7 @@ class Copier:
     _to_create: set[str] = field(default_factory=set)  # mail folders their pass creates
     _parents: list[str] = field(default_factory=list)  # pure parents, created first
     _existing: frozenset[str] = frozenset()  # destination wire names listed at the start
+    _opened: set[str] = field(default_factory=set)  # destination folders this attempt took up
     _failed_folders: set[str] = field(default_factory=set)  # refused folders: not retried
     _dest_top: str | None = None  # <root><delim><destfolder>, decoded, once the plan is made
     _skipped: list[tuple[str, str]] = field(default_factory=list)  # not copied by design
@@ -320,19 +321,21 @@ class Copier:
                 job = self._job(plan, checkpoints, gate=running[-1] if running else None)
                 task = asyncio.ensure_future(self._copy_folder(job, plan, current, src, dst))
                 running.append(task)
-                # The next folder starts once this one no longer needs the source connection;
-                # an error of either running folder ends the worker at once.
+                # The next folder starts once this one no longer needs the source connection
+                # and the one before it has ended (a small folder may have fetched everything
+                # while it still waits for the destination: never more than two at once); an
+                # error of a running folder ends the worker at once.
                 source_free = asyncio.ensure_future(job.source_done.wait())
                 try:
-                    while not source_free.done() and not task.done():
-                        await asyncio.wait(
-                            (source_free, *running), return_when=asyncio.FIRST_COMPLETED
-                        )
+                    while len(running) > 1 or not (source_free.done() or task.done()):
+                        waits = [*running] if source_free.done() else [source_free, *running]
+                        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                         for ended in [t for t in running if t.done()]:
                             running.remove(ended)
                             ended.result()
                 finally:
                     source_free.cancel()
+                    await asyncio.wait((source_free,))
             while running:
                 await asyncio.wait((running[0],))
                 running.pop(0).result()
@@ -351,6 +354,10 @@ class Copier:
         gate: asyncio.Task[None] | None,
     ) -> FolderCopy:
         dest_name, dest_display, create = self._destination(plan)
+        # A folder put back by a pair that lost its connection may hold what that pair stored:
+        # it is created again (a no-op) but compared, not streamed at once.
+        at_once = create and dest_name not in self._opened
+        self._opened.add(dest_name)
         return FolderCopy(
             expected=self._counts.get(plan.source_name),
             dest_expected=0 if create else self._dest_counts.get(dest_name),
@@ -374,6 +381,7 @@ class Copier:
             dest_display=dest_display,
             lease_held=self.lease_held,
             dest_gate=gate,
+            stream_at_once=at_once,
         )
 
     async def _copy_folder(
@@ -512,6 +520,7 @@ class Copier:
         )
         existing = {e.name for e in listed}
         self._existing = frozenset(existing)
+        self._opened = set()
         # Mail folders are created by their own folder pass (beside the source read, on
         # whichever connection pair copies them); only pure parents are created here.
         mail_folders = {p.dest_name for p in plans if p.selectable}

@@ -143,6 +143,9 @@ class FolderCopy:
     cautious: bool = False  # one synchronized APPEND per message (after an AppendDesync)
     listing: ListingRecorder | None = None
     create: bool = False  # the destination folder does not exist yet: CREATE + SUBSCRIBE it
+    # ... and no pass of this attempt has touched it: everything is missing, the bodies are
+    # fetched from the start (see ``run``).
+    stream_at_once: bool = False
     dest_account: str = ""  # "user@server" of the destination (altered copies are kept per it)
     existing: frozenset[str] = frozenset()  # destination wire names listed before the copy
     # Counted before the copy (``Session.count_messages``), None when not known: the source
@@ -199,7 +202,7 @@ class FolderCopy:
         # bodies are fetched from the start, before the destination folder is even open (it
         # may wait for the previous folder's last APPEND, ``dest_gate``); nothing is appended
         # before it is open and found empty.
-        early = self.create
+        early = self.create and self.stream_at_once
         opened: asyncio.Future[frozenset[str] | None] = asyncio.get_running_loop().create_future()
         if early:
             stream = _Stream()
